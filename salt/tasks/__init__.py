@@ -1,0 +1,1 @@
+"""Part of salt; see salt/ARCHITECTURE.md."""
