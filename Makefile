@@ -1,0 +1,47 @@
+# The two commands that matter:
+#   make run    set up (if needed) and run the embedded default DAG  (snakemake --cores all)
+#   make test   set up (if needed) and run the test suite            (pytest, smoke DAG included)
+# Everything is installed into ./.venv; torch is pinned to the CPU wheel first so that no
+# CUDA build is pulled in by a dependency.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch==2.13.0
+CORES  ?= all
+SNAKEMAKE_ARGS ?=
+
+.PHONY: setup run smoke test test-fast clean-results
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[test]'
+	@if ! command -v bwrap >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null) \
+	      || echo "warning: could not install bubblewrap; the code sandbox runs without namespaces"; \
+	  else echo "note: install bubblewrap (bwrap) for the strongest code-sandbox isolation"; fi; \
+	fi
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(BIN)/snakemake --cores $(CORES) --profile profiles/default $(SNAKEMAKE_ARGS)
+
+smoke: setup
+	$(BIN)/snakemake --cores $(CORES) --profile profiles/default --configfile config/smoke.yaml $(SNAKEMAKE_ARGS)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean-results:
+	rm -rf results/* .snakemake
+	git checkout -- results/README.md 2>/dev/null || true
