@@ -23,12 +23,16 @@ Equivalent forms compare equal (``0.5`` and ``\\frac{1}{2}``, AIME's ``033`` and
 from __future__ import annotations
 
 import atexit
+import json
 import logging
-import multiprocessing as mp
+import os
+import re
+import selectors
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
-from multiprocessing.connection import wait as mp_wait
 from typing import Any, Sequence
 
 log = logging.getLogger(__name__)
@@ -41,7 +45,11 @@ MAX_GOLD_CHARS = 2000
 MAX_BRACE_DEPTH = 50
 """Deeper nesting inside ``\\boxed{}`` is rejected (returns False without parsing)."""
 
+WORKER_MEMORY_MB = 2048
+"""Address-space limit of each verifier process."""
+
 _BOX_MARKERS = ("\\boxed", "\\fbox")
+MAX_BOX_ATTEMPTS = 20
 
 
 def _matching_brace(text: str, open_idx: int) -> int | None:
@@ -67,16 +75,25 @@ def _matching_brace(text: str, open_idx: int) -> int | None:
 
 
 def extract_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``, or ``\\boxed 5``), else None."""
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``, or ``\\boxed 5``), else None.
+
+    A malformed box (unbalanced, too deep) is skipped for the one before it, at most
+    :data:`MAX_BOX_ATTEMPTS` times, so the scan stays linear on adversarial text.
+    """
     if not isinstance(text, str):
         return None
     pos = len(text)
-    while True:
-        starts = [text.rfind(m, 0, pos) for m in _BOX_MARKERS]
-        start = max(starts)
+    found = {m: True for m in _BOX_MARKERS}
+    for _ in range(MAX_BOX_ATTEMPTS):
+        starts = {}
+        for m in _BOX_MARKERS:
+            idx = text.rfind(m, 0, pos) if found[m] else -1
+            found[m] = idx >= 0  # absent before pos -> absent before any smaller pos
+            starts[m] = idx
+        marker = max(starts, key=starts.get)
+        start = starts[marker]
         if start < 0:
             return None
-        marker = _BOX_MARKERS[starts.index(start)]
         j = start + len(marker)
         if j < len(text) and text[j] == "{":
             close = _matching_brace(text, j)
@@ -88,6 +105,7 @@ def extract_boxed(text: str) -> str | None:
             if token:
                 return token
         pos = start  # malformed box: try the previous one
+    return None
 
 
 def extract_math_answer(text: str | None) -> str | None:
@@ -126,9 +144,20 @@ def _prepare(gold: str, pred: str) -> tuple[str | None, str | None, str | None]:
         if len(boxed) > MAX_ANSWER_CHARS:
             return None, None, boxed[:80]
         return _wrap_gold(gold), "\\boxed{" + boxed + "}", boxed
-    if "\\boxed" in pred[-MAX_PRED_CHARS:] or "\\fbox" in pred[-MAX_PRED_CHARS:]:
-        return None, None, None  # a box that never closes (or is nested absurdly deep)
+    if "\\boxed" in pred or "\\fbox" in pred:
+        return None, None, None  # a box that never closes, is absurdly long or nested too deep
+    if _looks_like_bare_answer(pred):
+        return _wrap_gold(gold), "\\boxed{" + pred.strip() + "}", pred.strip()
     return _wrap_gold(gold), pred[-MAX_PRED_CHARS:], None
+
+
+def _looks_like_bare_answer(pred: str) -> bool:
+    """A short single-line string with no English words: an answer, not a completion
+    (``2^{3}``, ``\\frac{1}{2}``, ``(0, 1]``), parsed as if it were boxed."""
+    text = pred.strip()
+    if not text or len(text) > MAX_ANSWER_CHARS or "\n" in text or "$" in text:
+        return False
+    return re.search(r"[A-Za-z]{2,}", re.sub(r"\\[A-Za-z]+", "", text)) is None
 
 
 def _compare_in_worker(gold_text: str, pred_text: str) -> tuple[bool, str | None]:
@@ -141,34 +170,38 @@ def _compare_in_worker(gold_text: str, pred_text: str) -> tuple[bool, str | None
         warnings.simplefilter("ignore")
         gold_parsed = parse(gold_text, parsing_timeout=None)
         pred_parsed = parse(pred_text, parsing_timeout=None)
-        extracted = str(pred_parsed[-1]) if pred_parsed else None
+        extracted = str(pred_parsed[-1])[:MAX_ANSWER_CHARS] if pred_parsed else None
         if not gold_parsed or not pred_parsed:
             return False, extracted
         return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None)), extracted
 
 
-def _worker_main(conn: Any) -> None:
-    """Worker loop: receive ``(gold_text, pred_text)``, send ``(ok, extracted)``; exit on None."""
+def _worker_main() -> None:
+    """Worker loop (``python -m salt.tasks.verify --worker``): one JSON request per stdin line
+    ``[gold_text, pred_text]``, one JSON reply per stdout line ``[ok, extracted, error]``."""
     logging.getLogger("math_verify").setLevel(logging.CRITICAL)
+    try:  # a runaway sympy expansion dies of MemoryError instead of swapping the machine
+        import resource
+
+        limit = WORKER_MEMORY_MB * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    except (ImportError, ValueError, OSError):
+        pass
+    out = sys.stdout
+    sys.stdout = sys.stderr  # nothing printed by a library may corrupt the reply channel
     try:  # warm up the imports once, so the first deadline is not spent importing sympy
         _compare_in_worker("\\boxed{1}", "\\boxed{1}")
-    except Exception:  # noqa: BLE001 - a broken install shows up as False answers + the parent log
+    except Exception:  # noqa: BLE001 - a broken install shows up as False answers + "error" status
         pass
-    while True:
+    for line in sys.stdin:
         try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            return
-        if msg is None:
-            return
-        try:
-            result = _compare_in_worker(*msg)
+            gold_text, pred_text = json.loads(line)
+            ok, extracted = _compare_in_worker(gold_text, pred_text)
+            reply = [ok, extracted, None]
         except Exception as exc:  # noqa: BLE001 - any parser failure means "not equal"
-            result = (False, None, f"{type(exc).__name__}: {str(exc)[:200]}")
-        try:
-            conn.send(result)
-        except (BrokenPipeError, OSError):
-            return
+            reply = [False, None, f"{type(exc).__name__}: {str(exc)[:200]}"]
+        out.write(json.dumps(reply) + "\n")
+        out.flush()
 
 
 @dataclass
@@ -180,136 +213,176 @@ class MathResult:
 
 
 class _Worker:
-    def __init__(self, ctx: Any) -> None:
-        parent_conn, child_conn = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(target=_worker_main, args=(child_conn,), daemon=True)
-        self.proc.start()
-        child_conn.close()
-        self.conn = parent_conn
+    """One verifier subprocess (plain ``subprocess``: no fork of the caller, no ``__main__``
+    re-import), talking JSON lines over its stdin/stdout."""
+
+    def __init__(self) -> None:
+        env = dict(os.environ)
+        env.setdefault("PYTHONHASHSEED", "0")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "salt.tasks.verify", "--worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            close_fds=True,
+        )
+        self.fd = self.proc.stdout.fileno()
+        os.set_blocking(self.fd, False)
+        self.buf = b""
+
+    def send(self, gold_text: str, pred_text: str) -> None:
+        self.proc.stdin.write((json.dumps([gold_text, pred_text]) + "\n").encode())
+        self.proc.stdin.flush()
+
+    def read_reply(self) -> list | None:
+        """A complete reply if one is buffered; raises EOFError when the worker died."""
+        while b"\n" not in self.buf:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return None
+            if not chunk:
+                raise EOFError("math verifier worker exited")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
 
     def kill(self) -> None:
         try:
             self.proc.kill()
-        except (OSError, AttributeError, ValueError):
+        except OSError:
             pass
-        self.proc.join(timeout=5)
-        self.conn.close()
+        self.proc.wait(timeout=10)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
 
     def close(self) -> None:
         try:
-            self.conn.send(None)
-        except (OSError, ValueError):
+            self.proc.stdin.close()  # EOF ends the worker loop
+            self.proc.wait(timeout=2)
+        except (OSError, subprocess.TimeoutExpired):
             pass
-        self.proc.join(timeout=1)
-        if self.proc.is_alive():
+        if self.proc.poll() is None:
             self.kill()
         else:
-            self.conn.close()
+            self.proc.stdout.close()
 
 
 class MathVerifierPool:
     """A fixed number of verifier processes with a per-comparison wall-clock deadline.
 
     ``compare_many(pairs, timeout_s)`` keeps every worker busy; a worker that misses its deadline
-    is killed and replaced and the pair gets ``equal=False, status="timeout"``. Thread-safe
-    (calls are serialised by a lock). Workers are started lazily with the ``forkserver`` start
-    method (``spawn`` where unavailable), so a parent full of torch threads is never forked.
+    is killed (SIGKILL) and replaced, and the pair gets ``equal=False, status="timeout"``.
+    Thread-safe (calls are serialised by a lock). Workers are plain subprocesses started lazily,
+    so the caller (full of torch threads) is never forked.
     """
 
-    def __init__(self, workers: int = 2, start_method: str | None = None) -> None:
+    startup_grace_s = 20.0
+    """Extra time granted to the first comparison of a fresh worker (interpreter start + imports)."""
+
+    def __init__(self, workers: int = 2) -> None:
         if workers < 1:
             raise ValueError(f"MathVerifierPool: workers must be >= 1, got {workers}")
         self.n_workers = int(workers)
-        if start_method is None:
-            start_method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-        self._ctx = mp.get_context(start_method)
         self._workers: list[_Worker] = []
+        self._fresh: list[bool] = []
         self._lock = threading.Lock()
         self._closed = False
         self.n_killed = 0
 
     def _ensure_workers(self) -> None:
         while len(self._workers) < self.n_workers:
-            self._workers.append(_Worker(self._ctx))
+            self._workers.append(_Worker())
+            self._fresh.append(True)
 
     def compare_many(self, pairs: Sequence[tuple[str, str]], timeout_s: float = 5.0) -> list[MathResult]:
-        """``pairs[i] = (gold, pred)`` -> ``results[i]``; every result arrives within ~timeout_s
-        of the start of its comparison (the batch takes at most ~len(pairs)/workers * timeout_s)."""
+        """``pairs[i] = (gold, pred)`` -> ``results[i]``. Each comparison gets ``timeout_s`` seconds
+        of wall clock (plus a one-off start-up grace for a fresh worker); the batch takes at most
+        about ``ceil(len(pairs) / workers) * timeout_s``."""
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         results: list[MathResult | None] = [None] * len(pairs)
-        jobs: list[tuple[int, str, str]] = []
+        jobs: list[tuple[int, str, str, str | None]] = []
         for i, (gold, pred) in enumerate(pairs):
             gold_text, pred_text, extracted = _prepare(gold, pred)
-            if gold_text is None:
+            if gold_text is None or pred_text is None:
                 results[i] = MathResult(False, extracted, "rejected", 0.0)
             else:
-                jobs.append((i, gold_text, pred_text, extracted))  # type: ignore[arg-type]
-        if not jobs:
-            return results  # type: ignore[return-value]
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("MathVerifierPool is closed")
-            self._run(jobs, results, timeout_s)
+                jobs.append((i, gold_text, pred_text, extracted))
+        if jobs:
+            with self._lock:
+                if self._closed:
+                    raise RuntimeError("MathVerifierPool is closed")
+                self._run(jobs, results, timeout_s)
         return results  # type: ignore[return-value]
 
     def _run(self, jobs: list, results: list, timeout_s: float) -> None:
         self._ensure_workers()
         pending = list(reversed(jobs))
-        busy: dict[int, tuple[int, str | None, float]] = {}  # worker slot -> (job idx, extracted, start)
-        # the first comparison of a fresh worker also pays for its imports: grant it extra time
-        startup_grace = 30.0
-        fresh = {w: True for w in range(len(self._workers))}
-        while pending or busy:
-            for slot in range(len(self._workers)):
-                if slot not in busy and pending:
+        busy: dict[int, tuple[int, str | None, float, float]] = {}  # slot -> (job, extracted, start, deadline)
+        sel = selectors.DefaultSelector()
+        try:
+            while pending or busy:
+                for slot in range(len(self._workers)):
+                    if slot in busy or not pending:
+                        continue
                     idx, gold_text, pred_text, extracted = pending.pop()
-                    worker = self._workers[slot]
                     try:
-                        worker.conn.send((gold_text, pred_text))
-                    except (OSError, ValueError):
+                        self._workers[slot].send(gold_text, pred_text)
+                    except OSError:  # the idle worker died: replace it and retry the job
                         self._replace(slot)
-                        fresh[slot] = True
                         pending.append((idx, gold_text, pred_text, extracted))
                         continue
-                    busy[slot] = (idx, extracted, time.monotonic())
-            now = time.monotonic()
-            deadlines = {
-                slot: start + timeout_s + (startup_grace if fresh.get(slot) else 0.0)
-                for slot, (_, _, start) in busy.items()
-            }
-            wait_s = max(0.0, min(deadlines.values()) - now)
-            conns = {self._workers[slot].conn: slot for slot in busy}
-            ready = mp_wait(list(conns), timeout=wait_s)
-            for conn in ready:
-                slot = conns[conn]
-                idx, extracted, start = busy.pop(slot)
-                fresh[slot] = False
-                try:
-                    msg = conn.recv()
-                except (EOFError, OSError):  # the worker died (e.g. out of memory)
-                    self._replace(slot)
-                    fresh[slot] = True
-                    results[idx] = MathResult(False, extracted, "error", time.monotonic() - start)
-                    continue
-                status = "ok" if len(msg) == 2 else "error"
-                results[idx] = MathResult(bool(msg[0]), extracted if extracted is not None else msg[1], status,
-                                          time.monotonic() - start)
-            now = time.monotonic()
-            for slot in list(busy):
-                if now >= deadlines[slot] and self._workers[slot].conn not in ready:
-                    idx, extracted, start = busy.pop(slot)
-                    self._replace(slot)
-                    fresh[slot] = True
-                    self.n_killed += 1
-                    results[idx] = MathResult(False, extracted, "timeout", now - start)
+                    start = time.monotonic()
+                    grace = self.startup_grace_s if self._fresh[slot] else 0.0
+                    busy[slot] = (idx, extracted, start, start + timeout_s + grace)
+                    sel.register(self._workers[slot].fd, selectors.EVENT_READ, slot)
+                wait_s = max(0.0, min(d for (_, _, _, d) in busy.values()) - time.monotonic())
+                for key, _ in sel.select(timeout=wait_s):
+                    slot = key.data
+                    idx, extracted, start, _ = busy[slot]
+                    try:
+                        reply = self._workers[slot].read_reply()
+                    except (EOFError, OSError, ValueError):  # died (e.g. out of memory) or garbage
+                        sel.unregister(key.fd)
+                        busy.pop(slot)
+                        self._replace(slot)
+                        results[idx] = MathResult(False, extracted, "error", time.monotonic() - start)
+                        continue
+                    if reply is None:
+                        continue  # partial line; wait for the rest
+                    sel.unregister(key.fd)
+                    busy.pop(slot)
+                    self._fresh[slot] = False
+                    ok, worker_extracted, error = reply
+                    results[idx] = MathResult(
+                        bool(ok),
+                        extracted if extracted is not None else worker_extracted,
+                        "ok" if error is None else "error",
+                        time.monotonic() - start,
+                    )
+                now = time.monotonic()
+                for slot, (idx, extracted, start, deadline) in list(busy.items()):
+                    if now >= deadline:
+                        sel.unregister(self._workers[slot].fd)
+                        busy.pop(slot)
+                        self._replace(slot)
+                        self.n_killed += 1
+                        results[idx] = MathResult(False, extracted, "timeout", now - start)
+        finally:
+            sel.close()
 
     def _replace(self, slot: int) -> None:
         self._workers[slot].kill()
-        self._workers[slot] = _Worker(self._ctx)
+        self._workers[slot] = _Worker()
+        self._fresh[slot] = True
 
     def worker_pids(self) -> list[int]:
-        return [w.proc.pid for w in self._workers if w.proc.pid is not None]
+        return [w.proc.pid for w in self._workers]
 
     def close(self) -> None:
         with self._lock:
@@ -317,6 +390,7 @@ class MathVerifierPool:
             for w in self._workers:
                 w.close()
             self._workers = []
+            self._fresh = []
 
     def __enter__(self) -> "MathVerifierPool":
         return self
@@ -381,3 +455,7 @@ __all__ = [
     "math_equal_many",
     "shutdown_pool",
 ]
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--worker"]:
+    _worker_main()

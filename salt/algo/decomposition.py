@@ -1,0 +1,251 @@
+"""SALT: subspace-adaptive reweighting of group-relative advantages (methods.md 3.4, 3.5).
+
+Given the Gram K (B, B) of per-rollout gradient features (``salt.algo.geometry``) and the
+advantages A (B,), :func:`decompose` splits A into a shared channel P A (P the projector on the
+top-k eigenvectors of K) and an exploration residual (I - P) relu(A), and mixes them with an
+adaptive alpha = clamp(1 - n_eff, alpha_min, alpha_max). Pure function: float64 inside, no
+global RNG, never raises or returns NaN on degenerate input (it falls back to A unchanged).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from salt.algo.geometry import effective_sample_size, participation_ratio
+
+SUBSPACES = ("top", "random")
+CHANNELS = ("both", "shared_only", "residual_only")
+
+METRIC_KEYS = (
+    "salt/participation_ratio", "salt/n_eff", "salt/alpha", "salt/k", "salt/eig_max",
+    "salt/eig_min", "salt/eig_ratio", "salt/main_contrib_ratio", "salt/exp_contrib_ratio",
+    "salt/positive_adv_ratio", "salt/shared_energy_ratio", "salt/residual_energy_ratio",
+    "salt/residual_bound", "salt/n_eff_final", "salt/pr_final", "salt/fallback",
+)
+
+
+@dataclass
+class SaltConfig:
+    """SALT hyper-parameters and ablation switches (methods.md 3.4)."""
+
+    rho: float = 1.0  # k = round(rho * PR) before clamping; > 0
+    k_min: int = 1  # lower clamp of k; >= 1
+    k_max: int = 64  # upper clamp of k (also capped at B - 1); >= k_min
+    alpha_min: float = 0.0  # lower clamp of alpha = 1 - n_eff
+    alpha_max: float = 1.0  # upper clamp of alpha; >= alpha_min
+    alpha_fixed: float | None = None  # a number replaces the adaptive alpha (ablation)
+    relu_exploration: bool = True  # residual channel uses relu(A) (False: plain A)
+    k_fixed: int | None = None  # a fixed subspace size instead of rho * PR (capped at B - 1)
+    subspace: str = "top"  # "top" eigenvectors of K | "random" k-dim subspace (control)
+    channels: str = "both"  # "both" | "shared_only" | "residual_only"
+    normalize_final: bool = False  # rescale A_final to the unbiased std of A
+    seed: int = 0  # seeds the random subspace (torch.Generator, no global RNG)
+
+    def __post_init__(self) -> None:
+        def bad(name: str, allowed: str) -> ValueError:
+            return ValueError(f"SaltConfig.{name}={getattr(self, name)!r} is invalid: expected {allowed}")
+
+        if not (isinstance(self.rho, (int, float)) and math.isfinite(self.rho) and self.rho > 0):
+            raise bad("rho", "a finite number > 0")
+        if not (isinstance(self.k_min, int) and self.k_min >= 1):
+            raise bad("k_min", "an integer >= 1")
+        if not (isinstance(self.k_max, int) and self.k_max >= self.k_min):
+            raise bad("k_max", f"an integer >= k_min ({self.k_min})")
+        for name in ("alpha_min", "alpha_max"):
+            if not (isinstance(getattr(self, name), (int, float)) and math.isfinite(getattr(self, name))):
+                raise bad(name, "a finite number")
+        if self.alpha_max < self.alpha_min:
+            raise bad("alpha_max", f"a number >= alpha_min ({self.alpha_min})")
+        if self.alpha_fixed is not None and not (
+            isinstance(self.alpha_fixed, (int, float)) and math.isfinite(self.alpha_fixed)
+        ):
+            raise bad("alpha_fixed", "null (adaptive alpha) or a finite number")
+        if self.k_fixed is not None and not (isinstance(self.k_fixed, int) and self.k_fixed >= 1):
+            raise bad("k_fixed", "null (k from the participation ratio) or an integer >= 1")
+        if self.subspace not in SUBSPACES:
+            raise bad("subspace", " or ".join(repr(s) for s in SUBSPACES))
+        if self.channels not in CHANNELS:
+            raise bad("channels", " or ".join(repr(s) for s in CHANNELS))
+        if not isinstance(self.relu_exploration, bool):
+            raise bad("relu_exploration", "true or false")
+        if not isinstance(self.normalize_final, bool):
+            raise bad("normalize_final", "true or false")
+        if not isinstance(self.seed, int):
+            raise bad("seed", "an integer")
+
+
+@dataclass
+class SaltResult:
+    """Output of :func:`decompose`. Tensors are (B,) in the input dtype and device.
+
+    ``shared`` = P A and ``residual`` = (I - P) relu(A) are the raw channels (before alpha and
+    the ``channels`` switch); ``advantages`` is A_final. On fallback: advantages = A,
+    shared = A, residual = 0.
+    """
+
+    advantages: torch.Tensor
+    shared: torch.Tensor
+    residual: torch.Tensor
+    alpha: float
+    k: int
+    participation_ratio: float
+    n_eff: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    fallback: bool = False
+
+
+def decompose(gram: torch.Tensor, advantages: torch.Tensor, cfg: SaltConfig | None = None) -> SaltResult:
+    """SALT decomposition, methods.md 3.4 steps 1-8. gram (B, B), advantages (B,) -> SaltResult."""
+    cfg = SaltConfig() if cfg is None else cfg
+    K, A = _prepare(gram, advantages)  # float64, K symmetrised
+    eig = None if _degenerate(K, A) else _eigh(K)
+    if eig is None:
+        return _fallback(K, A, advantages)
+    evals, evecs = eig  # ascending
+    B = A.numel()
+    pr = participation_ratio(K)  # step 1
+    k = _choose_k(pr, B, cfg)  # step 2
+    basis = evecs[:, B - k :] if cfg.subspace == "top" else _random_basis(B, k, cfg.seed)  # (B, k)
+    P = basis @ basis.T  # step 3: (B, B) projector
+    n_eff = effective_sample_size(K, A)  # step 4
+    if cfg.alpha_fixed is not None:  # step 5
+        alpha = float(cfg.alpha_fixed)
+    else:
+        alpha = _clamp(1.0 - n_eff, cfg.alpha_min, cfg.alpha_max)
+    explore = A.clamp_min(0.0) if cfg.relu_exploration else A
+    shared, residual = P @ A, explore - P @ explore  # step 6
+    final = _combine(shared, residual, alpha, cfg.channels)
+    if cfg.normalize_final:  # step 7
+        final = _match_std(final, A)
+    metrics = _metrics(K, A, P, evals, k, pr, n_eff, alpha, shared, residual, final)
+    dt = advantages.dtype
+    return SaltResult(  # step 8: A_final goes to the loss where A would have gone
+        advantages=final.to(dt), shared=shared.to(dt), residual=residual.to(dt), alpha=alpha,
+        k=k, participation_ratio=pr, n_eff=n_eff, metrics=metrics, fallback=False,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------
+
+
+def _prepare(gram: torch.Tensor, advantages: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shape checks (programming errors raise), then float64 copies: K symmetrised, A flat."""
+    if advantages.dim() != 1:
+        raise ValueError(f"advantages must be (B,), got shape {tuple(advantages.shape)}")
+    B = advantages.shape[0]
+    if tuple(gram.shape) != (B, B):
+        raise ValueError(f"gram must be (B, B) = {(B, B)} to match advantages, got {tuple(gram.shape)}")
+    K = gram.detach().to(torch.float64)
+    return 0.5 * (K + K.T), advantages.detach().to(torch.float64)
+
+
+def _degenerate(K: torch.Tensor, A: torch.Tensor) -> str | None:
+    """Name of the degenerate case of methods.md 3.4, or None when SALT can run."""
+    if A.numel() < 2:
+        return "B < 2"
+    if not (torch.isfinite(K).all() and torch.isfinite(A).all()):
+        return "non-finite input"
+    if not bool((A != 0).any()):
+        return "all advantages zero"
+    if not float(torch.trace(K)) > 0 or not bool((K != 0).any()):
+        return "zero Gram"
+    return None
+
+
+def _eigh(K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Ascending eigenvalues (B,) and eigenvectors (B, B), or None if the solver fails."""
+    try:
+        evals, evecs = torch.linalg.eigh(K)
+    except RuntimeError:  # torch.linalg.LinAlgError subclasses RuntimeError
+        return None
+    if not (torch.isfinite(evals).all() and torch.isfinite(evecs).all()):
+        return None
+    return evals, evecs
+
+
+def _clamp(x: float, lo: float, hi: float) -> float:
+    return float(min(max(x, lo), hi))
+
+
+def _choose_k(pr: float, B: int, cfg: SaltConfig) -> int:
+    """k = clamp(round(rho PR), k_min, min(k_max, B - 1)); k_fixed is only capped to [1, B - 1]."""
+    upper = max(1, min(cfg.k_max, B - 1))
+    if cfg.k_fixed is not None:
+        return int(min(cfg.k_fixed, B - 1))
+    return int(min(max(round(cfg.rho * pr), cfg.k_min), upper))
+
+
+def _random_basis(B: int, k: int, seed: int) -> torch.Tensor:
+    """(B, k) orthonormal basis of a uniformly random k-dim subspace (QR of a Gaussian)."""
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    q, _ = torch.linalg.qr(torch.randn(B, k, generator=gen, dtype=torch.float64))
+    return q
+
+
+def _combine(shared: torch.Tensor, residual: torch.Tensor, alpha: float, channels: str) -> torch.Tensor:
+    if channels == "shared_only":
+        return shared.clone()
+    if channels == "residual_only":
+        return alpha * residual
+    return shared + alpha * residual
+
+
+def _match_std(final: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    """Rescale ``final`` to the unbiased std of A (left unchanged if its own std is ~0)."""
+    s_final, s_a = float(final.std(unbiased=True)), float(A.std(unbiased=True))
+    return final * (s_a / s_final) if s_final > 1e-12 else final
+
+
+def _ratio(num: float, den: float, default: float) -> float:
+    return float(num / den) if den > 1e-30 and math.isfinite(num / den) else default
+
+
+def _metrics(K, A, P, evals, k, pr, n_eff, alpha, shared, residual, final) -> dict[str, float]:
+    """Every key of METRIC_KEYS (methods.md 3.5), all finite python floats."""
+    B = A.numel()
+    lam_max, lam_min = float(evals[-1]), float(evals[0])
+    lam_next = float(evals[B - k - 1]) if k < B else 0.0  # lambda_{k+1}, (k+1)-th largest
+    sh2, res2 = float(shared @ shared), float(residual @ residual)
+    main = _ratio(sh2, sh2 + alpha**2 * res2, 1.0)
+    shared_energy = _ratio(float(shared @ K @ shared), float(A @ K @ A), 1.0)
+    resid_a = A - P @ A  # (I - P) A
+    K_final = final[:, None] * K * final[None, :]  # Gram of the reweighted updates A_i g_i
+    out = {
+        "salt/participation_ratio": pr, "salt/n_eff": n_eff, "salt/alpha": alpha, "salt/k": float(k),
+        "salt/eig_max": lam_max, "salt/eig_min": lam_min,
+        "salt/eig_ratio": lam_max / (max(lam_min, 0.0) + 1e-10),
+        "salt/main_contrib_ratio": main, "salt/exp_contrib_ratio": 1.0 - main,
+        "salt/positive_adv_ratio": float((A > 0).double().mean()),
+        "salt/shared_energy_ratio": shared_energy, "salt/residual_energy_ratio": 1.0 - shared_energy,
+        "salt/residual_bound": max(lam_next, 0.0) * float(resid_a @ resid_a),
+        "salt/n_eff_final": effective_sample_size(K, final),
+        "salt/pr_final": participation_ratio(K_final), "salt/fallback": 0.0,
+    }
+    return {key: (v if math.isfinite(v) else 0.0) for key, v in out.items()}
+
+
+def _fallback(K: torch.Tensor, A: torch.Tensor, advantages: torch.Tensor) -> SaltResult:
+    """A unchanged, salt/fallback = 1, every metric finite (0 where undefined)."""
+    finite = bool(torch.isfinite(K).all() and torch.isfinite(A).all()) and A.numel() > 0
+    pr = participation_ratio(K) if finite else 0.0
+    n_eff = effective_sample_size(K, A) if finite else 0.0
+    pr_final = participation_ratio(A[:, None] * K * A[None, :]) if finite else 0.0
+    pos = float((A > 0).double().mean()) if A.numel() > 0 else 0.0
+    metrics = {key: 0.0 for key in METRIC_KEYS}
+    metrics.update({
+        "salt/participation_ratio": pr, "salt/n_eff": n_eff, "salt/n_eff_final": n_eff,
+        "salt/pr_final": pr_final, "salt/positive_adv_ratio": pos, "salt/main_contrib_ratio": 1.0,
+        "salt/shared_energy_ratio": 1.0, "salt/fallback": 1.0,
+    })
+    metrics = {key: (v if math.isfinite(v) else 0.0) for key, v in metrics.items()}
+    return SaltResult(
+        advantages=advantages.detach().clone(), shared=advantages.detach().clone(),
+        residual=torch.zeros_like(advantages), alpha=0.0, k=0,
+        participation_ratio=metrics["salt/participation_ratio"], n_eff=metrics["salt/n_eff"],
+        metrics=metrics, fallback=True,
+    )

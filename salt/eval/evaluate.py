@@ -1,0 +1,294 @@
+"""``salt evaluate``: sample n completions per problem, score them, report pass@k and friends.
+
+::
+
+    salt evaluate --model DIR --benchmark NAME --data JSONL --out OUT [--n N] [--temperature T]
+                  [--top-p P] [--max-new-tokens L] [--ks 1,4,16] [--batch-size B]
+                  [--backend hf|vllm] [--seed S] [--tracking-uri URI] [--no-tracking]
+
+* ``--model`` is a training output dir (its ``final/`` model is used and its ``run.json`` names
+  the MLflow run to attach the metrics to) or a Hugging Face model dir.
+* Completions come from the same rollout backends as training (:func:`salt.rollout.make_backend`)
+  and are scored by :func:`salt.tasks.rewards.score_batch`.
+* ``OUT/problems.jsonl``: one line per problem (correctness, extracted answers, lengths, finish
+  reasons and the completions, cut to :data:`MAX_SAVED_CHARS`), appended and fsynced as soon as
+  the problem is scored. A rerun skips the problems already there (resumable; a torn last line
+  from a crash is dropped).
+* ``OUT/metrics.json``: :func:`summarise` of every problem of ``--data``: unbiased pass@k for each
+  k <= n, avg@n, maj@n, mean response length (tokens), truncation rate (``finish_reason ==
+  "length"``), n and the number of problems.
+* MLflow: metrics ``eval/<benchmark>/<metric>`` on the run of the evaluated model (found through
+  ``run.json`` next to ``final/``), else on a new run whose ``run.json`` is written to OUT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from salt.utils import append_jsonl, atomic_write_text, read_jsonl
+
+log = logging.getLogger(__name__)
+
+MAX_SAVED_CHARS = 2000
+PROBLEMS_FILE = "problems.jsonl"
+METRICS_FILE = "metrics.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# the pure part
+
+
+def summarise(problem_results: Sequence[Mapping[str, Any]], ks: Sequence[int]) -> dict[str, Any]:
+    """Aggregate per-problem records into benchmark metrics.
+
+    Args:
+        problem_results: one record per problem with ``correct`` (list of bool, length n_i),
+            ``extracted`` (list of str | None), ``lengths`` (completion tokens) and
+            ``finish_reasons`` ("stop" | "length").
+        ks: the k of pass@k; a k larger than the smallest n is left out (listed in
+            ``ks_skipped``).
+    Returns:
+        ``{"n_problems", "n", "pass@k"..., "avg@n", "maj@n", "mean_response_length",
+        "truncation_rate", "ks_skipped"}``; pass@k, avg@n and maj@n are means over problems.
+    """
+    from salt.eval.metrics import avg_at_k, maj_at_k, pass_at_k
+
+    if not problem_results:
+        raise ValueError("summarise: no problem results")
+    ns = [len(r["correct"]) for r in problem_results]
+    if min(ns) < 1:
+        bad = next(r.get("id") for r in problem_results if not r["correct"])
+        raise ValueError(f"summarise: problem {bad!r} has no samples")
+    n_min = min(ns)
+    out: dict[str, Any] = {"n_problems": len(problem_results), "n": n_min if n_min == max(ns) else ns}
+    ks_used = sorted({int(k) for k in ks if 1 <= int(k) <= n_min})
+    for k in ks_used:
+        out[f"pass@{k}"] = sum(pass_at_k(len(r["correct"]), int(sum(map(bool, r["correct"]))), k)
+                               for r in problem_results) / len(problem_results)
+    out["avg@n"] = sum(avg_at_k([float(bool(c)) for c in r["correct"]]) for r in problem_results) / len(problem_results)
+    out["maj@n"] = sum(maj_at_k(r["extracted"], [bool(c) for c in r["correct"]])
+                       for r in problem_results) / len(problem_results)
+    lengths = [int(x) for r in problem_results for x in r["lengths"]]
+    reasons = [x for r in problem_results for x in r["finish_reasons"]]
+    out["mean_response_length"] = sum(lengths) / len(lengths) if lengths else 0.0
+    out["truncation_rate"] = sum(1 for x in reasons if x == "length") / len(reasons) if reasons else 0.0
+    out["ks_skipped"] = sorted({int(k) for k in ks} - set(ks_used))
+    return out
+
+
+def load_done(path: Path) -> dict[str, dict[str, Any]]:
+    """Records already in ``problems.jsonl`` by id; a torn last line (crash mid-write) is cut off."""
+    if not path.exists():
+        return {}
+    raw = path.read_bytes()
+    done: dict[str, dict[str, Any]] = {}
+    good_end = 0
+    pos = 0
+    for line in raw.split(b"\n"):
+        end = pos + len(line) + 1
+        if line.strip():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                if end >= len(raw):  # only the last line may be torn
+                    break
+                raise ValueError(f"{path}: line at byte {pos} is not valid JSON; remove it to resume")
+            done[rec["id"]] = rec
+        good_end = min(end, len(raw))
+        pos = end
+    if good_end < len(raw):
+        log.warning("%s: dropping a torn last line (%d bytes) before resuming", path, len(raw) - good_end)
+        with open(path, "r+b") as fh:
+            fh.truncate(good_end)
+    return done
+
+
+# ---------------------------------------------------------------------------------------------
+# model, backend and tracking
+
+
+def resolve_model_dir(model: str | os.PathLike) -> tuple[Path, Path | None]:
+    """``(model_dir, run_dir)``: a training output dir's ``final/`` (run dir = the output dir), or
+    a model dir itself (run dir = its parent when the parent holds ``run.json``)."""
+    path = Path(model).expanduser()
+    if (path / "final" / "config.json").exists():
+        return path / "final", path
+    if (path / "config.json").exists():
+        parent = path.resolve().parent
+        return path, parent if (parent / "run.json").exists() else None
+    raise FileNotFoundError(
+        f"--model {path}: no config.json there nor in {path / 'final'}; pass a training output dir "
+        "(with final/) or a Hugging Face model dir"
+    )
+
+
+def load_model(model_dir: Path, backend: str):
+    """Tokenizer and model for the backend (hf: float32 on CPU / the first GPU)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if backend == "vllm":
+        return str(model_dir), tokenizer  # vLLM loads the weights itself from the directory
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    model.eval()
+    return model, tokenizer
+
+
+def _open_tracking(args: argparse.Namespace, run_dir: Path | None, out_dir: Path):
+    if args.no_tracking:
+        return None
+    from salt import tracking
+
+    if run_dir is not None and (run_dir / tracking.RUN_FILE).exists():
+        return tracking.attach_to_run(run_dir)
+    cfg = {"uri": args.tracking_uri} if args.tracking_uri else {}
+    return tracking.start_run(cfg, run_name=f"eval-{args.benchmark}", out_dir=out_dir,
+                              tags={"salt.kind": "evaluation", "salt.benchmark": args.benchmark})
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from salt.rollout import make_backend
+    from salt.tasks.prompts import build_prompt
+    from salt.tasks.rewards import score_batch
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = read_jsonl(args.data)
+    if args.limit:
+        rows = rows[: args.limit]
+    if not rows:
+        raise ValueError(f"--data {args.data}: no rows")
+    ids = [r.get("id") for r in rows]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"--data {args.data}: duplicate ids; prepare it with 'salt prepare-data'")
+    ks = [int(k) for k in str(args.ks).split(",") if k.strip()]
+    if any(k < 1 for k in ks):
+        raise ValueError(f"--ks {args.ks}: every k must be >= 1")
+    problems_path = out_dir / PROBLEMS_FILE
+    done = load_done(problems_path)
+    for rid, rec in done.items():
+        if len(rec["correct"]) != args.n:
+            raise ValueError(f"{problems_path}: problem {rid!r} was scored with n={len(rec['correct'])}, "
+                             f"not --n {args.n}; use another --out or the same --n")
+    todo = [r for r in rows if r["id"] not in done]
+    log.info("evaluate %s: %d problems, %d already scored, %d to go", args.benchmark, len(rows), len(done), len(todo))
+
+    model_dir, run_dir = resolve_model_dir(args.model)
+    if todo:
+        model, tokenizer = load_model(model_dir, args.backend)
+        backend = make_backend({"backend": args.backend, "batch_size": args.gen_batch_size,
+                                "max_new_tokens": args.max_new_tokens}, model, tokenizer)
+        t0 = time.monotonic()
+        index_of = {r["id"]: i for i, r in enumerate(rows)}
+        for start in range(0, len(todo), args.batch_size):
+            batch = todo[start:start + args.batch_size]
+            prompts = [build_prompt(r, tokenizer, system_prompt=args.system_prompt) for r in batch]
+            # the seed of a batch depends on its first problem, so a resumed run samples the same way
+            seed = int(args.seed) * 1_000_003 + index_of[batch[0]["id"]]
+            out = backend.generate(prompts, n=args.n, max_new_tokens=args.max_new_tokens,
+                                   temperature=args.temperature, top_p=args.top_p, seed=seed)
+            expanded = [r for r in batch for _ in range(args.n)]  # (P * n) rows, grouped by prompt
+            scores = score_batch(expanded, out.texts, workers=args.workers, timeout_s=args.timeout_s,
+                                 code_timeout_s=args.code_timeout_s)
+            for j, row in enumerate(batch):
+                sl = slice(j * args.n, (j + 1) * args.n)
+                rec = {
+                    "id": row["id"],
+                    "task": row["task"],
+                    "answer": row.get("answer"),
+                    "correct": [s.reward >= 1.0 for s in scores[sl]],
+                    "rewards": [s.reward for s in scores[sl]],
+                    "extracted": [None if s.extracted is None else str(s.extracted)[:MAX_SAVED_CHARS]
+                                  for s in scores[sl]],
+                    "lengths": [len(c) for c in out.completion_ids[sl]],
+                    "finish_reasons": list(out.finish_reasons[sl]),
+                    "completions": [t[:MAX_SAVED_CHARS] for t in out.texts[sl]],
+                }
+                append_jsonl(problems_path, rec)
+                done[row["id"]] = rec
+            log.info("evaluate %s: %d/%d problems (%.1fs)", args.benchmark, len(done), len(rows),
+                     time.monotonic() - t0)
+        backend.close()
+
+    results = [done[r["id"]] for r in rows]
+    summary = summarise(results, ks)
+    summary.update(benchmark=args.benchmark, data=str(Path(args.data).resolve()), model=str(model_dir.resolve()),
+                   temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                   seed=args.seed, backend=args.backend)
+    atomic_write_text(out_dir / METRICS_FILE, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+    run = _open_tracking(args, run_dir, out_dir)
+    if run is not None:
+        from salt import tracking
+
+        metrics = {f"eval/{args.benchmark}/{k}": v for k, v in summary.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        tracking.log_metrics(run, metrics, step=args.step)
+        tracking.log_params(run, {f"eval.{args.benchmark}": {
+            "n": args.n, "temperature": args.temperature, "top_p": args.top_p,
+            "max_new_tokens": args.max_new_tokens, "seed": args.seed, "data": summary["data"]}})
+        tracking.end_run(run)
+        summary["mlflow_run_id"] = run.run_id
+        summary["tracking_uri"] = run.tracking_uri
+        atomic_write_text(out_dir / METRICS_FILE, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return summary
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="salt evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="training output dir (uses final/) or HF model dir")
+    p.add_argument("--benchmark", required=True, help="benchmark name (metric namespace), e.g. math500")
+    p.add_argument("--data", required=True, help="prepared rows (DIR/data.jsonl from salt prepare-data)")
+    p.add_argument("--out", required=True, help="output dir: problems.jsonl + metrics.json")
+    p.add_argument("--n", type=int, default=4, help="samples per problem")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--ks", default="1,4,16", help="comma-separated k of pass@k (k > n are skipped)")
+    p.add_argument("--batch-size", type=int, default=8, help="problems per generate call")
+    p.add_argument("--gen-batch-size", type=int, default=None, help="hf backend: max rollouts per model.generate")
+    p.add_argument("--backend", choices=("hf", "vllm"), default="hf")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N problems only")
+    p.add_argument("--system-prompt", default=None)
+    p.add_argument("--workers", type=int, default=2, help="math verifier processes / concurrent sandboxes")
+    p.add_argument("--timeout-s", type=float, default=5.0, help="deadline per math comparison")
+    p.add_argument("--code-timeout-s", type=float, default=10.0, help="deadline per program")
+    p.add_argument("--step", type=int, default=0, help="MLflow step the metrics are logged at")
+    p.add_argument("--tracking-uri", default=None, help="MLflow URI for a new run (default: salt.tracking's)")
+    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    return p
+
+
+def cli_main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    for name in ("n", "batch_size", "max_new_tokens"):
+        if getattr(args, name) < 1:
+            print(f"salt evaluate: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
+            return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        summary = evaluate(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"salt evaluate: {exc}", file=sys.stderr)
+        return 2
+    shown = {k: v for k, v in summary.items() if k.startswith(("pass@", "avg@", "maj@")) or k in ("n_problems", "n")}
+    print(json.dumps(shown, sort_keys=True))
+    return 0
+
+
+__all__ = ["cli_main", "evaluate", "load_done", "resolve_model_dir", "summarise"]

@@ -1,0 +1,289 @@
+"""Collect the logged metrics of every run into tables (nothing is recomputed).
+
+Inputs (listed by the workflow's manifest): each run's ``metrics.jsonl`` (one JSON object per
+training step), its evaluation ``metrics.json`` per benchmark, and the Snakemake benchmark file of
+the training job (wall time). Outputs in ``out_dir``:
+
+- ``steps.csv``   one row per (run, step): the run's identifiers + every logged metric;
+- ``runs.csv``    one row per run: final training reward, means of the geometry metrics over steps,
+  rollouts used, wall time, the path of a Gram dump when the trainer wrote one;
+- ``evals.csv``   one row per (run, benchmark, metric);
+- ``results.csv`` / ``results.md``  final accuracy per study x method x benchmark x G: mean and
+  95% t-interval over seeds of every pass@k / avg@k / maj@k, rollouts used and wall time;
+- ``manifest.json``  the manifest itself (figures read it).
+
+``salt aggregate --manifest M.json --out DIR`` is the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from salt.utils import atomic_write_text, iter_jsonl
+
+ID_COLS = ["study", "kind", "model", "task", "method", "label", "G", "prompts_per_step", "seed"]
+
+# Metric names the trainer logs (salt/train/trainer.py); the first one present wins.
+REWARD_KEYS = ("train/accuracy", "train/reward_mean", "reward/mean", "train/reward")
+ROLLOUT_KEYS_CUMULATIVE = ("train/rollouts_generated", "train/rollouts_total")
+ROLLOUT_KEYS_PER_STEP = ("rollout/generated",)
+TIME_KEYS_CUMULATIVE = ("time/elapsed_s",)
+TIME_KEYS_PER_STEP = ("time/step", "time/step_s")
+EVAL_METRIC = re.compile(r"^(pass|avg|maj)@\d+$|^accuracy$")
+FINAL_WINDOW = 3  # "final" training reward = mean over the last FINAL_WINDOW logged steps
+
+
+def first_key(row_keys: Iterable[str], candidates: Sequence[str]) -> str | None:
+    keys = set(row_keys)
+    return next((k for k in candidates if k in keys), None)
+
+
+def t_quantile(level: float, dof: int) -> float:
+    from scipy import stats
+
+    return float(stats.t.ppf(0.5 + level / 2.0, dof))
+
+
+def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float, int]:
+    """Mean and half-width of the two-sided t-interval over ``values`` (NaNs dropped).
+
+    Returns (mean, half_width, n); half_width is NaN when n < 2, mean is NaN when n == 0.
+    """
+    xs = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    n = len(xs)
+    if n == 0:
+        return float("nan"), float("nan"), 0
+    mean = sum(xs) / n
+    if n < 2:
+        return mean, float("nan"), 1
+    var = sum((x - mean) ** 2 for x in xs) / (n - 1)
+    return mean, t_quantile(level, n - 1) * math.sqrt(var / n), n
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a metrics.jsonl, one per step (a step logged twice, e.g. after a resume, keeps its last row)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: the training run did not log metrics (see its log in results/logs/train/)")
+    by_step: dict[int, dict[str, Any]] = {}
+    order: list[int] = []
+    for i, row in enumerate(iter_jsonl(path)):
+        step = int(row.get("step", i))
+        if step not in by_step:
+            order.append(step)
+        by_step[step] = row
+    return [by_step[s] for s in sorted(order)]
+
+
+def _numeric(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    return None
+
+
+def _flatten_numeric(d: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten_numeric(value, name + "/"))
+        else:
+            num = _numeric(value)
+            if num is not None:
+                out[name] = num
+    return out
+
+
+def _benchmark_seconds(path: str | Path | None) -> float | None:
+    """Wall seconds from a Snakemake benchmark TSV (column ``s``), or None."""
+    if not path or not Path(path).exists():
+        return None
+    with open(path, encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    if not rows or "s" not in rows[-1]:
+        return None
+    return float(rows[-1]["s"])
+
+
+def _gram_dump(run_dir: Path) -> str | None:
+    dumps = sorted(list(run_dir.glob("gram_step_*.npz")) + list(run_dir.glob("gram_step_*.pt")))
+    return str(dumps[0]) if dumps else None
+
+
+def summarize_run(run: Mapping[str, Any], steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """One runs.csv row: final reward, means over steps of every numeric metric, rollouts and time."""
+    out: dict[str, Any] = {c: run[c] for c in ID_COLS}
+    out["steps"] = len(steps)
+    keys = set().union(*(s.keys() for s in steps)) if steps else set()
+    reward_key = first_key(keys, REWARD_KEYS)
+    if reward_key:
+        tail = [s[reward_key] for s in steps if _numeric(s.get(reward_key)) is not None][-FINAL_WINDOW:]
+        out["final_reward"] = sum(tail) / len(tail) if tail else float("nan")
+    else:
+        out["final_reward"] = float("nan")
+    cum = first_key(keys, ROLLOUT_KEYS_CUMULATIVE)
+    per = first_key(keys, ROLLOUT_KEYS_PER_STEP)
+    if cum:
+        out["rollouts_used"] = max(float(s[cum]) for s in steps if cum in s)
+    elif per:
+        out["rollouts_used"] = sum(float(s[per]) for s in steps if per in s)
+    else:  # the batch size the config asked for, times the steps logged
+        out["rollouts_used"] = float(run["G"] * run["prompts_per_step"] * len(steps))
+    seconds = _benchmark_seconds(run.get("benchmark"))
+    if seconds is None:
+        tc, tp = first_key(keys, TIME_KEYS_CUMULATIVE), first_key(keys, TIME_KEYS_PER_STEP)
+        if tc:
+            seconds = max(float(s[tc]) for s in steps if tc in s)
+        elif tp:
+            seconds = sum(float(s[tp]) for s in steps if tp in s)
+    out["wall_time_s"] = seconds if seconds is not None else float("nan")
+    for key in sorted(keys):
+        if key == "step" or not key.startswith(("salt/", "geom/", "train/", "reward/", "data/", "time/", "eval/")):
+            continue
+        vals = [float(s[key]) for s in steps if _numeric(s.get(key)) is not None]
+        if vals:
+            out[f"mean:{key}"] = sum(vals) / len(vals)
+    out["gram_file"] = _gram_dump(Path(run["run_dir"])) or ""
+    out["run_dir"] = run["run_dir"]
+    return out
+
+
+def results_table(runs_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any]], level: float = 0.95) -> list[dict[str, Any]]:
+    """Mean and t-interval over seeds per (study, model, task, method, G, benchmark)."""
+    by_run = {(r["study"], r["model"], r["task"], r["method"], r["G"], r["seed"]): r for r in runs_rows}
+    groups: dict[tuple, dict[str, Any]] = {}
+    for e in eval_rows:
+        key = (e["study"], e["model"], e["task"], e["method"], e["G"], e["benchmark"])
+        g = groups.setdefault(key, {"label": e["label"], "metrics": {}, "seeds": set()})
+        g["metrics"].setdefault(e["metric"], {})[e["seed"]] = e["value"]
+        g["seeds"].add(e["seed"])
+    table = []
+    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], k[5], k[3], int(k[4]))):
+        study, model, task, method, G, bench = key
+        g = groups[key]
+        seeds = sorted(g["seeds"])
+        row: dict[str, Any] = {"study": study, "model": model, "task": task, "method": method,
+                               "label": g["label"], "G": G, "benchmark": bench, "seeds": len(seeds)}
+        for metric in sorted(g["metrics"], key=_metric_order):
+            mean, half, _ = mean_ci(list(g["metrics"][metric].values()), level)
+            row[f"{metric}_mean"] = mean
+            row[f"{metric}_ci95"] = half
+        runs = [by_run[(study, model, task, method, G, s)] for s in seeds if (study, model, task, method, G, s) in by_run]
+        row["rollouts_used"] = mean_ci([r["rollouts_used"] for r in runs])[0]
+        row["wall_time_s"] = mean_ci([r["wall_time_s"] for r in runs])[0]
+        row["final_train_reward"] = mean_ci([r["final_reward"] for r in runs])[0]
+        table.append(row)
+    return table
+
+
+def _metric_order(name: str) -> tuple:
+    kind, _, k = name.partition("@")
+    return ({"pass": 0, "avg": 1, "maj": 2}.get(kind, 3), int(k) if k.isdigit() else 0)
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    if isinstance(x, float):
+        return "nan" if math.isnan(x) else f"{x:.{digits}f}"
+    return str(x)
+
+
+def markdown_table(table: list[dict[str, Any]]) -> str:
+    """Markdown: one line per row, ``mean ± ci`` cells for every metric (``mean`` alone with one seed)."""
+    if not table:
+        return "_No evaluation results (no study lists benchmarks)._\n"
+    metrics = sorted({k[: -len("_mean")] for row in table for k in row if k.endswith("_mean")}, key=_metric_order)
+    head = ["study", "method", "G", "benchmark", "seeds"] + metrics + ["train reward", "rollouts", "wall s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table:
+        cells = [row["study"], row["label"], str(row["G"]), row["benchmark"], str(row["seeds"])]
+        for m in metrics:
+            mean, half = row.get(f"{m}_mean", float("nan")), row.get(f"{m}_ci95", float("nan"))
+            cells.append(_fmt(mean) if math.isnan(half) else f"{_fmt(mean)} ± {_fmt(half)}")
+        cells += [_fmt(row["final_train_reward"]), f"{row['rollouts_used']:.0f}", f"{row['wall_time_s']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\nMean ± half-width of the 95% t-interval over seeds.\n"
+
+
+def write_csv(path: str | Path, rows: list[dict[str, Any]], first: Sequence[str] = ()) -> None:
+    cols = list(first) + sorted({k for r in rows for k in r} - set(first))
+    lines: list[str] = []
+
+    class _Sink:
+        def write(self, s: str) -> None:
+            lines.append(s)
+
+    writer = csv.DictWriter(_Sink(), fieldnames=cols, lineterminator="\n", restval="")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: _fmt(v, 6) if isinstance(v, float) else v for k, v in r.items()})
+    atomic_write_text(path, "".join(lines))
+
+
+def read_csv(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a CSV written by :func:`write_csv`, numbers parsed back to float/int."""
+    def parse(v: str) -> Any:
+        if v == "":
+            return None
+        try:
+            return int(v)
+        except ValueError:
+            try:
+                return float(v)
+            except ValueError:
+                return v
+
+    with open(path, encoding="utf-8") as fh:
+        return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def main(manifest: Mapping[str, Any] | str | Path, out_dir: str | Path) -> dict[str, Path]:
+    """Build every table from the manifest (a dict or a JSON path); returns the written paths."""
+    if not isinstance(manifest, Mapping):
+        manifest = json.loads(Path(manifest).read_text())
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    step_rows, run_rows, eval_rows = [], [], []
+    for run in manifest["runs"]:
+        ids = {c: run[c] for c in ID_COLS}
+        steps = read_metrics(Path(run["run_dir"]) / "metrics.jsonl")
+        for i, s in enumerate(steps):
+            row = dict(ids)
+            row["step"] = int(s.get("step", i))
+            row.update({k: float(v) for k, v in s.items() if k != "step" and _numeric(v) is not None})
+            step_rows.append(row)
+        run_rows.append(summarize_run(run, steps))
+        for bench, path in run.get("evals", {}).items():
+            if not Path(path).exists():
+                raise FileNotFoundError(f"{path} is missing: evaluation of {run['run_dir']} on {bench} did not finish")
+            for metric, value in _flatten_numeric(json.loads(Path(path).read_text())).items():
+                if EVAL_METRIC.match(metric):
+                    eval_rows.append({**ids, "benchmark": bench, "metric": metric, "value": value})
+    table = results_table(run_rows, eval_rows)
+    paths = {name: out / f"{name}.csv" for name in ("steps", "runs", "evals", "results")}
+    write_csv(paths["steps"], step_rows, ID_COLS + ["step"])
+    write_csv(paths["runs"], run_rows, ID_COLS + ["steps", "final_reward", "rollouts_used", "wall_time_s"])
+    write_csv(paths["evals"], eval_rows, ID_COLS + ["benchmark", "metric", "value"])
+    write_csv(paths["results"], table, ["study", "model", "task", "method", "label", "G", "benchmark", "seeds"])
+    paths["results_md"] = out / "results.md"
+    atomic_write_text(paths["results_md"], markdown_table(table))
+    paths["manifest"] = out / "manifest.json"
+    atomic_write_text(paths["manifest"], json.dumps(manifest, indent=1) + "\n")
+    return paths
+
+
+def cli_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="salt aggregate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--manifest", required=True, help="JSON manifest of the runs (results/tables/manifest.json)")
+    parser.add_argument("--out", required=True, help="output folder of the tables")
+    args = parser.parse_args(argv)
+    paths = main(args.manifest, args.out)
+    print("\n".join(str(p) for p in paths.values()))
+    return 0

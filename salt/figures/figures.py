@@ -1,0 +1,511 @@
+"""Figures 1-7 of pipeline.md from the aggregated tables (PNG + PDF, matplotlib Agg).
+
+Every figure is drawn from what the runs logged (``results/tables/*.csv``, the Gram dump of one
+batch, ``proxy.json``); nothing is recomputed. A figure whose data is absent from the config (e.g.
+no ablation study) is still written, with a note saying which study or file would fill it.
+
+``salt figures --tables DIR --out DIR [--no-mlflow]`` is the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from salt.figures.aggregate import REWARD_KEYS, first_key, mean_ci, read_csv
+
+FIGURES = ("fig1_gram", "fig2_dynamics", "fig3_ablations", "fig4_residual", "fig5_proxy",
+           "fig6_alpha_channels", "fig7_comparison")
+CLIP_KEYS = ("train/clip_frac", "loss/clip_frac")
+UPDATE_NORM_KEYS = ("train/update_norm", "train/grad_norm")
+
+
+class Tables:
+    """The aggregated tables plus the manifest, with small query helpers."""
+
+    def __init__(self, tables_dir: str | Path):
+        d = Path(tables_dir)
+        self.steps = read_csv(d / "steps.csv")
+        self.runs = read_csv(d / "runs.csv")
+        self.evals = read_csv(d / "evals.csv")
+        self.results = read_csv(d / "results.csv")
+        self.manifest = json.loads((d / "manifest.json").read_text())
+        self.options = self.manifest.get("figures", {})
+        self.labels = {r["method"]: r["label"] for r in self.manifest["runs"]}
+
+    def studies(self, kind: str) -> list[str]:
+        seen: list[str] = []
+        for r in self.manifest["runs"]:
+            if r["kind"] == kind and r["study"] not in seen:
+                seen.append(r["study"])
+        return seen
+
+    def runs_of(self, study: str | None, **match: Any) -> list[dict[str, Any]]:
+        return [r for r in self.runs if (study is None or r["study"] == study)
+                and all(str(r.get(k)) == str(v) for k, v in match.items())]
+
+    def methods_of(self, study: str) -> list[str]:
+        out: list[str] = []
+        for r in self.manifest["runs"]:
+            if r["study"] == study and r["method"] not in out:
+                out.append(r["method"])
+        return out
+
+    def label(self, method: str) -> str:
+        return str(self.labels.get(method, method))
+
+
+def _note(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=9, color="0.35", transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _colors(names: Sequence[str]) -> dict[str, Any]:
+    import matplotlib.pyplot as plt
+
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
+
+
+def _smooth(y: np.ndarray, window: int) -> np.ndarray:
+    if window <= 1 or len(y) < window:
+        return y
+    kernel = np.ones(window) / window
+    head = [y[: i + 1].mean() for i in range(window - 1)]
+    return np.concatenate([head, np.convolve(y, kernel, mode="valid")])
+
+
+def _col(rows: list[dict[str, Any]], key: str) -> np.ndarray:
+    return np.array([np.nan if r.get(key) is None else float(r[key]) for r in rows], dtype=float)
+
+
+def _by_g(rows: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(G values, mean over runs, CI half-width) of ``key`` for runs grouped by G."""
+    groups: dict[int, list[float]] = defaultdict(list)
+    for r in rows:
+        if r.get(key) is not None:
+            groups[int(r["G"])].append(float(r[key]))
+    gs = sorted(groups)
+    stats = [mean_ci(groups[g]) for g in gs]
+    return np.array(gs), np.array([s[0] for s in stats]), np.nan_to_num(np.array([s[1] for s in stats]))
+
+
+# ------------------------------------------------------------------------- Figure 1
+
+
+def load_gram(path: str | Path) -> dict[str, np.ndarray]:
+    """A Gram dump as numpy arrays: ``gram`` (B, B) and, when present, ``advantages`` / ``advantages_final`` (B,)."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        with np.load(path) as z:
+            data = {k: np.asarray(z[k]) for k in z.files}
+    else:
+        import torch
+
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = obj if isinstance(obj, Mapping) else {"gram": obj}
+        data = {k: v.detach().double().numpy() if hasattr(v, "detach") else np.asarray(v) for k, v in obj.items()}
+    if "gram" not in data:
+        square = [k for k, v in data.items() if v.ndim == 2 and v.shape[0] == v.shape[1]]
+        if not square:
+            raise ValueError(f"{path}: no (B, B) array named 'gram' in the dump (keys: {sorted(data)})")
+        data["gram"] = data[square[0]]
+    return data
+
+
+def cosine_gram(K: np.ndarray) -> np.ndarray:
+    """D^-1/2 K D^-1/2 with zero rows left at zero. K (B, B) -> (B, B)."""
+    d = np.sqrt(np.clip(np.diag(K), 0.0, None))
+    inv = np.where(d > 0, 1.0 / np.where(d > 0, d, 1.0), 0.0)
+    return K * inv[:, None] * inv[None, :]
+
+
+def fig1_gram(t: Tables, fig) -> None:
+    base, salt = t.options.get("baseline", "grpo"), t.options.get("salt_method", "grpo_salt")
+    axes = fig.subplots(1, 3)
+    spectra = []
+    for ax, method in zip(axes[:2], (base, salt)):
+        runs = [r for r in t.runs if r["method"] == method and r.get("gram_file")]
+        runs.sort(key=lambda r: (r["kind"] != "main", -int(r["G"]), int(r["seed"])))
+        if not runs:
+            _note(ax, f"{t.label(method)}: no Gram dump (gram_step_*.npz / .pt) in its run dirs")
+            continue
+        data = load_gram(runs[0]["gram_file"])
+        K = data["gram"].astype(float)
+        im = ax.imshow(cosine_gram(K), cmap="RdBu_r", vmin=-1, vmax=1)
+        ax.set_title(f"{t.label(method)}: cosine Gram, G={runs[0]['G']}", fontsize=9)
+        ax.set_xlabel("rollout")
+        ax.set_ylabel("rollout")
+        G = int(runs[0]["G"])
+        for edge in range(G, K.shape[0], G):  # prompt-group boundaries
+            ax.axhline(edge - 0.5, color="k", lw=0.4)
+            ax.axvline(edge - 0.5, color="k", lw=0.4)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+        eig = np.sort(np.linalg.eigvalsh((K + K.T) / 2))[::-1]
+        spectra.append((method, eig))
+    ax = axes[2]
+    if spectra:
+        for method, eig in spectra:
+            ax.semilogy(np.arange(1, len(eig) + 1), np.clip(eig, 1e-12, None), marker="o", ms=3, label=t.label(method))
+        ax.set_xlabel("eigenvalue index")
+        ax.set_ylabel("eigenvalue of K (log)")
+        ax.set_title("Eigen-spectrum of K", fontsize=9)
+        ax.legend(fontsize=8)
+    else:
+        _note(ax, "no spectrum: the trainer wrote no Gram dump")
+
+
+# ------------------------------------------------------------------------- Figure 2
+
+
+def _curves(t: Tables, study: str, G: int, method: str, key: str, smooth: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    per_seed: dict[int, dict[int, float]] = defaultdict(dict)
+    for s in t.steps:
+        if s["study"] == study and s["method"] == method and int(s["G"]) == G and s.get(key) is not None:
+            per_seed[int(s["seed"])][int(s["step"])] = float(s[key])
+    if not per_seed:
+        return None
+    steps = sorted(set.intersection(*(set(v) for v in per_seed.values())))
+    if not steps:
+        return None
+    Y = np.array([_smooth(np.array([per_seed[sd][st] for st in steps]), smooth) for sd in sorted(per_seed)])
+    return np.array(steps), Y.mean(0), Y.min(0), Y.max(0)
+
+
+def fig2_dynamics(t: Tables, fig) -> None:
+    axes = fig.subplots(1, 3)
+    mains = t.studies("main")
+    if not mains:
+        for ax in axes:
+            _note(ax, "no study of kind 'main' in the config")
+        return
+    study = mains[0]
+    G = max(int(r["G"]) for r in t.runs_of(study))
+    wanted = [m for m in ("grpo", "grpo_salt", "dapo", "dapo_salt") if m in t.methods_of(study)] or t.methods_of(study)
+    cols = [c for c in (t.steps[0].keys() if t.steps else [])]
+    reward_key = first_key(cols, REWARD_KEYS)
+    colors = _colors(wanted)
+    for ax, key, name in zip(axes, (reward_key, "salt/participation_ratio", "salt/n_eff"),
+                             ("training reward (accuracy)", "participation ratio PR", "signed n_eff")):
+        drawn = False
+        for m in wanted:
+            c = _curves(t, study, G, m, key, int(t.options.get("smooth", 1))) if key else None
+            if c is None:
+                continue
+            x, mean, lo, hi = c
+            style = "-" if "salt" in m else "--"
+            ax.plot(x, mean, style, color=colors[m], label=t.label(m))
+            ax.fill_between(x, lo, hi, color=colors[m], alpha=0.15)
+            drawn = True
+        if drawn:
+            ax.set_xlabel("step")
+            ax.set_title(f"{name} (G={G})", fontsize=9)
+        else:
+            _note(ax, f"'{key}' was not logged")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8)
+
+
+# ------------------------------------------------------------------------- Figure 3
+
+
+def fig3_ablations(t: Tables, fig) -> None:
+    axes = fig.subplots(1, 3)
+    abl = t.studies("ablation")
+    if abl:
+        rows = t.runs_of(abl[0])
+        methods = t.methods_of(abl[0])
+        colors = _colors(methods)
+        ax = axes[0]
+        for m in methods:
+            rs = [r for r in rows if r["method"] == m]
+            ax.scatter(_col(rs, "mean:salt/participation_ratio"), _col(rs, "mean:salt/n_eff"), color=colors[m], label=t.label(m), s=30)
+        ax.set_xlabel("participation ratio PR (mean over steps)")
+        ax.set_ylabel("n_eff (mean over steps)")
+        ax.set_title("PR vs n_eff per variant", fontsize=9)
+        ax.legend(fontsize=6)
+        ax = axes[1]
+        means = [mean_ci([r["final_reward"] for r in rows if r["method"] == m]) for m in methods]
+        ax.barh(range(len(methods)), [mm[0] for mm in means], xerr=np.nan_to_num([mm[1] for mm in means]),
+                color=[colors[m] for m in methods])
+        ax.set_yticks(range(len(methods)), [t.label(m) for m in methods], fontsize=7)
+        ax.set_xlabel("final training reward")
+        ax.set_title("fixed vs adaptive alpha, ReLU, subspace, channels", fontsize=8)
+    else:
+        _note(axes[0], "no study of kind 'ablation'")
+        _note(axes[1], "no study of kind 'ablation'")
+    ax = axes[2]
+    bud = t.studies("scaling_budget")
+    if bud:
+        rows = t.runs_of(bud[0])
+        methods = t.methods_of(bud[0])
+        colors = _colors(methods)
+        for m in methods:
+            g, mean, half = _by_g([r for r in rows if r["method"] == m], "final_reward")
+            ax.errorbar(g, mean, yerr=half, marker="o", capsize=3, color=colors[m], label=t.label(m))
+        budget = rows[0]["G"] * rows[0]["prompts_per_step"] if rows else "?"
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("G (P = budget / G)")
+        ax.set_ylabel("final training reward")
+        ax.set_title(f"fixed rollout budget P x G = {budget}", fontsize=9)
+        ax.legend(fontsize=7)
+    else:
+        _note(ax, "no study of kind 'scaling_budget'")
+
+
+# ------------------------------------------------------------------------- Figure 4
+
+
+def _sweep_rows(t: Tables) -> tuple[str | None, list[dict[str, Any]]]:
+    for kind in ("scaling_prompts", "main"):
+        studies = t.studies(kind)
+        if studies:
+            return studies[0], t.runs_of(studies[0])
+    return None, []
+
+
+def fig4_residual(t: Tables, fig) -> None:
+    axes = fig.subplots(1, 2)
+    study, rows = _sweep_rows(t)
+    if not rows:
+        for ax in axes:
+            _note(ax, "no G sweep (study of kind 'main' or 'scaling_prompts')")
+        return
+    methods = [m for m in t.methods_of(study) if any(r.get("mean:salt/shared_energy_ratio") is not None for r in rows if r["method"] == m)]
+    colors = _colors(methods)
+    ax = axes[0]
+    for m in methods:
+        rs = [r for r in rows if r["method"] == m]
+        for key, style in (("mean:salt/shared_energy_ratio", "-"), ("mean:salt/residual_energy_ratio", ":")):
+            g, mean, half = _by_g(rs, key)
+            if len(g):
+                ax.errorbar(g, mean, yerr=half, fmt=style, marker="o", ms=3, capsize=2, color=colors[m],
+                            label=f"{t.label(m)} {'shared' if 'shared' in key else 'residual'}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("G")
+    ax.set_ylabel("energy ratio in the Gram geometry")
+    ax.set_title("shared (solid) vs residual (dotted) energy", fontsize=9)
+    if methods:
+        ax.legend(fontsize=6)
+    ax = axes[1]
+    norm_key = next((f"mean:{k}" for k in UPDATE_NORM_KEYS if any(r.get(f"mean:{k}") is not None for r in rows)), None)
+    drawn = False
+    for m in methods:
+        rs = [r for r in rows if r["method"] == m]
+        g, bound, _ = _by_g(rs, "mean:salt/residual_bound")
+        if len(g):
+            ax.plot(g, bound, "o-", color=colors[m], label=f"{t.label(m)} residual bound")
+            drawn = True
+        if norm_key:
+            g2, un, _ = _by_g(rs, norm_key)
+            ax.plot(g2, un, "s--", color=colors[m], label=f"{t.label(m)} update norm")
+    if drawn:
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("G")
+        ax.set_title("residual bound vs realised update norm", fontsize=9)
+        ax.legend(fontsize=6)
+    else:
+        _note(ax, "'salt/residual_bound' was not logged")
+
+
+# ------------------------------------------------------------------------- Figure 5
+
+
+def _proxy_numbers(record: Mapping[str, Any]) -> dict[str, float]:
+    flat: dict[str, float] = {}
+
+    def walk(d: Mapping[str, Any], prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, Mapping):
+                walk(v, f"{prefix}{k}/")
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                flat[f"{prefix}{k}"] = float(v)
+
+    walk(record, "")
+    return {k: v for k, v in flat.items() if any(s in k.lower() for s in ("corr", "pearson", "null"))}
+
+
+def fig5_proxy(t: Tables, fig) -> None:
+    ax = fig.subplots(1, 1)
+    proxies = t.manifest.get("proxy", {})
+    present = {m: p for m, p in proxies.items() if Path(p).exists()}
+    if not present:
+        _note(ax, "no proxy validation (set proxy.models and proxy.dataset)")
+        return
+    width = 0.8 / len(present)
+    names: list[str] = []
+    for i, (model, path) in enumerate(sorted(present.items())):
+        nums = _proxy_numbers(json.loads(Path(path).read_text()))
+        names = names or list(nums)
+        xs = np.arange(len(names)) + i * width
+        ax.bar(xs, [nums.get(n, np.nan) for n in names], width=width, label=model)
+    ax.set_xticks(np.arange(len(names)) + width * (len(present) - 1) / 2, names, rotation=20, ha="right", fontsize=8)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_ylabel("Pearson r of off-diagonal cosine-Gram entries")
+    ax.set_title("LM-head proxy vs last-block Gram, against two nulls", fontsize=9)
+    ax.legend(fontsize=8)
+
+
+# ------------------------------------------------------------------------- Figure 6
+
+
+def fig6_alpha_channels(t: Tables, fig) -> None:
+    axes = fig.subplots(1, 3)
+    study, rows = _sweep_rows(t)
+    if not rows:
+        for ax in axes:
+            _note(ax, "no G sweep (study of kind 'main' or 'scaling_prompts')")
+        return
+    methods = t.methods_of(study)
+    colors = _colors(methods)
+    clip_key = next((f"mean:{k}" for k in CLIP_KEYS if any(r.get(f"mean:{k}") is not None for r in rows)), None)
+    ax = axes[0]
+    for m in methods:
+        rs = [r for r in rows if r["method"] == m]
+        g, mean, half = _by_g(rs, "mean:salt/alpha")
+        if len(g) and "salt" in m:
+            ax.errorbar(g, mean, yerr=half, marker="o", capsize=2, color=colors[m], label=f"{t.label(m)} alpha")
+        if clip_key:
+            g, mean, half = _by_g(rs, clip_key)
+            ax.plot(g, mean, "x:", color=colors[m], label=f"{t.label(m)} clip frac")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("G")
+    ax.set_title("adaptive alpha (o) and clip fraction (x)", fontsize=9)
+    ax.legend(fontsize=5)
+    ax = axes[1]
+    for m in methods:
+        if "salt" not in m:
+            continue
+        g, mean, half = _by_g([r for r in rows if r["method"] == m], "mean:salt/main_contrib_ratio")
+        if len(g):
+            ax.errorbar(g, mean, yerr=half, marker="o", capsize=2, color=colors[m], label=t.label(m))
+    ax.set_xscale("log", base=2)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("G")
+    ax.set_ylabel("shared share of the final coefficients")
+    ax.set_title("channel contributions vs G", fontsize=9)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6)
+    ax = axes[2]
+    entropy = [r for r in t.runs if "entropy" in r["method"]]
+    if not entropy:
+        _note(ax, "no entropy-only baseline in any study")
+        return
+    G = int(entropy[0]["G"])
+    compare = ["entropy"] + [m for m in ("grpo", "grpo_salt") if t.runs_of(None, method=m, G=G)]
+    vals, labels = [], []
+    for m in compare:
+        rs = entropy if m == "entropy" else t.runs_of(None, method=m, G=G)
+        vals.append(mean_ci([r["final_reward"] for r in rs]))
+        labels.append(t.label(entropy[0]["method"]) if m == "entropy" else t.label(m))
+    ax.bar(range(len(vals)), [v[0] for v in vals], yerr=np.nan_to_num([v[1] for v in vals]), color="0.6")
+    ax.set_xticks(range(len(vals)), labels, fontsize=7)
+    ax.set_ylabel("final training reward")
+    ax.set_title(f"entropy-only baseline (G={G})", fontsize=9)
+
+
+# ------------------------------------------------------------------------- Figure 7
+
+
+def fig7_comparison(t: Tables, fig) -> None:
+    axes = fig.subplots(1, 3)
+    mains = t.studies("main")
+    res = [r for r in t.results if mains and r["study"] == mains[0]]
+    if not res:
+        for ax in axes:
+            _note(ax, "no evaluation of the main study (studies.<main>.benchmarks)")
+        return
+    study = mains[0]
+    bench = res[0]["benchmark"]
+    res = [r for r in res if r["benchmark"] == bench]
+    methods = t.methods_of(study)
+    colors = _colors(methods)
+    Gs = sorted({int(r["G"]) for r in res})
+    ax = axes[0]
+    width = 0.8 / max(1, len(methods))
+    for i, m in enumerate(methods):
+        rs = {int(r["G"]): r for r in res if r["method"] == m}
+        xs = np.arange(len(Gs)) + i * width
+        ax.bar(xs, [rs[g].get("pass@1_mean") if g in rs and rs[g].get("pass@1_mean") is not None else np.nan for g in Gs],
+               width=width, color=colors[m], label=t.label(m),
+               yerr=[rs[g].get("pass@1_ci95") or 0.0 if g in rs else 0.0 for g in Gs], capsize=2)
+    ax.set_xticks(np.arange(len(Gs)) + width * (len(methods) - 1) / 2, [f"G={g}" for g in Gs])
+    ax.set_ylabel(f"{bench} pass@1 (mean ± 95% CI over seeds)")
+    ax.set_title("final accuracy", fontsize=9)
+    ax.legend(fontsize=6)
+    ax = axes[1]
+    G = Gs[-1]
+    for m in methods:
+        row = next((r for r in res if r["method"] == m and int(r["G"]) == G), None)
+        if row is None:
+            continue
+        ks = sorted(int(k[len("pass@"):-len("_mean")]) for k in row if k.startswith("pass@") and k.endswith("_mean"))
+        ys = [row[f"pass@{k}_mean"] for k in ks]
+        ax.plot(ks, ys, "o-", color=colors[m], label=t.label(m))
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k")
+    ax.set_ylabel("pass@k")
+    ax.set_title(f"pass@k at G={G}", fontsize=9)
+    ax = axes[2]
+    for m in methods:
+        rs = [r for r in t.runs_of(study) if r["method"] == m]
+        ax.scatter(_col(rs, "wall_time_s"), _col(rs, "rollouts_used"), color=colors[m], label=t.label(m), s=18)
+    ax.set_xlabel("training wall time (s)")
+    ax.set_ylabel("rollouts generated")
+    ax.set_title("cost per run", fontsize=9)
+    ax.legend(fontsize=6)
+
+
+DRAW: dict[str, Callable[[Tables, Any], None]] = {
+    "fig1_gram": fig1_gram, "fig2_dynamics": fig2_dynamics, "fig3_ablations": fig3_ablations,
+    "fig4_residual": fig4_residual, "fig5_proxy": fig5_proxy, "fig6_alpha_channels": fig6_alpha_channels,
+    "fig7_comparison": fig7_comparison,
+}
+SIZES = {"fig1_gram": (13, 4), "fig2_dynamics": (13, 4.2), "fig3_ablations": (14, 4.2), "fig4_residual": (11, 4),
+         "fig5_proxy": (7, 4.5), "fig6_alpha_channels": (14, 4.2), "fig7_comparison": (14, 4.2)}
+
+
+def main(tables_dir: str | Path, out_dir: str | Path, log_to_mlflow: bool = False) -> list[Path]:
+    """Draw every figure as PNG and PDF into ``out_dir``; optionally log them to the parent runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = Tables(tables_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for name in FIGURES:
+        fig = plt.figure(figsize=SIZES[name], layout="constrained")
+        DRAW[name](t, fig)
+        for ext in ("png", "pdf"):
+            path = out / f"{name}.{ext}"
+            fig.savefig(path, dpi=120 if ext == "png" else None)
+            written.append(path)
+        plt.close(fig)
+    if log_to_mlflow and t.manifest.get("tracking", {}).get("enabled", True):
+        from salt.figures.workflow_io import log_artifacts_to_parents
+
+        log_artifacts_to_parents(list(t.manifest.get("parents", {}).values()), written)
+    return written
+
+
+def cli_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="salt figures", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tables", required=True, help="folder written by `salt aggregate`")
+    parser.add_argument("--out", required=True, help="output folder of the figures")
+    parser.add_argument("--mlflow", action="store_true", help="log the figures to the studies' MLflow parent runs")
+    args = parser.parse_args(argv)
+    for path in main(args.tables, args.out, log_to_mlflow=args.mlflow):
+        print(path)
+    return 0

@@ -1,0 +1,70 @@
+"""Small I/O steps of the workflow: run-config files and the MLflow parent run of each study.
+
+MLflow goes through :mod:`salt.tracking` (SQLite URI made absolute, retries on a locked
+database), so parallel Snakemake jobs and two workflows sharing one database lose nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from salt.utils import atomic_write_text
+
+PARENT_TAG = "salt.parent"
+STUDY_TAG = "salt.study"
+
+
+def write_run_config(run: Mapping[str, Any], parent_json: str | Path, out: str | Path) -> dict[str, Any]:
+    """Write ``run`` as YAML to ``out`` with ``tracking.parent_run_id`` taken from ``parent_json``."""
+    cfg = copy.deepcopy(dict(run))
+    parent = json.loads(Path(parent_json).read_text())
+    cfg.setdefault("tracking", {})["parent_run_id"] = parent.get("mlflow_run_id")
+    atomic_write_text(out, yaml.safe_dump(cfg, sort_keys=False))
+    return cfg
+
+
+def ensure_parent_run(tracking: Mapping[str, Any], study: Mapping[str, Any], out_json: str | Path) -> dict[str, Any]:
+    """Find the study's parent run (tags ``salt.parent``, ``salt.study``) or create it; write its id.
+
+    Looking the run up first means a rerun of this step (or a deleted json) never duplicates it.
+    """
+    from salt import tracking as tr
+
+    record: dict[str, Any] = {"study": study["name"], "mlflow_run_id": None, "tracking_uri": None,
+                              "experiment": tracking.get("experiment")}
+    if tracking.get("enabled", True):
+        uri = tr.resolve_uri(tracking.get("uri"))
+        client = tr._client(uri)
+        exp_id = tr.get_or_create_experiment(tracking["experiment"], client=client)
+        query = f"tags.`{PARENT_TAG}` = 'true' and tags.`{STUDY_TAG}` = '{study['name']}'"
+        found = tr.with_retry(client.search_runs, [exp_id], filter_string=query, max_results=1)
+        if found:
+            run_id = found[0].info.run_id
+        else:
+            tags = {PARENT_TAG: "true", STUDY_TAG: study["name"], "salt.study_kind": study.get("kind", "")}
+            run_id = tr.with_retry(client.create_run, exp_id, run_name=study["name"], tags=tags).info.run_id
+            tr.with_retry(client.set_terminated, run_id, "FINISHED")
+        record.update(mlflow_run_id=run_id, tracking_uri=uri, experiment_id=exp_id)
+    atomic_write_text(out_json, json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def log_artifacts_to_parents(parent_jsons: list[str | Path], files: list[str | Path], artifact_path: str = "figures") -> int:
+    """Log ``files`` as artifacts of every parent run listed in ``parent_jsons``; returns the runs touched."""
+    from salt import tracking as tr
+
+    touched = 0
+    for path in parent_jsons:
+        record = json.loads(Path(path).read_text())
+        if not record.get("mlflow_run_id"):
+            continue
+        client = tr._client(record["tracking_uri"])
+        for file in files:
+            tr.with_retry(client.log_artifact, record["mlflow_run_id"], str(file), artifact_path)
+        touched += 1
+    return touched

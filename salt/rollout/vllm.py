@@ -1,0 +1,320 @@
+"""Rollouts with a colocated vLLM engine (GPU only; ``pip install .[vllm]``, vLLM >= 0.10.2).
+
+One ``vllm.LLM`` per training process shares the GPU with the trainer (``rollout.vllm.
+gpu_memory_utilization`` of its memory). The training loop calls, per step::
+
+    out = backend.generate(...)      # engine awake
+    backend.sleep()                  # LLM.sleep(level): KV cache (and weights) released for training
+    ...  forward / backward / optimizer step  ...
+    backend.wake_up()                # LLM.wake_up()
+    backend.sync_weights(model)      # push the new trainer weights, then reset the prefix cache
+
+Weights travel through vLLM's public worker-extension mechanism: the engine is created with
+``worker_extension_cls="salt.rollout.vllm.WeightLoaderExtension"`` and
+``LLM.collective_rpc("salt_load_weights", args=(batch,))`` runs that method on every worker,
+which calls the model's own ``load_weights`` (the pattern of vLLM's RLHF examples). With
+``tensor_parallel_size == 1`` the engine core runs in this process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so the tensors are handed over without a copy; with
+tensor parallelism they are sent to the worker processes on CPU.
+
+Log-probs are requested with ``logprobs=0`` (the sampled token only) and the engine runs with
+``logprobs_mode="processed_logprobs"``, i.e. after temperature scaling, matching the HF backend
+and the trainer's recomputation when ``top_p == 1`` (with ``top_p < 1`` vLLM renormalises them over
+the nucleus).
+
+NOTE: the engine path (``VLLMBackend`` methods that touch ``vllm.LLM``) needs a CUDA GPU and is
+NOT exercised by the CPU test-suite. Its CPU-side logic — :func:`sampling_params_kwargs`,
+:func:`engine_kwargs`, :func:`convert_outputs`, :func:`weights_to_sync`, :func:`batch_weights`,
+the availability checks — is unit-tested in ``tests/train/test_rollout.py`` with plain Python
+objects shaped like vLLM's ``RequestOutput`` / ``CompletionOutput`` / ``Logprob``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, is_dataclass
+from typing import Any, Iterable, Iterator, Sequence
+
+import torch
+
+from salt.rollout.base import RolloutBackend, RolloutOutput, cfg_get, check_generate_args, cut_at_eos
+from salt.rollout.hf import eos_token_ids, unwrap_model
+
+INSTALL_HINT = "vLLM is not installed: `pip install .[vllm]` (or set rollout.backend: hf)"
+EXTENSION_CLS = "salt.rollout.vllm.WeightLoaderExtension"
+VLLM_DEFAULTS: dict[str, Any] = {
+    "gpu_memory_utilization": 0.5,  # share of GPU memory the engine may take (weights + KV cache)
+    "tensor_parallel_size": 1,
+    "enable_sleep_mode": True,  # release memory between generation and training
+    "sleep_level": 1,  # 1: offload weights to CPU + drop KV cache; 2: drop both (weights re-synced anyway)
+    "max_model_len": None,  # null: the model's context length
+    "logprobs_mode": "processed_logprobs",  # log-probs after temperature scaling
+    "dtype": "auto",  # engine dtype; "auto" follows the checkpoint (bf16 for most models)
+    "enforce_eager": False,  # true: no CUDA graphs (slower, less memory, faster start)
+    "sync_chunk_mb": 512,  # weights are pushed in batches of at most this many MB
+    "model": None,  # path the engine loads; null: the trainer model's name_or_path
+}
+
+
+def require_vllm() -> Any:
+    """Import vLLM or raise an ImportError that says how to install it."""
+    try:
+        import vllm
+    except ImportError as exc:
+        raise ImportError(INSTALL_HINT) from exc
+    return vllm
+
+
+def require_cuda() -> None:
+    if not torch.cuda.is_available():
+        raise RuntimeError("rollout.backend: vllm needs a CUDA GPU and none is visible; "
+                           "use rollout.backend: hf on CPU")
+
+
+def check_available() -> None:
+    """Fail early (before any work) when the vLLM backend cannot run here."""
+    require_cuda()
+    require_vllm()
+
+
+def vllm_options(rollout_cfg: Any) -> dict[str, Any]:
+    """``rollout.vllm`` merged over :data:`VLLM_DEFAULTS`; unknown keys raise naming the valid ones."""
+    given = cfg_get(rollout_cfg, "vllm") or {}
+    if is_dataclass(given):
+        given = asdict(given)
+    if not isinstance(given, dict):
+        raise ValueError(f"rollout.vllm must be a mapping of engine options, got {type(given).__name__}")
+    unknown = sorted(set(given) - set(VLLM_DEFAULTS))
+    if unknown:
+        raise ValueError(f"rollout.vllm: unknown key(s) {unknown}; valid keys: {sorted(VLLM_DEFAULTS)}")
+    opts = {**VLLM_DEFAULTS, **given}
+    if not 0.0 < float(opts["gpu_memory_utilization"]) <= 1.0:
+        raise ValueError(f"rollout.vllm.gpu_memory_utilization must be in (0, 1], got {opts['gpu_memory_utilization']}")
+    if int(opts["tensor_parallel_size"]) < 1:
+        raise ValueError(f"rollout.vllm.tensor_parallel_size must be >= 1, got {opts['tensor_parallel_size']}")
+    if int(opts["sleep_level"]) not in (1, 2):
+        raise ValueError(f"rollout.vllm.sleep_level must be 1 or 2, got {opts['sleep_level']}")
+    return opts
+
+
+def engine_kwargs(model_path: str, opts: dict[str, Any], seed: int = 0) -> dict[str, Any]:
+    """Keyword arguments of ``vllm.LLM(...)`` for a colocated engine."""
+    kwargs: dict[str, Any] = {
+        "model": str(model_path),
+        "tokenizer": str(model_path),
+        "gpu_memory_utilization": float(opts["gpu_memory_utilization"]),
+        "tensor_parallel_size": int(opts["tensor_parallel_size"]),
+        "enable_sleep_mode": bool(opts["enable_sleep_mode"]),
+        "dtype": opts["dtype"],
+        "seed": int(seed),
+        "enforce_eager": bool(opts["enforce_eager"]),
+        "worker_extension_cls": EXTENSION_CLS,
+    }
+    if opts["max_model_len"] is not None:
+        kwargs["max_model_len"] = int(opts["max_model_len"])
+    if opts["logprobs_mode"] is not None:
+        kwargs["logprobs_mode"] = opts["logprobs_mode"]
+    return kwargs
+
+
+def sampling_params_kwargs(n: int, max_new_tokens: int, temperature: float, top_p: float,
+                           seed: int | None, prompt_index: int = 0) -> dict[str, Any]:
+    """Keyword arguments of ``vllm.SamplingParams`` for one prompt.
+
+    Each prompt gets its own seed (``seed + prompt_index``) so that identical prompts in one batch
+    still draw different samples, and the whole batch is reproducible. ``temperature == 0`` is
+    greedy (top-p then has no effect and is left at 1).
+    """
+    greedy = float(temperature) == 0.0
+    kwargs: dict[str, Any] = {
+        "n": int(n),
+        "temperature": float(temperature),
+        "top_p": 1.0 if greedy else float(top_p),
+        "top_k": -1 if greedy else 0,  # no top-k truncation (vLLM: 0 or -1 disables it)
+        "max_tokens": int(max_new_tokens),
+        "logprobs": 0,  # the sampled token's log-prob only
+        "skip_special_tokens": True,
+    }
+    if seed is not None:
+        kwargs["seed"] = int(seed) + int(prompt_index)
+    return kwargs
+
+
+def _token_logprob(position: Any, token: int, where: str) -> float:
+    """The log-prob of ``token`` in one position's ``{token_id: Logprob}`` mapping."""
+    if position is None or token not in position:
+        raise ValueError(f"{where}: vLLM returned no log-prob for the sampled token {token}; "
+                         "request SamplingParams(logprobs=0)")
+    entry = position[token]
+    return float(getattr(entry, "logprob", entry))
+
+
+def convert_outputs(request_outputs: Sequence[Any], n: int, prompt_ids: list[list[int]] | None,
+                    eos_ids: set[int], decode: Any) -> RolloutOutput:
+    """Turn vLLM ``RequestOutput`` objects (one per prompt, in prompt order) into a RolloutOutput.
+
+    Completions are ordered by ``CompletionOutput.index`` inside a prompt and cut after the first
+    EOS (kept, as in the HF backend). ``finish_reason`` ``"stop"`` / ``"length"`` are passed on
+    (``"stop"`` also when a stop string ended the text), anything else (``"abort"``, None) is an
+    error. ``decode(ids) -> str`` decodes a completion (special tokens skipped).
+    """
+    if prompt_ids is not None and len(prompt_ids) != len(request_outputs):
+        raise ValueError(f"{len(request_outputs)} vLLM outputs for {len(prompt_ids)} prompts")
+    p_ids, completions, logprobs, reasons = [], [], [], []
+    for j, req in enumerate(request_outputs):
+        p_ids.append(list(prompt_ids[j]) if prompt_ids is not None else list(req.prompt_token_ids))
+        outs = sorted(req.outputs, key=lambda o: o.index)
+        if len(outs) != n:
+            raise ValueError(f"prompt {j}: vLLM returned {len(outs)} completions, expected n = {n}")
+        for out in outs:
+            where = f"prompt {j} completion {out.index}"
+            if out.finish_reason not in ("stop", "length"):
+                raise RuntimeError(f"{where}: vLLM finish_reason {out.finish_reason!r} (request not finished)")
+            ids, reason = cut_at_eos(list(out.token_ids), eos_ids)
+            if reason == "length" and out.finish_reason == "stop":
+                reason = "stop"  # a stop string or stop token outside the EOS set ended it
+            if out.logprobs is None or len(out.logprobs) < len(ids):
+                raise ValueError(f"{where}: vLLM returned log-probs for {0 if out.logprobs is None else len(out.logprobs)}"
+                                 f" of {len(ids)} tokens; request SamplingParams(logprobs=0)")
+            lps = [_token_logprob(out.logprobs[t], tok, f"{where} token {t}") for t, tok in enumerate(ids)]
+            completions.append(ids)
+            logprobs.append(lps)
+            reasons.append(reason)
+    texts = [decode(ids) for ids in completions]
+    return RolloutOutput(prompt_ids=p_ids, completion_ids=completions, logprobs=logprobs,
+                         finish_reasons=reasons, texts=texts, n=int(n))
+
+
+def _strip_prefixes(name: str) -> str:
+    for prefix in ("module.", "_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module."):
+        name = name.replace(prefix, "")
+    return name
+
+
+def weights_to_sync(model: Any, accelerator: Any = None, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(hf_name, tensor)`` pairs of the full (gathered) trainer weights, ready for ``load_weights``.
+
+    With an accelerator, ``accelerator.get_state_dict(model)`` gathers FSDP / ZeRO-3 shards (a
+    collective: call it on every rank); otherwise the unwrapped model's ``state_dict``. Wrapper
+    prefixes are stripped, non-floating buffers skipped, floats cast to ``dtype`` when given.
+    """
+    if accelerator is not None:
+        state = accelerator.get_state_dict(model)
+    else:
+        state = unwrap_model(model).state_dict()
+    for name, tensor in state.items():
+        if not torch.is_floating_point(tensor):
+            continue
+        name = _strip_prefixes(name)
+        if name.endswith("rotary_emb.inv_freq"):
+            continue  # recomputed by vLLM
+        yield name, (tensor.detach().to(dtype) if dtype is not None else tensor.detach())
+
+
+def batch_weights(pairs: Iterable[tuple[str, torch.Tensor]], max_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """Group ``(name, tensor)`` pairs into lists of at most ``max_bytes`` (a bigger tensor goes alone)."""
+    if max_bytes < 1:
+        raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
+    batch: list[tuple[str, torch.Tensor]] = []
+    size = 0
+    for name, tensor in pairs:
+        nbytes = tensor.numel() * tensor.element_size()
+        if batch and size + nbytes > max_bytes:
+            yield batch
+            batch, size = [], 0
+        batch.append((name, tensor))
+        size += nbytes
+    if batch:
+        yield batch
+
+
+class WeightLoaderExtension:
+    """Mixed into every vLLM worker through ``worker_extension_cls`` (runs inside the worker).
+
+    ``salt_load_weights(weights)`` hands ``[(hf_name, tensor), ...]`` to the model's own
+    ``load_weights`` (which maps HF names to vLLM's fused layers) on the worker's device.
+    """
+
+    def salt_load_weights(self, weights: list[tuple[str, torch.Tensor]]) -> int:
+        device = self.device if hasattr(self, "device") else torch.device("cuda", torch.cuda.current_device())
+        moved = [(name, t.to(device, non_blocking=True)) for name, t in weights]
+        self.model_runner.model.load_weights(weights=moved)
+        return len(moved)
+
+
+class VLLMBackend(RolloutBackend):
+    """Colocated ``vllm.LLM`` engine (see the module docstring; GPU only, not run on CPU)."""
+
+    name = "vllm"
+
+    def __init__(self, model_path: str, tokenizer: Any, opts: dict[str, Any], accelerator: Any = None,
+                 seed: int = 0, eos_ids: set[int] | None = None) -> None:
+        check_available()
+        if int(opts["tensor_parallel_size"]) == 1:
+            # engine core in this process: collective_rpc passes tensors by reference
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        vllm = require_vllm()
+        self.opts = opts
+        self.tokenizer = tokenizer
+        self.accelerator = accelerator
+        self.eos_ids = eos_ids if eos_ids is not None else {int(tokenizer.eos_token_id)}
+        self.llm = vllm.LLM(**engine_kwargs(model_path, opts, seed))
+        self._sampling_params_cls = vllm.SamplingParams
+        self._asleep = False
+        self._weights_stale = False  # after sleep level 2 until the next sync_weights
+
+    @classmethod
+    def from_config(cls, rollout_cfg: Any, model: Any, tokenizer: Any, accelerator: Any = None) -> "VLLMBackend":
+        opts = vllm_options(rollout_cfg)
+        check_available()
+        bare = unwrap_model(model, accelerator)
+        path = opts["model"] or getattr(bare, "name_or_path", None) or getattr(bare.config, "_name_or_path", None)
+        if not path or not os.path.isdir(str(path)):
+            raise ValueError(f"rollout.vllm.model: the vLLM engine needs the model's directory, got {path!r}; "
+                             "set rollout.vllm.model to the model.path")
+        seed = int(cfg_get(rollout_cfg, "seed", 0) or 0)
+        return cls(str(path), tokenizer, opts, accelerator=accelerator, seed=seed,
+                   eos_ids=eos_token_ids(bare, tokenizer))
+
+    def generate(self, prompts: list[str], n: int, max_new_tokens: int, temperature: float = 1.0,
+                 top_p: float = 1.0, seed: int | None = None) -> RolloutOutput:
+        check_generate_args(prompts, n, max_new_tokens, temperature, top_p)
+        if self._asleep:
+            self.wake_up()
+        if self._weights_stale:
+            raise RuntimeError("the vLLM engine slept at rollout.vllm.sleep_level 2 (weights discarded); "
+                               "call sync_weights(model) before generate")
+        prompt_ids = [self.tokenizer(p)["input_ids"] for p in prompts]
+        params = [self._sampling_params_cls(**sampling_params_kwargs(n, max_new_tokens, temperature, top_p, seed, j))
+                  for j in range(len(prompts))]
+        requests = [{"prompt_token_ids": ids} for ids in prompt_ids]
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        return convert_outputs(outputs, n, prompt_ids, self.eos_ids,
+                               lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True))
+
+    def sync_weights(self, model: Any) -> None:
+        """Push the trainer's current weights into the engine, then drop stale prefix-cache entries."""
+        if self._asleep:
+            self.wake_up()
+        max_bytes = int(self.opts["sync_chunk_mb"]) * 2**20
+        to_cpu = int(self.opts["tensor_parallel_size"]) > 1
+        for batch in batch_weights(weights_to_sync(model, self.accelerator), max_bytes):
+            if to_cpu:
+                batch = [(name, t.cpu()) for name, t in batch]
+            self.llm.collective_rpc("salt_load_weights", args=(batch,))
+        self.llm.reset_prefix_cache()
+        self._weights_stale = False
+
+    def sleep(self) -> None:
+        if self.opts["enable_sleep_mode"] and not self._asleep:
+            self.llm.sleep(level=int(self.opts["sleep_level"]))
+            self._asleep = True
+            self._weights_stale = int(self.opts["sleep_level"]) == 2
+
+    def wake_up(self) -> None:
+        if self._asleep:
+            self.llm.wake_up()
+            self._asleep = False
+
+    def close(self) -> None:
+        self.llm = None

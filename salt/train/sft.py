@@ -1,0 +1,280 @@
+"""Warm-up SFT of the toy model: ``salt sft --out DIR [--config SFT.yaml] [--set k=v]``.
+
+Teaches a randomly initialised toy model (or ``model.path``) the toy answer format by teacher
+forcing on ``prompt + target + EOS`` with the loss on the target tokens and EOS only, then
+measures pass@1 on the toy test split, greedy and sampled at T=1. The defaults stop at a
+partial accuracy (RL then has signal: some groups are all-wrong, some mixed, few all-right).
+
+Outputs in ``DIR``: ``final/`` (``save_pretrained`` model + tokenizer, written atomically
+through ``final.tmp/``), ``metrics.json``, ``sft_config.resolved.yaml``, ``run.json`` when
+tracking is enabled. Same config and seed give the same model and numbers on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from salt.utils import atomic_write_text, deep_merge, parse_set_overrides, seed_everything
+
+DEFAULTS: dict[str, Any] = {
+    "seed": 0,  # model init, batch order and sampled evaluation
+    "model": {
+        "path": None,  # HF model dir to fine-tune; null = build the toy tokenizer + random toy model
+        "size": "tiny",  # toy model size when path is null: tiny | small
+        "max_position_embeddings": 64,  # toy model context length (prompt + completion)
+    },
+    "data": {
+        "train_problems": 3000,  # distinct toy train problems (split 'train', data seed = seed)
+        "test_problems": 300,  # toy test problems for the accuracy (split 'test', data seed 0)
+        "levels": [1, 2, 3],  # difficulty levels, round-robin
+    },
+    "train": {
+        "steps": 300,  # optimizer steps
+        "batch_size": 64,  # sequences per step
+        "lr": 3.0e-3,  # AdamW peak learning rate
+        "weight_decay": 0.01,
+        "warmup_steps": 20,  # linear warm-up, then cosine decay to 10% of lr
+        "max_grad_norm": 1.0,
+        "log_every": 50,
+    },
+    "eval": {
+        "max_new_tokens": 6,  # toy answers are at most 4 characters + EOS
+        "samples": 4,  # rollouts per test problem at T=1 for the sampled pass@1
+        "batch_size": 512,  # rollouts per generate call
+    },
+    "tracking": {"enabled": True, "uri": "sqlite:///results/mlflow.db", "experiment": "salt-sft",
+                 "run_name": None, "parent_run_id": None, "tags": {}},
+}
+
+
+def _check_keys(cfg: Mapping[str, Any], ref: Mapping[str, Any], prefix: str = "") -> None:
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if key not in ref:
+            raise ValueError(f"sft config: unknown key '{name}'; valid keys here: {sorted(ref)}")
+        if isinstance(ref[key], dict) and key != "tags":
+            if not isinstance(value, Mapping):
+                raise ValueError(f"sft config: '{name}' must be a mapping with keys {sorted(ref[key])}")
+            _check_keys(value, ref[key], name + ".")
+
+
+def resolve_config(cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Defaults deep-merged with ``cfg``; unknown keys and bad values raise naming the key."""
+    cfg = dict(cfg or {})
+    _check_keys(cfg, DEFAULTS)
+    out = deep_merge(DEFAULTS, cfg)
+    for key in ("steps", "batch_size"):
+        if int(out["train"][key]) < 1:
+            raise ValueError(f"sft config: train.{key} must be >= 1, got {out['train'][key]}")
+    for key in ("train_problems", "test_problems"):
+        if int(out["data"][key]) < 1:
+            raise ValueError(f"sft config: data.{key} must be >= 1, got {out['data'][key]}")
+    if float(out["train"]["lr"]) <= 0:
+        raise ValueError(f"sft config: train.lr must be > 0, got {out['train']['lr']}")
+    if out["model"]["path"] is not None and not (Path(out["model"]["path"]) / "config.json").is_file():
+        raise ValueError(f"sft config: model.path = '{out['model']['path']}' has no config.json; "
+                         "point it at a Hugging Face model dir or set it to null for the toy model")
+    return out
+
+
+def load_or_build(cfg: Mapping[str, Any]):
+    """(model, tokenizer): ``model.path`` loaded, or the toy tokenizer + a random toy model."""
+    if cfg["model"]["path"] is not None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(cfg["model"]["path"])
+        model = AutoModelForCausalLM.from_pretrained(cfg["model"]["path"], dtype=torch.float32)
+        return model, tok
+    from salt.train.toy_model import build_toy_model, train_toy_tokenizer
+
+    tok = train_toy_tokenizer(None)
+    model = build_toy_model(tok, cfg["model"]["size"], seed=int(cfg["seed"]),
+                            max_position_embeddings=int(cfg["model"]["max_position_embeddings"]))
+    return model, tok
+
+
+def encode_examples(rows: list[dict], tokenizer) -> list[tuple[list[int], int]]:
+    """Per row ``(ids, n_prompt)``: ids = prompt ids + target ids + EOS; the loss starts at ``n_prompt``."""
+    from salt.tasks.prompts import build_prompt
+    from salt.tasks.toy import format_target
+
+    out = []
+    for row in rows:
+        prompt_ids = tokenizer(build_prompt(row, tokenizer))["input_ids"]
+        target_ids = tokenizer(format_target(row), add_special_tokens=False)["input_ids"]
+        out.append((list(prompt_ids) + list(target_ids) + [tokenizer.eos_token_id], len(prompt_ids)))
+    return out
+
+
+def collate(examples: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``/``attention_mask`` (B, T) and ``labels`` (B, T) with -100 off-target."""
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    for i, (ids, n_prompt) in enumerate(examples):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        attention[i, : len(ids)] = 1
+        labels[i, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def target_loss(model, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over the target tokens (labels != -100)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1])  # (B*(T-1), V)
+    shift_labels = batch["labels"][:, 1:].reshape(-1)  # (B*(T-1),)
+    return torch.nn.functional.cross_entropy(shift_logits.float(), shift_labels, ignore_index=-100)
+
+
+def evaluate_toy(model, tokenizer, rows: list[dict], max_new_tokens: int, samples: int, seed: int,
+                 batch_size: int | None = None) -> dict[str, float]:
+    """Greedy pass@1 and sampled (T=1) pass@1 (mean over ``samples`` rollouts), overall and per level."""
+    from salt.rollout.hf import HFBackend
+    from salt.tasks.prompts import build_prompt
+    from salt.tasks.toy import toy_reward
+
+    backend = HFBackend(model, tokenizer, batch_size=batch_size)
+    prompts = [build_prompt(r, tokenizer) for r in rows]
+    greedy = backend.generate(prompts, n=1, max_new_tokens=max_new_tokens, temperature=0.0)
+    sampled = backend.generate(prompts, n=samples, max_new_tokens=max_new_tokens, temperature=1.0, seed=seed)
+    g = [toy_reward(r["answer"], t) for r, t in zip(rows, greedy.texts)]
+    s = [sum(toy_reward(r["answer"], sampled.texts[j * samples + k]) for k in range(samples)) / samples
+         for j, r in enumerate(rows)]
+    metrics = {"eval/pass@1_greedy": sum(g) / len(g), "eval/pass@1_t1": sum(s) / len(s),
+               "eval/stop_rate_greedy": sum(f == "stop" for f in greedy.finish_reasons) / len(rows)}
+    for level in sorted({r["meta"]["difficulty"] for r in rows}):
+        idx = [i for i, r in enumerate(rows) if r["meta"]["difficulty"] == level]
+        metrics[f"eval/pass@1_greedy_level{level}"] = sum(g[i] for i in idx) / len(idx)
+        metrics[f"eval/pass@1_t1_level{level}"] = sum(s[i] for i in idx) / len(idx)
+    return metrics
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def run_sft(cfg: Mapping[str, Any] | None, out_dir: str | Path) -> dict[str, Any]:
+    """Run the warm-up; returns the metrics written to ``out_dir/metrics.json``."""
+    import yaml
+
+    from salt.tasks.toy import generate_problems
+
+    cfg = resolve_config(cfg)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "sft_config.resolved.yaml", yaml.safe_dump(cfg, sort_keys=False))
+    seed = int(cfg["seed"])
+    seed_everything(seed)
+    model, tok = load_or_build(cfg)
+    levels = tuple(cfg["data"]["levels"])
+    train_rows = generate_problems(int(cfg["data"]["train_problems"]), "train", seed=seed, levels=levels)
+    test_rows = generate_problems(int(cfg["data"]["test_problems"]), "test", seed=0, levels=levels)
+    examples = encode_examples(train_rows, tok)
+    longest = max(len(ids) for ids, _ in examples) + int(cfg["eval"]["max_new_tokens"])
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and longest > limit:
+        raise ValueError(f"sft: prompt + eval.max_new_tokens = {longest} tokens exceeds the model's "
+                         f"max_position_embeddings ({limit}); raise model.max_position_embeddings")
+
+    from salt import tracking
+
+    run = tracking.start_run(cfg["tracking"], run_name=cfg["tracking"]["run_name"] or f"sft-{out.name}",
+                             out_dir=out, params=cfg, tags={"stage": "sft"})
+    tcfg = cfg["train"]
+    steps, bs = int(tcfg["steps"]), int(tcfg["batch_size"])
+    opt = torch.optim.AdamW(model.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]),
+                            betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, int(tcfg["warmup_steps"]), steps))
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(examples), generator=gen).tolist()
+    pos = 0
+    model.train()
+    t0 = time.time()
+    losses: list[float] = []
+    try:
+        for step in range(steps):
+            idx = []
+            while len(idx) < bs:  # epochs of shuffled examples
+                if pos == len(order):
+                    order, pos = torch.randperm(len(examples), generator=gen).tolist(), 0
+                idx.append(order[pos])
+                pos += 1
+            batch = collate([examples[i] for i in idx], tok.pad_token_id)
+            loss = target_loss(model, batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float(tcfg["max_grad_norm"]))
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            if (step + 1) % int(tcfg["log_every"]) == 0 or step + 1 == steps:
+                window = losses[-int(tcfg["log_every"]):]
+                tracking.log_metrics(run, {"sft/loss": sum(window) / len(window), "sft/grad_norm": float(grad_norm),
+                                           "sft/lr": sched.get_last_lr()[0]}, step=step + 1)
+                print(f"sft step {step + 1}/{steps} loss {sum(window) / len(window):.4f} "
+                      f"({time.time() - t0:.1f}s)", file=sys.stderr, flush=True)
+        train_time = time.time() - t0
+        model.eval()
+        ecfg = cfg["eval"]
+        metrics: dict[str, Any] = evaluate_toy(model, tok, test_rows, int(ecfg["max_new_tokens"]),
+                                               int(ecfg["samples"]), seed, int(ecfg["batch_size"]))
+        metrics.update({"sft/final_loss": losses[-1], "sft/train_seconds": train_time,
+                        "sft/total_seconds": time.time() - t0, "sft/steps": steps,
+                        "test_problems": len(test_rows), "train_problems": len(train_rows)})
+        tmp = out / "final.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if (out / "final").exists():
+            shutil.rmtree(out / "final")
+        tmp.rename(out / "final")
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        tracking.log_metrics(run, {k: v for k, v in metrics.items() if k.startswith(("eval/", "sft/"))}, step=steps)
+        tracking.log_artifacts(run, out / "metrics.json")
+        tracking.end_run(run)
+    except BaseException:
+        tracking.end_run(run, "FAILED")
+        raise
+    return metrics
+
+
+def load_config_file(path: str | Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"sft: config file '{p}' does not exist")
+    data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"sft: config file '{p}' must hold a mapping at the top level")
+    return data
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="salt sft", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="output dir (DIR/final, DIR/metrics.json)")
+    parser.add_argument("--config", default=None, help="YAML file with keys of salt.train.sft.DEFAULTS")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key, e.g. --set train.steps=100 (repeatable)")
+    args = parser.parse_args(argv)
+    cfg = deep_merge(load_config_file(args.config), parse_set_overrides(args.sets))
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
+    metrics = run_sft(cfg, args.out)
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}, indent=2))
+    return 0

@@ -1,0 +1,113 @@
+"""Run config: loading, overrides, round trip, and bad configs failing before any work."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from salt.train.config import ConfigError, RunConfig, describe, from_dict, load_run_config, save_resolved
+
+
+@pytest.fixture()
+def model_dir(tmp_path):
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    return d
+
+
+def _write(tmp_path, data) -> str:
+    p = tmp_path / "run.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return str(p)
+
+
+def _ok(model_dir, **kw) -> dict:
+    base = {"model": {"path": str(model_dir)}, "data": {"train": "toy:train"}, "tracking": {"enabled": False}}
+    from salt.utils import deep_merge
+
+    return deep_merge(base, kw)
+
+
+def test_yaml_plus_set_overrides_and_round_trip(tmp_path, model_dir):
+    path = _write(tmp_path, _ok(model_dir, rollout={"group_size": 4}, algorithm={"salt": {"enabled": True, "rho": 0.5}}))
+    cfg = load_run_config(path, ["rollout.group_size=16", "train.lr=1e-6", "algorithm.loss.clip_eps_high=0.28"])
+    assert cfg.rollout.group_size == 16 and cfg.train.lr == pytest.approx(1e-6)
+    assert cfg.algorithm.salt.options == {"rho": 0.5} and cfg.algorithm.loss == {"name": "grpo", "clip_eps_high": 0.28}
+    d = cfg.to_dict()
+    assert d["algorithm"]["salt"]["rho"] == 0.5 and "options" not in d["algorithm"]["salt"]
+    assert from_dict(d).to_dict() == d
+    saved = save_resolved(cfg, tmp_path / "out")
+    assert saved.name == "config.resolved.yaml" and yaml.safe_load(saved.read_text()) == d
+    assert cfg.method_name == "grpo+salt"
+
+
+def test_every_field_has_help():
+    text = describe()
+    assert "rollout.group_size" in text and "algorithm.salt.scope" in text
+    import dataclasses
+    import typing
+
+    def walk(cls):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name])
+
+    walk(RunConfig)
+
+
+@pytest.mark.parametrize(
+    "sections, needles",
+    [
+        ({"train": {"learning_rate": 1e-5}}, ["train.learning_rate", "lr", "steps"]),
+        ({"algorithm": {"salt": {"rhoo": 1.0}}}, ["algorithm.salt.rhoo", "rho", "k_max"]),
+        ({"algorithm": {"loss": {"clip_eps": 0.2}}}, ["algorithm.loss.clip_eps", "clip_eps_high"]),
+        ({"rollout": {"prompts_per_step": 8}, "train": {"mini_batch_prompts": 3}},
+         ["train.mini_batch_prompts", "[1, 2, 4, 8]"]),
+        ({"algorithm": {"selection": {"rule": "max_variance"}}}, ["algorithm.selection.n", "> 8"]),
+        ({"algorithm": {"selection": {"rule": "max_variance", "n": 8}}}, ["algorithm.selection.n", "> 8"]),
+        ({"algorithm": {"vip": {"enabled": True, "budget": 1000, "upper": 32}}}, ["algorithm.vip.budget", "[16, 256]"]),
+        ({"algorithm": {"loss": {"name": "ppo"}}}, ["algorithm.loss.name", "grpo"]),
+        ({"algorithm": {"advantage": "gae"}}, ["algorithm.advantage", "rloo"]),
+        ({"algorithm": {"salt": {"scope": "local"}}}, ["algorithm.salt.scope", "global", "micro"]),
+        ({"rollout": {"group_size": "many"}}, ["rollout.group_size", "integer"]),
+        ({"tracking": {"enabled": True, "uri": "./mlruns"}}, ["tracking.uri", "sqlite:///"]),
+        ({"data": {"train": "/nonexistent/rows.jsonl"}}, ["data.train", "salt prepare-data"]),
+    ],
+)
+def test_bad_config_names_the_key_and_the_fix(tmp_path, model_dir, sections, needles):
+    with pytest.raises(ConfigError) as err:
+        load_run_config(_write(tmp_path, _ok(model_dir, **sections)))
+    for needle in needles:
+        assert needle in str(err.value), (needle, str(err.value))
+
+
+def test_missing_model_path(tmp_path):
+    path = _write(tmp_path, {"model": {"path": str(tmp_path / "nope")}, "data": {"train": "toy:train"}})
+    with pytest.raises(ConfigError, match=r"model.path .* does not exist.*warmup_if_missing"):
+        load_run_config(path)
+    # with a warm-up config the missing path is fine (the trainer builds it)
+    cfg = load_run_config(path, ["model.warmup_if_missing={steps: 1}"])
+    assert cfg.model.warmup_if_missing == {"steps": 1}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_vllm_without_gpu(tmp_path, model_dir):
+    with pytest.raises(ConfigError, match=r"rollout.backend = vllm needs a CUDA GPU.*rollout.backend: hf"):
+        load_run_config(_write(tmp_path, _ok(model_dir, rollout={"backend": "vllm"})))
+
+
+def test_cli_fails_before_any_work(tmp_path, model_dir):
+    path = _write(tmp_path, _ok(model_dir, train={"mini_batch_prompts": 3}))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "salt.cli", "train", "--config", path, "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "train.mini_batch_prompts" in proc.stderr
+    assert not out.exists()

@@ -1,0 +1,157 @@
+"""Rollout backends: HF generate (shapes, grouping, seeds, EOS, log-probs) and vLLM conversion logic."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from salt.rollout import HFBackend, RolloutOutput, make_backend
+from salt.rollout.base import cut_at_eos
+from salt.train.toy_model import build_toy_model, train_toy_tokenizer
+
+PROMPTS = ["3+4=", "(1+2)*3-4=", "12-5="]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_toy_tokenizer(None)
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    return build_toy_model(tok, "tiny", seed=0)
+
+
+def _recomputed_logprobs(model, prompt_ids, completion_ids, temperature):
+    """Brute force: one unpadded forward per rollout, temperature-scaled log-softmax at the sampled tokens."""
+    ids = torch.tensor([prompt_ids + completion_ids])
+    with torch.no_grad():
+        logits = model(ids).logits[0, len(prompt_ids) - 1 : -1]  # (T_c, V)
+    logp = torch.log_softmax(logits / temperature, dim=-1)
+    return logp.gather(-1, torch.tensor(completion_ids)[:, None]).squeeze(-1)
+
+
+def test_shapes_grouping_and_consistency(model, tok):
+    out = HFBackend(model, tok).generate(PROMPTS, n=4, max_new_tokens=6, temperature=1.0, seed=0)
+    assert isinstance(out, RolloutOutput)
+    assert len(out.prompt_ids) == 3 and len(out.completion_ids) == 12
+    assert out.group_ids == [0] * 4 + [1] * 4 + [2] * 4
+    assert out.prompt_ids[1] == tok("(1+2)*3-4=").input_ids
+    for ids, lps, reason, text in zip(out.completion_ids, out.logprobs, out.finish_reasons, out.texts):
+        assert 1 <= len(ids) <= 6 and len(lps) == len(ids)
+        assert all(lp <= 0.0 for lp in lps)
+        assert text == tok.decode(ids, skip_special_tokens=True)
+        if reason == "stop":
+            assert ids[-1] == tok.eos_token_id and tok.eos_token_id not in ids[:-1]
+        else:
+            assert reason == "length" and len(ids) == 6 and tok.eos_token_id not in ids
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 1.0), (1.3, 0.9)])
+def test_logprobs_match_recomputed_forward(model, tok, temperature, top_p):
+    out = HFBackend(model, tok, batch_size=5).generate(
+        PROMPTS, n=3, max_new_tokens=7, temperature=temperature, top_p=top_p, seed=11
+    )
+    for i, comp in enumerate(out.completion_ids):
+        ref = _recomputed_logprobs(model, out.prompt_ids[i // 3], comp, temperature)
+        torch.testing.assert_close(torch.tensor(out.logprobs[i]), ref, rtol=0, atol=1e-5)
+
+
+def test_seed_reproducible_and_rng_untouched(model, tok):
+    backend = HFBackend(model, tok)
+    state = torch.random.get_rng_state()
+    a = backend.generate(PROMPTS, n=3, max_new_tokens=6, temperature=1.0, seed=3)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    b = backend.generate(PROMPTS, n=3, max_new_tokens=6, temperature=1.0, seed=3)
+    c = backend.generate(PROMPTS, n=3, max_new_tokens=6, temperature=1.0, seed=4)
+    assert a.completion_ids == b.completion_ids and a.logprobs == b.logprobs
+    assert a.completion_ids != c.completion_ids
+
+
+def test_greedy_is_argmax_and_identical_within_group(model, tok):
+    out = HFBackend(model, tok).generate(PROMPTS, n=2, max_new_tokens=5, temperature=0.0)
+    for j, p in enumerate(out.prompt_ids):
+        assert out.completion_ids[2 * j] == out.completion_ids[2 * j + 1]
+        ids = list(p)
+        for t in out.completion_ids[2 * j]:  # brute-force greedy decoding
+            with torch.no_grad():
+                nxt = int(model(torch.tensor([ids])).logits[0, -1].argmax())
+            assert nxt == t
+            ids.append(nxt)
+        ref = _recomputed_logprobs(model, p, out.completion_ids[2 * j], 1.0)
+        torch.testing.assert_close(torch.tensor(out.logprobs[2 * j]), ref, rtol=0, atol=1e-5)
+
+
+def test_eos_is_kept_and_generation_stops(tok):
+    # a model whose logits always put (almost) all mass on EOS
+    m = build_toy_model(tok, "tiny", seed=1)
+
+    def force_eos(module, inputs, output):
+        output = output.clone()
+        output[..., tok.eos_token_id] = 1e4
+        return output
+
+    handle = m.lm_head.register_forward_hook(force_eos)
+    try:
+        out = HFBackend(m, tok).generate(PROMPTS, n=2, max_new_tokens=5, temperature=1.0, seed=0)
+    finally:
+        handle.remove()
+    assert out.completion_ids == [[tok.eos_token_id]] * 6
+    assert out.finish_reasons == ["stop"] * 6
+    assert out.texts == [""] * 6
+    assert all(abs(lp[0]) < 1e-6 for lp in out.logprobs)
+
+
+def test_unwraps_wrapped_model_and_restores_train_mode(model, tok):
+    class Wrapper(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.module = inner
+
+    wrapped = Wrapper(model)
+    model.train()
+    a = HFBackend(wrapped, tok).generate(PROMPTS, n=2, max_new_tokens=4, seed=5)
+    assert model.training  # restored
+    b = HFBackend(model, tok).generate(PROMPTS, n=2, max_new_tokens=4, seed=5)
+    assert a.completion_ids == b.completion_ids
+    model.eval()
+
+
+def test_clean_generation_config_ignores_model_defaults(model, tok):
+    saved = model.generation_config
+    model.generation_config.top_k = 1
+    model.generation_config.repetition_penalty = 5.0
+    try:
+        out = HFBackend(model, tok).generate(PROMPTS, n=3, max_new_tokens=6, temperature=1.0, seed=2)
+    finally:
+        model.generation_config.top_k = None
+        model.generation_config.repetition_penalty = None
+    assert model.generation_config is saved
+    for i, comp in enumerate(out.completion_ids):
+        ref = _recomputed_logprobs(model, out.prompt_ids[i // 3], comp, 1.0)
+        torch.testing.assert_close(torch.tensor(out.logprobs[i]), ref, rtol=0, atol=1e-5)
+
+
+def test_make_backend_and_errors(model, tok):
+    assert isinstance(make_backend({"backend": "hf"}, model, tok), HFBackend)
+    assert isinstance(make_backend(SimpleNamespace(backend="hf", batch_size=2), model, tok), HFBackend)
+    with pytest.raises(ValueError, match="rollout.backend"):
+        make_backend({"backend": "sglang"}, model, tok)
+    backend = HFBackend(model, tok)
+    with pytest.raises(ValueError, match="rollout.top_p"):
+        backend.generate(PROMPTS, n=1, max_new_tokens=3, top_p=0.0)
+    with pytest.raises(ValueError, match="rollout.group_size"):
+        backend.generate(PROMPTS, n=0, max_new_tokens=3)
+    with pytest.raises(ValueError, match="expected len"):
+        RolloutOutput([[1]], [[2]], [[-1.0]], ["stop"], ["a"], n=2)
+    with pytest.raises(ValueError, match="'stop' or 'length'"):
+        RolloutOutput([[1]], [[2]], [[-1.0]], ["eos"], ["a"], n=1)
+
+
+def test_cut_at_eos():
+    assert cut_at_eos([5, 6, 2, 0, 0], {2}) == ([5, 6, 2], "stop")
+    assert cut_at_eos([5, 6, 7], {2}) == ([5, 6, 7], "length")
+    assert cut_at_eos([9, 5, 3], {3, 9}) == ([9], "stop")

@@ -1,0 +1,69 @@
+"""Synthetic run folders (metrics.jsonl, evaluation metrics.json, a Gram dump, proxy.json) for tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+STUDIES = {
+    "main": ("main", ["grpo", "grpo_salt", "dapo", "dapo_salt"], [2, 4], [0, 1, 2], 4, None),
+    "budget": ("scaling_budget", ["grpo", "grpo_salt"], [2, 4], [0], None, 8),
+    "ablation": ("ablation", ["grpo_salt", "salt_no_relu", "entropy_only"], [4], [0], 4, None),
+}
+
+
+def make_runs(root: Path, steps: int = 6, duplicate_step: bool = True, gram: bool = True) -> dict:
+    """Write run dirs under ``root`` and return the manifest the workflow would pass to aggregate."""
+    rng = np.random.default_rng(0)
+    runs = []
+    for study, (kind, methods, gs, seeds, p, budget) in STUDIES.items():
+        for method in methods:
+            for G in gs:
+                for seed in seeds:
+                    P = p if p is not None else budget // G
+                    run_dir = root / study / "runs" / "toy" / "toy" / method / f"G{G}" / f"seed{seed}"
+                    run_dir.mkdir(parents=True)
+                    lines = []
+                    for step in range(steps):
+                        lines.append({
+                            "step": step,
+                            "train/reward_mean": 0.1 * step + 0.05 * seed + (0.1 if "salt" in method else 0.0),
+                            "salt/participation_ratio": 2.0 + G * 0.5 + rng.random(),
+                            "salt/n_eff": 0.5 + rng.random(),
+                            "salt/alpha": 0.4 + 0.01 * G,
+                            "salt/shared_energy_ratio": 0.7,
+                            "salt/residual_energy_ratio": 0.3,
+                            "salt/residual_bound": 0.01 * G,
+                            "salt/main_contrib_ratio": 0.8,
+                            "train/update_norm": 0.5,
+                            "loss/clip_frac": 0.05,
+                            "rollout/generated": float(G * P),
+                            "time/step_s": 0.5,
+                            "note": "text is ignored",
+                        })
+                    if duplicate_step:  # a resumed run logs its last step again: the later row must win
+                        lines.append({**lines[-1], "train/reward_mean": 0.99})
+                    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+                    if gram and method in ("grpo", "grpo_salt") and study == "main" and seed == 0:
+                        feats = rng.normal(size=(G * P, 5))
+                        np.savez(run_dir / "gram_step_0001.npz", gram=feats @ feats.T / (G * P))
+                    evals = {}
+                    for bench in ("toy_test",):
+                        e = root / study / "eval" / method / f"G{G}" / f"seed{seed}" / bench
+                        e.mkdir(parents=True)
+                        acc = 0.2 + 0.1 * seed + (0.1 if "salt" in method else 0.0)
+                        (e / "metrics.json").write_text(json.dumps({
+                            "benchmark": bench, "n": 4, "pass@1": acc, "pass@2": acc + 0.1, "pass@4": acc + 0.15,
+                            "avg@4": acc, "rows": 10,
+                        }))
+                        evals[bench] = str(e / "metrics.json")
+                    runs.append(dict(study=study, kind=kind, model="toy", task="toy", method=method,
+                                     label=method.upper(), G=G, seed=seed, prompts_per_step=P,
+                                     run_dir=str(run_dir), benchmark=str(root / "nope.tsv"), evals=evals))
+    proxy = root / "proxy" / "toy" / "proxy.json"
+    proxy.parent.mkdir(parents=True)
+    proxy.write_text(json.dumps({"pearson": 0.8, "null_permutation": 0.01, "null_gaussian": -0.02, "n": 16}))
+    return {"runs": runs, "proxy": {"toy": str(proxy)}, "parents": {}, "figures": {"baseline": "grpo", "salt_method": "grpo_salt", "smooth": 1},
+            "tracking": {"enabled": False, "uri": "sqlite:///x.db", "experiment": "t"}, "report": {"title": "t"}}

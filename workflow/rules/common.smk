@@ -1,0 +1,355 @@
+"""Config validation and grid expansion (parse time). Every path below depends only on wildcards."""
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import yaml
+from snakemake.utils import validate
+
+# Jobs run `python -m salt.cli ...` from this checkout (also inside --sdm conda environments).
+REPO = str(Path(workflow.basedir).parent)
+if REPO not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
+
+from salt.utils import deep_merge  # noqa: E402
+
+# ---------------------------------------------------------------- validation
+
+
+def _unknown_keys(instance, schema, root, where, defs):
+    """Yield (dotted key, allowed keys) for keys the schema does not allow (additionalProperties: false)."""
+    if "$ref" in schema:
+        schema = defs[schema["$ref"].split("/")[-1]]
+    if not isinstance(instance, dict) or schema.get("type") not in ("object", None):
+        return
+    props = schema.get("properties", {})
+    extra = schema.get("additionalProperties", True)
+    for key, value in instance.items():
+        dotted = f"{where}.{key}" if where else str(key)
+        if key in props:
+            yield from _unknown_keys(value, props[key], root, dotted, defs)
+        elif extra is False:
+            yield dotted, sorted(props)
+        elif isinstance(extra, dict):
+            yield from _unknown_keys(value, extra, root, dotted, defs)
+
+
+def _check_config(cfg):
+    """Validate ``cfg`` in place (defaults filled); raise ValueError naming the key and the fix."""
+    schema_path = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
+    schema = yaml.safe_load(schema_path.read_text())
+    bad = list(_unknown_keys(cfg, schema, schema, "", schema.get("definitions", {})))
+    if bad:
+        lines = [f"  '{key}' is not a config key; allowed here: {', '.join(allowed)}" for key, allowed in bad]
+        raise ValueError("config error (see workflow/schemas/config.schema.yaml):\n" + "\n".join(lines))
+    validate(cfg, schema=str(schema_path), set_default=True)
+    _fill_nested_defaults(cfg, schema)
+    _check_references(cfg)
+
+
+def _fill_nested_defaults(cfg, schema):
+    """Apply the defaults of the map entries (datasets.*, studies.*, ...) that jsonschema may skip."""
+    defs = schema["definitions"]
+    maps = {"datasets": "dataset", "models": "model", "tasks": "task", "benchmarks": "benchmark",
+            "methods": "method", "studies": "study"}
+    for key, def_name in maps.items():
+        for entry in cfg.get(key, {}).values():
+            for prop, spec in defs[def_name]["properties"].items():
+                if prop not in entry and "default" in spec:
+                    entry[prop] = copy.deepcopy(spec["default"])
+    for section in ("light", "data", "sft", "train", "evaluate", "proxy"):
+        res = cfg["compute"].setdefault(section, {})
+        for prop, spec in defs["resources"]["properties"].items():
+            res.setdefault(prop, copy.deepcopy(spec["default"]))
+
+
+def _check_references(cfg):
+    errors = []
+
+    def need(kind, name, where):
+        if name not in cfg.get(kind, {}):
+            errors.append(f"  {where}: '{name}' is not a key of `{kind}` (known: {', '.join(cfg.get(kind, {})) or 'none'})")
+
+    for name, task in cfg["tasks"].items():
+        need("datasets", task["train"], f"tasks.{name}.train")
+        if task.get("eval"):
+            need("datasets", task["eval"], f"tasks.{name}.eval")
+    for name, bench in cfg["benchmarks"].items():
+        need("datasets", bench["dataset"], f"benchmarks.{name}.dataset")
+        if max(bench["ks"]) > bench["n"]:
+            errors.append(f"  benchmarks.{name}.ks: k={max(bench['ks'])} needs n >= k (n={bench['n']}); raise n or drop k")
+    for name, study in cfg["studies"].items():
+        for kind, key in (("models", "models"), ("tasks", "tasks"), ("methods", "methods"), ("benchmarks", "benchmarks")):
+            for item in study.get(key, []):
+                need(kind, item, f"studies.{name}.{key}")
+        fixed_p, budget = study.get("prompts_per_step"), study.get("rollout_budget")
+        if (fixed_p is None) == (budget is None):
+            errors.append(f"  studies.{name}: set exactly one of prompts_per_step (fixed P) and rollout_budget (fixed P x G)")
+        if budget is not None:
+            for g in study["group_sizes"]:
+                if budget % g:
+                    errors.append(f"  studies.{name}.rollout_budget={budget} is not divisible by G={g} (group_sizes)")
+    proxy = cfg["proxy"]
+    if proxy["enabled"] and proxy["models"]:
+        for model in proxy["models"]:
+            need("models", model, "proxy.models")
+        if not proxy["dataset"]:
+            errors.append("  proxy.dataset: needed when proxy.models is not empty (a key of `datasets`)")
+        else:
+            need("datasets", proxy["dataset"], "proxy.dataset")
+    if cfg["compute"]["launcher"] == "accelerate" and not cfg["compute"]["accelerate_config"]:
+        errors.append("  compute.accelerate_config: needed when compute.launcher is accelerate (e.g. config/accelerate/multi_gpu.yaml)")
+    if errors:
+        raise ValueError("config error:\n" + "\n".join(errors))
+
+
+_check_config(config)
+
+# ---------------------------------------------------------------- paths
+
+RUN_DIR = "results/{study}/runs/{model}/{task}/{method}/G{G}/seed{seed}"
+EVAL_METRICS = "results/{study}/eval/{model}/{task}/{method}/G{G}/seed{seed}/{benchmark}/metrics.json"
+PARENT_JSON = "results/{study}/mlflow_parent.json"
+PROXY_JSON = "results/proxy/{model}/proxy.json"
+FIGURE_NAMES = [
+    "fig1_gram",
+    "fig2_dynamics",
+    "fig3_ablations",
+    "fig4_residual",
+    "fig5_proxy",
+    "fig6_alpha_channels",
+    "fig7_comparison",
+]
+
+wildcard_constraints:
+    study="[A-Za-z0-9][A-Za-z0-9_.-]*",
+    model="[A-Za-z0-9][A-Za-z0-9_.-]*",
+    task="[A-Za-z0-9][A-Za-z0-9_.-]*",
+    method="[A-Za-z0-9][A-Za-z0-9_.-]*",
+    benchmark="[A-Za-z0-9][A-Za-z0-9_.-]*",
+    dataset="[A-Za-z0-9][A-Za-z0-9_.-]*",
+    G="[0-9]+",
+    seed="[0-9]+",
+
+# ---------------------------------------------------------------- the grid
+
+
+def prompts_per_step(study, G):
+    s = config["studies"][study]
+    return s["prompts_per_step"] if s["prompts_per_step"] is not None else s["rollout_budget"] // int(G)
+
+
+def study_jobs(study):
+    """Every training job of ``study`` as a dict of wildcard values."""
+    s = config["studies"][study]
+    return [
+        dict(study=study, model=m, task=t, method=meth, G=str(g), seed=str(seed))
+        for m in s["models"] for t in s["tasks"] for meth in s["methods"]
+        for g in s["group_sizes"] for seed in s["seeds"]
+    ]
+
+
+JOBS = [job for study in config["studies"] for job in study_jobs(study)]
+
+
+def model_path(model):
+    path = config["models"][model]["path"]
+    return path if path else f"results/models/{model}/final"
+
+
+def data_file(dataset):
+    return f"results/data/{dataset}/data.jsonl"
+
+
+def run_config_dict(study, model, task, method, G, seed):
+    """Base run config <- model <- task <- study <- method overrides <- values fixed by the wildcards."""
+    s, t, m = config["studies"][study], config["tasks"][task], config["methods"][method]
+    cfg = copy.deepcopy(config["run"])
+    for override in (config["models"][model]["run"], t["run"], s["run"], m["run"]):
+        cfg = deep_merge(cfg, override)
+    G = int(G)
+    fixed = {
+        "seed": int(seed),
+        "model": {"path": model_path(model)},
+        "data": {"train": data_file(t["train"]), "eval": data_file(t["eval"]) if t["eval"] else None},
+        "rollout": {"group_size": G, "prompts_per_step": prompts_per_step(study, G)},
+        "tracking": {
+            "enabled": config["tracking"]["enabled"],
+            "uri": config["tracking"]["uri"],
+            "experiment": config["tracking"]["experiment"],
+            "run_name": f"{study}/{model}/{task}/{method}/G{G}/seed{seed}",
+            "tags": {"study": study, "model": model, "task": task, "method": method,
+                     "group_size": str(G), "seed": str(seed)},
+        },
+    }
+    if m["generate_factor"]:
+        fixed["algorithm"] = {"selection": {"n": m["generate_factor"] * G}}
+    return deep_merge(cfg, fixed)
+
+
+def _check_run_configs():
+    """Build the RunConfig of every job so that a bad override fails at parse time, naming the job."""
+    from salt.train.config import from_dict
+
+    for job in JOBS:
+        cfg = run_config_dict(**job)
+        # The planning host may have no GPU: vLLM's CUDA check happens when the job runs.
+        cfg["rollout"]["backend"] = "hf"
+        try:
+            from_dict(cfg).validate(check_paths=False)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(
+                f"config error in the run config of {RUN_DIR.format(**job)} (base `run` + the `run` "
+                f"overrides of models/tasks/studies/methods): {exc}"
+            ) from exc
+
+
+_check_run_configs()
+
+# ---------------------------------------------------------------- input functions
+
+
+def run_dir(w):
+    return RUN_DIR.format(**{k: w[k] for k in ("study", "model", "task", "method", "G", "seed")})
+
+
+def model_input(w):
+    """The warm-up SFT output when the model is built by the workflow; nothing for hub/local models."""
+    if config["models"][w.model]["path"]:
+        return []
+    return f"results/models/{w.model}/metrics.json"
+
+
+def train_data_inputs(w):
+    task = config["tasks"][w.task]
+    out = [data_file(task["train"])]
+    if task["eval"]:
+        out.append(data_file(task["eval"]))
+    return out
+
+
+def prepare_args(w):
+    d = config["datasets"][w.dataset]
+    args = [d["name"]]
+    if d["source"]:
+        args += ["--source", d["source"]]
+    if d["limit"]:
+        args += ["--limit", str(d["limit"])]
+    args += ["--seed", str(d["seed"])]
+    for key, value in d["set"].items():
+        args += ["--set", f"{key}={json.dumps(value)}"]
+    return " ".join(_quote(a) for a in args)
+
+
+def sft_args(w):
+    m = config["models"][w.model]
+    t = config["tracking"]
+    args = ["--set", f"tracking.enabled={json.dumps(t['enabled'])}", "--set", f"tracking.uri={t['uri']}",
+            "--set", f"tracking.experiment={t['experiment']}", "--set", f"tracking.run_name=warmup_sft/{w.model}"]
+    if m["sft_config"]:
+        args += ["--config", m["sft_config"]]
+    for key, value in m["sft_set"].items():
+        args += ["--set", f"{key}={json.dumps(value)}"]
+    return " ".join(_quote(a) for a in args)
+
+
+def _quote(text):
+    import shlex
+
+    return shlex.quote(str(text))
+
+
+def train_launcher(w):
+    c = config["compute"]
+    if c["launcher"] == "accelerate":
+        return f"accelerate launch --config_file {_quote(c['accelerate_config'])} -m salt.cli train"
+    return "python -m salt.cli train"
+
+
+def eval_args(w):
+    b = config["benchmarks"][w.benchmark]
+    return " ".join([
+        "--n", str(b["n"]),
+        "--temperature", str(b["temperature"]),
+        "--max-new-tokens", str(b["max_new_tokens"]),
+        "--ks", ",".join(str(k) for k in b["ks"]),
+        "--backend", config["compute"]["eval_backend"],
+        "--seed", str(w.seed),
+    ] + (["--tracking-uri", _quote(config["tracking"]["uri"])] if config["tracking"]["enabled"] else []))
+
+
+def eval_data(w):
+    return data_file(config["benchmarks"][w.benchmark]["dataset"])
+
+
+def all_datasets():
+    return sorted(config["datasets"])
+
+
+def all_train_done():
+    return [f"{RUN_DIR.format(**job)}/DONE" for job in JOBS]
+
+
+def all_eval_metrics():
+    return [
+        EVAL_METRICS.format(benchmark=b, **job)
+        for job in JOBS for b in config["studies"][job["study"]]["benchmarks"]
+    ]
+
+
+def proxy_models():
+    return config["proxy"]["models"] if config["proxy"]["enabled"] else []
+
+
+def all_proxy():
+    return [PROXY_JSON.format(model=m) for m in proxy_models()]
+
+
+def all_parents():
+    return [PARENT_JSON.format(study=s) for s in config["studies"]]
+
+
+def manifest():
+    """What aggregate/figures need to know about each run (plain data, passed as params)."""
+    runs = []
+    for job in JOBS:
+        study = config["studies"][job["study"]]
+        method = config["methods"][job["method"]]
+        runs.append({
+            **job,
+            "G": int(job["G"]),
+            "seed": int(job["seed"]),
+            "kind": study["kind"],
+            "label": method["label"] or job["method"],
+            "prompts_per_step": prompts_per_step(job["study"], job["G"]),
+            "run_dir": RUN_DIR.format(**job),
+            "benchmark": "results/benchmarks/train/{study}/{model}/{task}/{method}/G{G}/seed{seed}.tsv".format(**job),
+            "evals": {b: EVAL_METRICS.format(benchmark=b, **job) for b in study["benchmarks"]},
+        })
+    return {
+        "runs": runs,
+        "proxy": {m: PROXY_JSON.format(model=m) for m in proxy_models()},
+        "parents": {s: PARENT_JSON.format(study=s) for s in config["studies"]},
+        "figures": config["figures"],
+        "tracking": config["tracking"],
+        "report": config["report"],
+    }
+
+
+def resources_of(kind):
+    r = config["compute"][kind]
+    out = {"gpu": r["gpu"], "mem_mb": r["mem_mb"], "runtime": r["runtime"], "cpus_per_task": r["threads"]}
+    if r["gpu_model"]:
+        out["gpu_model"] = r["gpu_model"]
+    if r["slurm_partition"]:
+        out["slurm_partition"] = r["slurm_partition"]
+    return out
+
+
+def threads_of(kind):
+    return config["compute"][kind]["threads"]
+
+
+CONDA_ENV = f"../../envs/{config['compute']['env']}.yaml"

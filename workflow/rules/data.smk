@@ -1,0 +1,19 @@
+rule prepare_data:
+    """Normalise one dataset (generated, hub id or local file) to JSONL + manifest."""
+    output:
+        data="results/data/{dataset}/data.jsonl",
+        manifest="results/data/{dataset}/manifest.json",
+    log:
+        "results/logs/prepare_data/{dataset}.log",
+    benchmark:
+        "results/benchmarks/prepare_data/{dataset}.tsv"
+    params:
+        args=prepare_args,
+        out=lambda w, output: str(Path(output.data).parent),
+    threads: threads_of("data")
+    resources:
+        **resources_of("data"),
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m salt.cli prepare-data {params.args} --out {params.out} > {log} 2>&1"

@@ -1,0 +1,49 @@
+rule evaluate:
+    """Sample n answers per problem from a trained model; pass@k attached to its MLflow training run."""
+    input:
+        done="results/{study}/runs/{model}/{task}/{method}/G{G}/seed{seed}/DONE",
+        data=eval_data,
+    output:
+        metrics="results/{study}/eval/{model}/{task}/{method}/G{G}/seed{seed}/{benchmark}/metrics.json",
+        problems="results/{study}/eval/{model}/{task}/{method}/G{G}/seed{seed}/{benchmark}/problems.jsonl",
+    log:
+        "results/logs/evaluate/{study}/{model}/{task}/{method}/G{G}/seed{seed}/{benchmark}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{study}/{model}/{task}/{method}/G{G}/seed{seed}/{benchmark}.tsv"
+    params:
+        model=lambda w, input: str(Path(input.done).parent / "final"),
+        args=eval_args,
+        out=lambda w, output: str(Path(output.metrics).parent),
+    threads: threads_of("evaluate")
+    resources:
+        **resources_of("evaluate"),
+    conda:
+        CONDA_ENV
+    shell:
+        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} "
+        "python -m salt.cli evaluate --model {params.model} --benchmark {wildcards.benchmark} --data {input.data} "
+        "--out {params.out} {params.args} > {log} 2>&1"
+
+
+rule validate_proxy:
+    """LM-head vs last-block per-sample Gram correlation with both nulls (Figure 5)."""
+    input:
+        model=model_input,
+        data=lambda w: data_file(config["proxy"]["dataset"]),
+    output:
+        json="results/proxy/{model}/proxy.json",
+    log:
+        "results/logs/validate_proxy/{model}.log",
+    benchmark:
+        "results/benchmarks/validate_proxy/{model}.tsv"
+    params:
+        model=lambda w: model_path(w.model),
+        out=lambda w, output: str(Path(output.json).parent),
+    threads: threads_of("proxy")
+    resources:
+        **resources_of("proxy"),
+    conda:
+        CONDA_ENV
+    shell:
+        "OMP_NUM_THREADS={threads} "
+        "python -m salt.cli validate-proxy --model {params.model} --data {input.data} --out {params.out} > {log} 2>&1"

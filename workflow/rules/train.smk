@@ -1,0 +1,64 @@
+rule mlflow_parent:
+    """Create (or find again) the MLflow parent run of a study, once, before its training jobs."""
+    output:
+        json="results/{study}/mlflow_parent.json",
+    log:
+        "results/logs/mlflow_parent/{study}.log",
+    benchmark:
+        "results/benchmarks/mlflow_parent/{study}.tsv"
+    params:
+        tracking=config["tracking"],
+        study=lambda w: {"name": w.study, "kind": config["studies"][w.study]["kind"]},
+    threads: threads_of("light")
+    resources:
+        **resources_of("light"),
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/mlflow_parent.py"
+
+
+rule make_run_config:
+    """Write the plain run config of one job: base <- overrides <- wildcards (+ the parent run id)."""
+    input:
+        parent="results/{study}/mlflow_parent.json",
+    output:
+        yaml="results/{study}/configs/{model}/{task}/{method}/G{G}/seed{seed}.yaml",
+    log:
+        "results/logs/make_run_config/{study}/{model}/{task}/{method}/G{G}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/make_run_config/{study}/{model}/{task}/{method}/G{G}/seed{seed}.tsv"
+    params:
+        run=lambda w: run_config_dict(w.study, w.model, w.task, w.method, w.G, w.seed),
+    threads: threads_of("light")
+    resources:
+        **resources_of("light"),
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/make_run_config.py"
+
+
+rule train:
+    """One RL training run. Only DONE is declared, so an interrupted run keeps its checkpoints and resumes."""
+    input:
+        config="results/{study}/configs/{model}/{task}/{method}/G{G}/seed{seed}.yaml",
+        data=train_data_inputs,
+        model=model_input,
+    output:
+        done="results/{study}/runs/{model}/{task}/{method}/G{G}/seed{seed}/DONE",
+    log:
+        "results/logs/train/{study}/{model}/{task}/{method}/G{G}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/train/{study}/{model}/{task}/{method}/G{G}/seed{seed}.tsv"
+    params:
+        out=run_dir,
+        launcher=train_launcher,
+    threads: threads_of("train")
+    resources:
+        **resources_of("train"),
+    conda:
+        CONDA_ENV
+    shell:
+        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} "
+        "{params.launcher} --config {input.config} --out {params.out} >> {log} 2>&1"

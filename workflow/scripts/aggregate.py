@@ -1,0 +1,9 @@
+"""Collect every run's logged metrics into the tables (salt.figures.aggregate.main)."""
+
+import sys
+
+sys.stderr = open(snakemake.log[0], "w")  # noqa: F821
+
+from salt.figures.aggregate import main  # noqa: E402
+
+main(snakemake.params.manifest, snakemake.params.out)  # noqa: F821

@@ -1,0 +1,9 @@
+"""Create or find again the study's MLflow parent run; write its id to output.json."""
+
+import sys
+
+sys.stderr = open(snakemake.log[0], "w")  # noqa: F821
+
+from salt.figures.workflow_io import ensure_parent_run  # noqa: E402
+
+ensure_parent_run(snakemake.params.tracking, snakemake.params.study, snakemake.output.json)  # noqa: F821
