@@ -139,6 +139,9 @@ class _Tokens:
         r0, r1 = int(self.flat[a0]), int(self.flat[a1 - 1]) + 1
         if r1 - r0 == a1 - a0 and inv_t == 1.0 and self.z_flat.dtype == out.dtype:
             return torch.softmax(self.z_flat[r0:r1], dim=1, out=out)  # contiguous rows: no copy
+        if r1 - r0 == a1 - a0 and self.z_flat.dtype == out.dtype:
+            torch.mul(self.z_flat[r0:r1], inv_t, out=out)  # one pass: scale into the buffer
+            return torch.softmax(out, dim=1, out=out)
         if r1 - r0 == a1 - a0:
             out.copy_(self.z_flat[r0:r1])  # upcasts bf16/fp16 logits one block at a time
         elif self.z_flat.dtype == out.dtype:
@@ -312,7 +315,7 @@ def _sketch_features(
     a0 = 0
     for i, n_i in enumerate(tok.counts):  # valid tokens are sorted by rollout
         if n_i:
-            torch.mm(A[a0 : a0 + n_i].T, hs[a0 : a0 + n_i], out=F[i])  # (m, n_i) @ (n_i, q)
+            F[i] = A[a0 : a0 + n_i].T @ hs[a0 : a0 + n_i]  # (m, n_i) @ (n_i, q)
         else:
             F[i].zero_()
         a0 += n_i

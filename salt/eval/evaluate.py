@@ -136,7 +136,17 @@ def load_model(model_dir: Path, backend: str):
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     if backend == "vllm":
-        return str(model_dir), tokenizer  # vLLM loads the weights itself from the directory
+        # vLLM loads the weights itself from the directory: hand the backend a weightless stand-in
+        # carrying what it reads (the directory and the generation EOS ids)
+        from types import SimpleNamespace
+
+        from transformers import GenerationConfig
+
+        try:
+            gen = GenerationConfig.from_pretrained(str(model_dir))
+        except OSError:
+            gen = None
+        return SimpleNamespace(name_or_path=str(model_dir), generation_config=gen), tokenizer
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     if torch.cuda.is_available():
         model = model.to("cuda")
@@ -190,8 +200,11 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     model_dir, run_dir = resolve_model_dir(args.model)
     if todo:
         model, tokenizer = load_model(model_dir, args.backend)
-        backend = make_backend({"backend": args.backend, "batch_size": args.gen_batch_size,
-                                "max_new_tokens": args.max_new_tokens}, model, tokenizer)
+        rollout_cfg: dict[str, Any] = {"backend": args.backend, "batch_size": args.gen_batch_size,
+                                       "max_new_tokens": args.max_new_tokens, "seed": args.seed}
+        if args.backend == "vllm":
+            rollout_cfg["vllm"] = {"model": str(model_dir)}
+        backend = make_backend(rollout_cfg, model, tokenizer)
         t0 = time.monotonic()
         index_of = {r["id"]: i for i, r in enumerate(rows)}
         for start in range(0, len(todo), args.batch_size):

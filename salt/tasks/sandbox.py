@@ -16,16 +16,23 @@ the environment, signal other processes, or exit early to dodge its tests. Every
 * an empty environment (only ``LANG``, ``HOME``/``TMPDIR`` = its directory, ``PYTHONHASHSEED``,
   ``PYTHONIOENCODING`` and the run marker ``SALT_SANDBOX_ID``; no ``PATH``, no secrets);
 * isolated Python: ``sys.executable -I -S -B`` (no user site, no site-packages, no env vars
-  honoured, no .pyc writes): only the standard library is importable;
+  honoured, no .pyc writes): only the standard library is importable. The program runs in a
+  module namespace named ``__solution__`` (its ``if __name__ == "__main__":`` block does not run)
+  with stdin at end of file;
 * stdout/stderr read through pipes with a cap (``max_output_bytes``): beyond it the run is
   killed (status ``output_limit``); only the tails are kept;
-* when the parent is root: the program runs as ``nobody`` (uid 65534), so it cannot touch files of
-  other users, signal other users' processes, and ``RLIMIT_NPROC`` is enforced (it is not for root);
-* when bubblewrap works here: ``bwrap`` with new network, PID, IPC, UTS, cgroup and user
-  namespaces (``--unshare-all``: no network at all), ``--die-with-parent``, ``--new-session``,
-  a root made only of read-only binds of ``/usr`` (+ ``/lib*``/``/bin`` links) and the Python
-  prefix, a private ``/tmp``, fresh ``/proc`` and ``/dev``; the only writable host path is its
-  directory. Killing bwrap kills the PID namespace and so every process the program started.
+* when the parent is root: the harness switches to ``nobody`` (uid/gid 65534, no supplementary
+  groups) after setting the limits and before the program runs, so the program cannot touch files
+  of other users or signal other users' processes, and ``RLIMIT_NPROC`` is enforced (it is not
+  for root). The NPROC count is per user, so concurrent sandboxes share it (64 processes);
+* when bubblewrap works here: ``bwrap`` with new network, PID, IPC, UTS and cgroup namespaces
+  (no network at all: only a loopback nobody listens on), ``--die-with-parent``,
+  ``--new-session``, every capability dropped (as root, CAP_SETUID/CAP_SETGID are kept for the
+  harness's one switch to nobody; as non-root a user namespace is added), a root made only of
+  read-only binds of ``/usr`` (+ ``/lib*``/``/bin`` links) and the Python prefix, a private
+  ``/tmp``, fresh ``/proc`` and ``/dev``; the only writable host path is its directory, and
+  nothing else of the host file system (home directories, the repository, credentials) is visible.
+  Killing bwrap tears down the PID namespace and so every process the program started.
 
 Whether bwrap and the user drop work is probed once per process (a trivial command; the answer is
 cached). What is missing is logged once with ``logging.warning`` and reported in
@@ -41,6 +48,15 @@ so code written *specifically against this harness* could find the nonce in the 
 memory (frames, ``gc``) and forge the pass line. This guards the reward against accidental and
 generic exits, not against a targeted attack on the harness; nothing in the sandbox stops code
 from reading its own process memory.
+
+Also by design, the tests run in the program's namespace, so a program can tamper with what the
+tests use (e.g. return an object whose ``__eq__`` is always true): the sandbox protects the
+machine, not the benchmark's semantics.
+
+Without bwrap (not installed, or refused by the container), the program can open network
+connections and read every file its user may read; without the switch to ``nobody`` (the parent
+is not root, or the Python install is not readable by ``nobody``) it can also write that user's
+files and signal that user's processes, the parent included. Both are logged once as missing.
 
 Statuses: ``passed``, ``failed`` (a test raised), ``error`` (the program failed to load:
 syntax error, exception at import), ``exited_early``, ``timeout`` (wall clock), ``killed``

@@ -68,7 +68,7 @@ class DataConfig:
         None, "Optional JSONL (or 'toy:test') scored every train.eval_every steps (greedy, n=1)."
     )
     system_prompt: str | None = _f(None, "System prompt passed to build_prompt (None = none).")
-    toy_rows: int = _f(2000, "Rows generated when data.train / data.eval is 'toy:<split>'.")
+    toy_rows: int = _f(2000, "Rows generated when data.train is 'toy:train' (a 'toy:test' eval set has data.eval_limit rows).")
     eval_limit: int = _f(64, "At most this many eval rows are scored per evaluation.")
     shuffle: bool = _f(True, "Shuffle the training rows once per pass (seeded by `seed` and the pass).")
 

@@ -144,12 +144,13 @@ def mean_metrics(items: Sequence[dict[str, float]]) -> dict[str, float]:
 # ------------------------------------------------------------------------------------- data
 
 
-def load_rows(spec: str, cfg: RunConfig) -> list[dict]:
-    """Rows from a JSONL path or ``toy:<split>`` (generated in-process with data seed 0)."""
+def load_rows(spec: str, cfg: RunConfig, n_toy: int | None = None) -> list[dict]:
+    """Rows from a JSONL path or ``toy:<split>`` (``n_toy`` rows, default ``data.toy_rows``,
+    generated in-process with data seed 0)."""
     if spec.startswith("toy:"):
         from salt.tasks.toy import generate_problems
 
-        return generate_problems(cfg.data.toy_rows, spec.split(":", 1)[1], seed=0)
+        return generate_problems(n_toy or cfg.data.toy_rows, spec.split(":", 1)[1], seed=0)
     from salt.utils import read_jsonl
 
     rows = read_jsonl(spec)
@@ -518,7 +519,7 @@ class Trainer:
         self.optimizer, self.scheduler = make_optimizer(self.model, cfg, total_updates)
         self.backend = make_backend(cfg.rollout, self.model, self.tokenizer, self.accelerator)
         self.sampler = PromptSampler(load_rows(cfg.data.train, cfg), cfg.seed, cfg.data.shuffle)
-        self.eval_rows = load_rows(cfg.data.eval, cfg)[: cfg.data.eval_limit] if cfg.data.eval else None
+        self.eval_rows = load_rows(cfg.data.eval, cfg, cfg.data.eval_limit)[: cfg.data.eval_limit] if cfg.data.eval else None
         self.predictor = None
         if cfg.algorithm.vip.enabled:
             from salt.algo.allocation import SuccessPredictor

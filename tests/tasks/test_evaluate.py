@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import random
-from pathlib import Path
 
 import pytest
 
@@ -136,3 +135,41 @@ def test_evaluate_bad_arguments(tmp_path, trained_dir, capsys):
     assert "config.json" in capsys.readouterr().err
     assert cli_main(["--model", str(root), "--benchmark", "x", "--data", str(data),
                      "--out", str(tmp_path / "o"), "--n", "0"]) == 2
+
+
+def test_vllm_route_hands_the_model_dir_to_the_backend(trained_dir, tmp_path, monkeypatch):
+    """CPU side of --backend vllm: the engine gets the final/ dir and a weightless stand-in;
+    a fake engine answers every toy problem correctly, so pass@1 must be 1."""
+    import salt.rollout.vllm as vllm_mod
+    from salt.rollout.base import RolloutOutput
+    from salt.tasks.toy import generate_problems
+
+    root, _, _ = trained_dir
+    rows = generate_problems(3, "test", seed=2, levels=(1,))
+    data = tmp_path / "toy.jsonl"
+    write_jsonl_atomic(data, rows)
+    seen = {}
+
+    class FakeEngine:
+        def generate(self, prompts, n, max_new_tokens, temperature=1.0, top_p=1.0, seed=None):
+            answers = {r["prompt"]: r["answer"] for r in rows}
+            texts = [answers[p] for p in prompts for _ in range(n)]
+            return RolloutOutput(prompt_ids=[[1]] * len(prompts), completion_ids=[[5, 2]] * len(texts),
+                                 logprobs=[[0.0, 0.0]] * len(texts), finish_reasons=["stop"] * len(texts),
+                                 texts=texts, n=n)
+
+        def close(self):
+            seen["closed"] = True
+
+    def from_config(cls, rollout_cfg, model, tokenizer, accelerator=None):
+        seen.update(cfg=rollout_cfg, model=model)
+        return FakeEngine()
+
+    monkeypatch.setattr(vllm_mod.VLLMBackend, "from_config", classmethod(from_config))
+    out = tmp_path / "eval"
+    assert cli_main(["--model", str(root), "--benchmark", "toy", "--data", str(data), "--out", str(out),
+                     "--n", "2", "--ks", "1,2", "--backend", "vllm", "--no-tracking"]) == 0
+    assert seen["cfg"]["vllm"]["model"] == str(root / "final")
+    assert seen["model"].name_or_path == str(root / "final") and seen["closed"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["pass@1"] == 1.0 and metrics["maj@n"] == 1.0 and metrics["mean_response_length"] == 2.0

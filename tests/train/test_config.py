@@ -97,8 +97,8 @@ def test_missing_model_path(tmp_path):
     assert cfg.model.warmup_if_missing == {"steps": 1}
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
-def test_vllm_without_gpu(tmp_path, model_dir):
+def test_vllm_without_gpu(tmp_path, model_dir, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match=r"rollout.backend = vllm needs a CUDA GPU.*rollout.backend: hf"):
         load_run_config(_write(tmp_path, _ok(model_dir, rollout={"backend": "vllm"})))
 

@@ -155,3 +155,152 @@ def test_cut_at_eos():
     assert cut_at_eos([5, 6, 2, 0, 0], {2}) == ([5, 6, 2], "stop")
     assert cut_at_eos([5, 6, 7], {2}) == ([5, 6, 7], "length")
     assert cut_at_eos([9, 5, 3], {3, 9}) == ([9], "stop")
+
+
+# ------------------------------------------------------------------ vLLM: CPU-side conversion logic
+# The engine itself needs a GPU; these tests feed our conversion code plain objects shaped like
+# vLLM's RequestOutput / CompletionOutput / Logprob.
+
+
+@dataclass
+class _Logprob:
+    logprob: float
+    rank: int | None = 1
+    decoded_token: str | None = None
+
+
+@dataclass
+class _Completion:
+    index: int
+    text: str
+    token_ids: list[int]
+    cumulative_logprob: float | None
+    logprobs: list[dict[int, _Logprob]] | None
+    finish_reason: str | None
+    stop_reason: int | str | None = None
+
+
+@dataclass
+class _Request:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    outputs: list[_Completion] = field(default_factory=list)
+    finished: bool = True
+
+
+def _completion(index, ids, reason, lp_base=-0.5):
+    lps = [{t: _Logprob(lp_base - k), t + 100: _Logprob(-9.0)} for k, t in enumerate(ids)]
+    return _Completion(index, "", ids, sum(lp_base - k for k in range(len(ids))), lps, reason)
+
+
+def test_vllm_convert_outputs_groups_orders_and_cuts():
+    from salt.rollout.vllm import convert_outputs
+
+    eos = 2
+    reqs = [
+        _Request("0", None, [1, 5, 6], [_completion(1, [7, 8, eos], "stop"), _completion(0, [9, 9, 9], "length")]),
+        _Request("1", None, [1, 4], [_completion(0, [eos], "stop"), _completion(1, [5, 6], "stop")]),
+    ]
+    out = convert_outputs(reqs, n=2, prompt_ids=None, eos_ids={eos}, decode=lambda ids: "".join(map(str, ids)))
+    assert out.prompt_ids == [[1, 5, 6], [1, 4]]
+    assert out.completion_ids == [[9, 9, 9], [7, 8, 2], [2], [5, 6]]  # sorted by CompletionOutput.index
+    assert out.finish_reasons == ["length", "stop", "stop", "stop"]  # stop string -> still "stop"
+    assert out.logprobs == [[-0.5, -1.5, -2.5], [-0.5, -1.5, -2.5], [-0.5], [-0.5, -1.5]]
+    assert out.texts == ["999", "782", "2", "56"]
+    assert out.group_ids == [0, 0, 1, 1]
+
+
+def test_vllm_convert_outputs_errors():
+    from salt.rollout.vllm import convert_outputs
+
+    dec = str
+    bad_n = [_Request("0", None, [1], [_completion(0, [3], "stop")])]
+    with pytest.raises(ValueError, match="expected n = 2"):
+        convert_outputs(bad_n, 2, None, {2}, dec)
+    aborted = [_Request("0", None, [1], [_completion(0, [3], "abort")])]
+    with pytest.raises(RuntimeError, match="finish_reason"):
+        convert_outputs(aborted, 1, None, {2}, dec)
+    no_lp = [_Request("0", None, [1], [_Completion(0, "", [3], None, None, "length")])]
+    with pytest.raises(ValueError, match="logprobs=0"):
+        convert_outputs(no_lp, 1, None, {2}, dec)
+    wrong_tok = [_Request("0", None, [1], [_Completion(0, "", [3], None, [{4: _Logprob(-1.0)}], "length")])]
+    with pytest.raises(ValueError, match="sampled token 3"):
+        convert_outputs(wrong_tok, 1, None, {2}, dec)
+    with pytest.raises(ValueError, match="2 prompts"):
+        convert_outputs(bad_n, 1, [[1], [2]], {2}, dec)
+
+
+def test_vllm_sampling_and_engine_kwargs():
+    from salt.rollout.vllm import EXTENSION_CLS, engine_kwargs, sampling_params_kwargs, vllm_options
+
+    kw = sampling_params_kwargs(8, 16, 1.0, 0.9, seed=10, prompt_index=3)
+    assert kw == {"n": 8, "temperature": 1.0, "top_p": 0.9, "top_k": 0, "max_tokens": 16, "logprobs": 0,
+                  "skip_special_tokens": True, "seed": 13}
+    greedy = sampling_params_kwargs(1, 4, 0.0, 0.5, seed=None)
+    assert greedy["temperature"] == 0.0 and greedy["top_p"] == 1.0 and "seed" not in greedy
+    opts = vllm_options({"backend": "vllm", "vllm": {"gpu_memory_utilization": 0.3, "max_model_len": 512}})
+    ek = engine_kwargs("/models/m", opts, seed=4)
+    assert ek["model"] == "/models/m" and ek["gpu_memory_utilization"] == 0.3 and ek["max_model_len"] == 512
+    assert ek["enable_sleep_mode"] is True and ek["seed"] == 4 and ek["worker_extension_cls"] == EXTENSION_CLS
+    assert ek["logprobs_mode"] == "processed_logprobs"
+    assert "max_model_len" not in engine_kwargs("/m", vllm_options({}), 0)
+    with pytest.raises(ValueError, match="unknown key"):
+        vllm_options({"vllm": {"gpu_mem": 0.5}})
+    with pytest.raises(ValueError, match="gpu_memory_utilization"):
+        vllm_options({"vllm": {"gpu_memory_utilization": 1.5}})
+    with pytest.raises(ValueError, match="sleep_level"):
+        vllm_options({"vllm": {"sleep_level": 3}})
+
+
+def test_vllm_weights_to_sync_and_batching(model):
+    from salt.rollout.vllm import batch_weights, weights_to_sync
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.module = inner
+
+    pairs = dict(weights_to_sync(Wrapper(model)))
+    ref = model.state_dict()
+    assert set(pairs) == {k for k in ref if not k.endswith("inv_freq")}
+    assert "lm_head.weight" in pairs and "model.embed_tokens.weight" in pairs
+    for name, tensor in pairs.items():
+        assert torch.equal(tensor, ref[name])
+    half = dict(weights_to_sync(model, dtype=torch.bfloat16))
+    assert all(t.dtype == torch.bfloat16 for t in half.values())
+
+    class FakeAccelerator:  # records that the gathering path is used
+        def __init__(self):
+            self.called = False
+
+        def get_state_dict(self, m):
+            self.called = True
+            return {"module.x.weight": torch.ones(2), "module.step": torch.tensor(3)}
+
+    acc = FakeAccelerator()
+    gathered = list(weights_to_sync(object(), acc))
+    assert acc.called
+    assert [n for n, _ in gathered] == ["x.weight"]  # prefix stripped, integer buffer skipped
+    assert torch.equal(gathered[0][1], torch.ones(2))
+
+    tensors = [(f"w{i}", torch.zeros(n)) for i, n in enumerate([10, 10, 30, 5, 1])]  # float32: 4 bytes each
+    batches = list(batch_weights(tensors, max_bytes=80))
+    assert [[n for n, _ in b] for b in batches] == [["w0", "w1"], ["w2"], ["w3", "w4"]]
+    assert [n for b in batches for n, _ in b] == [n for n, _ in tensors]
+
+
+def test_vllm_backend_fails_clearly_without_gpu_or_vllm(model, tok):
+    import importlib.util
+
+    from salt.rollout.vllm import INSTALL_HINT, check_available
+
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="rollout.backend: hf"):
+            make_backend({"backend": "vllm"}, model, tok)
+        with pytest.raises(RuntimeError, match="CUDA"):
+            check_available()
+    elif importlib.util.find_spec("vllm") is None:
+        with pytest.raises(ImportError, match=r"pip install \.\[vllm\]"):
+            check_available()
+    assert "pip install .[vllm]" in INSTALL_HINT

@@ -2,16 +2,15 @@
 
 import copy
 import json
-import os
 from pathlib import Path
 
 import yaml
 from snakemake.utils import validate
 
-# Jobs run `python -m salt.cli ...` from this checkout (also inside --sdm conda environments).
+# Jobs run `python -m salt.cli ...` from this checkout (also inside --sdm conda environments, where
+# salt is not installed): shell rules get the repository on PYTHONPATH, scripts add it to sys.path.
 REPO = str(Path(workflow.basedir).parent)
-if REPO not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
+shell.prefix(f"export PYTHONPATH={REPO}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
 from salt.utils import deep_merge  # noqa: E402
 

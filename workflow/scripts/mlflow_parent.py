@@ -1,8 +1,10 @@
 """Create or find again the study's MLflow parent run; write its id to output.json."""
 
 import sys
+from pathlib import Path
 
 sys.stderr = open(snakemake.log[0], "w")  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))  # the repository (salt may not be installed)  # noqa: F821
 
 from salt.figures.workflow_io import ensure_parent_run  # noqa: E402
 

@@ -1,8 +1,10 @@
 """Build results/report.html from the figures, their captions and the table (salt.figures.report.main)."""
 
 import sys
+from pathlib import Path
 
 sys.stderr = open(snakemake.log[0], "w")  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))  # the repository (salt may not be installed)  # noqa: F821
 
 from salt.figures.report import main  # noqa: E402
 
