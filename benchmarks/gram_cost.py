@@ -13,7 +13,9 @@ counter (Linux: writing "5" to /proc/self/clear_refs resets VmHWM), reads VmRSS,
 method once and reads VmHWM: "peak extra" = VmHWM - VmRSS before the call, i.e. the most
 memory the call held on top of its inputs (allocator caches and temporaries included). The
 time is the best (minimum, as timeit does: the least disturbed by other processes on a
-shared machine) over --repeats calls in the same process; the median is printed as well.
+shared machine) over --repeats calls in the same process; the median wall time and the best
+CPU time (time.process_time, all threads; on a loaded machine the least load-dependent
+number at --threads 1) are printed as well.
 
 Usage:
   python benchmarks/gram_cost.py                 # B=16, T=64, V=32000, H=512
@@ -23,6 +25,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import math
 import os
@@ -43,16 +46,23 @@ def _status_kib(key: str) -> int:
 
 
 def _reset_peak() -> None:
+    """Return freed heap pages to the OS (glibc malloc_trim) and reset VmHWM to VmRSS, so that
+    the measured peak counts every page the method touches, not only pages beyond old holes."""
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")
 
 
-def make_batch(B: int, T: int, V: int, H: int, seed: int, logit_scale: float, temperature: float):
+def make_batch(
+    B: int, T: int, V: int, H: int, seed: int, logit_scale: float, temperature: float, mask: str = "full"
+):
     """Deterministic batch without large temporaries.
 
     h ~ N(0, 1) (B, T, H); logits z = h W^T with W ~ N(0, logit_scale^2 / H) (V, H), built
     in vocabulary slices so W never exists whole; tokens sampled from softmax(z / T), as in a
-    rollout; full mask. Returns hidden, logits, tokens, mask.
+    rollout. mask "full": every position counts; "ragged": rollout i keeps its first L_i
+    positions, L_i uniform in [T/4, T] (responses of different lengths padded to T).
+    Returns hidden, logits, tokens, mask.
     """
     gen = torch.Generator().manual_seed(seed)
     hidden = torch.randn(B, T, H, generator=gen)
@@ -66,8 +76,12 @@ def make_batch(B: int, T: int, V: int, H: int, seed: int, logit_scale: float, te
     for t0 in range(0, B * T, 128):
         p = torch.softmax(flat[t0 : t0 + 128] / temperature, dim=-1)
         tokens[t0 : t0 + 128] = torch.multinomial(p, 1, generator=gen).squeeze(1)
-    mask = torch.ones(B, T)
-    return hidden, logits, tokens.view(B, T), mask
+    if mask == "full":
+        m = torch.ones(B, T)
+    else:
+        lengths = torch.randint(max(1, T // 4), T + 1, (B,), generator=gen)  # (B,)
+        m = (torch.arange(T)[None, :] < lengths[:, None]).float()  # (B, T)
+    return hidden, logits, tokens.view(B, T), m
 
 
 def published_proxy(hidden, logits, tokens, mask, temperature):
@@ -90,7 +104,7 @@ def worker(args) -> None:
 
     torch.set_num_threads(args.threads)
     hidden, logits, tokens, mask = make_batch(
-        args.B, args.T, args.V, args.H, args.seed, args.logit_scale, args.temperature
+        args.B, args.T, args.V, args.H, args.seed, args.logit_scale, args.temperature, args.mask
     )
     if args.method == "proxy":
         run = lambda: published_proxy(hidden, logits, tokens, mask, args.temperature)  # noqa: E731
@@ -101,18 +115,19 @@ def worker(args) -> None:
         )
     _reset_peak()
     base = _status_kib("VmRSS")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     K = run()
-    times = [time.perf_counter() - t0]
+    times, cpu = [time.perf_counter() - t0], [time.process_time() - c0]
     peak = _status_kib("VmHWM")
     for _ in range(args.repeats - 1):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         run()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     p_y = torch.softmax(logits[0] / args.temperature, -1).gather(1, tokens[0][:, None]).mean()
     print(json.dumps({
         "method": args.method, "seconds": min(times), "median_seconds": statistics.median(times),
-        "times": times,
+        "times": times, "cpu_seconds": min(cpu),
         "peak_extra_mib": (peak - base) / 1024, "peak_total_mib": peak / 1024,
         "inputs_mib": base / 1024, "mean_p_y": float(p_y), "K": K.double().tolist(),
     }))
@@ -131,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--V", type=int, default=None)
     ap.add_argument("--H", type=int, default=None)
     ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--mask", choices=("full", "ragged"), default="full",
+                    help="full: all B*T tokens count; ragged: response lengths uniform in [T/4, T]")
     ap.add_argument("--logit-scale", dest="logit_scale", type=float, default=4.0)
     ap.add_argument("--chunk-size", dest="chunk_size", type=int, default=512)
     ap.add_argument("--sketch-dim", dest="sketch_dim", type=int, default=1024)
@@ -148,14 +165,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     methods = (args.methods or ("exact,sketch" if args.qwen else "proxy,exact,sketch")).split(",")
     dense_bytes = args.B * args.V * args.H * 4
-    print(f"B={args.B} T={args.T} V={args.V} H={args.H} threads={args.threads} "
+    print(f"B={args.B} T={args.T} V={args.V} H={args.H} mask={args.mask} threads={args.threads} "
           f"chunk_size={args.chunk_size} sketch_dim={args.sketch_dim}")
     print(f"dense features G (B x V*H float32) = {dense_bytes / 2**30:.2f} GiB")
     load_before = os.getloadavg()
     results = {}
     for method in methods:
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", method]
-        for key in ("B", "T", "V", "H", "temperature", "threads", "repeats", "seed"):
+        for key in ("B", "T", "V", "H", "temperature", "threads", "repeats", "seed", "mask"):
             cmd += [f"--{key}", str(getattr(args, key))]
         cmd += ["--logit-scale", str(args.logit_scale), "--chunk-size", str(args.chunk_size),
                 "--sketch-dim", str(args.sketch_dim)]
@@ -164,15 +181,18 @@ def main(argv: list[str] | None = None) -> int:
     ref_name = "proxy" if "proxy" in results else "exact"
     ref = torch.tensor(results[ref_name]["K"])
     print(f"mean p(y) of the sampled tokens: {results[methods[0]]['mean_p_y']:.3f}")
-    print(f"{'method':8s} {'best s':>9s} {'median s':>9s} {'peak extra MiB':>15s} {'peak total MiB':>15s} "
-          f"{'rel. Frobenius err vs ' + ref_name:>28s} {'speedup':>8s} {'mem ratio':>9s}")
+    print(f"{'method':8s} {'best s':>9s} {'median s':>9s} {'cpu s':>9s} {'peak extra MiB':>15s} "
+          f"{'peak total MiB':>15s} "
+          f"{'rel. Frobenius err vs ' + ref_name:>28s} {'speedup':>8s} {'cpu speedup':>11s} {'mem ratio':>9s}")
     summary = {"args": {k: v for k, v in vars(args).items() if k != "method"}, "methods": {}}
     for method, r in results.items():
         err = rel_fro(torch.tensor(r["K"]), ref)
         speed = results[ref_name]["seconds"] / r["seconds"]
+        cpu_speed = results[ref_name]["cpu_seconds"] / r["cpu_seconds"]
         mem = results[ref_name]["peak_extra_mib"] / max(r["peak_extra_mib"], 1e-9)
-        print(f"{method:8s} {r['seconds']:9.3f} {r['median_seconds']:9.3f} {r['peak_extra_mib']:15.1f} {r['peak_total_mib']:15.1f} "
-              f"{err:28.2e} {speed:8.1f} {mem:9.1f}")
+        print(f"{method:8s} {r['seconds']:9.3f} {r['median_seconds']:9.3f} {r['cpu_seconds']:9.3f} "
+              f"{r['peak_extra_mib']:15.1f} {r['peak_total_mib']:15.1f} "
+              f"{err:28.2e} {speed:8.1f} {cpu_speed:11.1f} {mem:9.1f}")
         summary["methods"][method] = {k: v for k, v in r.items() if k != "K"} | {"rel_err": err}
     load_after = os.getloadavg()
     print(f"load average (1, 5, 15 min) before {load_before} after {load_after}")

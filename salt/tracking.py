@@ -75,15 +75,16 @@ def with_retry(fn: Callable[..., T], *args: Any, attempts: int = 12, base_delay:
 
     Non-transient errors are raised at once; a transient one is raised after ``attempts`` tries.
     """
-    for attempt in range(attempts):
+    failures = 0
+    while True:
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - filtered by _is_transient
-            if attempt == attempts - 1 or not _is_transient(exc):
+            failures += 1
+            if failures >= attempts or not _is_transient(exc):
                 raise
-            delay = min(max_delay, base_delay * 2**attempt)
-            time.sleep(delay * (0.5 + random.random()))
-    raise AssertionError("unreachable")  # pragma: no cover
+            delay = min(max_delay, base_delay * 2 ** (failures - 1))
+            time.sleep(delay * (0.5 + random.random()))  # jitter de-synchronises competing writers
 
 
 def _cfg(cfg: Any) -> dict[str, Any]:
@@ -239,16 +240,17 @@ def read_run_file(out_dir: str | os.PathLike) -> dict[str, str] | None:
     return data
 
 
-def _reopen(info: Mapping[str, str], dedupe: bool) -> TrackedRun:
+def _reopen(info: Mapping[str, str], resume: bool) -> TrackedRun:
+    """Reopen a recorded run; ``resume`` (a restarted job) marks it RUNNING and loads its logged steps."""
     from mlflow.entities import RunStatus
 
     client = _client(info["tracking_uri"])
     mlrun = with_retry(client.get_run, info["mlflow_run_id"])
     run = TrackedRun(info["mlflow_run_id"], info["tracking_uri"], info["experiment"],
                      mlrun.info.experiment_id, client)
-    if mlrun.info.status != "RUNNING":
+    if resume and mlrun.info.status != "RUNNING":
         with_retry(client.update_run, run.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-    if dedupe:
+    if resume:
         for key in mlrun.data.metrics:
             history = with_retry(client.get_metric_history, run.run_id, key)
             run.logged_steps[key] = {m.step for m in history}
@@ -275,7 +277,7 @@ def start_run(tracking_cfg: Any = None, *, run_name: str | None = None, out_dir:
     if out_dir is not None:
         info = read_run_file(out_dir)
         if info is not None:
-            run = _reopen(info, dedupe=True)
+            run = _reopen(info, resume=True)
             if params:
                 _log_params(run, params)
             return run
@@ -300,9 +302,12 @@ def start_run(tracking_cfg: Any = None, *, run_name: str | None = None, out_dir:
 
 
 def attach_to_run(out_dir: str | os.PathLike) -> TrackedRun | None:
-    """Reopen the run recorded in ``out_dir/run.json`` (e.g. to add evaluation metrics); None if absent."""
+    """Reopen the run recorded in ``out_dir/run.json`` (e.g. to add evaluation metrics); None if absent.
+
+    The run's status is left as it is (MLflow accepts metrics on a finished run).
+    """
     info = read_run_file(out_dir)
-    return None if info is None else _reopen(info, dedupe=False)
+    return None if info is None else _reopen(info, resume=False)
 
 
 def log_metrics(run: TrackedRun | None, metrics: Mapping[str, Any], step: int) -> int:

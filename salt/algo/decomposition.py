@@ -5,6 +5,23 @@ advantages A (B,), :func:`decompose` splits A into a shared channel P A (P the p
 top-k eigenvectors of K) and an exploration residual (I - P) relu(A), and mixes them with an
 adaptive alpha = clamp(1 - n_eff, alpha_min, alpha_max). Pure function: float64 inside, no
 global RNG, never raises or returns NaN on degenerate input (it falls back to A unchanged).
+
+Metric definitions where methods.md leaves a choice:
+  salt/eig_max, salt/eig_min  largest / smallest eigenvalue of K (eig_min may be a tiny
+                              negative number from round-off);
+  salt/eig_ratio              eig_max / (max(eig_min, 0) + 1e-10);
+  salt/k                      the k used (also for k_fixed, capped at B - 1);
+  salt/residual_bound         lambda_{k+1} ||(I - P) A||^2 with lambda_{k+1} the (k+1)-th
+                              largest eigenvalue of K (clamped at 0), also for subspace=random;
+  salt/shared_energy_ratio    (PA)^T K (PA) / (A^T K A), 1 when A^T K A = 0;
+  salt/main_contrib_ratio     ||PA||^2 / (||PA||^2 + alpha^2 ||(I-P) relu(A)||^2), 1 when 0/0;
+  salt/n_eff_final            effective_sample_size(K, A_final);
+  salt/pr_final               participation ratio of the Gram of the reweighted updates
+                              u_i = A_final_i g_i, i.e. of diag(A_final) K diag(A_final);
+  channels=residual_only      A_final = alpha (I - P) relu(A) (the residual channel as it
+                              enters the sum); shared_only: A_final = P A.
+On fallback: A_final = A, shared = A, residual = 0, alpha = 0, k = 0, main_contrib_ratio =
+shared_energy_ratio = 1, and PR / n_eff of the input when they are finite (else 0).
 """
 
 from __future__ import annotations
@@ -108,7 +125,10 @@ def decompose(gram: torch.Tensor, advantages: torch.Tensor, cfg: SaltConfig | No
     B = A.numel()
     pr = participation_ratio(K)  # step 1
     k = _choose_k(pr, B, cfg)  # step 2
-    basis = evecs[:, B - k :] if cfg.subspace == "top" else _random_basis(B, k, cfg.seed)  # (B, k)
+    if cfg.subspace == "top":
+        basis = evecs[:, B - k :]  # (B, k) eigenvectors of the k largest eigenvalues
+    else:
+        basis = _random_basis(B, k, cfg.seed).to(K.device)  # (B, k) control
     P = basis @ basis.T  # step 3: (B, B) projector
     n_eff = effective_sample_size(K, A)  # step 4
     if cfg.alpha_fixed is not None:  # step 5
@@ -121,7 +141,7 @@ def decompose(gram: torch.Tensor, advantages: torch.Tensor, cfg: SaltConfig | No
     if cfg.normalize_final:  # step 7
         final = _match_std(final, A)
     metrics = _metrics(K, A, P, evals, k, pr, n_eff, alpha, shared, residual, final)
-    dt = advantages.dtype
+    dt = advantages.dtype if advantages.is_floating_point() else torch.float32
     return SaltResult(  # step 8: A_final goes to the loss where A would have gone
         advantages=final.to(dt), shared=shared.to(dt), residual=residual.to(dt), alpha=alpha,
         k=k, participation_ratio=pr, n_eff=n_eff, metrics=metrics, fallback=False,

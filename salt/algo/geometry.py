@@ -21,13 +21,14 @@ Backends of :func:`lm_head_gram`:
   K_hat_ij = (1/B) <S G_i R^T, S G_j R^T>_F with
 
     - S (m x V) a count sketch: every vocabulary entry v gets a bucket b(v) in [0, m) and a
-      Rademacher sign s_v, (S x)_k = sum_{v: b(v)=k} s_v x_v. Buckets are balanced: a random
-      permutation puts the vocabulary into m * ceil(V/m) slots, bucket k owning ceil(V/m)
-      consecutive slots (the last buckets hold fewer, the tail slots are padding); with
-      m >= V no two entries collide and the sketch is exact. E[S^T S] = I because the signs
-      are independent with mean zero, whatever the buckets. S d_it is computed without
-      forming S: the logits are gathered into slot order, soft-maxed in place, multiplied
-      by the slot signs and summed per bucket; the e_y part is s_y subtracted at b(y).
+      Rademacher sign s_v, (S x)_k = sum_{v: b(v)=k} s_v x_v. Buckets by random shifts: the
+      vocabulary is cut into rows of m consecutive ids and row l is rotated by a uniform
+      random shift, b(v) = (v mod m + shift_{v // m}) mod m. Ids of one row never collide,
+      ids of different rows collide with probability exactly 1/m; with m >= V there is one
+      row and the sketch is exact. E[S^T S] = I because the signs are independent with mean
+      zero, whatever the buckets. S d_it is computed without forming S and without any
+      gather over V: the softmax block is multiplied by the signs and each vocabulary row is
+      added, rotated, with two slice additions; the e_y part is s_y subtracted at b(y).
     - R (q x H) Gaussian with entries N(0, 1/q), E[R^T R] = I (only if
       ``sketch_hidden_dim`` is given; otherwise R = I).
 
@@ -59,10 +60,21 @@ DEFAULT_CHUNK_SIZE = 512
 DEFAULT_SKETCH_DIM = 1024
 
 # Cost model of `gram_cost`: one elementwise pass over a (tokens x V) block (max, exp, sum,
-# scatter) costs about as much wall time on CPU as this many matmul flops per element.
-ELEMENTWISE_FLOP_WEIGHT = 20.0
+# gather) costs about as much wall time on CPU as this many matmul flops per element
+# (measured 30-45 on a 2-thread AVX-512 Xeon: softmax of 1024 x 32000 vs a 512 x 512 x 32000
+# matmul).
+ELEMENTWISE_FLOP_WEIGHT = 40.0
 # Elementwise passes over the logits per softmax (scale, max, exp, sum, normalise).
 _SOFTMAX_PASSES = 5
+# Extra passes of the sketch: multiply by signs, rotated bucket sums.
+_SKETCH_PASSES = 2
+# The sketch streams blocks of about this many bytes (at least 16 tokens): its bucket sums
+# are ceil(V / m) pairs of slice additions per block, so blocks must not be too small.
+_SKETCH_BLOCK_BYTES = 16 << 20
+
+
+def _element_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
 
 
 # --------------------------------------------------------------------------------------
@@ -152,22 +164,6 @@ class _Tokens:
             out.mul_(inv_t)
         return torch.softmax(out, dim=1, out=out)
 
-    def slot_softmax_block(
-        self, out: torch.Tensor, a0: int, a1: int, inv_t: float, order: torch.Tensor
-    ) -> torch.Tensor:
-        """Like :meth:`softmax_block` with the vocabulary permuted into slots: out (n, S) gets
-        softmax(z_t * inv_t)[order], exactly 0 in the padding slots S > V - 1."""
-        r0, r1 = int(self.flat[a0]), int(self.flat[a1 - 1]) + 1
-        rows = self.z_flat[r0:r1] if r1 - r0 == a1 - a0 else self.z_flat.index_select(0, self.flat[a0:a1])
-        if rows.dtype == out.dtype:
-            torch.index_select(rows, 1, order, out=out)
-        else:
-            out.copy_(rows.index_select(1, order))
-        if inv_t != 1.0:
-            out.mul_(inv_t)
-        out[:, self.V :].fill_(-math.inf)
-        return torch.softmax(out, dim=1, out=out)
-
     def d_block(self, out: torch.Tensor, a0: int, a1: int, inv_t: float) -> torch.Tensor:
         """Write p_t - e_{y_t} for valid tokens a0..a1-1 into ``out``; the mask weight w_t is
         carried by ``hw``. The e_y part is one indexed write per token."""
@@ -230,7 +226,7 @@ def _exact_gram(tok: _Tokens, inv_t: float, chunk_size: int) -> torch.Tensor:
     Outer blocks of c = chunk_size valid tokens are computed once into one (c, V) buffer;
     inside a block only sub-block pairs i <= j of size c/4 are multiplied (the block is
     symmetric); the tokens after the block are streamed through a second (c/4, V) buffer.
-    Memory: (c + c/4) V numbers. Softmax work: N + N^2 / (2c) rows.
+    Memory: (c + c/4) V numbers. Softmax work: about N + N (N - c) / (2c) rows.
     """
     N, V = tok.N, tok.V
     acc = _PairAccumulator(tok)
@@ -257,28 +253,42 @@ def _exact_gram(tok: _Tokens, inv_t: float, chunk_size: int) -> torch.Tensor:
 
 @lru_cache(maxsize=8)
 def _count_sketch(seed: int, V: int, m: int):
-    """Balanced count sketch of the vocabulary as a slot layout.
+    """Count sketch of the vocabulary with random-shift hashing.
 
-    The vocabulary is randomly permuted into m * L slots (L = ceil(V / m)); bucket k owns
-    slots k*L .. k*L + L - 1, the slots V .. m*L - 1 are padding. Returns
-      order (m*L,) long: vocabulary id in each slot (padding slots repeat id 0),
-      slot_sign (m*L,) +-1 Rademacher sign of each slot's entry,
-      bucket (V,) long, the bucket b(v); sign (V,) the sign s_v.
+    The vocabulary is cut into L = ceil(V / m) rows of m consecutive ids; row l is rotated by
+    a uniform random shift s_l: b(v) = (v mod m + s_{v // m}) mod m. Two ids of the same row
+    never collide, two ids of different rows collide with probability exactly 1/m (over the
+    shifts); every bucket gets at most L entries. Returns shifts (python ints, length L),
+    bucket (V,) long and sign (V,) long Rademacher.
     """
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     L = -(-V // m)
-    slot = torch.randperm(V, generator=gen)  # (V,) slot of vocabulary entry v
+    shifts = torch.randint(0, m, (L,), generator=gen)  # (L,)
     sign = torch.randint(0, 2, (V,), generator=gen).mul_(2).sub_(1)  # (V,) Rademacher
-    order = torch.zeros(m * L, dtype=torch.long)
-    order[slot] = torch.arange(V)
-    slot_sign = torch.zeros(m * L, dtype=torch.long)
-    slot_sign[slot] = sign
-    return order, slot_sign, torch.div(slot, L, rounding_mode="floor"), sign
+    v = torch.arange(V)
+    bucket = (v % m + shifts[v // m]) % m  # (V,)
+    return tuple(int(x) for x in shifts), bucket, sign
+
+
+def _bucket_sums(out: torch.Tensor, x: torch.Tensor, shifts: tuple[int, ...]) -> torch.Tensor:
+    """out (n, m) = per-bucket sums of x (n, V): row l of the vocabulary, rotated by s_l, is
+    added with two slice additions (no gather over V)."""
+    m, V = out.shape[1], x.shape[1]
+    out.zero_()
+    for row, s in enumerate(shifts):
+        lo = row * m
+        w = min(m, V - lo)  # width of this vocabulary row (the last one may be short)
+        head = min(w, m - s)  # ids lo .. lo+head-1 land in buckets s .. s+head-1
+        out[:, s : s + head] += x[:, lo : lo + head]
+        if w > head:  # the rest wraps around to buckets 0 .. w-head-1
+            out[:, : w - head] += x[:, lo + head : lo + w]
+    return out
 
 
 @lru_cache(maxsize=8)
 def _hidden_projection(seed: int, H: int, q: int) -> torch.Tensor:
-    """(q, H) Gaussian with N(0, 1/q) entries (float64, CPU), drawn after the count sketch."""
+    """(q, H) Gaussian with N(0, 1/q) entries (float64, CPU), from its own generator seeded by
+    seed + 0x5A17 so that it is independent of the count sketch."""
     gen = torch.Generator(device="cpu").manual_seed(int(seed) + 0x5A17)
     return torch.randn(q, H, generator=gen, dtype=torch.float64) / math.sqrt(q)
 
@@ -293,22 +303,22 @@ def _sketch_features(
         raise ValueError(f"sketch_hidden_dim must be >= 1 or None, got {sketch_hidden_dim}")
     device, dtype = tok.hw.device, tok.dtype
     m = min(int(sketch_dim), tok.V)
-    order, slot_sign, bucket, sign = (t.to(device) for t in _count_sketch(seed, tok.V, m))
-    slot_sign, sign = slot_sign.to(dtype), sign.to(dtype)
-    L = order.numel() // m
+    shifts, bucket, sign = _count_sketch(seed, tok.V, m)
+    bucket, sign = bucket.to(device), sign.to(device=device, dtype=dtype)
     hs = tok.hw  # (N, H)
     if sketch_hidden_dim is not None:
         R = _hidden_projection(seed, tok.H, int(sketch_hidden_dim)).to(device=device, dtype=dtype)
         hs = tok.hw @ R.T  # (N, q)
     q = hs.shape[1]
     A = torch.empty(tok.N, m, dtype=dtype, device=device)  # (N, m) rows S d_t
-    c = max(1, min(chunk_size, max(tok.N, 1)))
-    buf = torch.empty(c, m * L, dtype=dtype, device=device)  # (c, m*L) logits in slot order
+    block_rows = max(16, _SKETCH_BLOCK_BYTES // (tok.V * _element_size(dtype)))
+    c = max(1, min(chunk_size, max(tok.N, 1), block_rows))
+    buf = torch.empty(c, tok.V, dtype=dtype, device=device)  # (c, V)
     for a0 in range(0, tok.N, c):
         a1 = min(a0 + c, tok.N)
-        p = tok.slot_softmax_block(buf[: a1 - a0], a0, a1, inv_t, order)  # (n, m*L), 0 at padding
-        p.mul_(slot_sign)
-        torch.sum(p.view(a1 - a0, m, L), dim=2, out=A[a0:a1])  # (n, m) = S p_t
+        p = tok.softmax_block(buf[: a1 - a0], a0, a1, inv_t)  # (n, V)
+        p.mul_(sign)
+        _bucket_sums(A[a0:a1], p, shifts)  # (n, m) = S p_t
         y = tok.y[a0:a1]
         A[a0 + torch.arange(a1 - a0, device=device), bucket[y]] -= sign[y]  # the e_y part
     F = torch.empty(tok.B, m, q, dtype=dtype, device=device)  # (B, m, q)
@@ -330,8 +340,8 @@ def gram_cost(
 
     exact : N^2 (V + H) matmul flops over the token-block pairs a <= b (half of
             2 N^2 (V + H)) plus the softmax work on N + N^2 / (2 chunk_size) rows;
-    sketch: one softmax + one scatter pass over N x V, the hidden projection 2 N H q,
-            the contraction 2 N m q and the feature Gram 2 B^2 m q.
+    sketch: one softmax + two passes (signs, bucket sums) over N x V, the hidden projection
+            2 N H q, the contraction 2 N m q and the feature Gram 2 B^2 m q.
     Elementwise work is weighted by ``ELEMENTWISE_FLOP_WEIGHT`` flops per element.
     """
     N, V, H, B = float(n_tokens), float(vocab), float(hidden), float(batch)
@@ -341,7 +351,7 @@ def gram_cost(
     m = min(float(sketch_dim), V)
     q = H if sketch_hidden_dim is None else float(sketch_hidden_dim)
     proj = 0.0 if sketch_hidden_dim is None else 2 * N * H * q
-    sketch = ew * (_SOFTMAX_PASSES + 1) * N * V + proj + 2 * N * m * q + 2 * B * B * m * q
+    sketch = ew * (_SOFTMAX_PASSES + _SKETCH_PASSES) * N * V + proj + 2 * N * m * q + 2 * B * B * m * q
     return {"exact": exact, "sketch": sketch}
 
 
@@ -389,8 +399,9 @@ def lm_head_gram(
             value multiplies d_it).
         temperature: sampling temperature T (> 0); the softmax is of z / T.
         method: "dense" | "exact" | "sketch" | "auto" (see the module docstring).
-        chunk_size: tokens per block (exact and sketch); peak extra memory is about
-            1.25 * chunk_size * V numbers for exact, chunk_size * V for sketch.
+        chunk_size: tokens per block of ``exact`` (peak extra memory about
+            1.25 * chunk_size * V numbers); the sketch streams cache-sized blocks of at most
+            chunk_size tokens.
         sketch_dim: m, vocabulary buckets of the count sketch (clamped to V: exact at m >= V).
         sketch_hidden_dim: q, Gaussian projection of the hidden side; None keeps all H.
         seed: seeds the sketch; the same seed gives the same projection on every rank.
@@ -548,12 +559,13 @@ def group_geometry(K: torch.Tensor, group_ids: torch.Tensor, advantages: torch.T
     M = M / M.sum(dim=1, keepdim=True)
     K_mean = M @ K @ M.T  # (P, P) prompt-mean features
     K_upd = M @ (A[:, None] * K * A[None, :]) @ M.T  # (P, P) prompt-mean signed updates
-    upd_energy = float(torch.trace(K_upd))
+    ones = torch.ones(P, dtype=torch.float64, device=K.device)
+    n_eff_out = effective_sample_size(K_upd, ones) if float(torch.trace(K_upd)) > 0 else 0.0
     mean = lambda xs: float(sum(xs) / len(xs)) if xs else 0.0  # noqa: E731
     return {
         "geom/r_in": mean(r_in),
         "geom/n_eff_in": mean(n_in),
         "geom/pr_in": mean(pr_in),
         "geom/r_out": _mean_positive_offdiag(cosine_gram(K_mean)),
-        "geom/n_eff_out": effective_sample_size(K_upd, torch.ones(P, dtype=torch.float64)) if upd_energy > 0 else 0.0,
+        "geom/n_eff_out": n_eff_out,
     }

@@ -35,7 +35,7 @@ ROLLOUT_KEYS_CUMULATIVE = ("train/rollouts_generated", "train/rollouts_total")
 ROLLOUT_KEYS_PER_STEP = ("rollout/generated",)
 TIME_KEYS_CUMULATIVE = ("time/elapsed_s",)
 TIME_KEYS_PER_STEP = ("time/step", "time/step_s")
-EVAL_METRIC = re.compile(r"^(pass|avg|maj)@\d+$|^accuracy$")
+EVAL_METRIC = re.compile(r"^(pass|avg|maj)@(\d+|n)$|^accuracy$")
 FINAL_WINDOW = 3  # "final" training reward = mean over the last FINAL_WINDOW logged steps
 
 
@@ -186,7 +186,7 @@ def results_table(runs_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any
 
 def _metric_order(name: str) -> tuple:
     kind, _, k = name.partition("@")
-    return ({"pass": 0, "avg": 1, "maj": 2}.get(kind, 3), int(k) if k.isdigit() else 0)
+    return ({"pass": 0, "avg": 1, "maj": 2}.get(kind, 3), int(k) if k.isdigit() else 10**9)
 
 
 def _fmt(x: Any, digits: int = 3) -> str:

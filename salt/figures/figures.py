@@ -320,39 +320,41 @@ def fig4_residual(t: Tables, fig) -> None:
 # ------------------------------------------------------------------------- Figure 5
 
 
-def _proxy_numbers(record: Mapping[str, Any]) -> dict[str, float]:
-    flat: dict[str, float] = {}
-
-    def walk(d: Mapping[str, Any], prefix: str) -> None:
-        for k, v in d.items():
-            if isinstance(v, Mapping):
-                walk(v, f"{prefix}{k}/")
-            elif isinstance(v, (int, float)) and not isinstance(v, bool):
-                flat[f"{prefix}{k}"] = float(v)
-
-    walk(record, "")
-    return {k: v for k, v in flat.items() if any(s in k.lower() for s in ("corr", "pearson", "null"))}
-
-
 def fig5_proxy(t: Tables, fig) -> None:
-    ax = fig.subplots(1, 1)
+    """Left: off-diagonal cosine-Gram entries, last block vs LM head; right: Pearson r against both nulls."""
+    axes = fig.subplots(1, 2)
     proxies = t.manifest.get("proxy", {})
-    present = {m: p for m, p in proxies.items() if Path(p).exists()}
+    present = {m: json.loads(Path(p).read_text()) for m, p in sorted(proxies.items()) if Path(p).exists()}
     if not present:
-        _note(ax, "no proxy validation (set proxy.models and proxy.dataset)")
+        for ax in axes:
+            _note(ax, "no proxy validation (set proxy.models and proxy.dataset)")
         return
+    colors = _colors(list(present))
+    ax = axes[0]
+    for model, rec in present.items():
+        pairs = rec.get("pairs", {})
+        if pairs.get("lm_head"):
+            ax.scatter(pairs["lm_head"], pairs["last_block"], s=6, alpha=0.5, color=colors[model],
+                       label=f"{model}: r = {rec['pearson']:.2f} ({rec.get('n_rollouts', '?')} rollouts)")
+    ax.set_xlabel("LM-head proxy: cosine Gram entry")
+    ax.set_ylabel("last transformer block: cosine Gram entry")
+    ax.set_title("off-diagonal pairs of the same rollouts", fontsize=9)
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    names = ["pearson", "null_permutation", "null_gaussian"]
     width = 0.8 / len(present)
-    names: list[str] = []
-    for i, (model, path) in enumerate(sorted(present.items())):
-        nums = _proxy_numbers(json.loads(Path(path).read_text()))
-        names = names or list(nums)
-        xs = np.arange(len(names)) + i * width
-        ax.bar(xs, [nums.get(n, np.nan) for n in names], width=width, label=model)
-    ax.set_xticks(np.arange(len(names)) + width * (len(present) - 1) / 2, names, rotation=20, ha="right", fontsize=8)
+    for i, (model, rec) in enumerate(present.items()):
+        vals, errs = [], []
+        for n in names:
+            v = rec.get(n)
+            vals.append(float(v["mean"]) if isinstance(v, Mapping) else float(v) if v is not None else np.nan)
+            errs.append(float(v.get("std", 0.0)) if isinstance(v, Mapping) else 0.0)
+        ax.bar(np.arange(len(names)) + i * width, vals, yerr=errs, width=width, color=colors[model], capsize=3, label=model)
+    ax.set_xticks(np.arange(len(names)) + width * (len(present) - 1) / 2,
+                  ["LM head vs last block", "null: permuted", "null: Gaussian features"], fontsize=8)
     ax.axhline(0, color="k", lw=0.5)
-    ax.set_ylabel("Pearson r of off-diagonal cosine-Gram entries")
-    ax.set_title("LM-head proxy vs last-block Gram, against two nulls", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.set_ylabel("Pearson r (nulls: mean ± std)")
+    ax.set_title("proxy correlation against two nulls", fontsize=9)
 
 
 # ------------------------------------------------------------------------- Figure 6
@@ -471,7 +473,7 @@ DRAW: dict[str, Callable[[Tables, Any], None]] = {
     "fig7_comparison": fig7_comparison,
 }
 SIZES = {"fig1_gram": (13, 4), "fig2_dynamics": (13, 4.2), "fig3_ablations": (14, 4.2), "fig4_residual": (11, 4),
-         "fig5_proxy": (7, 4.5), "fig6_alpha_channels": (14, 4.2), "fig7_comparison": (14, 4.2)}
+         "fig5_proxy": (11, 4.2), "fig6_alpha_channels": (14, 4.2), "fig7_comparison": (14, 4.2)}
 
 
 def main(tables_dir: str | Path, out_dir: str | Path, log_to_mlflow: bool = False) -> list[Path]:

@@ -73,4 +73,5 @@ def main(figures: Sequence[str | Path], captions_dir: str | Path, table_md: str 
         parts.append(f"<figure><img alt='{fig.stem}' src='data:image/png;base64,{data}'><figcaption>{cap}</figcaption></figure>")
     parts.append("</body></html>\n")
     atomic_write_text(out, "\n".join(parts))
+    Path(out).chmod(0o644)  # a page to share (the temporary file it was renamed from was private)
     return Path(out)

@@ -3,8 +3,10 @@
 Prompts are tokenised with left padding, repeated ``n`` times each (grouped by prompt), and
 generated in chunks of at most ``batch_size`` rollouts. Sampling uses exactly temperature and
 top-p: the model's own ``generation_config`` (a Hub model may carry top_k, repetition_penalty,
-min_p ...) is replaced for the call by a clean one, so the returned log-probs are those of the
-distribution the trainer recomputes. With a seed, sampling runs under a forked torch RNG seeded
+min_p ...) is replaced for the call by a clean one, and one logits processor
+(:class:`_LogprobRecorder`) applies temperature and top-p and records the sampled tokens'
+log-probs step by step (no ``output_logits``: memory O(batch x vocab), not O(batch x length x
+vocab)), so the returned log-probs are those of the distribution the trainer recomputes. With a seed, sampling runs under a forked torch RNG seeded
 with it, so results are reproducible and the caller's RNG stream is left untouched.
 """
 
@@ -14,6 +16,7 @@ import contextlib
 from typing import Any, Iterator
 
 import torch
+from transformers import LogitsProcessorList
 
 from salt.rollout.base import RolloutBackend, RolloutOutput, check_generate_args, cut_at_eos
 
@@ -58,6 +61,41 @@ def _clean_generation_config(model: Any, eos_ids: set[int], pad_id: int, bos_id:
         yield
     finally:
         model.generation_config = saved
+
+
+class _LogprobRecorder:
+    """A logits processor that applies temperature (and top-p) and records sampled-token log-probs.
+
+    At every step it stores ``log_softmax(logits / T)`` of the current position; at the next call
+    the token sampled from it is the last column of ``input_ids``, so only its log-prob (B,) is
+    kept: memory stays O(B * V) instead of HF's O(B * T * V) ``output_logits``. ``finish`` gathers
+    the last step. ``top_p`` (None = off) truncates with HF's own ``TopPLogitsWarper``; the recorded
+    log-probs are taken before truncation (the RolloutOutput convention).
+    """
+
+    def __init__(self, temperature: float, top_p: float | None) -> None:
+        from transformers.generation.logits_process import TopPLogitsWarper
+
+        self.temperature = temperature
+        self.top_p = TopPLogitsWarper(top_p) if top_p is not None and top_p < 1.0 else None
+        self.pending: torch.Tensor | None = None  # (B, V) log-probs of the step being sampled
+        self.recorded: list[torch.Tensor] = []  # T_new x (B,)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.pending is not None:
+            self.recorded.append(self.pending.gather(-1, input_ids[:, -1:]).squeeze(-1))  # (B,)
+        scaled = scores.float() / self.temperature  # (B, V)
+        self.pending = torch.log_softmax(scaled, dim=-1)
+        return self.top_p(input_ids, scaled) if self.top_p is not None else scaled
+
+    def finish(self, new_tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T_new) log-probs of ``new_tokens`` (the generated part of the sequences)."""
+        if self.pending is not None and len(self.recorded) == new_tokens.shape[1] - 1:
+            self.recorded.append(self.pending.gather(-1, new_tokens[:, -1:]).squeeze(-1))  # last step
+        self.pending = None
+        if len(self.recorded) != new_tokens.shape[1]:
+            raise RuntimeError(f"recorded {len(self.recorded)} log-prob steps for {new_tokens.shape[1]} new tokens")
+        return torch.stack(self.recorded, dim=1)  # (B, T_new)
 
 
 class HFBackend(RolloutBackend):
@@ -125,18 +163,17 @@ class HFBackend(RolloutBackend):
                     for i, ids in enumerate(batch):
                         input_ids[i, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
                         attention[i, width - len(ids):] = 1
-                    gen_kwargs: dict[str, Any] = dict(
+                    recorder = _LogprobRecorder(scale, None if greedy else float(top_p))
+                    # temperature and top-p are applied by the recorder itself, so HF's own warpers stay off
+                    sampling = {} if greedy else {"temperature": 1.0, "top_p": 1.0, "top_k": 0}
+                    sequences = model.generate(
+                        input_ids=input_ids.to(device), attention_mask=attention.to(device),
                         max_new_tokens=int(max_new_tokens), do_sample=not greedy,
-                        return_dict_in_generate=True, output_logits=True,
+                        logits_processor=LogitsProcessorList([recorder]), **sampling,
                     )
-                    if not greedy:  # top_k=0: no top-k truncation (HF's default would be 50)
-                        gen_kwargs.update(temperature=float(temperature), top_p=float(top_p), top_k=0)
-                    out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                         **gen_kwargs)
-                    new_tokens = out.sequences[:, width:].cpu()  # (B, T_new)
-                    logits = torch.stack(out.logits, dim=1).float().cpu()  # (B, T_new, V)
-                    logp = torch.log_softmax(logits / scale, dim=-1)  # (B, T_new, V)
-                    tok_logp = logp.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)  # (B, T_new)
+                    new_tokens = sequences[:, width:]  # (B, T_new)
+                    tok_logp = recorder.finish(new_tokens).cpu()  # (B, T_new)
+                    new_tokens = new_tokens.cpu()
                     for i in range(len(batch)):
                         ids, reason = cut_at_eos(new_tokens[i].tolist(), eos_ids)
                         completions.append(ids)

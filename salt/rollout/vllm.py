@@ -109,6 +109,7 @@ def engine_kwargs(model_path: str, opts: dict[str, Any], seed: int = 0) -> dict[
         "seed": int(seed),
         "enforce_eager": bool(opts["enforce_eager"]),
         "worker_extension_cls": EXTENSION_CLS,
+        "generation_config": "vllm",  # ignore the checkpoint's sampling defaults (top_k, penalties ...)
     }
     if opts["max_model_len"] is not None:
         kwargs["max_model_len"] = int(opts["max_model_len"])
@@ -130,7 +131,7 @@ def sampling_params_kwargs(n: int, max_new_tokens: int, temperature: float, top_
         "n": int(n),
         "temperature": float(temperature),
         "top_p": 1.0 if greedy else float(top_p),
-        "top_k": -1 if greedy else 0,  # no top-k truncation (vLLM: 0 or -1 disables it)
+        "top_k": -1,  # no top-k truncation (-1 disables it in every vLLM version)
         "max_tokens": int(max_new_tokens),
         "logprobs": 0,  # the sampled token's log-prob only
         "skip_special_tokens": True,

@@ -97,6 +97,16 @@ def _capacity(level: int, split: str) -> int:
     return len(seen)
 
 
+def max_problems(split: str, levels: Sequence[int] = (1, 2, 3)) -> int:
+    """The largest ``n`` :func:`generate_problems` accepts for ``split`` and ``levels`` (round-robin)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    levels = _check_levels(levels)
+    k = len(levels)
+    # level at position i gets ceil((n - i) / k) rows; each must stay within its capacity
+    return min(level_capacity(level, split) * k + i for i, level in enumerate(levels))
+
+
 def make_row(expression: str, index: int, split: str, level: int) -> dict[str, Any]:
     """One normalised row (schema in ARCHITECTURE.md) for a canonical expression."""
     return {

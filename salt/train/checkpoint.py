@@ -1,6 +1,6 @@
 """Atomic, resumable training checkpoints.
 
-Layout of ``DIR/checkpoints/step_XXXXXX/`` (``XXXXXX`` = number of completed steps):
+Layout of ``DIR/checkpoints/step_NNNNNN/`` (``NNNNNN`` = number of completed steps):
 
 * ``model.pt``       the unwrapped model's ``state_dict``;
 * ``optimizer.pt``   optimizer ``state_dict``;  ``scheduler.pt``  LR scheduler ``state_dict``;

@@ -190,9 +190,12 @@ class TrainConfig:
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (<= 0 disables clipping; the norm is still logged).")
     checkpoint_every: int = _f(5, "Save a resumable checkpoint every N steps (0 = never).")
     keep_checkpoints: int = _f(2, "Keep the last K checkpoints.")
-    log_samples_every: int = _f(5, "Write samples/step_XXXX.jsonl every K steps (0 = never).")
+    log_samples_every: int = _f(5, "Write samples/step_NNNN.jsonl every K steps (0 = never).")
     eval_every: int = _f(0, "Score data.eval every K steps (0 = never).")
     progress: bool = _f(True, "Show a progress bar on stderr when it is a terminal.")
+    num_threads: int = _f(
+        1, "torch CPU threads (0 = torch's default). 1 is fastest for toy models on a shared machine."
+    )
 
 
 @dataclass
@@ -509,6 +512,7 @@ def _validate(cfg: RunConfig, check_paths: bool) -> None:
     for key, val in [
         ("train.checkpoint_every", t.checkpoint_every), ("train.log_samples_every", t.log_samples_every),
         ("train.eval_every", t.eval_every), ("train.warmup_steps", t.warmup_steps),
+        ("train.num_threads", t.num_threads),
         ("train.weight_decay", t.weight_decay),
     ]:
         _positive(val, key, allow_zero=True)

@@ -68,12 +68,19 @@ def world() -> tuple[int, int]:
     return 1, 0
 
 
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum ``t`` over ranks in place (no-op for one process); returns it."""
+def all_reduce_sum(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """Reduce ``t`` over ranks in place (``op``: sum | max; no-op for one process); returns it.
+
+    CPU tensors are moved to the current CUDA device for NCCL, which only reduces GPU tensors.
+    """
     import torch.distributed as dist
 
     if world()[0] > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else t.device
+        buf = t.to(dev)
+        dist.all_reduce(buf, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+        if buf is not t:
+            t.copy_(buf.to(t.device))
     return t
 
 
@@ -339,7 +346,7 @@ def update_minibatch(model: Any, optimizer: Any, scheduler: Any, mb: TensorBatch
     diagnostics = spec.salt_enabled or spec.salt_diagnostics
     want_entropy_grad = spec.loss_cfg.entropy_coef > 0
     model.train()
-    loss_metrics: list[tuple[float, dict[str, float]]] = []
+    loss_metrics: list[tuple[float, float, dict[str, float]]] = []  # (loss weight, tokens, metrics)
     geo_metrics: list[dict[str, float]] = []
 
     def loss_backward(part: TensorBatch, fwd: ForwardOut, coef: torch.Tensor) -> None:
@@ -351,7 +358,7 @@ def update_minibatch(model: Any, optimizer: Any, scheduler: Any, mb: TensorBatch
         )
         w = _loss_weight(part.mask, agg)
         m["loss"] = float(loss.detach())
-        loss_metrics.append((w, m))
+        loss_metrics.append((w, float(part.mask.sum()), m))
         with timer("backward"):
             (loss * (w / total_weight)).backward()
 
@@ -407,15 +414,22 @@ def update_minibatch(model: Any, optimizer: Any, scheduler: Any, mb: TensorBatch
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
-    # loss metrics: weighted over micro-batches and ranks
-    keys = sorted({k for _, m in loss_metrics for k in m})
-    buf = torch.zeros(len(keys) + 1, dtype=torch.float64)
-    for w, m in loss_metrics:
-        buf[-1] += w
+    # loss metrics over micro-batches and ranks: the loss values weighted by their share of the
+    # loss normaliser, every other metric (a masked token mean) by its token count
+    keys = sorted({k for _, _, m in loss_metrics for k in m})
+    by_loss_weight = {"loss", "pg_loss"}
+    buf = torch.zeros(len(keys) + 2, dtype=torch.float64)
+    for w, ntok, m in loss_metrics:
+        buf[-2] += w
+        buf[-1] += ntok
         for j, k in enumerate(keys):
-            buf[j] += w * m.get(k, 0.0)
+            buf[j] += (w if k in by_loss_weight else ntok) * m.get(k, 0.0)
     all_reduce_sum(buf)
-    metrics = {f"train/{k}": float(buf[j] / buf[-1]) for j, k in enumerate(keys)}
+    metrics = {f"train/{k}": float(buf[j] / (buf[-2] if k in by_loss_weight else buf[-1]).clamp_min(1e-12))
+               for j, k in enumerate(keys)}
+    for k in [k for k in keys if k.endswith("_max")]:  # maxima are reduced with max, not averaged
+        mx = torch.tensor([max(m.get(k, float("-inf")) for _, _, m in loss_metrics)], dtype=torch.float64)
+        metrics[f"train/{k}"] = float(all_reduce_sum(mx, op="max"))
     if spec.scope == "micro" and W > 1 and geo_metrics:
         gkeys = sorted(geo_metrics[0])
         g = torch.tensor([sum(m[k] for m in geo_metrics) for k in gkeys] + [len(geo_metrics)], dtype=torch.float64)
@@ -468,11 +482,17 @@ def ensure_model(cfg: RunConfig) -> None:
         return
     if cfg.model.warmup_if_missing is None:
         raise ConfigError(f"model.path = '{path}' does not exist; build it with `salt sft` or set model.warmup_if_missing")
+    if int(os.environ.get("RANK", "0")) != 0:  # data parallel: rank 0 builds it, the others wait
+        deadline = time.time() + 6 * 3600
+        while not (path / "config.json").is_file():
+            if time.time() > deadline:
+                raise TimeoutError(f"rank {os.environ['RANK']}: '{path}' did not appear; did rank 0's warm-up fail?")
+            time.sleep(2.0)
+        return
     from salt.train import sft
 
     out_dir = path.parent if path.name == "final" else path
-    sft_cfg = dict(cfg.model.warmup_if_missing)
-    sft.run_sft(sft_cfg, out_dir)
+    sft.run_sft(dict(cfg.model.warmup_if_missing), out_dir)
     if not (path / "config.json").is_file():
         raise ConfigError(
             f"model.warmup_if_missing ran sft into '{out_dir}' but '{path}' still has no config.json; "
@@ -498,6 +518,8 @@ class Trainer:
         cfg = self.cfg
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
         self.device = self.accelerator.device
+        if self.device.type == "cpu" and cfg.train.num_threads > 0:
+            torch.set_num_threads(cfg.train.num_threads)
         self.world, self.rank = world()
         self.is_main = self.rank == 0
         dtype = cfg.model.dtype
@@ -692,6 +714,7 @@ class Trainer:
         """Old log-probs, then ``ppo_epochs`` x mini-batches of :func:`update_minibatch`."""
         cfg = self.cfg
         tb = to_tensors(batch, self.pad_id)
+        self.backend.sleep()  # vllm: free the KV cache for the training phase (no-op for hf)
         with self.timer("old_logprobs"):
             tb.old_logp = compute_logprobs(self.model, tb.to(self.device), cfg.rollout.temperature,
                                            cfg.train.micro_batch_size).cpu()
@@ -703,7 +726,8 @@ class Trainer:
             for i, idx in enumerate(self.mini_batches(batch)):
                 metrics.append(update_minibatch(self.model, self.optimizer, self.scheduler, tb.index(idx), self.spec,
                                                 step_seed(seed, epoch * 1000 + i, "gram"), self.timer))
-        self.backend.sync_weights(self.model)
+        self.backend.wake_up()
+        self.backend.sync_weights(self.model)  # vllm: push the new weights; hf: no-op
         return mean_metrics(metrics)
 
     # ---------------------------------------------------------------------------- step
@@ -778,15 +802,14 @@ class Trainer:
         from salt.train.checkpoint import save_checkpoint
 
         if self.is_main:
-            with self.timer("checkpoint"):
-                save_checkpoint(
-                    self.out / "checkpoints", step, model_state=self.model.state_dict(), optimizer=self.optimizer,
-                    scheduler=self.scheduler,
-                    state={"data_position": self.sampler.position, "rollouts_used": self.rollouts_used,
-                           "rollouts_generated": self.rollouts_generated, "metrics_lines": self.metrics_lines},
-                    extra={"predictor": self.predictor.state_dict() if self.predictor is not None else None},
-                    keep=self.cfg.train.keep_checkpoints,
-                )
+            save_checkpoint(
+                self.out / "checkpoints", step, model_state=self.model.state_dict(), optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                state={"data_position": self.sampler.position, "rollouts_used": self.rollouts_used,
+                       "rollouts_generated": self.rollouts_generated, "metrics_lines": self.metrics_lines},
+                extra={"predictor": self.predictor.state_dict() if self.predictor is not None else None},
+                keep=self.cfg.train.keep_checkpoints,
+            )
         if self.world > 1:
             import torch.distributed as dist
 
@@ -840,6 +863,7 @@ class Trainer:
         t_run = time.perf_counter()
         from salt.utils import append_jsonl
 
+        failed = True
         try:
             for step in range(start, cfg.train.steps):
                 last = self.step(step)
@@ -854,9 +878,12 @@ class Trainer:
                     bar.set_postfix(reward=f"{last['reward/mean']:.3f}", acc=f"{last['train/accuracy']:.3f}",
                                     step_s=f"{last['time/step']:.2f}")
                     bar.update(1)
+            failed = False
         finally:
             if bar is not None:
                 bar.close()
+            if failed and tracker is not None:
+                tracker.fail()
         summary = {"steps": cfg.train.steps, "out_dir": str(self.out), "wall_time_s": time.perf_counter() - t_run,
                    **{k: v for k, v in last.items() if not k.startswith(TIMING_PREFIX)}}
         if self.is_main:
@@ -932,7 +959,8 @@ def cli_main(argv: list[str]) -> int:
 
     ap = argparse.ArgumentParser(prog="salt train", description="One RL training run from a run config.")
     ap.add_argument("--config", help="run config YAML (see config/examples/)")
-    ap.add_argument("--out", help="output dir (metrics.jsonl, samples/, checkpoints/, final/, DONE)")
+    ap.add_argument("--out", help="output dir (metrics.jsonl, samples/, checkpoints/, final/, DONE); "
+                                  "default results/runs/<config file name>")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config key, e.g. --set rollout.group_size=16 (repeatable)")
     ap.add_argument("--help-config", action="store_true", help="list every config key with its default and help")
@@ -940,15 +968,15 @@ def cli_main(argv: list[str]) -> int:
     if args.help_config:
         print(describe())
         return 0
-    if not args.config or not args.out:
-        ap.error("--config and --out are required")
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), int(os.environ.get("SALT_NUM_THREADS", "2")))))
+    if not args.config:
+        ap.error("--config is required (see config/examples/)")
+    out = args.out or str(Path("results") / "runs" / Path(args.config).stem)
     try:
         cfg = load_run_config(args.config, args.overrides)
         ensure_model(cfg)
     except ConfigError as exc:
         print(f"salt train: config error: {exc}", file=sys.stderr)
         return 2
-    summary = Trainer(cfg, args.out).run()
+    summary = Trainer(cfg, out).run()
     print(json.dumps({k: summary[k] for k in ("steps", "out_dir", "wall_time_s") if k in summary}))
     return 0

@@ -167,15 +167,16 @@ def test_sketch_mean_over_seeds_converges_to_exact():
     err = {n: rel(sketches[:n].mean(0), exact) for n in (4, 16, 64, 256)}
     assert err[256] < err[16] < err[4]
     assert err[256] < 0.5 * err[4] and err[256] < 0.05
-    # hidden-side Gaussian sketch too
+    # hidden-side Gaussian sketch too (heavier tails: more draws)
     both = torch.stack(
         [
             lm_head_gram(h, z, y, mask, 1.0, method="sketch", sketch_dim=6, sketch_hidden_dim=3, seed=s)
-            for s in range(256)
+            for s in range(1024)
         ]
     )
-    assert rel(both.mean(0), exact) < 0.5 * rel(both[:4].mean(0), exact)
-    assert rel(both.mean(0), exact) < 0.08
+    err_both = {n: rel(both[:n].mean(0), exact) for n in (4, 64, 1024)}
+    assert err_both[1024] < err_both[64] < err_both[4]
+    assert err_both[1024] < 0.06
 
 
 def test_sketch_is_seeded_and_exact_without_collisions():
@@ -195,7 +196,8 @@ def test_sketch_error_shrinks_with_sketch_dim():
     exact = lm_head_gram(h, z, y, mask, 1.0, method="exact")
 
     def mean_err(m):
-        return sum(rel(lm_head_gram(h, z, y, mask, method="sketch", sketch_dim=m, seed=s), exact) for s in range(8)) / 8
+        errs = [rel(lm_head_gram(h, z, y, mask, method="sketch", sketch_dim=m, seed=s), exact) for s in range(8)]
+        return sum(errs) / len(errs)
 
     assert mean_err(200) < mean_err(10)
 
@@ -209,7 +211,8 @@ def test_rollout_features_reproduce_gram_and_gather_across_ranks():
     assert rel(gram_from_features(F), K) < 1e-13
     assert rel(F @ F.T / 6, K) < 1e-13
     # two "ranks" with three rollouts each: gathered features give the same global Gram
-    parts = [rollout_features(h[s], z[s], y[s], mask[s], 0.9, "sketch", **kw) for s in (slice(0, 3), slice(3, 6))]
+    halves = (slice(0, 3), slice(3, 6))
+    parts = [rollout_features(h[s], z[s], y[s], mask[s], 0.9, "sketch", **kw) for s in halves]
     assert rel(gram_from_features(torch.cat(parts), normalizer=6), K) < 1e-13
     # dense features and hidden sketch
     Fd = rollout_features(h, z, y, mask, 0.9, "dense")
@@ -223,11 +226,13 @@ def test_rollout_features_reproduce_gram_and_gather_across_ranks():
 
 def test_auto_chooses_by_cost():
     small = gram_cost(20, 50, 8, 4, chunk_size=64, sketch_dim=16)
-    assert small["exact"] < small["sketch"] and choose_method(20, 50, 8, 4, chunk_size=64, sketch_dim=16) == "exact"
+    assert small["exact"] < small["sketch"]
+    assert choose_method(20, 50, 8, 4, chunk_size=64, sketch_dim=16) == "exact"
     big = gram_cost(4096, 151936, 896, 32)
     assert big["exact"] > big["sketch"] and choose_method(4096, 151936, 896, 32) == "sketch"
     # cost grows with tokens quadratically for exact, linearly for sketch
-    assert gram_cost(2000, 1000, 8, 4)["exact"] > 3.9 * gram_cost(1000, 1000, 8, 4)["exact"] * 0.99
+    c1, c2 = gram_cost(1000, 32000, 64, 4), gram_cost(2000, 32000, 64, 4)
+    assert c2["exact"] > 3.0 * c1["exact"] and c2["sketch"] < 2.01 * c1["sketch"]
     h, _, z, y, mask = make_batch(3, 4, 9, 3, seed=14)
     assert torch.equal(
         lm_head_gram(h, z, y, mask, method="auto", sketch_dim=2),
@@ -350,3 +355,41 @@ def test_group_geometry_nonfinite_gives_zeros():
     K = torch.full((3, 3), float("nan"))
     out = group_geometry(K, torch.tensor([0, 0, 1]), torch.ones(3))
     assert all(v == 0.0 for v in out.values())
+
+
+@pytest.mark.parametrize("method", ["dense", "exact", "sketch", "auto"])
+def test_all_masked_batch_gives_zero_gram(method):
+    h, _, z, y, mask = make_batch(3, 4, 9, 3, seed=16)
+    K = lm_head_gram(h, z, y, torch.zeros_like(mask), method=method)
+    assert K.shape == (3, 3) and torch.equal(K, torch.zeros(3, 3, dtype=K.dtype))
+
+
+def test_sketch_features_match_explicit_count_sketch_matrix():
+    """Fast path (signed rotated slice sums, e_y by indexing) vs an explicit dense S (m x V)."""
+    from salt.algo.geometry import _count_sketch
+
+    B, T, V, H, m = 3, 5, 23, 4, 5
+    h, _, z, y, mask = make_batch(B, T, V, H, seed=17, empty_rows=(1,))
+    _, bucket, sign = _count_sketch(9, V, m)
+    S = torch.zeros(m, V, dtype=torch.float64)
+    S[bucket, torch.arange(V)] = sign.double()  # one +-1 per column
+    p = torch.softmax(z / 0.8, dim=-1)  # (B, T, V)
+    d = mask[..., None] * (p - torch.nn.functional.one_hot(y, V).double())  # (B, T, V)
+    expect = torch.einsum("mv,btv,bth->bmh", S, d, h).reshape(B, m * H)
+    F = rollout_features(h, z, y, mask, 0.8, "sketch", sketch_dim=m, seed=9, chunk_size=2)
+    assert torch.allclose(F, expect, rtol=1e-12, atol=1e-12)
+    # random-shift hashing: ids of one vocabulary row (m consecutive ids) never collide
+    for lo in range(0, V, m):
+        row = bucket[lo : lo + m]
+        assert row.unique().numel() == row.numel()
+
+
+@pytest.mark.parametrize("m", [4, 16])
+def test_sketch_variance_within_documented_bound(m):
+    """Var[K_hat_ij] <= (2/m) K_ii K_jj (module docstring), checked over 1000 seeds."""
+    h, _, z, y, mask = make_batch(4, 6, 60, 5, seed=3, frac=0.9)
+    exact = lm_head_gram(h, z, y, mask, method="exact")
+    draws = torch.stack([lm_head_gram(h, z, y, mask, method="sketch", sketch_dim=m, seed=s) for s in range(1000)])
+    bound = (2.0 / m) * torch.outer(exact.diagonal(), exact.diagonal())
+    assert torch.all(draws.var(0) <= bound)
+    assert rel(draws.mean(0), exact) < 0.02

@@ -235,7 +235,7 @@ def test_vllm_sampling_and_engine_kwargs():
     from salt.rollout.vllm import EXTENSION_CLS, engine_kwargs, sampling_params_kwargs, vllm_options
 
     kw = sampling_params_kwargs(8, 16, 1.0, 0.9, seed=10, prompt_index=3)
-    assert kw == {"n": 8, "temperature": 1.0, "top_p": 0.9, "top_k": 0, "max_tokens": 16, "logprobs": 0,
+    assert kw == {"n": 8, "temperature": 1.0, "top_p": 0.9, "top_k": -1, "max_tokens": 16, "logprobs": 0,
                   "skip_special_tokens": True, "seed": 13}
     greedy = sampling_params_kwargs(1, 4, 0.0, 0.5, seed=None)
     assert greedy["temperature"] == 0.0 and greedy["top_p"] == 1.0 and "seed" not in greedy
@@ -243,7 +243,7 @@ def test_vllm_sampling_and_engine_kwargs():
     ek = engine_kwargs("/models/m", opts, seed=4)
     assert ek["model"] == "/models/m" and ek["gpu_memory_utilization"] == 0.3 and ek["max_model_len"] == 512
     assert ek["enable_sleep_mode"] is True and ek["seed"] == 4 and ek["worker_extension_cls"] == EXTENSION_CLS
-    assert ek["logprobs_mode"] == "processed_logprobs"
+    assert ek["logprobs_mode"] == "processed_logprobs" and ek["generation_config"] == "vllm"
     assert "max_model_len" not in engine_kwargs("/m", vllm_options({}), 0)
     with pytest.raises(ValueError, match="unknown key"):
         vllm_options({"vllm": {"gpu_mem": 0.5}})
@@ -304,3 +304,13 @@ def test_vllm_backend_fails_clearly_without_gpu_or_vllm(model, tok):
         with pytest.raises(ImportError, match=r"pip install \.\[vllm\]"):
             check_available()
     assert "pip install .[vllm]" in INSTALL_HINT
+
+
+def test_tiny_top_p_samples_the_argmax(model, tok):
+    backend = HFBackend(model, tok)
+    greedy = backend.generate(PROMPTS, n=1, max_new_tokens=6, temperature=0.0)
+    nucleus = backend.generate(PROMPTS, n=3, max_new_tokens=6, temperature=1.0, top_p=1e-6, seed=9)
+    for j in range(len(PROMPTS)):
+        assert nucleus.completion_ids[3 * j : 3 * j + 3] == [greedy.completion_ids[j]] * 3
+    # recorded log-probs are the untruncated temperature-scaled ones (not 0 = log 1 of the nucleus)
+    assert any(lp < -1e-3 for lps in nucleus.logprobs for lp in lps)

@@ -62,6 +62,14 @@ def test_reward_is_exact_match_of_first_line():
     assert toy.extract_answer("  \n24") is None
 
 
+def test_max_problems_is_the_exact_limit():
+    for split, levels in (("test", (1, 2, 3)), ("test", (3, 1)), ("train", (2,))):
+        n = toy.max_problems(split, levels)
+        assert len(toy.generate_problems(n, split, seed=0, levels=levels)) == n
+        with pytest.raises(ValueError, match="distinct"):
+            toy.generate_problems(n + 1, split, seed=0, levels=levels)
+
+
 def test_bad_input_errors_name_the_problem():
     with pytest.raises(ValueError, match="split"):
         toy.generate_problems(3, "dev", seed=0)

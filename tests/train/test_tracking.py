@@ -102,9 +102,10 @@ def test_resume_keeps_one_run_and_skips_logged_steps(tmp_path, monkeypatch):
     assert resumed.client.get_run(run.run_id).data.params == {"train.lr": "0.001", "train.steps": "8"}
     assert resumed.client.get_run(run.run_id).info.status == "RUNNING"
 
+    tracking.end_run(resumed)
     evaluator = tracking.attach_to_run(out)
+    assert evaluator.client.get_run(run.run_id).info.status == "FINISHED"  # attaching does not reopen
     tracking.log_metrics(evaluator, {"eval/pass@1": 0.5}, step=8)
-    tracking.end_run(evaluator)
     final = evaluator.client.get_run(run.run_id)
     assert final.data.metrics["eval/pass_at_1"] == 0.5 and final.info.status == "FINISHED"
     assert tracking.attach_to_run(tmp_path / "nothing-here") is None

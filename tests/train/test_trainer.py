@@ -230,3 +230,20 @@ def test_mlflow_run_has_params_metrics_tags_and_artifacts(policy, tmp_path):
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.resolved.yaml", "samples"} <= arts
     assert run.info.status == "FINISHED"
+
+
+def test_warmup_if_missing_builds_the_model_then_trains_on_generated_toy_data(tmp_path):
+    from salt.train.trainer import train
+
+    model_path = tmp_path / "models" / "toy" / "final"
+    warmup = {"train": {"steps": 2, "batch_size": 8, "warmup_steps": 1, "log_every": 1},
+              "data": {"train_problems": 30, "test_problems": 6}, "eval": {"samples": 1},
+              "tracking": {"enabled": False}}
+    cfg = run_config(model_path, model={"warmup_if_missing": warmup},
+                     data={"train": "toy:train", "toy_rows": 30, "eval": "toy:test", "eval_limit": 6},
+                     train={"steps": 2, "eval_every": 2})
+    summary = train(from_dict(cfg), tmp_path / "run")
+    assert (model_path / "config.json").is_file()
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert len(rows) == 2 and summary["steps"] == 2
+    assert "eval/accuracy" in rows[1] and "eval/accuracy" not in rows[0]

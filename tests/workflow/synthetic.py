@@ -64,6 +64,11 @@ def make_runs(root: Path, steps: int = 6, duplicate_step: bool = True, gram: boo
                                      run_dir=str(run_dir), benchmark=str(root / "nope.tsv"), evals=evals))
     proxy = root / "proxy" / "toy" / "proxy.json"
     proxy.parent.mkdir(parents=True)
-    proxy.write_text(json.dumps({"pearson": 0.8, "null_permutation": 0.01, "null_gaussian": -0.02, "n": 16}))
+    lm = rng.uniform(-1, 1, size=40)
+    proxy.write_text(json.dumps({
+        "pearson": 0.8, "null_permutation": {"mean": 0.01, "std": 0.05, "p_value": 0.005},
+        "null_gaussian": {"mean": -0.02, "std": 0.04, "p_value": 0.005}, "n_rollouts": 16,
+        "pairs": {"lm_head": lm.tolist(), "last_block": (0.8 * lm + 0.1 * rng.normal(size=40)).tolist()},
+    }))
     return {"runs": runs, "proxy": {"toy": str(proxy)}, "parents": {}, "figures": {"baseline": "grpo", "salt_method": "grpo_salt", "smooth": 1},
             "tracking": {"enabled": False, "uri": "sqlite:///x.db", "experiment": "t"}, "report": {"title": "t"}}

@@ -272,11 +272,23 @@ def eval_args(w):
     return " ".join([
         "--n", str(b["n"]),
         "--temperature", str(b["temperature"]),
+        "--top-p", str(b["top_p"]),
         "--max-new-tokens", str(b["max_new_tokens"]),
         "--ks", ",".join(str(k) for k in b["ks"]),
         "--backend", config["compute"]["eval_backend"],
         "--seed", str(w.seed),
     ] + (["--tracking-uri", _quote(config["tracking"]["uri"])] if config["tracking"]["enabled"] else []))
+
+
+def proxy_args(w):
+    p, t = config["proxy"], config["tracking"]
+    args = ["--n-prompts", str(p["n_prompts"]), "--group-size", str(p["group_size"]),
+            "--max-new-tokens", str(p["max_new_tokens"]), "--seed", "0"]
+    if t["enabled"]:
+        args += ["--tracking-uri", t["uri"], "--experiment", t["experiment"]]
+    else:
+        args += ["--no-tracking"]
+    return " ".join(_quote(a) for a in args)
 
 
 def eval_data(w):

@@ -39,6 +39,7 @@ rule validate_proxy:
     params:
         model=lambda w: model_path(w.model),
         out=lambda w, output: str(Path(output.json).parent),
+        args=proxy_args,
     threads: threads_of("proxy")
     resources:
         **resources_of("proxy"),
@@ -46,4 +47,5 @@ rule validate_proxy:
         CONDA_ENV
     shell:
         "OMP_NUM_THREADS={threads} "
-        "python -m salt.cli validate-proxy --model {params.model} --data {input.data} --out {params.out} > {log} 2>&1"
+        "python -m salt.cli validate-proxy --model {params.model} --data {input.data} --out {params.out} "
+        "{params.args} > {log} 2>&1"
