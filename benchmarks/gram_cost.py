@@ -1,10 +1,12 @@
 """Cost of the LM-head Gram K = G G^T / B on one batch (methods.md 3.2), CPU.
 
 Compares, on the same logits and hidden states:
-  proxy   the published proxy: one autograd call per rollout through the logits gives
-          dL_i/dz (T, V); g_i = T * dz^T h_i (V, H) is written into a dense (B, V*H) matrix,
-          then K = G G^T / B. (Going through the logits is the cheaper variant; recomputing
-          the head z = h W^T and differentiating w.r.t. W costs one more V x H matmul.)
+  proxy   the published proxy as a training step runs it: the loss of the batch's forward is
+          split per rollout and one autograd call per rollout goes back through the batch's
+          shared (B, T, V) logits to the LM-head weight (dW = dz^T h); each g_i (V, H) is written
+          into a dense (B, V*H) matrix, then K = G G^T / B.
+  proxy_sliced  the cheapest way to run the same proxy: each rollout's autograd call sees only
+          its own (T, V) logits slice, so it does 1/B of the batched call's work.
   exact   salt.algo.geometry.lm_head_gram(method="exact")
   sketch  salt.algo.geometry.lm_head_gram(method="sketch")
 
@@ -85,7 +87,30 @@ def make_batch(
 
 
 def published_proxy(hidden, logits, tokens, mask, temperature):
-    """Dense per-rollout LM-head gradients through autograd, then G G^T / B. (B, B)."""
+    """The published proxy: per-rollout autograd through the batch's logits graph. (B, B).
+
+    The logits stand for the training forward's output (a leaf here, so the forward itself is
+    not timed); L_i = -sum_t m_it log softmax(z_it / T)[y_it] is taken from one batched
+    log-softmax, and autograd.grad(L_i, z) is called once per rollout with the graph retained,
+    as a per-sample-gradient loop over a batched forward does. dW_i = dz_i^T h (V, H).
+    """
+    B, T, V = logits.shape
+    H = hidden.shape[-1]
+    G = torch.empty(B, V * H)  # (B, V*H) dense features
+    z = logits.detach().requires_grad_(True)  # (B, T, V)
+    logp = torch.log_softmax(z / temperature, dim=-1).gather(2, tokens[..., None]).squeeze(2)  # (B, T)
+    losses = -(mask * logp).sum(1)  # (B,)
+    hflat = hidden.reshape(B * T, H)  # (B*T, H)
+    for i in range(B):
+        (dz,) = torch.autograd.grad(losses[i], z, retain_graph=True)  # (B, T, V), zero off rollout i
+        torch.matmul((dz * temperature).reshape(B * T, V).T, hflat, out=G[i].view(V, H))  # (V, H)
+    K = G @ G.T / B
+    return 0.5 * (K + K.T)
+
+
+def published_proxy_sliced(hidden, logits, tokens, mask, temperature):
+    """Dense per-rollout LM-head gradients through autograd on each rollout's own logits slice,
+    then G G^T / B. (B, B)."""
     B, T, V = logits.shape
     H = hidden.shape[-1]
     G = torch.empty(B, V * H)  # (B, V*H) dense features
@@ -108,6 +133,8 @@ def worker(args) -> None:
     )
     if args.method == "proxy":
         run = lambda: published_proxy(hidden, logits, tokens, mask, args.temperature)  # noqa: E731
+    elif args.method == "proxy_sliced":
+        run = lambda: published_proxy_sliced(hidden, logits, tokens, mask, args.temperature)  # noqa: E731
     else:
         run = lambda: lm_head_gram(  # noqa: E731
             hidden, logits, tokens, mask, args.temperature, args.method,
@@ -140,7 +167,7 @@ def rel_fro(K: torch.Tensor, ref: torch.Tensor) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--qwen", action="store_true", help="Qwen2.5-0.5B-sized head, exact and sketch only")
-    ap.add_argument("--methods", default=None, help="comma list from proxy,exact,sketch")
+    ap.add_argument("--methods", default=None, help="comma list from proxy,proxy_sliced,exact,sketch")
     ap.add_argument("--B", type=int, default=16)
     ap.add_argument("--T", type=int, default=None)
     ap.add_argument("--V", type=int, default=None)
@@ -163,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.method is not None:
         worker(args)
         return 0
-    methods = (args.methods or ("exact,sketch" if args.qwen else "proxy,exact,sketch")).split(",")
+    methods = (args.methods or ("exact,sketch" if args.qwen else "proxy,proxy_sliced,exact,sketch")).split(",")
     dense_bytes = args.B * args.V * args.H * 4
     print(f"B={args.B} T={args.T} V={args.V} H={args.H} mask={args.mask} threads={args.threads} "
           f"chunk_size={args.chunk_size} sketch_dim={args.sketch_dim}")

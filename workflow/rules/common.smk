@@ -2,6 +2,7 @@
 
 import copy
 import json
+import sys
 from pathlib import Path
 
 import yaml
@@ -9,8 +10,13 @@ from snakemake.utils import validate
 
 # Jobs run `python -m salt.cli ...` from this checkout (also inside --sdm conda environments, where
 # salt is not installed): shell rules get the repository on PYTHONPATH, scripts add it to sys.path.
+# Without --sdm conda, jobs use the Python that runs Snakemake (its bin/ first on PATH), so an
+# un-activated virtualenv works too.
 REPO = str(Path(workflow.basedir).parent)
-shell.prefix(f"export PYTHONPATH={REPO}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+_PREFIX = f"export PYTHONPATH={REPO}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+if "conda" not in {str(m).lower() for m in workflow.deployment_settings.deployment_method}:
+    _PREFIX += f"export PATH={Path(sys.executable).parent}:$PATH; "
+shell.prefix(_PREFIX)
 
 from salt.utils import deep_merge  # noqa: E402
 
