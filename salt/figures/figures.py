@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from salt.figures.aggregate import REWARD_KEYS, first_key, mean_ci, read_csv
+from salt.figures.aggregate import REWARD_KEYS, first_key, read_csv
 
 FIGURES = ("fig1_gram", "fig2_dynamics", "fig3_ablations", "fig4_residual", "fig5_proxy",
            "fig6_alpha_channels", "fig7_comparison")
@@ -87,14 +87,24 @@ def _col(rows: list[dict[str, Any]], key: str) -> np.ndarray:
 
 
 def _by_g(rows: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(G values, mean over runs, CI half-width) of ``key`` for runs grouped by G."""
+    """(G values, mean over runs, min-max error bars of shape (2, n)) of ``key`` for runs grouped by G."""
     groups: dict[int, list[float]] = defaultdict(list)
     for r in rows:
-        if r.get(key) is not None:
+        if r.get(key) is not None and not math.isnan(float(r[key])):
             groups[int(r["G"])].append(float(r[key]))
     gs = sorted(groups)
-    stats = [mean_ci(groups[g]) for g in gs]
-    return np.array(gs), np.array([s[0] for s in stats]), np.nan_to_num(np.array([s[1] for s in stats]))
+    mean = np.array([np.mean(groups[g]) for g in gs])
+    err = np.array([[np.mean(groups[g]) - min(groups[g]) for g in gs], [max(groups[g]) - np.mean(groups[g]) for g in gs]])
+    return np.array(gs), mean, np.clip(err.reshape(2, len(gs)), 0.0, None)  # float round-off never goes below 0
+
+
+def _spread(values: Sequence[float]) -> tuple[float, list[float]]:
+    """Mean and [mean - min, max - mean] of ``values`` (NaNs dropped) for bar charts over seeds."""
+    xs = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    if not xs:
+        return float("nan"), [0.0, 0.0]
+    m = float(np.mean(xs))
+    return m, [max(0.0, m - min(xs)), max(0.0, max(xs) - m)]
 
 
 # ------------------------------------------------------------------------- Figure 1
@@ -233,8 +243,8 @@ def fig3_ablations(t: Tables, fig) -> None:
         ax.set_title("PR vs n_eff per variant", fontsize=9)
         ax.legend(fontsize=6)
         ax = axes[1]
-        means = [mean_ci([r["final_reward"] for r in rows if r["method"] == m]) for m in methods]
-        ax.barh(range(len(methods)), [mm[0] for mm in means], xerr=np.nan_to_num([mm[1] for mm in means]),
+        spreads = [_spread([r["final_reward"] for r in rows if r["method"] == m]) for m in methods]
+        ax.barh(range(len(methods)), [sp[0] for sp in spreads], xerr=np.array([sp[1] for sp in spreads]).T,
                 color=[colors[m] for m in methods])
         ax.set_yticks(range(len(methods)), [t.label(m) for m in methods], fontsize=7)
         ax.set_xlabel("final training reward")
@@ -309,7 +319,6 @@ def fig4_residual(t: Tables, fig) -> None:
             ax.plot(g2, un, "s--", color=colors[m], label=f"{t.label(m)} update norm")
     if drawn:
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
         ax.set_xlabel("G")
         ax.set_title("residual bound vs realised update norm", fontsize=9)
         ax.legend(fontsize=6)
@@ -407,9 +416,9 @@ def fig6_alpha_channels(t: Tables, fig) -> None:
     vals, labels = [], []
     for m in compare:
         rs = entropy if m == "entropy" else t.runs_of(None, method=m, G=G)
-        vals.append(mean_ci([r["final_reward"] for r in rs]))
+        vals.append(_spread([r["final_reward"] for r in rs]))
         labels.append(t.label(entropy[0]["method"]) if m == "entropy" else t.label(m))
-    ax.bar(range(len(vals)), [v[0] for v in vals], yerr=np.nan_to_num([v[1] for v in vals]), color="0.6")
+    ax.bar(range(len(vals)), [v[0] for v in vals], yerr=np.array([v[1] for v in vals]).T, color="0.6")
     ax.set_xticks(range(len(vals)), labels, fontsize=7)
     ax.set_ylabel("final training reward")
     ax.set_title(f"entropy-only baseline (G={G})", fontsize=9)

@@ -20,11 +20,20 @@ Every random draw of step ``s`` is derived from ``(seed, s)`` (:func:`step_seed`
 position, optimizer, scheduler and VIP predictor are checkpointed, so a resumed run repeats an
 uninterrupted one number for number on CPU.
 
-Data parallelism: ``accelerate launch`` / ``torchrun`` start N processes; every rank generates its
-share of the prompts, the rollout batch is all-gathered, and each optimizer mini-batch is split
-into contiguous per-rank slices. Gradients are summed across ranks with the loss pre-scaled by
-the global normaliser, so the update equals the single-process update on the same global batch;
-with ``algorithm.salt.scope: global`` the Gram is built from features gathered from all ranks.
+Data parallelism: ``accelerate launch --config_file config/accelerate/<ddp|fsdp|deepspeed_*>.yaml``
+starts N processes; every rank generates its share of the prompts, the rollout batch is
+all-gathered, and each optimizer mini-batch is split into contiguous per-rank slices. With more
+than one process (or any Accelerate distributed type other than ``NO``) the model, optimizer and
+scheduler go through ``accelerator.prepare`` (DDP, FSDP or DeepSpeed) and
+:func:`update_minibatch` uses ``accelerator.backward`` / ``no_sync`` / ``clip_grad_norm_`` (the
+DeepSpeed engine's own backward and step); the loss is pre-scaled by the global normaliser times
+the world size, so the engines' gradient average equals the single-process update on the same
+global batch. With ``algorithm.salt.scope: global`` the Gram is built from features gathered from
+all ranks (identical for 1 or N processes). Generation and ``save_pretrained`` use the unwrapped
+model; full weights for saving come from ``accelerator.get_state_dict`` and, for a colocated vLLM
+engine on every rank under FSDP / ZeRO-3, from :func:`gather_full_state`. One process on CPU uses
+the model as is (no wrapper). DDP is tested on CPU (gloo, ``tests/train/test_ddp.py``); Accelerate
+enables FSDP and DeepSpeed on GPUs only, so those paths are not exercised by the CPU test-suite.
 """
 
 from __future__ import annotations
@@ -317,15 +326,70 @@ def _loss_weight(mask: torch.Tensor, agg_mode: str) -> float:
     return float(mask.sum()) if agg_mode == "token-mean" else float(mask.shape[0])
 
 
+def dist_kind(accelerator: Any) -> str:
+    """How gradients meet across ranks for a model that went through ``accelerator.prepare``.
+
+    ``none``: no accelerator, or Accelerate's ``DistributedType.NO`` (one process, the model is
+    used as is); ``ddp``: ``MULTI_CPU`` / ``MULTI_GPU`` / ``MULTI_*`` (DistributedDataParallel);
+    ``fsdp``: ``FSDP`` (v1 or v2); ``deepspeed``: ``DEEPSPEED`` (ZeRO 1-3).
+    """
+    if accelerator is None:
+        return "none"
+    from accelerate.utils import DistributedType
+
+    dt = accelerator.distributed_type
+    if dt == DistributedType.NO:
+        return "none"
+    if dt == DistributedType.FSDP:
+        return "fsdp"
+    if dt == DistributedType.DEEPSPEED:
+        return "deepspeed"
+    if str(getattr(dt, "value", dt)).startswith("MULTI_"):
+        return "ddp"
+    raise ValueError(f"accelerate distributed_type {dt} is not supported by `salt train`; launch with one of "
+                     "config/accelerate/{cpu,ddp,fsdp,deepspeed_zero2,deepspeed_zero3}.yaml")
+
+
+def _average_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Mean of every parameter's gradient over ranks (one flat buffer; DDP's own reduction, by hand)."""
+    W, _ = world()
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])  # (sum of numel,)
+    all_reduce_sum(flat)
+    flat /= W
+    off = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[off: off + n].view_as(p).clone()
+        off += n
+
+
 def update_minibatch(model: Any, optimizer: Any, scheduler: Any, mb: TensorBatch, spec: UpdateSpec,
-                     seed: int, timer: Timer | None = None, coef_out: list | None = None) -> dict[str, float]:
+                     seed: int, timer: Timer | None = None, coef_out: list | None = None,
+                     accelerator: Any = None) -> dict[str, float]:
     """One optimizer step on the GLOBAL mini-batch ``mb`` (every rank passes the same ``mb``).
 
     Each rank forwards its contiguous slice in micro-batches, builds the Gram (scope ``global``:
     from features of all ranks; ``micro``: per micro-batch), turns advantages into coefficients,
-    backpropagates the loss scaled by its share of the global normaliser, and the gradients are
-    summed across ranks before clipping and the optimizer step. The result equals the
-    single-process step on ``mb``.
+    and backpropagates the loss scaled by its share of the global normaliser. The result equals
+    the single-process step on ``mb``.
+
+    How the gradients of the ranks meet depends on ``accelerator`` (see :func:`dist_kind`):
+
+    * ``none`` (no accelerator / one process): plain ``backward``; with an initialised process
+      group (a raw, unprepared model) the pre-scaled gradients are summed by hand.
+    * ``ddp`` / ``fsdp`` / ``deepspeed``: ``model``, ``optimizer`` and ``scheduler`` must be the
+      objects returned by ``accelerator.prepare``. These engines AVERAGE gradients over ranks, so
+      the loss is also multiplied by the world size. Every rank runs the same number of
+      forwards and backwards (ranks with fewer micro-batches add zero-weight one-row passes:
+      FSDP all-gathers, ZeRO-3 fetches and DDP buffer broadcasts are collectives). All but the
+      last backward run under ``accelerator.no_sync`` (DDP, FSDP) or outside a DeepSpeed
+      accumulation boundary, then ``accelerator.clip_grad_norm_`` and the optimizer step
+      (DeepSpeed: ``engine.step()``, clipping from the DeepSpeed config's ``gradient_clipping``,
+      which the trainer sets to ``train.max_grad_norm``). DDP arms its reducer in the forward, so
+      with scope ``global`` and several micro-batches per rank (all forwards precede the first
+      backward) the passes run under ``no_sync`` and the gradients are averaged explicitly
+      (:func:`_average_gradients`), which is DDP's reduction done once by hand.
 
     ``coef_out``, when given, receives the coefficients that went to the loss: for scope
     ``global`` one (len(mb),) tensor for the whole mini-batch, for ``micro`` one per micro-batch.
@@ -335,6 +399,7 @@ def update_minibatch(model: Any, optimizer: Any, scheduler: Any, mb: TensorBatch
         ``geom/*`` (means over Grams), ``train/update_norm`` (pre-clip gradient norm).
     """
     timer = timer or Timer()
+    kind = dist_kind(accelerator)
     W, rank = world()
     device = next(model.parameters()).device
     agg = spec.loss_cfg.agg_mode
@@ -343,13 +408,36 @@ def update_minibatch(model: Any, optimizer: Any, scheduler: Any, mb: TensorBatch
     if len(local) == 0:
         raise ValueError(f"mini-batch of {len(mb)} rollouts cannot feed {W} ranks; raise prompts per mini-batch")
     micros = micro_slices(len(local), spec.micro_batch_size)
+    n_pad = 0
+    grad_scale = 1.0
+    if kind != "none":
+        first = rank_slice(len(mb), W, 0)  # rank 0 holds the largest slice
+        n_pad = len(micro_slices(first.stop - first.start, spec.micro_batch_size)) - len(micros)
+        grad_scale = float(W)  # DDP / FSDP / DeepSpeed average over ranks: undo the 1/W
+    n_passes = len(micros) + n_pad
+    ddp_by_hand = kind == "ddp" and spec.scope == "global" and n_passes > 1
     diagnostics = spec.salt_enabled or spec.salt_diagnostics
     want_entropy_grad = spec.loss_cfg.entropy_coef > 0
     model.train()
     loss_metrics: list[tuple[float, float, dict[str, float]]] = []  # (loss weight, tokens, metrics)
     geo_metrics: list[dict[str, float]] = []
 
-    def loss_backward(part: TensorBatch, fwd: ForwardOut, coef: torch.Tensor) -> None:
+    def no_sync(i: int) -> Any:
+        """Context of pass ``i``: gradients are synchronised only by the last pass."""
+        if kind in ("ddp", "fsdp") and (ddp_by_hand or i < n_passes - 1):
+            return accelerator.no_sync(model)
+        return contextlib.nullcontext()
+
+    def backward(loss: torch.Tensor, i: int) -> None:
+        if kind == "none":
+            loss.backward()
+        elif kind == "deepspeed":  # the engine owns backward; the last pass closes the accumulation
+            model.set_gradient_accumulation_boundary(i == n_passes - 1)
+            model.backward(loss)
+        else:
+            accelerator.backward(loss)
+
+    def loss_backward(part: TensorBatch, fwd: ForwardOut, coef: torch.Tensor, i: int) -> None:
         from salt.algo.losses import compute_policy_loss
 
         loss, m = compute_policy_loss(
@@ -360,13 +448,33 @@ def update_minibatch(model: Any, optimizer: Any, scheduler: Any, mb: TensorBatch
         m["loss"] = float(loss.detach())
         loss_metrics.append((w, float(part.mask.sum()), m))
         with timer("backward"):
-            (loss * (w / total_weight)).backward()
+            if kind == "none":
+                (loss * (w / total_weight)).backward()
+            else:
+                backward(loss * (w / total_weight * grad_scale), i)
+
+    def pad_pass(i: int, fwd: ForwardOut | None = None) -> None:
+        """A zero-weight pass over one local row: keeps the ranks' collectives in step."""
+        from salt.algo.losses import compute_policy_loss
+
+        part = local.index(slice(0, 1))
+        if fwd is None:
+            with timer("forward"):
+                fwd = policy_forward(model, part, spec.temperature, False, want_entropy_grad)
+        loss, _ = compute_policy_loss(spec.loss_cfg, fwd.logp, part.old_logp, part.advantages, part.mask,
+                                      ref_logp=part.ref_logp, entropy=fwd.entropy)
+        with timer("backward"):
+            backward(loss * 0.0, i)
 
     if spec.scope == "global":
         outs = []
+        pads = []
         with timer("forward"):
-            for s in micros:
-                outs.append(policy_forward(model, local.index(s), spec.temperature, diagnostics, want_entropy_grad))
+            for k in range(n_passes):  # DDP by hand: no pass may arm the reducer (see the docstring)
+                part = local.index(micros[k]) if k < len(micros) else local.index(slice(0, 1))
+                with (accelerator.no_sync(model) if ddp_by_hand else contextlib.nullcontext()):
+                    o = policy_forward(model, part, spec.temperature, diagnostics and k < len(micros), want_entropy_grad)
+                (outs if k < len(micros) else pads).append(o)
         coef = local.advantages
         if diagnostics:
             with timer("gram"):
@@ -378,41 +486,63 @@ def update_minibatch(model: Any, optimizer: Any, scheduler: Any, mb: TensorBatch
             coef = coef_all[rank_slice(len(mb), W, rank)].to(local.advantages.dtype)
             if coef_out is not None:
                 coef_out.append(coef_all.detach().cpu())
-        for s, o in zip(micros, outs):
-            loss_backward(local.index(s), o, coef[s])
-        del outs
+        for i, (s, o) in enumerate(zip(micros, outs)):
+            with no_sync(i):
+                loss_backward(local.index(s), o, coef[s], i)
+        for j, o in enumerate(pads):
+            with no_sync(len(micros) + j):
+                pad_pass(len(micros) + j, o)
+        del outs, pads
     else:  # micro: one Gram per micro-batch per rank, memory bounded by the micro-batch
-        for s in micros:
+        for i, s in enumerate(micros):
             part = local.index(s)
-            with timer("forward"):
-                o = policy_forward(model, part, spec.temperature, diagnostics, want_entropy_grad)
-            coef = part.advantages
-            if diagnostics:
-                with timer("gram"):
-                    K = _gram(o.hidden, o.logits, part.tokens, part.mask, spec, seed, gather=False)
-                with timer("decompose"):
-                    coef, gm = salt_coefficients(K, part.advantages, part.group_ids, spec, seed)
-                geo_metrics.append(gm)
-                if coef_out is not None:
-                    coef_out.append(coef.detach().cpu())
-            loss_backward(part, o, coef)
+            with no_sync(i):
+                with timer("forward"):
+                    o = policy_forward(model, part, spec.temperature, diagnostics, want_entropy_grad)
+                coef = part.advantages
+                if diagnostics:
+                    with timer("gram"):
+                        K = _gram(o.hidden, o.logits, part.tokens, part.mask, spec, seed, gather=False)
+                    with timer("decompose"):
+                        coef, gm = salt_coefficients(K, part.advantages, part.group_ids, spec, seed)
+                    geo_metrics.append(gm)
+                    if coef_out is not None:
+                        coef_out.append(coef.detach().cpu())
+                loss_backward(part, o, coef, i)
+        for j in range(n_pad):
+            with no_sync(len(micros) + j):
+                pad_pass(len(micros) + j)
 
     with timer("optimizer"):
-        params = [p for p in model.parameters() if p.requires_grad]
-        if W > 1:  # sum the pre-scaled gradients of all ranks, one flat buffer
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            all_reduce_sum(flat)
-            off = 0
-            for p in params:
-                n = p.numel()
-                p.grad = flat[off: off + n].view_as(p).clone()
-                off += n
         max_norm = spec.max_grad_norm if spec.max_grad_norm > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        if kind == "none":
+            params = [p for p in model.parameters() if p.requires_grad]
+            if W > 1:  # a raw model in a process group: sum the pre-scaled gradients, one flat buffer
+                grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+                flat = torch.cat([g.reshape(-1) for g in grads])
+                all_reduce_sum(flat)
+                off = 0
+                for p in params:
+                    n = p.numel()
+                    p.grad = flat[off: off + n].view_as(p).clone()
+                    off += n
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        elif kind == "deepspeed":  # clipping, optimizer step and zero_grad inside the engine
+            model.step()
+            gn = model.get_global_grad_norm()
+            norm = torch.tensor(float("nan") if gn is None else float(gn))
+            scheduler.step()  # our LambdaLR is not a DeepSpeed scheduler: Accelerate leaves it to us
+        else:
+            params = list(model.parameters())  # FSDP's clip_grad_norm_ matches the model's full list
+            if ddp_by_hand:
+                _average_gradients([p for p in params if p.requires_grad])
+            norm = accelerator.clip_grad_norm_(params, max_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
 
     # loss metrics over micro-batches and ranks: the loss values weighted by their share of the
     # loss normaliser, every other metric (a masked token mean) by its token count
@@ -440,6 +570,61 @@ def update_minibatch(model: Any, optimizer: Any, scheduler: Any, mb: TensorBatch
     metrics["train/update_norm"] = float(norm)
     metrics["train/lr"] = float(scheduler.get_last_lr()[0])
     return metrics
+
+
+def _zero_stage(accelerator: Any) -> int:
+    """DeepSpeed ZeRO stage of the accelerator's plugin (0 without DeepSpeed)."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return 0
+    return int(plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0) or 0)
+
+
+def gather_full_state(accelerator: Any, model: Any) -> dict[str, torch.Tensor]:
+    """The full (unsharded) weights of a prepared ``model`` on EVERY rank (a collective).
+
+    FSDP v2: each ``DTensor`` entry of the state dict is materialised with ``full_tensor()``
+    (one all-gather per tensor, in the same order on every rank); FSDP v1: a ``FULL_STATE_DICT``
+    with ``rank0_only=False``; DeepSpeed ZeRO-3: ``deepspeed.zero.GatheredParameters`` per
+    parameter; anything else (DDP, ZeRO-1/2, one process): the unwrapped model's ``state_dict``.
+    Unlike ``accelerator.get_state_dict`` (full weights on rank 0 only under FSDP v2 / ZeRO-3),
+    this feeds a colocated vLLM engine on every rank. Runs on GPU clusters only: it is not
+    exercised by the CPU test-suite.
+    """
+    kind = dist_kind(accelerator)
+    bare = accelerator.unwrap_model(model)
+    if kind == "fsdp":
+        if getattr(accelerator, "is_fsdp2", False):
+            from torch.distributed.tensor import DTensor
+
+            return {k: (v.full_tensor() if isinstance(v, DTensor) else v) for k, v in model.state_dict().items()}
+        from torch.distributed.fsdp import FullStateDictConfig, FullyShardedDataParallel as FSDP, StateDictType
+
+        with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT,
+                                  FullStateDictConfig(offload_to_cpu=False, rank0_only=False)):
+            return model.state_dict()
+    if kind == "deepspeed" and _zero_stage(accelerator) == 3:
+        import deepspeed
+
+        out: dict[str, torch.Tensor] = {}
+        for name, p in bare.named_parameters():
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                out[name] = p.data.detach().clone()
+        for name, b in bare.named_buffers():
+            out[name] = b.detach()
+        return out
+    return bare.state_dict()
+
+
+class _StateView:
+    """An object whose ``state_dict()`` is a given dict (hands gathered weights to a backend, or
+    a pointer to the sharded Accelerate state to the checkpoint writer)."""
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self._state = state
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._state
 
 
 def make_optimizer(model: Any, cfg: RunConfig, total_updates: int) -> tuple[Any, Any]:
@@ -516,7 +701,9 @@ class Trainer:
         from salt.rollout import make_backend
 
         cfg = self.cfg
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        # the scheduler is stepped once per optimizer step on every rank (no num_processes multiple)
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), step_scheduler_with_optimizer=False)
+        self.kind = dist_kind(self.accelerator)
         self.device = self.accelerator.device
         if self.device.type == "cpu" and cfg.train.num_threads > 0:
             torch.set_num_threads(cfg.train.num_threads)
@@ -526,20 +713,36 @@ class Trainer:
         if dtype == "auto":
             dtype = "bfloat16" if self.device.type == "cuda" else "float32"
         self.dtype = getattr(torch, dtype)
+        self.spec = UpdateSpec.from_config(cfg)
+        if self.spec.loss_cfg.beta > 0 and self.sharded:
+            raise ConfigError(
+                "algorithm.loss.beta > 0 needs a reference model, which salt keeps replicated on every rank; "
+                "under FSDP / DeepSpeed ZeRO-3 it would be loaded sharded (meta / partitioned weights). "
+                "Set algorithm.loss.beta: 0, or launch with config/accelerate/ddp.yaml or deepspeed_zero2.yaml")
+        if self.sharded and cfg.rollout.backend == "hf":
+            self._check_sharded_hf_generation()
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
-        self.model = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=self.dtype).to(self.device)
-        if cfg.model.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
+        self.model = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=self.dtype)
+        if not any(p.is_meta for p in self.model.parameters()):
+            # FSDP's cpu_ram_efficient_loading leaves ranks > 0 on the meta device: prepare places them
+            self.model = self.model.to(self.device)
+        if cfg.model.gradient_checkpointing:  # non-reentrant: required by DDP's no_sync / FSDP
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model.config.use_cache = False
         self.ref_model = None
-        self.spec = UpdateSpec.from_config(cfg)
         if self.spec.loss_cfg.beta > 0:  # the reference model exists only when it is used
             self.ref_model = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=self.dtype).to(self.device)
             self.ref_model.eval().requires_grad_(False)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         total_updates = cfg.train.steps * cfg.train.ppo_epochs * cfg.num_mini_batches
         self.optimizer, self.scheduler = make_optimizer(self.model, cfg, total_updates)
-        self.backend = make_backend(cfg.rollout, self.model, self.tokenizer, self.accelerator)
+        if self.kind != "none":  # DDP / FSDP / DeepSpeed: wrapped by Accelerate (see update_minibatch)
+            self._prepare()
+        if cfg.rollout.backend == "vllm" and self.sharded:
+            # weights reach vLLM through gather_full_state (every rank), not get_state_dict (rank 0 only)
+            self.backend = make_backend(cfg.rollout, self.accelerator.unwrap_model(self.model), self.tokenizer, None)
+        else:
+            self.backend = make_backend(cfg.rollout, self.model, self.tokenizer, self.accelerator)
         self.sampler = PromptSampler(load_rows(cfg.data.train, cfg), cfg.seed, cfg.data.shuffle)
         self.eval_rows = load_rows(cfg.data.eval, cfg, cfg.data.eval_limit)[: cfg.data.eval_limit] if cfg.data.eval else None
         self.predictor = None
@@ -551,6 +754,56 @@ class Trainer:
         self.rollouts_used = 0
         self.rollouts_generated = 0
         self.metrics_lines = 0
+
+    @property
+    def sharded(self) -> bool:
+        """Parameters are sharded across ranks (FSDP, DeepSpeed ZeRO-3): full weights need a gather."""
+        return self.kind == "fsdp" or (self.kind == "deepspeed" and _zero_stage(self.accelerator) == 3)
+
+    def _check_sharded_hf_generation(self) -> None:
+        """Under FSDP / ZeRO-3 every forward is a collective, so with ``rollout.backend: hf`` all
+        ranks must issue the same ``generate`` calls (HF's ``synced_gpus`` only evens out lengths)."""
+        cfg, W = self.cfg, self.world
+        problems = []
+        if cfg.rollout.prompts_per_step % W:
+            problems.append(f"rollout.prompts_per_step = {cfg.rollout.prompts_per_step} is not divisible by the "
+                            f"{W} processes")
+        if cfg.algorithm.vip.enabled:
+            problems.append("algorithm.vip.enabled gives the ranks different rollout counts")
+        if cfg.data.eval and cfg.train.eval_every and cfg.data.eval_limit % W:
+            problems.append(f"data.eval_limit = {cfg.data.eval_limit} is not divisible by the {W} processes")
+        if problems:
+            raise ConfigError("rollout.backend: hf under FSDP / DeepSpeed ZeRO-3 needs the same generate calls on "
+                              "every rank: " + "; ".join(problems) + ". Fix those keys or use rollout.backend: vllm")
+
+    def _prepare(self) -> None:
+        """``accelerator.prepare(model, optimizer, scheduler)`` for DDP, FSDP and DeepSpeed.
+
+        DeepSpeed takes its micro-batch size and its gradient clipping from its own config: they
+        are set from ``train.micro_batch_size`` and ``train.max_grad_norm`` here (0 = no clipping).
+        """
+        acc = self.accelerator
+        if self.kind == "deepspeed":
+            ds = acc.state.deepspeed_plugin.deepspeed_config
+            ds["train_micro_batch_size_per_gpu"] = int(self.cfg.train.micro_batch_size)
+            ds["gradient_clipping"] = float(self.cfg.train.max_grad_norm)
+        self.model, self.optimizer, self.scheduler = acc.prepare(self.model, self.optimizer, self.scheduler)
+
+    def unwrapped(self) -> Any:
+        """The bare ``PreTrainedModel`` (generation, ``save_pretrained``)."""
+        return self.accelerator.unwrap_model(self.model) if self.kind != "none" else self.model
+
+    def sync_rollout_weights(self) -> None:
+        """Push the current weights to the rollout engine (vLLM; a no-op reference update for hf).
+
+        Under FSDP / ZeRO-3 every rank's colocated vLLM engine needs the FULL weights, while
+        ``accelerator.get_state_dict`` returns them on rank 0 only: they are gathered on every rank
+        by :func:`gather_full_state` and handed over as a plain state dict.
+        """
+        if self.cfg.rollout.backend == "vllm" and self.sharded:
+            self.backend.sync_weights(_StateView(gather_full_state(self.accelerator, self.model)))
+        else:
+            self.backend.sync_weights(self.model)
 
     # --------------------------------------------------------------------------- doors
     def allocate(self, rows: list[dict], step: int) -> list[int]:
@@ -725,9 +978,10 @@ class Trainer:
         for epoch in range(cfg.train.ppo_epochs):
             for i, idx in enumerate(self.mini_batches(batch)):
                 metrics.append(update_minibatch(self.model, self.optimizer, self.scheduler, tb.index(idx), self.spec,
-                                                step_seed(seed, epoch * 1000 + i, "gram"), self.timer))
+                                                step_seed(seed, epoch * 1000 + i, "gram"), self.timer,
+                                                accelerator=self.accelerator))
         self.backend.wake_up()
-        self.backend.sync_weights(self.model)  # vllm: push the new weights; hf: no-op
+        self.sync_rollout_weights()  # vllm: push the new weights; hf: no-op
         return mean_metrics(metrics)
 
     # ---------------------------------------------------------------------------- step
@@ -799,17 +1053,36 @@ class Trainer:
 
     # ---------------------------------------------------------------------- checkpoints
     def save(self, step: int) -> None:
-        from salt.train.checkpoint import save_checkpoint
+        """Checkpoint ``step``. One process and DDP: the single-process format (full model,
+        optimizer and scheduler state dicts). FSDP / DeepSpeed: the full model (gathered with
+        ``accelerator.get_state_dict``) in ``model.pt`` plus the sharded optimizer / scheduler state
+        through ``accelerator.save_state`` in ``checkpoints/accelerate/step_NNNNNN``, named in
+        ``state.json`` (``accelerate_state``) and restored by :meth:`maybe_resume`."""
+        from salt.train.checkpoint import checkpoint_name, list_checkpoints, save_checkpoint
 
+        root = self.out / "checkpoints"
+        state = {"data_position": self.sampler.position, "rollouts_used": self.rollouts_used,
+                 "rollouts_generated": self.rollouts_generated, "metrics_lines": self.metrics_lines}
+        optimizer, scheduler = self.optimizer, self.scheduler
+        if self.kind in ("fsdp", "deepspeed"):
+            rel = f"accelerate/{checkpoint_name(step)}"
+            self.accelerator.save_state(str(root / rel))  # collective: every rank writes its shards
+            model_state = self.accelerator.get_state_dict(self.model)  # collective: full on rank 0
+            state["accelerate_state"] = rel
+            optimizer = scheduler = _StateView({"accelerate_state": rel})
+        else:
+            model_state = self.unwrapped().state_dict()
         if self.is_main:
             save_checkpoint(
-                self.out / "checkpoints", step, model_state=self.model.state_dict(), optimizer=self.optimizer,
-                scheduler=self.scheduler,
-                state={"data_position": self.sampler.position, "rollouts_used": self.rollouts_used,
-                       "rollouts_generated": self.rollouts_generated, "metrics_lines": self.metrics_lines},
+                root, step, model_state=model_state, optimizer=optimizer, scheduler=scheduler, state=state,
                 extra={"predictor": self.predictor.state_dict() if self.predictor is not None else None},
                 keep=self.cfg.train.keep_checkpoints,
             )
+            if (root / "accelerate").is_dir():  # drop the sharded states of pruned checkpoints
+                kept = {p.name for p in list_checkpoints(root)}
+                for d in (root / "accelerate").iterdir():
+                    if d.name not in kept:
+                        shutil.rmtree(d, ignore_errors=True)
         if self.world > 1:
             import torch.distributed as dist
 
@@ -826,11 +1099,17 @@ class Trainer:
                 metrics_path.unlink()  # a run killed before its first checkpoint restarts from 0
             return 0
         ck = load_checkpoint(path)
-        self.model.load_state_dict(ck["model"])
-        self.optimizer.load_state_dict(ck["optimizer"])
-        self.scheduler.load_state_dict(ck["scheduler"])
-        set_rng_state(ck["rng"])
         st = ck["state"]
+        if st.get("accelerate_state"):  # FSDP / DeepSpeed: sharded model, optimizer and scheduler
+            if self.kind not in ("fsdp", "deepspeed"):
+                raise RuntimeError(f"checkpoint {path} holds an FSDP/DeepSpeed state ({st['accelerate_state']}); "
+                                   "resume it with the same `accelerate launch --config_file` it was written with")
+            self.accelerator.load_state(str(path.parent / st["accelerate_state"]))
+        else:
+            self.unwrapped().load_state_dict(ck["model"])
+            self.optimizer.load_state_dict(ck["optimizer"])
+            self.scheduler.load_state_dict(ck["scheduler"])
+        set_rng_state(ck["rng"])
         self.sampler.position = int(st["data_position"])
         self.rollouts_used = int(st["rollouts_used"])
         self.rollouts_generated = int(st["rollouts_generated"])
@@ -840,7 +1119,7 @@ class Trainer:
         if self.is_main:
             truncate_jsonl(metrics_path, self.metrics_lines)
             print(f"salt train: resuming from checkpoint {path.name} ({st['step']} steps done)", file=sys.stderr)
-        self.backend.sync_weights(self.model)
+        self.sync_rollout_weights()
         return int(st["step"])
 
     # ------------------------------------------------------------------------------ run
@@ -886,11 +1165,16 @@ class Trainer:
                 tracker.fail()
         summary = {"steps": cfg.train.steps, "out_dir": str(self.out), "wall_time_s": time.perf_counter() - t_run,
                    **{k: v for k, v in last.items() if not k.startswith(TIMING_PREFIX)}}
+        # full weights: gathered by Accelerate under FSDP / ZeRO-3 (a collective: every rank calls it)
+        state_dict = self.accelerator.get_state_dict(self.model) if self.kind != "none" else None
         if self.is_main:
             final = self.out / "final"
             tmp = self.out / ".final.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            self.model.save_pretrained(tmp)
+            if state_dict is None:
+                self.model.save_pretrained(tmp)
+            else:
+                self.unwrapped().save_pretrained(tmp, state_dict=state_dict)
             self.tokenizer.save_pretrained(tmp)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)

@@ -67,7 +67,15 @@ def test_smoke_dag_end_to_end(tmp_path):
         steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
         assert len({r["step"] for r in steps}) == cfg["run"]["train"]["steps"]
     proxy = json.loads((results / "proxy" / "toy" / "proxy.json").read_text())
-    assert proxy
+    assert -1.0 <= proxy["pearson"] <= 1.0 and proxy["n_rollouts"] >= 2
+    # Figure 1 reads one batch's Gram dump (gram_step_XXXX.npz/.pt); required once the trainer offers it
+    from dataclasses import fields
+
+    from salt.train.config import TrainConfig
+
+    if any("gram" in f.name for f in fields(TrainConfig)):
+        runs_csv = (results / "tables" / "runs.csv").read_text()
+        assert "gram_step_" in runs_csv, "the trainer offers a Gram dump but no run wrote one"
 
     # MLflow: one parent per study, exactly one nested run per training job, eval metrics attached
     from mlflow.tracking import MlflowClient

@@ -17,13 +17,15 @@ _PREFIX = f"export PYTHONPATH={REPO}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
 if "conda" not in {str(m).lower() for m in workflow.deployment_settings.deployment_method}:
     _PREFIX += f"export PATH={Path(sys.executable).parent}:$PATH; "
 shell.prefix(_PREFIX)
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)  # parse-time checks import salt from this checkout
 
 from salt.utils import deep_merge  # noqa: E402
 
 # ---------------------------------------------------------------- validation
 
 
-def _unknown_keys(instance, schema, root, where, defs):
+def _unknown_keys(instance, schema, where, defs):
     """Yield (dotted key, allowed keys) for keys the schema does not allow (additionalProperties: false)."""
     if "$ref" in schema:
         schema = defs[schema["$ref"].split("/")[-1]]
@@ -34,18 +36,18 @@ def _unknown_keys(instance, schema, root, where, defs):
     for key, value in instance.items():
         dotted = f"{where}.{key}" if where else str(key)
         if key in props:
-            yield from _unknown_keys(value, props[key], root, dotted, defs)
+            yield from _unknown_keys(value, props[key], dotted, defs)
         elif extra is False:
             yield dotted, sorted(props)
         elif isinstance(extra, dict):
-            yield from _unknown_keys(value, extra, root, dotted, defs)
+            yield from _unknown_keys(value, extra, dotted, defs)
 
 
 def _check_config(cfg):
     """Validate ``cfg`` in place (defaults filled); raise ValueError naming the key and the fix."""
     schema_path = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
     schema = yaml.safe_load(schema_path.read_text())
-    bad = list(_unknown_keys(cfg, schema, schema, "", schema.get("definitions", {})))
+    bad = list(_unknown_keys(cfg, schema, "", schema.get("definitions", {})))
     if bad:
         lines = [f"  '{key}' is not a config key; allowed here: {', '.join(allowed)}" for key, allowed in bad]
         raise ValueError("config error (see workflow/schemas/config.schema.yaml):\n" + "\n".join(lines))
