@@ -195,8 +195,10 @@ def _strip_prefixes(name: str) -> str:
 def weights_to_sync(model: Any, accelerator: Any = None, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """``(hf_name, tensor)`` pairs of the full (gathered) trainer weights, ready for ``load_weights``.
 
-    With an accelerator, ``accelerator.get_state_dict(model)`` gathers FSDP / ZeRO-3 shards (a
-    collective: call it on every rank); otherwise the unwrapped model's ``state_dict``. Wrapper
+    With an accelerator, ``accelerator.get_state_dict(model)`` (DDP or one process: full weights on
+    every rank); otherwise the unwrapped model's ``state_dict``. Under FSDP v2 / ZeRO-3 that call
+    returns the full weights on rank 0 only, so the trainer gathers them on every rank itself
+    (``salt.train.trainer.gather_full_state``) and passes ``accelerator=None`` here. Wrapper
     prefixes are stripped, non-floating buffers skipped, floats cast to ``dtype`` when given.
     """
     if accelerator is not None:
