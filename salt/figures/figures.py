@@ -145,7 +145,7 @@ def fig1_gram(t: Tables, fig) -> None:
         runs = [r for r in t.runs if r["method"] == method and r.get("gram_file")]
         runs.sort(key=lambda r: (r["kind"] != "main", -int(r["G"]), int(r["seed"])))
         if not runs:
-            _note(ax, f"{t.label(method)}: no Gram dump (gram_step_*.npz / .pt) in its run dirs")
+            _note(ax, f"{t.label(method)}:\nno Gram dump (gram_step_*.npz / .pt)\nin its run dirs")
             continue
         data = load_gram(runs[0]["gram_file"])
         K = data["gram"].astype(float)
@@ -169,7 +169,7 @@ def fig1_gram(t: Tables, fig) -> None:
         ax.set_title("Eigen-spectrum of K", fontsize=9)
         ax.legend(fontsize=8)
     else:
-        _note(ax, "no spectrum: the trainer wrote no Gram dump")
+        _note(ax, "no spectrum:\nthe trainer wrote no Gram dump")
 
 
 # ------------------------------------------------------------------------- Figure 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -99,10 +100,16 @@ def test_smoke_dag_end_to_end(tmp_path):
         arts = [a.path for a in client.list_artifacts(p.info.run_id, "figures")]
         assert {f"figures/{n}.png" for n in FIGURES} <= set(arts)
 
-    # a lost DONE marker: only that job (and what depends on it) reruns; its MLflow run is reused
+    # the state an interrupted run leaves: one training job without DONE (its run dir, checkpoints and
+    # run.json kept) and nothing downstream of it. The rerun redoes that job alone (resuming it and
+    # reusing its MLflow run) and what depends on it; finished jobs are not redone.
     victim = results / "main" / "runs" / "toy" / "toy" / "grpo_salt" / "G2" / "seed0"
     run_id = json.loads((victim / "run.json").read_text())["mlflow_run_id"]
     (victim / "DONE").unlink()
+    shutil.rmtree(results / "main" / "eval" / "toy" / "toy" / "grpo_salt" / "G2" / "seed0")
+    for downstream in ("tables", "figures"):
+        shutil.rmtree(results / downstream)
+    (results / "report.html").unlink()
     res = run_snakemake(tmp_path)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     log = res.stdout + res.stderr
