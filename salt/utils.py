@@ -56,21 +56,57 @@ def parse_set_overrides(items: Iterable[str]) -> dict[str, Any]:
     return out
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+def _read_umask() -> int:
+    """The process umask, read without changing it where the OS allows.
+
+    Linux exposes it as the ``Umask:`` line of ``/proc/self/status`` (a pure read, safe with
+    threads). Elsewhere ``os.umask`` must set a value to return the old one; that set-and-restore
+    is process-global, so it is done once, at import (before the caller starts threads).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _IMPORT_UMASK
+
+
+def _import_umask() -> int:
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+_IMPORT_UMASK = _import_umask()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    The temporary file (``mkstemp``: mode 0600) gets the mode a plain ``open(path, "w")`` would
+    give, ``0o666 & ~umask``, before it replaces ``path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+            os.fchmod(fh.fileno(), 0o666 & ~_read_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically, with mode ``0o666 & ~umask`` (:func:`atomic_write_bytes`)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> int:

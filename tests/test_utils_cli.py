@@ -61,3 +61,26 @@ def test_every_cli_entry_resolves():
         module_name, func_name = target.split(":")
         module = importlib.import_module(module_name)
         assert callable(getattr(module, func_name)), name
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_atomic_write_gives_the_usual_permissions(tmp_path, umask):
+    import os
+    import stat
+
+    from salt.utils import _read_umask, atomic_write_bytes
+
+    old = os.umask(umask)
+    try:
+        assert _read_umask() == umask
+        atomic_write_text(tmp_path / "a.txt", "x")
+        atomic_write_bytes(tmp_path / "b.bin", b"\x00\x01")
+        with open(tmp_path / "plain.txt", "w") as fh:  # what open() gives under this umask
+            fh.write("x")
+    finally:
+        os.umask(old)
+    want = 0o666 & ~umask
+    for name in ("a.txt", "b.bin", "plain.txt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == want, name
+    assert (tmp_path / "a.txt").read_text() == "x" and (tmp_path / "b.bin").read_bytes() == b"\x00\x01"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.bin", "plain.txt"]

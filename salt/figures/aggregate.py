@@ -10,7 +10,10 @@ the training job (wall time). Outputs in ``out_dir``:
 - ``evals.csv``   one row per (run, benchmark, metric);
 - ``results.csv`` / ``results.md``  final accuracy per study x method x benchmark x G: mean and
   95% t-interval over seeds of every pass@k / avg@k / maj@k, rollouts used and wall time;
-- ``manifest.json``  the manifest itself (figures read it).
+- ``manifest.json``  the manifest itself (figures read it);
+- per study, at the paths the manifest's ``study_tables`` names (``<results_dir>/<study>/table.md``
+  and ``table.csv``): that study's rows of ``results``; a study without benchmarks gets its final
+  training reward per method x G instead (mean and 95% t-interval over seeds).
 
 ``salt aggregate --manifest M.json --out DIR`` is the command line.
 """
@@ -70,7 +73,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a metrics.jsonl, one per step (a step logged twice, e.g. after a resume, keeps its last row)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: the training run did not log metrics (see its log in results/logs/train/)")
+        raise FileNotFoundError(f"{path} is missing: the training run did not log metrics (see its log under <results_dir>/logs/train/)")
     by_step: dict[int, dict[str, Any]] = {}
     order: list[int] = []
     for i, row in enumerate(iter_jsonl(path)):
@@ -114,8 +117,9 @@ def _benchmark_seconds(path: str | Path | None) -> float | None:
 
 
 def _gram_dump(run_dir: Path) -> str | None:
-    dumps = sorted(list(run_dir.glob("gram_step_*.npz")) + list(run_dir.glob("gram_step_*.pt")))
-    return str(dumps[0]) if dumps else None
+    """The run's Gram dump of the latest step (``gram_step_NNNN.npz`` / ``.pt``), or None."""
+    dumps = sorted(list(run_dir.glob("gram_step_*.npz")) + list(run_dir.glob("gram_step_*.pt")), key=lambda p: p.stem)
+    return str(dumps[-1]) if dumps else None
 
 
 def summarize_run(run: Mapping[str, Any], steps: list[dict[str, Any]]) -> dict[str, Any]:
@@ -212,6 +216,37 @@ def markdown_table(table: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n\nMean ± half-width of the 95% t-interval over seeds.\n"
 
 
+def training_table(runs_rows: list[dict[str, Any]], level: float = 0.95) -> list[dict[str, Any]]:
+    """Final training reward, rollouts and wall time per (study, model, task, method, G): mean and t-interval over seeds."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in runs_rows:
+        groups.setdefault((r["study"], r["model"], r["task"], r["method"], int(r["G"])), []).append(r)
+    table = []
+    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], k[3], k[4])):
+        rs = groups[key]
+        mean, half, n = mean_ci([r["final_reward"] for r in rs], level)
+        table.append({"study": key[0], "model": key[1], "task": key[2], "method": key[3], "label": rs[0]["label"],
+                      "G": key[4], "seeds": len(rs), "final_train_reward_mean": mean, "final_train_reward_ci95": half,
+                      "rollouts_used": mean_ci([r["rollouts_used"] for r in rs])[0],
+                      "wall_time_s": mean_ci([r["wall_time_s"] for r in rs])[0]})
+    return table
+
+
+def markdown_training_table(table: list[dict[str, Any]]) -> str:
+    """Markdown of :func:`training_table` (studies without benchmarks)."""
+    if not table:
+        return "_No training runs._\n"
+    head = ["study", "method", "G", "seeds", "final train reward", "rollouts", "wall s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table:
+        mean, half = row["final_train_reward_mean"], row["final_train_reward_ci95"]
+        cell = _fmt(mean) if math.isnan(half) else f"{_fmt(mean)} ± {_fmt(half)}"
+        lines.append("| " + " | ".join([row["study"], str(row["label"]), str(row["G"]), str(row["seeds"]), cell,
+                                        f"{row['rollouts_used']:.0f}", f"{row['wall_time_s']:.1f}"]) + " |")
+    return ("\n".join(lines) + "\n\nThis study lists no benchmarks: final training reward (mean of the last "
+            f"{FINAL_WINDOW} logged steps), mean ± half-width of the 95% t-interval over seeds.\n")
+
+
 def write_csv(path: str | Path, rows: list[dict[str, Any]], first: Sequence[str] = ()) -> None:
     cols = list(first) + sorted({k for r in rows for k in r} - set(first))
     lines: list[str] = []
@@ -274,6 +309,16 @@ def main(manifest: Mapping[str, Any] | str | Path, out_dir: str | Path) -> dict[
     write_csv(paths["results"], table, ["study", "model", "task", "method", "label", "G", "benchmark", "seeds"])
     paths["results_md"] = out / "results.md"
     atomic_write_text(paths["results_md"], markdown_table(table))
+    for study, where in manifest.get("study_tables", {}).items():
+        rows = [r for r in table if r["study"] == study]
+        if rows:
+            write_csv(where["csv"], rows, ["study", "model", "task", "method", "label", "G", "benchmark", "seeds"])
+            atomic_write_text(where["md"], markdown_table(rows))
+        else:
+            rows = training_table([r for r in run_rows if r["study"] == study])
+            write_csv(where["csv"], rows, ["study", "model", "task", "method", "label", "G", "seeds"])
+            atomic_write_text(where["md"], markdown_training_table(rows))
+        paths[f"table_md:{study}"], paths[f"table_csv:{study}"] = Path(where["md"]), Path(where["csv"])
     paths["manifest"] = out / "manifest.json"
     atomic_write_text(paths["manifest"], json.dumps(manifest, indent=1) + "\n")
     return paths

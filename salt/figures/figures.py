@@ -137,39 +137,139 @@ def cosine_gram(K: np.ndarray) -> np.ndarray:
     return K * inv[:, None] * inv[None, :]
 
 
+SALT_K_KEYS = ("rho", "k_min", "k_max", "k_fixed")
+
+
+def salt_k_options(run_dir: str | Path) -> dict[str, Any]:
+    """The run's ``algorithm.salt`` options that decide k (``config.resolved.yaml``); {} = defaults."""
+    path = Path(run_dir) / "config.resolved.yaml"
+    if not path.exists():
+        return {}
+    import yaml
+
+    salt = ((yaml.safe_load(path.read_text()) or {}).get("algorithm") or {}).get("salt") or {}
+    return {k: salt[k] for k in SALT_K_KEYS if k in salt}
+
+
+def subspace_k(K: np.ndarray, rho: float = 1.0, k_min: int = 1, k_max: int = 64, k_fixed: int | None = None) -> int:
+    """SALT's subspace size for Gram ``K`` (B, B), methods.md 3.4 step 2:
+    k = clamp(round(rho PR), k_min, min(k_max, B - 1)); ``k_fixed`` is only capped at B - 1."""
+    B = K.shape[0]
+    if k_fixed is not None:
+        return int(min(k_fixed, B - 1))
+    pr = float(np.trace(K) ** 2 / (np.sum(K * K) + 1e-10))
+    return int(min(max(round(rho * pr), k_min), max(1, min(k_max, B - 1))))
+
+
+def gram_batch(path: str | Path, salt_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One Gram dump, rollouts ordered by prompt group, ready to draw.
+
+    Returns ``order`` (B,) (stable sort of ``group_ids``; identity without them), ``gram`` (B, B)
+    and ``cosine`` (B, B) in that order, ``eigenvalues`` (B,) of K descending, ``k`` (the subspace
+    size SALT picks for this K with ``salt_options``), ``boundaries`` (first row of each group after
+    the first), and ``advantages`` / ``advantages_final`` / ``rewards`` (B,) in that order or None.
+    """
+    data = load_gram(path)
+    K = np.asarray(data["gram"], dtype=float)
+    B = K.shape[0]
+    if K.ndim != 2 or K.shape != (B, B):
+        raise ValueError(f"{path}: 'gram' must be square (B, B), got shape {K.shape}")
+    groups = data.get("group_ids")
+    order = np.argsort(groups, kind="stable") if groups is not None else np.arange(B)
+    Ko = K[np.ix_(order, order)]  # (B, B) rows and columns by group
+    out: dict[str, Any] = {"order": order, "gram": Ko, "cosine": cosine_gram(Ko),
+                           "eigenvalues": np.sort(np.linalg.eigvalsh((K + K.T) / 2))[::-1],
+                           "k": subspace_k(K, **dict(salt_options or {})) if B >= 2 else 0}
+    g = np.asarray(groups)[order] if groups is not None else None
+    out["boundaries"] = [] if g is None else [i for i in range(1, B) if g[i] != g[i - 1]]
+    for key in ("advantages", "advantages_final", "rewards"):
+        out[key] = np.asarray(data[key], dtype=float)[order] if key in data else None
+    return out
+
+
+def _pick_gram_runs(t: Tables, base: str, salt: str) -> dict[str, dict[str, Any]]:
+    """The baseline's and the SALT method's runs with a Gram dump, at the same (study, G, seed) when possible
+    (main study first, then the largest G, then the lowest seed)."""
+    def rank(r: dict[str, Any]) -> tuple:
+        return (r["kind"] != "main", -int(r["G"]), int(r["seed"]), str(r["study"]))
+
+    cands = {m: sorted((r for r in t.runs if r["method"] == m and r.get("gram_file")), key=rank) for m in (base, salt)}
+    shared = [r for r in cands[base] if any((s["study"], s["G"], s["seed"]) == (r["study"], r["G"], r["seed"]) for s in cands[salt])]
+    if shared:
+        b = shared[0]
+        return {base: b, salt: next(s for s in cands[salt] if (s["study"], s["G"], s["seed"]) == (b["study"], b["G"], b["seed"]))}
+    return {m: rs[0] for m, rs in cands.items() if rs}
+
+
 def fig1_gram(t: Tables, fig) -> None:
+    """Top: cosine Gram of one batch (baseline, SALT) and both eigen-spectra with SALT's k marked;
+    bottom: the SALT run's coefficients before (A) and after (A_final) SALT, per rollout and as a scatter."""
     base, salt = t.options.get("baseline", "grpo"), t.options.get("salt_method", "grpo_salt")
-    axes = fig.subplots(1, 3)
-    spectra = []
-    for ax, method in zip(axes[:2], (base, salt)):
-        runs = [r for r in t.runs if r["method"] == method and r.get("gram_file")]
-        runs.sort(key=lambda r: (r["kind"] != "main", -int(r["G"]), int(r["seed"])))
-        if not runs:
-            _note(ax, f"{t.label(method)}:\nno Gram dump (gram_step_*.npz / .pt)\nin its run dirs")
+    axes = fig.subplots(2, 3, height_ratios=[1.25, 1.0])
+    picked = _pick_gram_runs(t, base, salt)
+    batches: dict[str, dict[str, Any]] = {}
+    colors = {base: "tab:blue", salt: "tab:red"}
+    for ax, method in zip(axes[0, :2], (base, salt)):
+        run = picked.get(method)
+        if run is None:
+            _note(ax, f"{t.label(method)}:\nno Gram dump (gram_step_*.npz) in its run dirs;\n"
+                      "set run.train.dump_gram_steps")
             continue
-        data = load_gram(runs[0]["gram_file"])
-        K = data["gram"].astype(float)
-        im = ax.imshow(cosine_gram(K), cmap="RdBu_r", vmin=-1, vmax=1)
-        ax.set_title(f"{t.label(method)}: cosine Gram, G={runs[0]['G']}", fontsize=9)
-        ax.set_xlabel("rollout")
+        b = gram_batch(run["gram_file"], salt_k_options(run["run_dir"]))
+        batches[method] = b
+        step = Path(run["gram_file"]).stem.rsplit("_", 1)[-1].lstrip("0") or "0"
+        im = ax.imshow(b["cosine"], cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+        ax.set_title(f"{t.label(method)}: cosine Gram, G={run['G']}, step {step}", fontsize=9)
+        ax.set_xlabel("rollout (ordered by prompt group)")
         ax.set_ylabel("rollout")
-        G = int(runs[0]["G"])
-        for edge in range(G, K.shape[0], G):  # prompt-group boundaries
-            ax.axhline(edge - 0.5, color="k", lw=0.4)
-            ax.axvline(edge - 0.5, color="k", lw=0.4)
+        for edge in b["boundaries"]:  # prompt-group boundaries
+            ax.axhline(edge - 0.5, color="k", lw=0.5)
+            ax.axvline(edge - 0.5, color="k", lw=0.5)
         fig.colorbar(im, ax=ax, fraction=0.046)
-        eig = np.sort(np.linalg.eigvalsh((K + K.T) / 2))[::-1]
-        spectra.append((method, eig))
-    ax = axes[2]
-    if spectra:
-        for method, eig in spectra:
-            ax.semilogy(np.arange(1, len(eig) + 1), np.clip(eig, 1e-12, None), marker="o", ms=3, label=t.label(method))
+    ax = axes[0, 2]
+    if batches:
+        for method, b in batches.items():
+            eig = b["eigenvalues"]
+            ax.semilogy(np.arange(1, len(eig) + 1), np.clip(eig, 1e-12, None), marker="o", ms=3,
+                        color=colors[method], label=t.label(method))
+            if b["k"] >= 1:
+                ax.axvline(b["k"] + 0.5, color=colors[method], ls="--", lw=1, label=f"{t.label(method)}: k = {b['k']}")
         ax.set_xlabel("eigenvalue index")
         ax.set_ylabel("eigenvalue of K (log)")
-        ax.set_title("Eigen-spectrum of K", fontsize=9)
-        ax.legend(fontsize=8)
+        ax.set_title("eigen-spectrum of K; dashed: SALT's subspace size k", fontsize=9)
+        ax.legend(fontsize=7)
     else:
-        _note(ax, "no spectrum:\nthe trainer wrote no Gram dump")
+        _note(ax, "no spectrum:\nno run wrote a Gram dump")
+    b = batches.get(salt)
+    if b is None or b["advantages"] is None or b["advantages_final"] is None:
+        for ax in axes[1]:
+            _note(ax, f"{t.label(salt)}: the Gram dump holds no advantages / advantages_final")
+        return
+    gs = axes[1, 0].get_subplotspec().get_gridspec()
+    axes[1, 0].remove()
+    axes[1, 1].remove()
+    ax = fig.add_subplot(gs[1, 0:2])
+    x = np.arange(len(b["advantages"]))
+    ax.bar(x - 0.2, b["advantages"], width=0.4, color="0.6", label="A (group-relative)")
+    ax.bar(x + 0.2, b["advantages_final"], width=0.4, color=colors[salt], label="A_final (after SALT)")
+    for edge in b["boundaries"]:
+        ax.axvline(edge - 0.5, color="k", lw=0.5)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xlabel("rollout (ordered by prompt group)")
+    ax.set_ylabel("coefficient")
+    ax.set_title(f"{t.label(salt)}: coefficients of the same batch before and after SALT", fontsize=9)
+    ax.legend(fontsize=7)
+    ax = axes[1, 2]
+    a, af = b["advantages"], b["advantages_final"]
+    ax.scatter(a, af, s=12, color=colors[salt])
+    lim = float(np.nanmax(np.abs(np.concatenate([a, af])))) * 1.1 or 1.0
+    ax.plot([-lim, lim], [-lim, lim], color="0.5", lw=0.8, ls=":", label="A_final = A")
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_xlabel("A")
+    ax.set_ylabel("A_final")
+    ax.set_title("per-rollout reweighting", fontsize=9)
+    ax.legend(fontsize=7)
 
 
 # ------------------------------------------------------------------------- Figure 2
@@ -481,7 +581,7 @@ DRAW: dict[str, Callable[[Tables, Any], None]] = {
     "fig4_residual": fig4_residual, "fig5_proxy": fig5_proxy, "fig6_alpha_channels": fig6_alpha_channels,
     "fig7_comparison": fig7_comparison,
 }
-SIZES = {"fig1_gram": (13, 4), "fig2_dynamics": (13, 4.2), "fig3_ablations": (14, 4.2), "fig4_residual": (11, 4),
+SIZES = {"fig1_gram": (13, 7.5), "fig2_dynamics": (13, 4.2), "fig3_ablations": (14, 4.2), "fig4_residual": (11, 4),
          "fig5_proxy": (11, 4.2), "fig6_alpha_channels": (14, 4.2), "fig7_comparison": (14, 4.2)}
 
 

@@ -133,6 +133,12 @@ class SelectionConfig:
 class DynamicSamplingConfig:
     enabled: bool = _f(False, "DAPO dynamic sampling: drop groups whose rewards are all equal, refill.")
     max_gen_batches: int = _f(3, "At most this many generation batches per step (the first included).")
+    gen_batch_factor: float = _f(
+        1.0,
+        "Each generation batch draws ceil(factor * rollout.prompts_per_step) prompts (DAPO's recipe: "
+        "3); groups with non-constant rewards are kept, in order, until prompts_per_step are filled "
+        "(extra ones are discarded). Must be >= 1.",
+    )
 
 
 @dataclass
@@ -196,6 +202,13 @@ class TrainConfig:
     num_threads: int = _f(
         1, "torch CPU threads (0 = torch's default). 1 is fastest for toy models on a shared machine."
     )
+    dump_gram_steps: list = _f(
+        [],
+        "1-based steps whose first mini-batch Gram is written to OUT/gram_step_NNNN.npz (rank 0; "
+        "arrays gram (B, B) float64, advantages, advantages_final (the loss's coefficients), "
+        "group_ids, rewards; with scope micro the first micro-batch's). Needs the Gram: SALT on or "
+        "algorithm.salt.diagnostics: true; nothing is written otherwise.",
+    )
 
 
 @dataclass
@@ -254,8 +267,11 @@ class RunConfig:
         """Plain nested dict (YAML-ready); open sections are written flat."""
         return _to_dict(self)
 
-    def validate(self, check_paths: bool = True) -> "RunConfig":
-        _validate(self, check_paths)
+    def validate(self, check_paths: bool = True, check_devices: bool = True) -> "RunConfig":
+        """Cross-field checks. ``check_paths``: model.path and data files exist; ``check_devices``:
+        the devices the config asks for are visible (vLLM needs a CUDA GPU). Planning hosts (the
+        workflow's parse-time check) pass both False; ``salt train`` runs both before any work."""
+        _validate(self, check_paths, check_devices)
         return self
 
 
@@ -391,7 +407,8 @@ def from_dict(data: Mapping[str, Any]) -> RunConfig:
     return cfg
 
 
-def load_run_config(path: str | os.PathLike | None, overrides: list[str] | None = None, check_paths: bool = True) -> RunConfig:
+def load_run_config(path: str | os.PathLike | None, overrides: list[str] | None = None, check_paths: bool = True,
+                    check_devices: bool = True) -> RunConfig:
     """Read a YAML run config, apply ``--set a.b=c`` overrides, build and validate it.
 
     Raises :class:`ConfigError` (a ``ValueError``) naming the offending key and the fix.
@@ -413,7 +430,7 @@ def load_run_config(path: str | os.PathLike | None, overrides: list[str] | None 
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     data = deep_merge(data, set_dict)
-    return from_dict(data).validate(check_paths=check_paths)
+    return from_dict(data).validate(check_paths=check_paths, check_devices=check_devices)
 
 
 def save_resolved(cfg: RunConfig, out_dir: str | os.PathLike) -> Path:
@@ -488,7 +505,7 @@ def _registry_names(module: str, attr: str) -> list[str] | None:
     return list(names)
 
 
-def _validate(cfg: RunConfig, check_paths: bool) -> None:
+def _validate(cfg: RunConfig, check_paths: bool, check_devices: bool = True) -> None:
     r, a, t = cfg.rollout, cfg.algorithm, cfg.train
     _choice(r.backend, BACKENDS, "rollout.backend")
     _choice(cfg.model.dtype, DTYPES, "model.dtype")
@@ -516,6 +533,18 @@ def _validate(cfg: RunConfig, check_paths: bool) -> None:
         ("train.weight_decay", t.weight_decay),
     ]:
         _positive(val, key, allow_zero=True)
+    gbf = a.dynamic_sampling.gen_batch_factor
+    if not (math.isfinite(gbf) and gbf >= 1.0):
+        raise ConfigError(
+            f"config key 'algorithm.dynamic_sampling.gen_batch_factor' = {gbf} must be a number >= 1 "
+            "(1 = draw prompts_per_step prompts per generation batch; DAPO's recipe uses 3)"
+        )
+    bad_steps = [s for s in t.dump_gram_steps if isinstance(s, bool) or not isinstance(s, int) or s < 1]
+    if bad_steps:
+        raise ConfigError(
+            f"config key 'train.dump_gram_steps' = {t.dump_gram_steps!r}: every entry must be a 1-based "
+            f"step number (integer >= 1); {bad_steps[0]!r} is not"
+        )
     if not (0.0 < r.top_p <= 1.0):
         raise ConfigError(f"config key 'rollout.top_p' = {r.top_p} must be in (0, 1]")
     if r.group_size < 2 and not a.vip.enabled:
@@ -593,7 +622,7 @@ def _validate(cfg: RunConfig, check_paths: bool) -> None:
             "as sqlite:///results/mlflow.db (or set tracking.enabled: false)"
         )
     # --- devices and paths (before any work)
-    if r.backend == "vllm":
+    if check_devices and r.backend == "vllm":
         import torch
 
         if not torch.cuda.is_available():

@@ -5,8 +5,10 @@ identity member, so a baseline and a SALT run execute the same code and log the 
 
 1. ``allocate``      uniform | VIP: rollouts per prompt.
 2. ``collect``       generate, score (``salt.tasks.rewards.score_batch``), overlong shaping,
-                     DAPO dynamic sampling (drop all-equal groups, refill from the next
-                     generation batch, at most ``max_gen_batches``).
+                     DAPO dynamic sampling (each generation batch draws
+                     ``ceil(gen_batch_factor * P)`` prompts; all-equal groups are dropped, the
+                     others kept in order until P are filled, refilling from the next generation
+                     batch, at most ``max_gen_batches``).
 3. ``select``        keep all | PODS: keep ``group_size`` of ``selection.n`` per prompt.
 4. ``coefficients``  group advantages, then F-GRPO focal weights (identity: weight 1).
 5. ``update``        old log-probs (one no-grad forward), then for ``ppo_epochs`` x mini-batches
@@ -366,7 +368,7 @@ def _average_gradients(params: list[torch.nn.Parameter]) -> None:
 
 def update_minibatch(model: Any, optimizer: Any, scheduler: Any, mb: TensorBatch, spec: UpdateSpec,
                      seed: int, timer: Timer | None = None, coef_out: list | None = None,
-                     accelerator: Any = None) -> dict[str, float]:
+                     accelerator: Any = None, gram_out: dict | None = None) -> dict[str, float]:
     """One optimizer step on the GLOBAL mini-batch ``mb`` (every rank passes the same ``mb``).
 
     Each rank forwards its contiguous slice in micro-batches, builds the Gram (scope ``global``:
@@ -393,6 +395,12 @@ def update_minibatch(model: Any, optimizer: Any, scheduler: Any, mb: TensorBatch
 
     ``coef_out``, when given, receives the coefficients that went to the loss: for scope
     ``global`` one (len(mb),) tensor for the whole mini-batch, for ``micro`` one per micro-batch.
+
+    ``gram_out``, when given (an empty dict) and the Gram is built (SALT on or diagnostics), is
+    filled with the first Gram of this call, on CPU: ``gram`` (B, B) float64, ``positions`` (B,)
+    the rows of ``mb`` it covers, ``advantages`` (B,), ``advantages_final`` (B,) the coefficients
+    that went to the loss, ``group_ids`` (B,). Scope ``global``: the whole mini-batch (B =
+    len(mb)); ``micro``: this rank's first micro-batch. It only copies tensors (no RNG is used).
 
     Returns:
         metrics: loss metrics (``train/*``, weighted means over the mini-batch), ``salt/*`` and
@@ -486,6 +494,8 @@ def update_minibatch(model: Any, optimizer: Any, scheduler: Any, mb: TensorBatch
             coef = coef_all[rank_slice(len(mb), W, rank)].to(local.advantages.dtype)
             if coef_out is not None:
                 coef_out.append(coef_all.detach().cpu())
+            if gram_out is not None and not gram_out:
+                gram_out.update(_gram_record(K, torch.arange(len(mb)), mb.advantages, coef_all, mb.group_ids))
         for i, (s, o) in enumerate(zip(micros, outs)):
             with no_sync(i):
                 loss_backward(local.index(s), o, coef[s], i)
@@ -508,6 +518,10 @@ def update_minibatch(model: Any, optimizer: Any, scheduler: Any, mb: TensorBatch
                     geo_metrics.append(gm)
                     if coef_out is not None:
                         coef_out.append(coef.detach().cpu())
+                    if gram_out is not None and not gram_out:
+                        start = rank_slice(len(mb), W, rank).start
+                        pos = torch.arange(s.start, s.stop) + start  # (b,) rows of mb
+                        gram_out.update(_gram_record(K, pos, part.advantages, coef, part.group_ids))
                 loss_backward(part, o, coef, i)
         for j in range(n_pad):
             with no_sync(len(micros) + j):
@@ -570,6 +584,40 @@ def update_minibatch(model: Any, optimizer: Any, scheduler: Any, mb: TensorBatch
     metrics["train/update_norm"] = float(norm)
     metrics["train/lr"] = float(scheduler.get_last_lr()[0])
     return metrics
+
+
+def _gram_record(K: torch.Tensor, positions: torch.Tensor, advantages: torch.Tensor, coef: torch.Tensor,
+                 group_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Detached CPU copies of one Gram (B, B) and its (B,) row data (for ``train.dump_gram_steps``)."""
+    return {
+        "gram": K.detach().to("cpu", torch.float64).clone(),
+        "positions": positions.detach().cpu().long().clone(),
+        "advantages": advantages.detach().to("cpu", torch.float64).clone(),
+        "advantages_final": coef.detach().to("cpu", torch.float64).clone(),
+        "group_ids": group_ids.detach().cpu().long().clone(),
+    }
+
+
+def write_gram_dump(path: str | os.PathLike, record: dict[str, torch.Tensor], rewards: torch.Tensor | None) -> Path:
+    """Write ``record`` (from :func:`update_minibatch`'s ``gram_out``) as an ``.npz`` atomically.
+
+    Arrays: ``gram`` (B, B) float64, ``advantages`` (B,), ``advantages_final`` (B,) float64,
+    ``group_ids`` (B,) int64 and, when given, ``rewards`` (B,) float64.
+    """
+    import io
+
+    import numpy as np
+
+    from salt.utils import atomic_write_bytes
+
+    arrays = {k: record[k].numpy() for k in ("gram", "advantages", "advantages_final", "group_ids")}
+    if rewards is not None:
+        arrays["rewards"] = rewards.detach().to("cpu", torch.float64).numpy()
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    path = Path(path)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
 
 
 def _zero_stage(accelerator: Any) -> int:
@@ -685,6 +733,16 @@ def ensure_model(cfg: RunConfig) -> None:
         )
 
 
+def gen_batch_prompts(cfg: RunConfig) -> int:
+    """Prompts drawn per generation batch: ``ceil(gen_batch_factor * P)`` with dynamic sampling
+    (a 1e-9 tolerance keeps e.g. 1.1 * 10 at 11), else ``P``."""
+    P = cfg.rollout.prompts_per_step
+    ds = cfg.algorithm.dynamic_sampling
+    if not ds.enabled:
+        return P
+    return max(P, math.ceil(ds.gen_batch_factor * P - 1e-9))
+
+
 class Trainer:
     """Holds the run's state; :meth:`run` is the loop, :meth:`step` one policy iteration."""
 
@@ -768,6 +826,9 @@ class Trainer:
         if cfg.rollout.prompts_per_step % W:
             problems.append(f"rollout.prompts_per_step = {cfg.rollout.prompts_per_step} is not divisible by the "
                             f"{W} processes")
+        elif gen_batch_prompts(cfg) % W:
+            problems.append(f"ceil(algorithm.dynamic_sampling.gen_batch_factor * prompts_per_step) = "
+                            f"{gen_batch_prompts(cfg)} is not divisible by the {W} processes")
         if cfg.algorithm.vip.enabled:
             problems.append("algorithm.vip.enabled gives the ranks different rollout counts")
         if cfg.data.eval and cfg.train.eval_every and cfg.data.eval_limit % W:
@@ -872,17 +933,25 @@ class Trainer:
         return batch
 
     def collect(self, step: int, seed: int) -> tuple[RolloutBatch, dict[str, float]]:
-        """Allocation + generation + rewards, with DAPO dynamic sampling refills."""
+        """Allocation + generation + rewards, with DAPO dynamic sampling refills.
+
+        With dynamic sampling each round draws :func:`gen_batch_prompts` prompts; groups with
+        non-constant rewards are kept in draw order until ``prompts_per_step`` (P) are filled (the
+        first P are trained on, the rest discarded), for at most ``max_gen_batches`` rounds. When
+        no round yields an informative group, the first round's first P groups are trained on.
+        Metrics: ``data/gen_batches`` (rounds), ``data/prompts`` (groups trained on),
+        ``data/prompts_generated`` (prompts drawn), ``train/accuracy_generated``."""
         cfg = self.cfg
         P = cfg.rollout.prompts_per_step
         ds = cfg.algorithm.dynamic_sampling
+        n_draw = gen_batch_prompts(cfg)
         kept: list[RolloutBatch] = []
         n_kept = 0
         first: RolloutBatch | None = None
         gen_batches = 0
         generated_scores: list[torch.Tensor] = []
         while True:
-            rows = self.sampler.take(P)
+            rows = self.sampler.take(n_draw)
             counts = self.allocate(rows, step)
             batch = self.shape_rewards(self.generate(rows, counts, step_seed(seed, gen_batches, "gen-batch")))
             gen_batches += 1
@@ -916,6 +985,7 @@ class Trainer:
         metrics = {
             "data/gen_batches": float(gen_batches),
             "data/prompts": float(len(batch.rows)),
+            "data/prompts_generated": float(gen_batches * n_draw),
             "train/accuracy_generated": float((all_scores >= 1.0).float().mean()) if all_scores.numel() else 0.0,
         }
         return batch, metrics
@@ -963,8 +1033,11 @@ class Trainer:
         chunks = [c for c in torch.arange(n_groups).tensor_split(k) if c.numel()]
         return [torch.nonzero(torch.isin(batch.group_ids, c)).flatten() for c in chunks]
 
-    def update(self, batch: RolloutBatch, seed: int) -> dict[str, float]:
-        """Old log-probs, then ``ppo_epochs`` x mini-batches of :func:`update_minibatch`."""
+    def update(self, batch: RolloutBatch, seed: int, step: int | None = None) -> dict[str, float]:
+        """Old log-probs, then ``ppo_epochs`` x mini-batches of :func:`update_minibatch`.
+
+        When ``step + 1`` is in ``train.dump_gram_steps``, the first mini-batch's Gram is written
+        to ``OUT/gram_step_NNNN.npz`` (:func:`write_gram_dump`, rank 0)."""
         cfg = self.cfg
         tb = to_tensors(batch, self.pad_id)
         self.backend.sleep()  # vllm: free the KV cache for the training phase (no-op for hf)
@@ -975,11 +1048,16 @@ class Trainer:
                 tb.ref_logp = compute_logprobs(self.ref_model, tb.to(self.device), cfg.rollout.temperature,
                                                cfg.train.micro_batch_size).cpu()
         metrics = []
+        dump = step is not None and (step + 1) in cfg.train.dump_gram_steps
         for epoch in range(cfg.train.ppo_epochs):
             for i, idx in enumerate(self.mini_batches(batch)):
+                gram_out: dict | None = {} if (dump and epoch == 0 and i == 0) else None
                 metrics.append(update_minibatch(self.model, self.optimizer, self.scheduler, tb.index(idx), self.spec,
                                                 step_seed(seed, epoch * 1000 + i, "gram"), self.timer,
-                                                accelerator=self.accelerator))
+                                                accelerator=self.accelerator, gram_out=gram_out))
+                if gram_out and self.is_main:  # empty when the Gram is off (no SALT, no diagnostics)
+                    rows = idx[gram_out["positions"]]  # (B,) rows of the rollout batch
+                    write_gram_dump(self.out / f"gram_step_{step + 1:04d}.npz", gram_out, batch.rewards[rows])
         self.backend.wake_up()
         self.sync_rollout_weights()  # vllm: push the new weights; hf: no-op
         return mean_metrics(metrics)
@@ -997,7 +1075,7 @@ class Trainer:
         batch = self.select(batch, seed)
         batch = self.coefficients(batch)
         self.rollouts_used += len(batch)
-        train_metrics = self.update(batch, seed)
+        train_metrics = self.update(batch, seed, step)
         self.timer.t["time/step"] = time.perf_counter() - t0
         lengths = batch.lengths.float()
         metrics: dict[str, Any] = {

@@ -111,3 +111,45 @@ def test_cli_fails_before_any_work(tmp_path, model_dir):
     assert proc.returncode == 2
     assert "train.mini_batch_prompts" in proc.stderr
     assert not out.exists()
+
+
+def test_vllm_config_plans_without_a_gpu_and_fails_clearly_when_devices_are_checked(monkeypatch):
+    """The workflow validates run configs at parse time on GPU-less hosts: check_devices=False."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = from_dict({"rollout": {"backend": "vllm"}, "tracking": {"enabled": False}})
+    assert cfg.validate(check_paths=False, check_devices=False) is cfg
+    with pytest.raises(ConfigError, match=r"rollout.backend = vllm needs a CUDA GPU.*rollout.backend: hf"):
+        cfg.validate(check_paths=False, check_devices=True)
+    with pytest.raises(ConfigError, match=r"rollout.backend = vllm needs a CUDA GPU"):
+        cfg.validate(check_paths=False)  # devices are checked unless the caller opts out
+    # other errors are still raised with the device check off
+    bad = from_dict({"rollout": {"backend": "vllm", "top_p": 0.0}, "tracking": {"enabled": False}})
+    with pytest.raises(ConfigError, match="rollout.top_p"):
+        bad.validate(check_paths=False, check_devices=False)
+
+
+@pytest.mark.parametrize(
+    "sections, needles",
+    [
+        ({"algorithm": {"dynamic_sampling": {"gen_batch_factor": 0.5}}},
+         ["algorithm.dynamic_sampling.gen_batch_factor", ">= 1"]),
+        ({"train": {"dump_gram_steps": [1, 0]}}, ["train.dump_gram_steps", "integer >= 1"]),
+        ({"train": {"dump_gram_steps": [1.5]}}, ["train.dump_gram_steps", "1.5"]),
+        ({"train": {"dump_gram_steps": 3}}, ["train.dump_gram_steps", "list"]),
+    ],
+)
+def test_new_keys_are_checked(tmp_path, model_dir, sections, needles):
+    with pytest.raises(ConfigError) as err:
+        load_run_config(_write(tmp_path, _ok(model_dir, **sections)))
+    for needle in needles:
+        assert needle in str(err.value), (needle, str(err.value))
+
+
+def test_new_keys_defaults_and_round_trip(tmp_path, model_dir):
+    cfg = load_run_config(_write(tmp_path, _ok(model_dir)))
+    assert cfg.train.dump_gram_steps == [] and cfg.algorithm.dynamic_sampling.gen_batch_factor == 1.0
+    cfg = load_run_config(_write(tmp_path, _ok(model_dir)), ["train.dump_gram_steps=[1, 5]",
+                                                             "algorithm.dynamic_sampling.gen_batch_factor=3"])
+    assert cfg.train.dump_gram_steps == [1, 5] and cfg.algorithm.dynamic_sampling.gen_batch_factor == 3.0
+    again = from_dict(cfg.to_dict()).validate(check_paths=False)
+    assert again.to_dict() == cfg.to_dict()

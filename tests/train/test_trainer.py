@@ -247,3 +247,140 @@ def test_warmup_if_missing_builds_the_model_then_trains_on_generated_toy_data(tm
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert len(rows) == 2 and summary["steps"] == 2
     assert "eval/accuracy" in rows[1] and "eval/accuracy" not in rows[0]
+
+
+def _load_npz(path: Path) -> dict:
+    import numpy as np
+
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _check_gram_file(path: Path, B: int) -> dict:
+    import numpy as np
+
+    from salt.algo.advantages import compute_advantages
+
+    d = _load_npz(path)
+    assert set(d) == {"gram", "advantages", "advantages_final", "group_ids", "rewards"}
+    assert d["gram"].shape == (B, B) and d["gram"].dtype == np.float64
+    for k in ("advantages", "advantages_final", "group_ids", "rewards"):
+        assert d[k].shape == (B,), k
+    K = d["gram"]
+    np.testing.assert_allclose(K, K.T, rtol=0, atol=1e-12 * np.abs(K).max())
+    eig = np.linalg.eigvalsh(K)
+    assert eig.min() >= -1e-8 * eig.max() and eig.max() > 0  # PSD, not all zero
+    # the advantages are the group-relative ones of the dumped rewards (whole groups in the Gram)
+    adv = compute_advantages(torch.tensor(d["rewards"]), torch.tensor(d["group_ids"]), "grpo", 1e-6)
+    np.testing.assert_allclose(d["advantages"], adv.double().numpy(), rtol=1e-5, atol=1e-6)
+    return d
+
+
+def test_gram_dump_writes_the_first_minibatch_gram_without_changing_the_run(policy, tmp_path):
+    import numpy as np
+
+    dump = {"dump_gram_steps": [1, 2], "mini_batch_prompts": 2}
+    salt_rows = _train(run_config(policy, train=dump), tmp_path / "salt")
+    base_rows = _train(run_config(policy, train=dump, algorithm={"salt": {"enabled": False}}), tmp_path / "base")
+    plain_rows = _train(run_config(policy, train={"mini_batch_prompts": 2}), tmp_path / "plain")
+    assert _strip_time(salt_rows) == _strip_time(plain_rows)  # the dump consumes no RNG
+    assert not list((tmp_path / "plain").glob("gram_step_*"))
+    for run in ("salt", "base"):
+        assert sorted(p.name for p in (tmp_path / run).glob("gram_step_*")) == ["gram_step_0001.npz", "gram_step_0002.npz"]
+        assert not list((tmp_path / run).glob(".gram_step_*"))  # no temp file left
+    B = 2 * 4  # mini_batch_prompts x group_size
+    s1 = _check_gram_file(tmp_path / "salt" / "gram_step_0001.npz", B)
+    b1 = _check_gram_file(tmp_path / "base" / "gram_step_0001.npz", B)
+    b2 = _check_gram_file(tmp_path / "base" / "gram_step_0002.npz", B)
+    _check_gram_file(tmp_path / "salt" / "gram_step_0002.npz", B)
+    # the first mini-batch holds groups 0 and 1, each with its group_size rollouts
+    assert sorted(np.unique(s1["group_ids"]).tolist()) == [0, 1] and np.bincount(s1["group_ids"]).tolist() == [4, 4]
+    # step 1: the same rollouts and Gram; the baseline trains on A, SALT on its own coefficients
+    np.testing.assert_allclose(s1["gram"], b1["gram"], rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(s1["advantages"], b1["advantages"])
+    np.testing.assert_array_equal(b1["advantages_final"], b1["advantages"])
+    np.testing.assert_array_equal(b2["advantages_final"], b2["advantages"])
+    assert np.abs(b1["advantages"]).max() > 0
+    assert not np.allclose(s1["advantages_final"], s1["advantages"], rtol=1e-3, atol=1e-6)
+    # step 2's dump is the first mini-batch (groups 0 and 1) of the batch logged in samples/
+    samples = [r for r in read_jsonl(tmp_path / "base" / "samples" / "step_0002.jsonl") if r["group"] in (0, 1)]
+    np.testing.assert_allclose(b2["rewards"], [r["reward"] for r in samples])
+    np.testing.assert_allclose(b2["advantages"], [r["advantage"] for r in samples], rtol=1e-6, atol=1e-7)
+    assert b2["group_ids"].tolist() == [r["group"] for r in samples]
+
+
+def test_gram_dump_micro_scope_and_nothing_without_the_gram(policy, tmp_path):
+    import numpy as np
+
+    micro = run_config(policy, train={"dump_gram_steps": [2], "micro_batch_size": 4},
+                       algorithm={"salt": {"scope": "micro"}})
+    _train(micro, tmp_path / "micro")
+    assert [p.name for p in (tmp_path / "micro").glob("gram_step_*")] == ["gram_step_0002.npz"]
+    d = _check_gram_file(tmp_path / "micro" / "gram_step_0002.npz", 4)  # the first micro-batch only
+    assert np.unique(d["group_ids"]).tolist() == [0]
+    off = run_config(policy, train={"dump_gram_steps": [1, 2]},
+                     algorithm={"salt": {"enabled": False, "diagnostics": False}})
+    rows = _train(off, tmp_path / "off")
+    assert not list((tmp_path / "off").glob("gram_step_*"))
+    assert not any(k.startswith(("salt/", "geom/")) for k in rows[0])
+
+
+def _fake_scores(informative: set[str]):
+    """A score_batch stand-in: rows in ``informative`` get rewards 0,1,0,1,... (non-constant in
+    every group, whose rollouts are consecutive), all others 0 (an all-equal group)."""
+    from types import SimpleNamespace
+
+    def score_batch(rows, completions, **kw):
+        return [SimpleNamespace(reward=float(i % 2) if r["id"] in informative else 0.0)
+                for i, r in enumerate(rows)]
+
+    return score_batch
+
+
+def _expected_dynamic_sampling(rows: list[dict], seed: int, informative: set[str], P: int, n_draw: int,
+                               max_rounds: int) -> tuple[int, list[str]]:
+    """Brute force: replay the prompt stream round by round; (rounds, ids trained on)."""
+    from salt.train.trainer import PromptSampler
+
+    sampler = PromptSampler(rows, seed)
+    kept: list[str] = []
+    rounds = 0
+    while rounds < max_rounds and len(kept) < P:
+        kept += [r["id"] for r in sampler.take(n_draw) if r["id"] in informative]
+        rounds += 1
+    return rounds, kept[:P]
+
+
+@pytest.mark.parametrize("factor, max_rounds", [(3.0, 4), (1.0, 4), (3.0, 1), (2.5, 3)])
+def test_dynamic_sampling_gen_batch_factor_fills_the_batch_with_informative_groups(policy, tmp_path, monkeypatch,
+                                                                                    factor, max_rounds):
+    import salt.tasks.rewards
+    from salt.train.trainer import Trainer, load_rows, step_seed
+
+    P = 4
+    cfg = from_dict(run_config(policy, algorithm={"dynamic_sampling": {
+        "enabled": True, "gen_batch_factor": factor, "max_gen_batches": max_rounds}})).validate()
+    rows = load_rows(cfg.data.train, cfg)
+    informative = {r["id"] for i, r in enumerate(rows) if i % 5 == 0}  # 8 of 40 prompts
+    monkeypatch.setattr(salt.tasks.rewards, "score_batch", _fake_scores(informative))
+    n_draw = math.ceil(factor * P)
+    rounds, ids = _expected_dynamic_sampling(rows, cfg.seed, informative, P, n_draw, max_rounds)
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.setup()
+    batch, m = trainer.collect(0, step_seed(cfg.seed, 0))
+    assert m["data/gen_batches"] == rounds
+    assert m["data/prompts_generated"] == rounds * n_draw
+    assert trainer.rollouts_generated == rounds * n_draw * 4
+    assert [r["id"] for r in batch.rows] == ids  # the first informative groups, in draw order
+    assert m["data/prompts"] == len(ids) == len(batch.rows)
+    assert batch.group_ids.tolist() == [g for g in range(len(ids)) for _ in range(4)]
+    for g in range(len(ids)):  # every trained group is informative
+        assert batch.rewards[batch.group_ids == g].unique().numel() == 2
+    if factor == 3.0 and max_rounds == 4:  # enough informative prompts exist: exactly P groups
+        assert len(ids) == P and rounds >= 2
+    if factor == 1.0:  # the same stream one P at a time runs out of rounds first
+        assert len(ids) < P and rounds == max_rounds
+    # a full step trains on that batch and logs the same counts
+    out = trainer.step(1)
+    assert out["data/prompts_generated"] == out["data/gen_batches"] * n_draw
+    assert out["train/group_size_mean"] == 4.0 and math.isfinite(out["train/loss"])

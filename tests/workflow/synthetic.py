@@ -14,6 +14,24 @@ STUDIES = {
 }
 
 
+def write_gram_dump(path: Path, G: int, P: int, rng: np.random.Generator, salt: bool) -> dict:
+    """A dump as the trainer writes it: rollouts of P groups in a shuffled order, low-rank-plus-noise K."""
+    B = G * P
+    group_ids = rng.permutation(np.repeat(np.arange(P), G))  # (B,) not sorted: the figure must order them
+    shared = rng.normal(size=(2, 6))
+    feats = shared[rng.integers(0, 2, size=B)] * rng.choice([-1.0, 1.0], size=(B, 1)) + 0.3 * rng.normal(size=(B, 6))
+    rewards = rng.integers(0, 2, size=B).astype(float)
+    adv = np.zeros(B)
+    for g in range(P):
+        r = rewards[group_ids == g]
+        adv[group_ids == g] = (r - r.mean()) / (r.std(ddof=1) + 1e-6)
+    final = 0.7 * adv + 0.3 * np.maximum(adv, 0.0) if salt else adv.copy()
+    arrays = {"gram": feats @ feats.T / B, "advantages": adv, "advantages_final": final, "group_ids": group_ids,
+              "rewards": rewards}
+    np.savez(path, **arrays)
+    return arrays
+
+
 def make_runs(root: Path, steps: int = 6, duplicate_step: bool = True, gram: bool = True) -> dict:
     """Write run dirs under ``root`` and return the manifest the workflow would pass to aggregate."""
     rng = np.random.default_rng(0)
@@ -47,8 +65,8 @@ def make_runs(root: Path, steps: int = 6, duplicate_step: bool = True, gram: boo
                         lines.append({**lines[-1], "train/reward_mean": 0.99})
                     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
                     if gram and method in ("grpo", "grpo_salt") and study == "main" and seed == 0:
-                        feats = rng.normal(size=(G * P, 5))
-                        np.savez(run_dir / "gram_step_0001.npz", gram=feats @ feats.T / (G * P))
+                        for step_no in (1, steps):  # Figure 1 draws the latest dump
+                            write_gram_dump(run_dir / f"gram_step_{step_no:04d}.npz", G, P, rng, salt="salt" in method)
                     evals = {}
                     for bench in ("toy_test",):
                         e = root / study / "eval" / method / f"G{G}" / f"seed{seed}" / bench

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from salt.figures import aggregate, figures, report
-from tests.workflow.synthetic import STUDIES, make_runs
+from tests.workflow.synthetic import STUDIES, make_runs, write_gram_dump
 
 
 @pytest.mark.parametrize("values", [[1.0, 2.0, 4.0], [0.3, 0.31], [5.0, 1.0, 2.0, 9.0, 3.5]])
@@ -65,7 +65,7 @@ def test_tables_shape_and_values(tables):
     # final reward = mean of the last 3 steps, the last one replaced by the resumed row (0.99)
     r = next(r for r in runs if r["study"] == "main" and r["method"] == "grpo" and r["G"] == 2 and r["seed"] == 0)
     assert r["final_reward"] == pytest.approx((0.3 + 0.4 + 0.99) / 3)
-    assert r["gram_file"].endswith("gram_step_0001.npz")
+    assert r["gram_file"].endswith("gram_step_0006.npz")  # the latest of the two dumps
     budget = [r for r in runs if r["study"] == "budget"]
     assert {(r["G"], r["prompts_per_step"]) for r in budget} == {(2, 4), (4, 2)}
     md = paths["results_md"].read_text()
@@ -120,3 +120,83 @@ def test_figures_without_optional_data(tmp_path):
 def test_markdown_to_html_table():
     html = report.markdown_table_to_html("| a | b |\n|---|---|\n| 1 | 2 |\n\nnote\n")
     assert "<th>a</th>" in html and "<td>2</td>" in html and "<p>note</p>" in html
+
+
+def test_study_tables(tmp_path):
+    manifest = make_runs(tmp_path / "results")
+    manifest["study_tables"] = {s: {"md": str(tmp_path / "results" / s / "table.md"),
+                                    "csv": str(tmp_path / "results" / s / "table.csv")} for s in STUDIES}
+    aggregate.main(manifest, tmp_path / "tables")
+    main = aggregate.read_csv(tmp_path / "results" / "main" / "table.csv")
+    assert {r["study"] for r in main} == {"main"} and len(main) == 4 * 2  # methods x G, one benchmark
+    assert "pass@1" in (tmp_path / "results" / "main" / "table.md").read_text()
+    # a study without evaluation rows gets its training table: final reward over seeds
+    manifest["runs"] = [{**r, "evals": {}} if r["study"] == "budget" else r for r in manifest["runs"]]
+    aggregate.main(manifest, tmp_path / "tables")
+    budget = aggregate.read_csv(tmp_path / "results" / "budget" / "table.csv")
+    assert len(budget) == 2 * 2 and all(r["seeds"] == 1 for r in budget)
+    runs = aggregate.read_csv(tmp_path / "tables" / "runs.csv")
+    ref = next(r for r in runs if r["study"] == "budget" and r["method"] == "grpo" and r["G"] == 4)
+    row = next(r for r in budget if r["method"] == "grpo" and r["G"] == 4)
+    assert row["final_train_reward_mean"] == pytest.approx(ref["final_reward"], abs=1e-6)
+    assert "final train reward" in (tmp_path / "results" / "budget" / "table.md").read_text()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("opts", [{}, {"rho": 0.5, "k_max": 3}, {"k_fixed": 5}, {"k_min": 4}])
+def test_subspace_k_matches_decompose(seed, opts):
+    import torch
+
+    from salt.algo.decomposition import SaltConfig, decompose
+
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(8, 3 + seed))
+    K = X @ X.T / 8
+    A = rng.normal(size=8)
+    assert figures.subspace_k(K, **opts) == decompose(torch.from_numpy(K), torch.from_numpy(A), SaltConfig(**opts)).k
+
+
+def test_gram_batch_orders_by_group(tmp_path):
+    rng = np.random.default_rng(3)
+    raw = write_gram_dump(tmp_path / "gram_step_0002.npz", G=4, P=3, rng=rng, salt=True)
+    b = figures.gram_batch(tmp_path / "gram_step_0002.npz", {"rho": 1.0})
+    g = raw["group_ids"][b["order"]]
+    assert list(g) == sorted(g) and b["boundaries"] == [4, 8]
+    for i in range(12):  # brute force: entry (i, j) of the ordered Gram is the raw entry of the same rollouts
+        for j in range(12):
+            assert b["gram"][i, j] == raw["gram"][b["order"][i], b["order"][j]]
+            assert b["cosine"][i, j] == pytest.approx(
+                raw["gram"][b["order"][i], b["order"][j]]
+                / np.sqrt(raw["gram"][b["order"][i], b["order"][i]] * raw["gram"][b["order"][j], b["order"][j]]))
+    assert np.allclose(b["advantages"], raw["advantages"][b["order"]])
+    assert np.allclose(b["advantages_final"], raw["advantages_final"][b["order"]])
+    assert np.all(np.diff(b["eigenvalues"]) <= 1e-12)
+    assert np.allclose(np.sort(b["eigenvalues"]), np.linalg.eigvalsh(raw["gram"]))
+    assert b["k"] == figures.subspace_k(raw["gram"])
+    # a dump with the Gram alone still draws (no groups: identity order, no advantages)
+    np.savez(tmp_path / "only.npz", gram=raw["gram"])
+    only = figures.gram_batch(tmp_path / "only.npz")
+    assert list(only["order"]) == list(range(12)) and only["advantages"] is None and only["boundaries"] == []
+
+
+def test_fig1_draws_both_runs_and_the_coefficients(tables):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _, paths, tmp = tables
+    t = figures.Tables(tmp / "tables")
+    picked = figures._pick_gram_runs(t, "grpo", "grpo_salt")
+    assert {(r["study"], r["G"], r["seed"]) for r in picked.values()} == {("main", 4, 0)}  # same batch size
+    fig = plt.figure(figsize=figures.SIZES["fig1_gram"], layout="constrained")
+    figures.fig1_gram(t, fig)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert any(s.startswith("GRPO: cosine Gram, G=4, step 6") for s in titles)
+    assert any(s.startswith("GRPO_SALT: cosine Gram, G=4, step 6") for s in titles)
+    spectrum = next(ax for ax in fig.axes if ax.get_title().startswith("eigen-spectrum"))
+    assert spectrum.get_yscale() == "log"
+    assert sum("k = " in text.get_text() for text in spectrum.get_legend().get_texts()) == 2
+    coef = next(ax for ax in fig.axes if "before and after SALT" in ax.get_title())
+    assert len(coef.patches) == 2 * 16  # A and A_final bars for the B = 4 x 4 rollouts
+    plt.close(fig)

@@ -108,7 +108,7 @@ def test_bad_run_override_names_the_job(tmp_path):
     res = snakemake("-n", "--configfile", str(cfg), workdir=tmp_path)
     err = res.stderr + res.stdout
     assert res.returncode != 0
-    assert "results/main/runs/toy/toy/grpo/G2/seed0" in err and "algorithm.selection.rule" in err
+    assert "results/smoke/main/runs/toy/toy/grpo/G2/seed0" in err and "algorithm.selection.rule" in err
 
 
 def test_budget_must_divide(tmp_path):
@@ -120,13 +120,14 @@ def test_budget_must_divide(tmp_path):
 def test_run_config_is_base_plus_method_plus_wildcards(tmp_path):
     """make_run_config writes one plain YAML: overrides deep-merged, P from the budget, PODS n = factor x G."""
     cfg = write_config(tmp_path, "smoke.yaml", lambda c: c["tracking"].update(enabled=False))
-    targets = ["results/budget/configs/toy/toy/grpo_salt/G4/seed0.yaml", "results/ablation/configs/toy/toy/pods/G2/seed0.yaml"]
+    targets = ["results/smoke/budget/configs/toy/toy/grpo_salt/G4/seed0.yaml",
+               "results/smoke/ablation/configs/toy/toy/pods/G2/seed0.yaml"]
     res = snakemake(*targets, "--cores", "1", "--configfile", str(cfg), workdir=tmp_path)
     assert res.returncode == 0, res.stderr + res.stdout
     salt = yaml.safe_load((tmp_path / targets[0]).read_text())
     assert salt["rollout"]["group_size"] == 4 and salt["rollout"]["prompts_per_step"] == 2  # budget 8 / G 4
     assert salt["algorithm"]["salt"]["enabled"] is True
-    assert salt["train"]["steps"] == 3 and salt["model"]["path"] == "results/models/toy/final"
+    assert salt["train"]["steps"] == 3 and salt["model"]["path"] == "results/smoke/models/toy/final"
     assert salt["tracking"]["run_name"] == "budget/toy/toy/grpo_salt/G4/seed0"
     assert salt["tracking"]["parent_run_id"] is None
     pods = yaml.safe_load((tmp_path / targets[1]).read_text())
@@ -146,3 +147,55 @@ def test_configs_have_captions_and_envs(name):
         assert (REPO / "workflow" / "report" / f"{fig}.rst").stat().st_size > 100
     env = yaml.safe_load((REPO / "config" / name).read_text())["compute"]["env"]
     assert (REPO / "envs" / f"{env}.yaml").exists()
+
+
+def planned_files(out: str) -> set[str]:
+    """Every output, log and benchmark file of a dry run's job blocks (and each training job's run dir)."""
+    files: set[str] = set()
+    for line in out.splitlines():
+        m = re.match(r"^    (output|log|benchmark): (.+)$", line)
+        if m:
+            for path in m.group(2).split(", "):
+                files.add(path.strip())
+                if path.endswith("/DONE"):
+                    files.add(path[: -len("/DONE")])  # the run dir the trainer fills (checkpoints, metrics)
+    return files
+
+
+def test_two_configs_in_one_checkout_have_disjoint_outputs(tmp_path):
+    """Default and smoke planned in one working dir: no file in common, each under its results_dir,
+    one shared MLflow database."""
+    plans = {}
+    for name in ("config.yaml", "smoke.yaml"):
+        res = snakemake("-n", "--configfile", str(REPO / "config" / name), workdir=tmp_path)
+        assert res.returncode == 0, res.stderr + res.stdout
+        plans[name] = planned_files(res.stdout)
+    default, smoke = plans["config.yaml"], plans["smoke.yaml"]
+    assert len(default) > 100 and len(smoke) > 50
+    assert not default & smoke
+    assert all(p.startswith("results/") and not p.startswith("results/smoke/") for p in default)
+    assert all(p.startswith("results/smoke/") for p in smoke)
+    # what `make run` leaves for the default config
+    assert {"results/report.html", "results/main/table.md", "results/tables/results.md"} <= default
+    assert {"results/smoke/report.html", "results/smoke/main/table.md"} <= smoke
+    for kind in ("logs/train/", "benchmarks/train/", "data/", "models/", "figures/", "main/runs/", "main/eval/"):
+        assert any(p.startswith("results/" + kind) for p in default), kind
+        assert any(p.startswith("results/smoke/" + kind) for p in smoke), kind
+    cfgs = [yaml.safe_load((REPO / "config" / n).read_text()) for n in ("config.yaml", "smoke.yaml", "paper.yaml")]
+    assert [c["results_dir"] for c in cfgs] == ["results", "results/smoke", "results/paper"]
+    assert len({c["tracking"]["uri"] for c in cfgs}) == 1 and len({c["tracking"]["experiment"] for c in cfgs}) == 3
+
+
+def test_results_dir_moves_every_output(tmp_path):
+    cfg = write_config(tmp_path, "smoke.yaml", lambda c: c.update(results_dir="out/x/"))
+    res = snakemake("-n", "--configfile", str(cfg), workdir=tmp_path)
+    assert res.returncode == 0, res.stderr + res.stdout
+    files = planned_files(res.stdout)
+    assert files and all(p.startswith("out/x/") for p in files)
+    assert "out/x/report.html" in files
+    bad = write_config(tmp_path, "smoke.yaml", lambda c: c.update(results_dir="res/{study}"))
+    res = snakemake("-n", "--configfile", str(bad), workdir=tmp_path)
+    assert res.returncode != 0 and "results_dir='res/{study}' must be a folder path" in res.stderr + res.stdout
+    clash = write_config(tmp_path, "smoke.yaml", lambda c: c["studies"].update(figures=c["studies"].pop("focal")))
+    res = snakemake("-n", "--configfile", str(clash), workdir=tmp_path)
+    assert res.returncode != 0 and "studies: figures would share a folder" in res.stderr + res.stdout

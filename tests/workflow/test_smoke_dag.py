@@ -50,7 +50,7 @@ def test_smoke_dag_end_to_end(tmp_path):
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     cfg = yaml.safe_load(CONFIG.read_text())
     jobs = expected_jobs(cfg)
-    results = tmp_path / "results"
+    results = tmp_path / cfg["results_dir"]  # every output of the config lives there
 
     # outputs
     for name in FIGURES:
@@ -59,6 +59,8 @@ def test_smoke_dag_end_to_end(tmp_path):
             assert path.stat().st_size > 5000, path
     table = (results / "tables" / "results.md").read_text()
     assert "pass@1" in table and "GRPO+SALT" in table
+    assert "pass@1" in (results / "main" / "table.md").read_text()
+    assert "final train reward" in (results / "budget" / "table.md").read_text()
     html = (results / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(FIGURES) and "<table>" in html
     for job in jobs:
@@ -81,7 +83,8 @@ def test_smoke_dag_end_to_end(tmp_path):
     # MLflow: one parent per study, exactly one nested run per training job, eval metrics attached
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{results / 'mlflow.db'}"
+    assert cfg["tracking"]["uri"] == "sqlite:///results/mlflow.db"  # shared by every config, outside results_dir
+    uri = f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(cfg["tracking"]["experiment"])
     runs = client.search_runs([exp.experiment_id], max_results=1000)

@@ -13,16 +13,18 @@ rule aggregate:
         evals=all_eval_metrics(),
         proxy=all_proxy(),
     output:
-        steps="results/tables/steps.csv",
-        evals="results/tables/evals.csv",
-        runs="results/tables/runs.csv",
-        table_csv=report("results/tables/results.csv", caption="../report/table.rst", category="Tables"),
-        table_md="results/tables/results.md",
-        manifest="results/tables/manifest.json",
+        steps=R("tables/steps.csv"),
+        evals=R("tables/evals.csv"),
+        runs=R("tables/runs.csv"),
+        table_csv=report(R("tables/results.csv"), caption="../report/table.rst", category="Tables"),
+        table_md=R("tables/results.md"),
+        manifest=R("tables/manifest.json"),
+        study_md=[STUDY_TABLE_MD.format(study=s) for s in config["studies"]],
+        study_csv=[STUDY_TABLE_CSV.format(study=s) for s in config["studies"]],
     log:
-        "results/logs/aggregate.log",
+        R("logs/aggregate.log"),
     benchmark:
-        "results/benchmarks/aggregate.tsv"
+        R("benchmarks/aggregate.tsv")
     params:
         manifest=manifest(),
         out=lambda w, output: str(Path(output.table_csv).parent),
@@ -46,14 +48,14 @@ rule figures:
         parents=all_parents(),
     output:
         png=[
-            report(f"results/figures/{name}.png", caption=f"../report/{name}.rst", category="Figures")
+            report(R(f"figures/{name}.png"), caption=f"../report/{name}.rst", category="Figures")
             for name in FIGURE_NAMES
         ],
-        pdf=[f"results/figures/{name}.pdf" for name in FIGURE_NAMES],
+        pdf=[R(f"figures/{name}.pdf") for name in FIGURE_NAMES],
     log:
-        "results/logs/figures.log",
+        R("logs/figures.log"),
     benchmark:
-        "results/benchmarks/figures.tsv"
+        R("benchmarks/figures.tsv")
     params:
         out=lambda w, output: str(Path(output.png[0]).parent),
     threads: threads_of("light")
@@ -73,11 +75,11 @@ rule report:
         table_csv=rules.aggregate.output.table_csv,
         manifest=rules.aggregate.output.manifest,
     output:
-        html="results/report.html",
+        html=R("report.html"),
     log:
-        "results/logs/report.log",
+        R("logs/report.log"),
     benchmark:
-        "results/benchmarks/report.tsv"
+        R("benchmarks/report.tsv")
     params:
         captions=str(Path(workflow.basedir) / "report"),
         title=config["report"]["title"],

@@ -53,6 +53,7 @@ def _check_config(cfg):
         raise ValueError("config error (see workflow/schemas/config.schema.yaml):\n" + "\n".join(lines))
     validate(cfg, schema=str(schema_path), set_default=True)
     _fill_nested_defaults(cfg, schema)
+    _check_results_dir(cfg)
     _check_references(cfg)
 
 
@@ -70,6 +71,20 @@ def _fill_nested_defaults(cfg, schema):
         res = cfg["compute"].setdefault(section, {})
         for prop, spec in defs["resources"]["properties"].items():
             res.setdefault(prop, copy.deepcopy(spec["default"]))
+
+
+# Folders of results_dir that are not studies (a study named like one of them would mix outputs).
+RESERVED_DIRS = {"data", "models", "proxy", "tables", "figures", "logs", "benchmarks", "mlartifacts"}
+
+
+def _check_results_dir(cfg):
+    """Normalise ``results_dir`` (no trailing slash); it must name a folder and hold no wildcards."""
+    raw = str(cfg["results_dir"]).strip()
+    path = raw.rstrip("/") or raw
+    if not path or any(c in path for c in "{}*?[]") or any(c.isspace() for c in path):
+        raise ValueError(f"config error: results_dir={raw!r} must be a folder path without spaces, wildcards or braces "
+                         "(e.g. results or results/smoke)")
+    cfg["results_dir"] = path
 
 
 def _check_references(cfg):
@@ -106,6 +121,10 @@ def _check_references(cfg):
             errors.append("  proxy.dataset: needed when proxy.models is not empty (a key of `datasets`)")
         else:
             need("datasets", proxy["dataset"], "proxy.dataset")
+    reserved = sorted(set(cfg["studies"]) & RESERVED_DIRS)
+    if reserved:
+        errors.append(f"  studies: {', '.join(reserved)} would share a folder with other outputs under results_dir "
+                      f"({', '.join(sorted(RESERVED_DIRS))} are taken); rename the study")
     if cfg["compute"]["launcher"] == "accelerate" and not cfg["compute"]["accelerate_config"]:
         errors.append("  compute.accelerate_config: needed when compute.launcher is accelerate (e.g. config/accelerate/multi_gpu.yaml)")
     if errors:
@@ -116,10 +135,23 @@ _check_config(config)
 
 # ---------------------------------------------------------------- paths
 
-RUN_DIR = "results/{study}/runs/{model}/{task}/{method}/G{G}/seed{seed}"
-EVAL_METRICS = "results/{study}/eval/{model}/{task}/{method}/G{G}/seed{seed}/{benchmark}/metrics.json"
-PARENT_JSON = "results/{study}/mlflow_parent.json"
-PROXY_JSON = "results/proxy/{model}/proxy.json"
+# Every output of this config lives under results_dir, so two configs with different results_dir
+# can run in one checkout (their output sets are disjoint); the MLflow database (tracking.uri) is
+# the only thing they share.
+RESULTS = config["results_dir"]
+
+
+def R(path):
+    """``path`` (may hold {wildcards}) inside this config's results_dir."""
+    return f"{RESULTS}/{path}"
+
+
+RUN_DIR = R("{study}/runs/{model}/{task}/{method}/G{G}/seed{seed}")
+EVAL_METRICS = R("{study}/eval/{model}/{task}/{method}/G{G}/seed{seed}/{benchmark}/metrics.json")
+PARENT_JSON = R("{study}/mlflow_parent.json")
+PROXY_JSON = R("proxy/{model}/proxy.json")
+STUDY_TABLE_MD = R("{study}/table.md")
+STUDY_TABLE_CSV = R("{study}/table.csv")
 FIGURE_NAMES = [
     "fig1_gram",
     "fig2_dynamics",
@@ -163,11 +195,11 @@ JOBS = [job for study in config["studies"] for job in study_jobs(study)]
 
 def model_path(model):
     path = config["models"][model]["path"]
-    return path if path else f"results/models/{model}/final"
+    return path if path else R(f"models/{model}/final")
 
 
 def data_file(dataset):
-    return f"results/data/{dataset}/data.jsonl"
+    return R(f"data/{dataset}/data.jsonl")
 
 
 def run_config_dict(study, model, task, method, G, seed):
@@ -205,7 +237,7 @@ def _check_run_configs():
         # The planning host may have no GPU: vLLM's CUDA check happens when the job runs.
         cfg["rollout"]["backend"] = "hf"
         try:
-            from_dict(cfg).validate(check_paths=False)
+            from_dict(cfg).validate(check_paths=False, check_devices=False)
         except (ValueError, TypeError, KeyError) as exc:
             raise ValueError(
                 f"config error in the run config of {RUN_DIR.format(**job)} (base `run` + the `run` "
@@ -226,7 +258,7 @@ def model_input(w):
     """The warm-up SFT output when the model is built by the workflow; nothing for hub/local models."""
     if config["models"][w.model]["path"]:
         return []
-    return f"results/models/{w.model}/metrics.json"
+    return R(f"models/{w.model}/metrics.json")
 
 
 def train_data_inputs(w):
@@ -344,13 +376,15 @@ def manifest():
             "label": method["label"] or job["method"],
             "prompts_per_step": prompts_per_step(job["study"], job["G"]),
             "run_dir": RUN_DIR.format(**job),
-            "benchmark": "results/benchmarks/train/{study}/{model}/{task}/{method}/G{G}/seed{seed}.tsv".format(**job),
+            "benchmark": R("benchmarks/train/{study}/{model}/{task}/{method}/G{G}/seed{seed}.tsv").format(**job),
             "evals": {b: EVAL_METRICS.format(benchmark=b, **job) for b in study["benchmarks"]},
         })
     return {
         "runs": runs,
         "proxy": {m: PROXY_JSON.format(model=m) for m in proxy_models()},
         "parents": {s: PARENT_JSON.format(study=s) for s in config["studies"]},
+        "study_tables": {s: {"md": STUDY_TABLE_MD.format(study=s), "csv": STUDY_TABLE_CSV.format(study=s)}
+                         for s in config["studies"]},
         "figures": config["figures"],
         "tracking": config["tracking"],
         "report": config["report"],

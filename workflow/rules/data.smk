@@ -1,12 +1,12 @@
 rule prepare_data:
     """Normalise one dataset (generated, hub id or local file) to JSONL + manifest."""
     output:
-        data="results/data/{dataset}/data.jsonl",
-        manifest="results/data/{dataset}/manifest.json",
+        data=R("data/{dataset}/data.jsonl"),
+        manifest=R("data/{dataset}/manifest.json"),
     log:
-        "results/logs/prepare_data/{dataset}.log",
+        R("logs/prepare_data/{dataset}.log"),
     benchmark:
-        "results/benchmarks/prepare_data/{dataset}.tsv"
+        R("benchmarks/prepare_data/{dataset}.tsv")
     params:
         args=prepare_args,
         out=lambda w, output: str(Path(output.data).parent),

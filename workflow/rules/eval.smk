@@ -1,15 +1,15 @@
 rule evaluate:
     """Sample n answers per problem from a trained model; pass@k attached to its MLflow training run."""
     input:
-        done="results/{study}/runs/{model}/{task}/{method}/G{G}/seed{seed}/DONE",
+        done=R("{study}/runs/{model}/{task}/{method}/G{G}/seed{seed}/DONE"),
         data=eval_data,
     output:
-        metrics="results/{study}/eval/{model}/{task}/{method}/G{G}/seed{seed}/{benchmark}/metrics.json",
-        problems="results/{study}/eval/{model}/{task}/{method}/G{G}/seed{seed}/{benchmark}/problems.jsonl",
+        metrics=R("{study}/eval/{model}/{task}/{method}/G{G}/seed{seed}/{benchmark}/metrics.json"),
+        problems=R("{study}/eval/{model}/{task}/{method}/G{G}/seed{seed}/{benchmark}/problems.jsonl"),
     log:
-        "results/logs/evaluate/{study}/{model}/{task}/{method}/G{G}/seed{seed}/{benchmark}.log",
+        R("logs/evaluate/{study}/{model}/{task}/{method}/G{G}/seed{seed}/{benchmark}.log"),
     benchmark:
-        "results/benchmarks/evaluate/{study}/{model}/{task}/{method}/G{G}/seed{seed}/{benchmark}.tsv"
+        R("benchmarks/evaluate/{study}/{model}/{task}/{method}/G{G}/seed{seed}/{benchmark}.tsv")
     params:
         model=lambda w, input: str(Path(input.done).parent / "final"),
         args=eval_args,
@@ -31,11 +31,11 @@ rule validate_proxy:
         model=model_input,
         data=lambda w: data_file(config["proxy"]["dataset"]),
     output:
-        json="results/proxy/{model}/proxy.json",
+        json=R("proxy/{model}/proxy.json"),
     log:
-        "results/logs/validate_proxy/{model}.log",
+        R("logs/validate_proxy/{model}.log"),
     benchmark:
-        "results/benchmarks/validate_proxy/{model}.tsv"
+        R("benchmarks/validate_proxy/{model}.tsv")
     params:
         model=lambda w: model_path(w.model),
         out=lambda w, output: str(Path(output.json).parent),

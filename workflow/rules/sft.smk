@@ -1,11 +1,11 @@
 rule warmup_sft:
     """Warm-up SFT of a toy model (teaches the answer format); only for models without `path`."""
     output:
-        metrics="results/models/{model}/metrics.json",
+        metrics=R("models/{model}/metrics.json"),
     log:
-        "results/logs/warmup_sft/{model}.log",
+        R("logs/warmup_sft/{model}.log"),
     benchmark:
-        "results/benchmarks/warmup_sft/{model}.tsv"
+        R("benchmarks/warmup_sft/{model}.tsv")
     params:
         args=sft_args,
         out=lambda w, output: str(Path(output.metrics).parent),

@@ -1,11 +1,11 @@
 rule mlflow_parent:
     """Create (or find again) the MLflow parent run of a study, once, before its training jobs."""
     output:
-        json="results/{study}/mlflow_parent.json",
+        json=R("{study}/mlflow_parent.json"),
     log:
-        "results/logs/mlflow_parent/{study}.log",
+        R("logs/mlflow_parent/{study}.log"),
     benchmark:
-        "results/benchmarks/mlflow_parent/{study}.tsv"
+        R("benchmarks/mlflow_parent/{study}.tsv")
     params:
         tracking=config["tracking"],
         study=lambda w: {"name": w.study, "kind": config["studies"][w.study]["kind"]},
@@ -21,13 +21,13 @@ rule mlflow_parent:
 rule make_run_config:
     """Write the plain run config of one job: base <- overrides <- wildcards (+ the parent run id)."""
     input:
-        parent="results/{study}/mlflow_parent.json",
+        parent=R("{study}/mlflow_parent.json"),
     output:
-        yaml="results/{study}/configs/{model}/{task}/{method}/G{G}/seed{seed}.yaml",
+        yaml=R("{study}/configs/{model}/{task}/{method}/G{G}/seed{seed}.yaml"),
     log:
-        "results/logs/make_run_config/{study}/{model}/{task}/{method}/G{G}/seed{seed}.log",
+        R("logs/make_run_config/{study}/{model}/{task}/{method}/G{G}/seed{seed}.log"),
     benchmark:
-        "results/benchmarks/make_run_config/{study}/{model}/{task}/{method}/G{G}/seed{seed}.tsv"
+        R("benchmarks/make_run_config/{study}/{model}/{task}/{method}/G{G}/seed{seed}.tsv")
     params:
         run=lambda w: run_config_dict(w.study, w.model, w.task, w.method, w.G, w.seed),
     threads: threads_of("light")
@@ -42,15 +42,15 @@ rule make_run_config:
 rule train:
     """One RL training run. Only DONE is declared, so an interrupted run keeps its checkpoints and resumes."""
     input:
-        config="results/{study}/configs/{model}/{task}/{method}/G{G}/seed{seed}.yaml",
+        config=R("{study}/configs/{model}/{task}/{method}/G{G}/seed{seed}.yaml"),
         data=train_data_inputs,
         model=model_input,
     output:
-        done="results/{study}/runs/{model}/{task}/{method}/G{G}/seed{seed}/DONE",
+        done=R("{study}/runs/{model}/{task}/{method}/G{G}/seed{seed}/DONE"),
     log:
-        "results/logs/train/{study}/{model}/{task}/{method}/G{G}/seed{seed}.log",
+        R("logs/train/{study}/{model}/{task}/{method}/G{G}/seed{seed}.log"),
     benchmark:
-        "results/benchmarks/train/{study}/{model}/{task}/{method}/G{G}/seed{seed}.tsv"
+        R("benchmarks/train/{study}/{model}/{task}/{method}/G{G}/seed{seed}.tsv")
     params:
         out=run_dir,
         launcher=train_launcher,
