@@ -204,6 +204,8 @@ def _pick_gram_runs(t: Tables, base: str, salt: str) -> dict[str, dict[str, Any]
 def fig1_gram(t: Tables, fig) -> None:
     """Top: cosine Gram of one batch (baseline, SALT) and both eigen-spectra with SALT's k marked;
     bottom: the SALT run's coefficients before (A) and after (A_final) SALT, per rollout and as a scatter."""
+    from matplotlib.ticker import MaxNLocator
+
     base, salt = t.options.get("baseline", "grpo"), t.options.get("salt_method", "grpo_salt")
     axes = fig.subplots(2, 3, height_ratios=[1.25, 1.0])
     picked = _pick_gram_runs(t, base, salt)
@@ -222,6 +224,8 @@ def fig1_gram(t: Tables, fig) -> None:
         ax.set_title(f"{t.label(method)}: cosine Gram, G={run['G']}, step {step}", fontsize=9)
         ax.set_xlabel("rollout (ordered by prompt group)")
         ax.set_ylabel("rollout")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         for edge in b["boundaries"]:  # prompt-group boundaries
             ax.axhline(edge - 0.5, color="k", lw=0.5)
             ax.axvline(edge - 0.5, color="k", lw=0.5)
@@ -234,9 +238,10 @@ def fig1_gram(t: Tables, fig) -> None:
                         color=colors[method], label=t.label(method))
             if b["k"] >= 1:
                 ax.axvline(b["k"] + 0.5, color=colors[method], ls="--", lw=1, label=f"{t.label(method)}: k = {b['k']}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("eigenvalue index")
         ax.set_ylabel("eigenvalue of K (log)")
-        ax.set_title("eigen-spectrum of K; dashed: SALT's subspace size k", fontsize=9)
+        ax.set_title("eigen-spectrum of K (dashed: SALT's k)", fontsize=9)
         ax.legend(fontsize=7)
     else:
         _note(ax, "no spectrum:\nno run wrote a Gram dump")
@@ -250,6 +255,7 @@ def fig1_gram(t: Tables, fig) -> None:
     axes[1, 1].remove()
     ax = fig.add_subplot(gs[1, 0:2])
     x = np.arange(len(b["advantages"]))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.bar(x - 0.2, b["advantages"], width=0.4, color="0.6", label="A (group-relative)")
     ax.bar(x + 0.2, b["advantages_final"], width=0.4, color=colors[salt], label="A_final (after SALT)")
     for edge in b["boundaries"]:
