@@ -173,7 +173,7 @@ def _open_tracking(args: argparse.Namespace, run_dir: Path | None, out_dir: Path
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from salt.rollout import make_backend
     from salt.tasks.prompts import build_prompt
-    from salt.tasks.rewards import score_batch
+    from salt.tasks.rewards import check_code_sandbox, score_batch
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -182,6 +182,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         rows = rows[: args.limit]
     if not rows:
         raise ValueError(f"--data {args.data}: no rows")
+    # fail closed before any model is loaded: code rows need the sandbox (or --allow-unisolated)
+    sandbox = check_code_sandbox(rows, getattr(args, "allow_unisolated", False))
     ids = [r.get("id") for r in rows]
     if len(set(ids)) != len(ids):
         raise ValueError(f"--data {args.data}: duplicate ids; prepare it with 'salt prepare-data'")
@@ -242,6 +244,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     summary.update(benchmark=args.benchmark, data=str(Path(args.data).resolve()), model=str(model_dir.resolve()),
                    temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
                    seed=args.seed, backend=args.backend)
+    if sandbox is not None:
+        summary["sandbox"] = sandbox["mode"] + (" (opted in: allow_unisolated)" if sandbox["missing"] else "")
     atomic_write_text(out_dir / METRICS_FILE, json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
     run = _open_tracking(args, run_dir, out_dir)
@@ -253,7 +257,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         tracking.log_metrics(run, metrics, step=args.step)
         tracking.log_params(run, {f"eval.{args.benchmark}": {
             "n": args.n, "temperature": args.temperature, "top_p": args.top_p,
-            "max_new_tokens": args.max_new_tokens, "seed": args.seed, "data": summary["data"]}})
+            "max_new_tokens": args.max_new_tokens, "seed": args.seed, "data": summary["data"],
+            **({"sandbox": summary["sandbox"]} if "sandbox" in summary else {})}})
         tracking.end_run(run)
         summary["mlflow_run_id"] = run.run_id
         summary["tracking_uri"] = run.tracking_uri
@@ -282,12 +287,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout-s", type=float, default=5.0, help="deadline per math comparison")
     p.add_argument("--code-timeout-s", type=float, default=10.0, help="deadline per program")
     p.add_argument("--step", type=int, default=0, help="MLflow step the metrics are logged at")
+    p.add_argument("--allow-unisolated", action="store_true",
+                   help="code benchmarks: run programs in the code sandbox's weaker fallback when bubblewrap is "
+                        "missing (default: stop at start-up; see salt.tasks.sandbox)")
     p.add_argument("--tracking-uri", default=None, help="MLflow URI for a new run (default: salt.tracking's)")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     return p
 
 
 def cli_main(argv: list[str]) -> int:
+    from salt.tasks.sandbox import SandboxIsolationError
+
     args = _parser().parse_args(argv)
     for name in ("n", "batch_size", "max_new_tokens"):
         if getattr(args, name) < 1:
@@ -296,7 +306,7 @@ def cli_main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         summary = evaluate(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, SandboxIsolationError) as exc:
         print(f"salt evaluate: {exc}", file=sys.stderr)
         return 2
     shown = {k: v for k, v in summary.items() if k.startswith(("pass@", "avg@", "maj@")) or k in ("n_problems", "n")}

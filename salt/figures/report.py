@@ -64,6 +64,9 @@ def main(figures: Sequence[str | Path], captions_dir: str | Path, table_md: str 
              f"MLflow experiment <code>{html.escape(str(man.get('tracking', {}).get('experiment', '')))}</code> at "
              f"<code>{html.escape(str(man.get('tracking', {}).get('uri', '')))}</code>.</p>",
              "<h2>Results table</h2>", markdown_table_to_html(Path(table_md).read_text())]
+    if man.get("sandbox", {}).get("allow_unisolated"):  # the opt-in is part of the record
+        parts.insert(-2, "<p><b>Code sandbox:</b> <code>sandbox.allow_unisolated: true</code>: where bubblewrap was "
+                         "missing, model-generated programs ran in the unisolated fallback (no namespaces).</p>")
     parts.append("<h2>Figures</h2>")
     for fig in figures:
         fig = Path(fig)

@@ -164,4 +164,19 @@ def score_batch(
     return results  # type: ignore[return-value]
 
 
-__all__ = ["RewardResult", "extract_code", "score_batch"]
+def check_code_sandbox(rows: Sequence[Mapping[str, Any]], allow_unisolated: bool | None = None) -> dict | None:
+    """Start-up check of a job that will score ``rows``: when any is a code row, the code sandbox
+    must be able to run programs here (bubblewrap, or the explicit opt-in ``allow_unisolated``).
+
+    Raises :class:`salt.tasks.sandbox.SandboxIsolationError` now, before any model is loaded,
+    instead of at the first code rollout. Returns the sandbox's status to record
+    (:func:`salt.tasks.sandbox.require_isolation`), or None when no row is a code row.
+    """
+    if not any(row.get("task") == "code" for row in rows):
+        return None
+    from salt.tasks.sandbox import require_isolation
+
+    return require_isolation(allow_unisolated)
+
+
+__all__ = ["RewardResult", "check_code_sandbox", "extract_code", "score_batch"]

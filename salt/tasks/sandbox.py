@@ -588,9 +588,9 @@ def capabilities(refresh: bool = False) -> dict[str, Any]:
             missing.append("namespaces (bubblewrap): no-network, pid-namespace, read-only-root, private-/tmp")
         if python is None:
             if is_root:
-                fatal = ("no Python interpreter runs as an unprivileged user here (tried "
-                         f"{', '.join(candidates)}); install a system python{sys.version_info[0]} "
-                         "readable by every user (e.g. apt-get install python3)")
+                fatal = ("running as root, and no Python interpreter runs as an unprivileged user here "
+                         f"(tried {', '.join(candidates)}); programs never run as root: install a system "
+                         f"python{sys.version_info[0]} that every user can read (e.g. apt-get install python3)")
             else:
                 fatal = f"no working Python interpreter with sys.addaudithook (tried {', '.join(candidates)})"
             python = candidates[0]
@@ -634,8 +634,7 @@ def isolation_error(caps: Mapping[str, Any]) -> str | None:
     """The message of :class:`SandboxIsolationError` for these capabilities under the current
     policy, or None when programs may run."""
     if caps["fatal"]:
-        return (f"code sandbox: {caps['fatal']}. As root, model-generated programs never run as "
-                "root, so nothing was run (the opt-in does not change this).")
+        return f"code sandbox: {caps['fatal']}. Nothing was run (sandbox.allow_unisolated does not change this)."
     if caps["missing"] and not unisolated_allowed():
         return (
             f"code sandbox: isolation missing here: {'; '.join(caps['missing'])} ({caps['why']}). "

@@ -222,6 +222,16 @@ class TrackingConfig:
 
 
 @dataclass
+class SandboxConfig:
+    allow_unisolated: bool = _f(
+        False,
+        "Code tasks: allow the code sandbox's weaker fallback when bubblewrap (namespaces) is missing "
+        "(limits, supervisor, an unprivileged uid as root, an audit-hook guard: not a security "
+        "boundary). false = the job stops at start-up with what is missing (salt.tasks.sandbox).",
+    )
+
+
+@dataclass
 class RunConfig:
     seed: int = _f(0, "Seed of everything (model init is the checkpoint's; sampling, data order, sketches).")
     model: ModelConfig = _sub(ModelConfig, "Policy model.")
@@ -230,6 +240,7 @@ class RunConfig:
     algorithm: AlgorithmConfig = _sub(AlgorithmConfig, "Advantages, losses and the method doors.")
     train: TrainConfig = _sub(TrainConfig, "Optimisation, checkpoints, logging.")
     tracking: TrackingConfig = _sub(TrackingConfig, "MLflow.")
+    sandbox: SandboxConfig = _sub(SandboxConfig, "Code sandbox policy (code tasks only).")
 
     # ------------------------------------------------------------------ derived quantities
 

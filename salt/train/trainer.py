@@ -733,6 +733,17 @@ def ensure_model(cfg: RunConfig) -> None:
         )
 
 
+def check_sandbox(cfg: RunConfig) -> dict | None:
+    """Fail closed at start-up, before any model is loaded: code rows in data.train / data.eval
+    need the code sandbox's isolation or ``sandbox.allow_unisolated: true`` (else
+    :class:`salt.tasks.sandbox.SandboxIsolationError`)."""
+    from salt.tasks.rewards import check_code_sandbox
+    from salt.utils import read_jsonl
+
+    specs = [s for s in (cfg.data.train, cfg.data.eval) if s and not str(s).startswith("toy:") and Path(s).is_file()]
+    return check_code_sandbox([row for spec in specs for row in read_jsonl(spec)], cfg.sandbox.allow_unisolated)
+
+
 def gen_batch_prompts(cfg: RunConfig) -> int:
     """Prompts drawn per generation batch: ``ceil(gen_batch_factor * P)`` with dynamic sampling
     (a 1e-9 tolerance keeps e.g. 1.1 * 10 at 11), else ``P``."""
@@ -1207,6 +1218,7 @@ class Trainer:
         done = self.out / "DONE"
         if done.is_file():
             return json.loads(done.read_text() or "{}")
+        check_sandbox(cfg)
         self.setup()
         if self.is_main:
             save_resolved(cfg, self.out)
@@ -1312,6 +1324,7 @@ class _Tracking:
 def train(cfg: RunConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
     """Run (or resume, or skip when ``DIR/DONE`` exists) one training job; returns its summary."""
     cfg.validate(check_paths=True)  # a missing model.path passes only with model.warmup_if_missing
+    check_sandbox(cfg)
     ensure_model(cfg)
     return Trainer(cfg, out_dir).run()
 
@@ -1333,11 +1346,17 @@ def cli_main(argv: list[str]) -> int:
     if not args.config:
         ap.error("--config is required (see config/examples/)")
     out = args.out or str(Path("results") / "runs" / Path(args.config).stem)
+    from salt.tasks.sandbox import SandboxIsolationError
+
     try:
         cfg = load_run_config(args.config, args.overrides)
+        check_sandbox(cfg)
         ensure_model(cfg)
     except ConfigError as exc:
         print(f"salt train: config error: {exc}", file=sys.stderr)
+        return 2
+    except SandboxIsolationError as exc:
+        print(f"salt train: {exc}", file=sys.stderr)
         return 2
     summary = Trainer(cfg, out).run()
     print(json.dumps({k: summary[k] for k in ("steps", "out_dir", "wall_time_s") if k in summary}))

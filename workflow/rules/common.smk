@@ -225,6 +225,8 @@ def run_config_dict(study, model, task, method, G, seed):
     }
     if m["generate_factor"]:
         fixed["algorithm"] = {"selection": {"n": m["generate_factor"] * G}}
+    if config["sandbox"]["allow_unisolated"]:  # the workflow-wide opt-in reaches every run config
+        fixed["sandbox"] = {"allow_unisolated": True}
     return deep_merge(cfg, fixed)
 
 
@@ -317,7 +319,8 @@ def eval_args(w):
         "--ks", ",".join(str(k) for k in b["ks"]),
         "--backend", config["compute"]["eval_backend"],
         "--seed", str(w.seed),
-    ] + (["--tracking-uri", _quote(config["tracking"]["uri"])] if config["tracking"]["enabled"] else []))
+    ] + (["--tracking-uri", _quote(config["tracking"]["uri"])] if config["tracking"]["enabled"] else [])
+      + (["--allow-unisolated"] if config["sandbox"]["allow_unisolated"] else []))
 
 
 def proxy_args(w):
@@ -388,6 +391,7 @@ def manifest():
         "figures": config["figures"],
         "tracking": config["tracking"],
         "report": config["report"],
+        "sandbox": config["sandbox"],
     }
 
 
