@@ -23,8 +23,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	@if ! command -v bwrap >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    (apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null) \
-	      || echo "warning: could not install bubblewrap; the code sandbox runs without namespaces"; \
-	  else echo "note: install bubblewrap (bwrap) for the strongest code-sandbox isolation"; fi; \
+	      || echo "warning: could not install bubblewrap; code tasks stop unless sandbox.allow_unisolated: true"; \
+	  else echo "note: install bubblewrap (bwrap): without it code tasks stop unless sandbox.allow_unisolated: true"; fi; \
 	fi
 	touch $@
 

@@ -74,8 +74,8 @@ without bwrap the program runs as that same user: only the guard stands between 
 user's files and processes.
 
 Defence in depth: the harness guard (fallback only). Before the program runs, the harness
-installs an audit hook (:func:`sys.addaudithook`) and hides a few functions that raise no audit
-event. It refuses (``PermissionError``): signals to other processes (``os.kill``, ``killpg``,
+installs an audit hook (:func:`sys.addaudithook`) and replaces the few dangerous functions that
+raise no audit event with ones that raise. It refuses (``PermissionError``): signals to other processes (``os.kill``, ``killpg``,
 ``pidfd_send_signal``, ``setpriority``), process creation (``os.fork``/``forkpty``/``exec*``/
 ``spawn*``/``posix_spawn``/``system``, ``subprocess.Popen``, ``_posixsubprocess.fork_exec``),
 every socket operation (``socket.*``, so no network and no DNS), ``ctypes``, ``gc.get_objects``/
