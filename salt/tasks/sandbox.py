@@ -156,6 +156,8 @@ NOFILE = 64
 NPROC = 64
 SUPERVISOR_GRACE_S = 2.0
 """The supervisor's own deadline is the run's plus this (a backstop if the caller is gone)."""
+_FALLBACK_GUARD = True
+"""Install the harness guard in the fallback (tests switch it off to check the uid boundary alone)."""
 ALLOW_ENV = "SALT_SANDBOX_ALLOW_UNISOLATED"
 """Environment opt-in to the unisolated fallback for library use ("1", "true" or "yes")."""
 NO_BWRAP_ENV = "SALT_SANDBOX_NO_BWRAP"
@@ -676,7 +678,7 @@ def _isolation_list(caps: Mapping[str, Any]) -> list[str]:
     if caps["bwrap"]:
         iso += ["bwrap", "no-network", "pid-namespace", "private-tmp", "read-only-root"]
     else:
-        iso += ["unisolated-opt-in", "audit-guard"]
+        iso += ["unisolated-opt-in"] + (["audit-guard"] if _FALLBACK_GUARD else [])
     return iso
 
 
@@ -826,7 +828,7 @@ def run_tests(
         cpu_s = int(timeout_s) + 1
         limits = f"{cpu_s},{memory_mb * 1024 * 1024},{NPROC},{FSIZE_MB * 1024 * 1024},{NOFILE}"
         harness = [caps["python"], "-I", "-S", "-B", os.path.join(workdir, "harness.py"), str(write_fd), limits,
-                   "-" if uid is None else str(uid), "-" if caps["bwrap"] else "guard"]
+                   "-" if uid is None else str(uid), "guard" if _FALLBACK_GUARD and not caps["bwrap"] else "-"]
         if caps["bwrap"]:
             harness = _bwrap_args(workdir, uid is not None, caps["python"]) + harness
         cmd = [_python(), "-I", "-S", "-B", "-c", _SUPERVISOR, str(timeout_s + SUPERVISOR_GRACE_S),

@@ -344,3 +344,55 @@ def test_caller_signals_and_dies_are_handled(sandbox_mode):
 
 if sys.platform != "linux":  # pragma: no cover
     pytestmark = pytest.mark.skip("the sandbox is Linux only")
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="the uid boundary exists when the caller is root")
+def test_as_root_the_uid_alone_stops_signals_reads_writes_and_bounds_a_fork_bomb(sandbox_modes, monkeypatch,
+                                                                                 tmp_path):
+    """The fallback with the guard switched off: what remains is the run's own uid (no root)."""
+    from tests.tasks.conftest import _use_mode
+
+    _use_mode("fallback", sandbox_modes, monkeypatch)
+    monkeypatch.setattr(sandbox, "_FALLBACK_GUARD", False)
+    decoy = subprocess.Popen(["sleep", "120"], start_new_session=True)
+    token = secrets.token_hex(16)
+    secret = tmp_path / "secret.txt"
+    secret.write_text(token)
+    secret.chmod(0o600)
+    home_target = Path.home() / f"salt-sbx-escape-{token}.txt"
+    program = (
+        "import errno, os, signal\n"
+        "DENIED = []\n"
+        "def tryit(kind, fn, *args):\n"
+        "    try:\n"
+        "        fn(*args)\n"
+        "    except PermissionError:\n"
+        "        DENIED.append(kind)\n"
+        f"tryit('kill-caller', os.kill, {os.getpid()}, signal.SIGKILL)\n"
+        f"tryit('kill-decoy', os.kill, {decoy.pid}, signal.SIGKILL)\n"
+        "tryit('kill-supervisor', os.kill, os.getppid(), signal.SIGKILL)\n"
+        f"tryit('read', lambda: open({str(secret)!r}).read())\n"
+        f"tryit('write-home', lambda: open({str(home_target)!r}, 'w').write('x'))\n"
+    )
+    try:
+        res = run_tests(program, ["assert sorted(DENIED) == ['kill-caller', 'kill-decoy', 'kill-supervisor', "
+                                  "'read', 'write-home']"], timeout_s=10)
+        assert res.passed, res.stdout + res.stderr
+        assert "audit-guard" not in res.isolation and "unprivileged-uid" in res.isolation
+        assert decoy.poll() is None and not home_target.exists() and token not in res.stdout + res.stderr
+        check_clean(res)
+        bomb = ("import os, time\n"
+                "for _ in range(100000):\n"
+                "    try:\n"
+                "        if os.fork() == 0:\n"
+                "            os.setsid()\n"
+                "    except OSError:\n"
+                "        time.sleep(0.001)\n")
+        t0 = time.monotonic()
+        res = run_tests(bomb, ["assert True"], timeout_s=2.0)
+        assert time.monotonic() - t0 < 15 and not res.passed
+        check_clean(res)  # every process of the run's uid is gone (RLIMIT_NPROC held it at 64)
+    finally:
+        decoy.kill()
+        decoy.wait()
+        home_target.unlink(missing_ok=True)
