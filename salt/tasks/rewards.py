@@ -99,6 +99,10 @@ def score_batch(
         timeout_s: wall-clock deadline per math comparison.
         code_timeout_s: wall-clock deadline per program (all its tests together).
         code_memory_mb: address-space limit of each program.
+    Raises:
+        salt.tasks.sandbox.SandboxIsolationError: code rows, and the sandbox may not run programs
+            here (no bubblewrap and no opt-in); jobs check this at start-up with
+            :func:`check_code_sandbox`.
     """
     if len(rows) != len(completions):
         raise ValueError(f"score_batch: {len(rows)} rows but {len(completions)} completions")

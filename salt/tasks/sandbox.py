@@ -76,7 +76,7 @@ user's files and processes.
 Defence in depth: the harness guard (fallback only). Before the program runs, the harness
 installs an audit hook (:func:`sys.addaudithook`) and replaces the few dangerous functions that
 raise no audit event with ones that raise. It refuses (``PermissionError``): signals to other processes (``os.kill``, ``killpg``,
-``pidfd_send_signal``, ``setpriority``), process creation (``os.fork``/``forkpty``/``exec*``/
+``pidfd_send_signal``, ``setpriority``, ``sched_set*``), process creation (``os.fork``/``forkpty``/``exec*``/
 ``spawn*``/``posix_spawn``/``system``, ``subprocess.Popen``, ``_posixsubprocess.fork_exec``),
 every socket operation (``socket.*``, so no network and no DNS), ``ctypes``, ``gc.get_objects``/
 ``get_referrers``/``get_referents`` (used to find and patch the hook), ``resource.prlimit``,
@@ -268,8 +268,9 @@ def _salt_guard(workdir):
     def _refuse(*args, **kwargs):
         raise PermissionError("sandbox: this function is not allowed")
 
-    for mod, names in ((posix, ("pidfd_open", "mkfifo", "mknod", "setpriority")),
-                       (os, ("pidfd_open", "mkfifo", "mknod", "setpriority")),
+    hidden = ("pidfd_open", "mkfifo", "mknod", "setpriority", "sched_setaffinity", "sched_setscheduler",
+              "sched_setparam")
+    for mod, names in ((posix, hidden), (os, hidden),
                        (_signal, ("pidfd_send_signal",)), (signal, ("pidfd_send_signal",)),
                        (_posixsubprocess, ("fork_exec",))):
         for name in names:
