@@ -20,8 +20,9 @@ Process layout (every mode)
   for it with a wall-clock deadline; it is the program's parent, never the caller. When the
   harness ends (or at its deadline, or when the caller sends SIGTERM, or when the caller dies)
   it kills everything the run started: the harness's process group, and as root every process
-  of the run's uid (a helper that becomes that uid and calls ``kill(-1, SIGKILL)`` until none is
-  left; unlike a /proc scan this catches processes forked during the sweep).
+  of the run's uid (a helper that becomes that uid and calls ``kill(-1, SIGKILL)``: one system
+  call reaches all of them at once, so a fork bomb cannot outrun it), else (same user as the
+  caller) every process carrying the run's marker.
 * The **harness** sets the limits, drops privileges, then runs the program in-process in a module
   namespace named ``__solution__`` (its ``if __name__ == "__main__":`` block does not run) and
   each test in that namespace, reporting progress on a private pipe (the nonce protocol below).
@@ -75,9 +76,10 @@ user's files and processes.
 
 Defence in depth: the harness guard (fallback only). Before the program runs, the harness
 installs an audit hook (:func:`sys.addaudithook`) and replaces the few dangerous functions that
-raise no audit event with ones that raise. It refuses (``PermissionError``): signals to other processes (``os.kill``, ``killpg``,
-``pidfd_send_signal``, ``setpriority``, ``sched_set*``), process creation (``os.fork``/``forkpty``/``exec*``/
-``spawn*``/``posix_spawn``/``system``, ``subprocess.Popen``, ``_posixsubprocess.fork_exec``),
+raise no audit event with ones that raise. It refuses (``PermissionError``): signals to other
+processes (``os.kill``, ``killpg``, ``pidfd_send_signal``, ``setpriority``, ``sched_set*``),
+process creation (``os.fork``/``forkpty``/``exec*``/``spawn*``/``posix_spawn``/``system``,
+``subprocess.Popen``, ``_posixsubprocess.fork_exec``, re-importing ``posix`` and friends),
 every socket operation (``socket.*``, so no network and no DNS), ``ctypes``, ``gc.get_objects``/
 ``get_referrers``/``get_referents`` (used to find and patch the hook), ``resource.prlimit``,
 ``fcntl.ioctl``; opening for writing, creating, removing, renaming, chmod/chown and symlinks or
