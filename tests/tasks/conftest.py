@@ -73,11 +73,3 @@ def sandbox_mode(request, sandbox_modes, monkeypatch):
     """Each test runs twice: in bwrap mode and in the opted-in fallback (SALT_SANDBOX_NO_BWRAP=1)."""
     _use_mode(request.param, sandbox_modes, monkeypatch)
     return request.param
-
-
-@pytest.fixture
-def default_sandbox(sandbox_modes, monkeypatch):
-    """bwrap when it works here, else the opted-in fallback (so the generic tests run anywhere)."""
-    name = "bwrap" if sandbox_modes["bwrap"] is not None else "fallback"
-    _use_mode(name, sandbox_modes, monkeypatch)
-    return name

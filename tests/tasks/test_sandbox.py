@@ -1,5 +1,5 @@
-"""The code sandbox on ordinary and misbehaving programs (bwrap here when it works, else the opted-in
-fallback): each case ends in bounded time, nothing is left running, the temporary directory is gone.
+"""The code sandbox on ordinary and misbehaving programs, in bwrap mode and in the opted-in fallback:
+each case ends in bounded time, nothing is left running, the temporary directory is gone.
 Hostile programs in both modes: test_sandbox_adversarial.py; failing closed: test_sandbox_policy.py."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from tests.tasks.conftest import check_clean
 
 
 @pytest.fixture(autouse=True)
-def _default_sandbox(default_sandbox):
-    """bwrap here when it works (CI), else the opted-in fallback."""
-    return default_sandbox
+def _both_modes(sandbox_mode):
+    """Every test here runs in bwrap mode and in the opted-in fallback."""
+    return sandbox_mode
 
 
 def test_passing_and_failing_programs():

@@ -136,6 +136,7 @@ def test_reading_root_only_files(sandbox_mode, tmp_path):
     )
     res = run_tests(program, ["assert LEAKS == {}"], timeout_s=10)
     assert res.passed, res.stdout + res.stderr
+    assert res.duration_s < 15
     assert token not in res.stdout + res.stderr
     check_clean(res)
 
@@ -164,6 +165,7 @@ def test_writing_into_the_home_directory(sandbox_mode, tmp_path):
     try:
         res = run_tests(program, ["assert WROTE == []", "assert open('inside.txt').read() == 'ok'"], timeout_s=10)
         assert res.passed, res.stderr
+        assert res.duration_s < 15
         for target in targets:
             assert not target.exists() and not Path(str(target) + ".d").exists()
         check_clean(res)
@@ -202,7 +204,9 @@ def test_network_connection_to_a_local_listener(sandbox_mode):
         server.close()
     assert not accepted
     assert res.passed, res.stdout + res.stderr
+    assert res.duration_s < 15
     check_clean(res)
+    still_fine()
 
 
 def test_fork_bomb(sandbox_mode):
