@@ -252,7 +252,16 @@ def test_setup_failure_skips_every_check_and_optional_failure_only_its_check(tmp
     assert report["checks"][0]["status"] == "skip" and "deepspeed did not install" in report["checks"][0]["reason"]
     assert runner.venv_ready(venv)  # marker written: the next run reuses the venv
     again = runner.run_setup([fail], runner.Budget(600), tmp_path / "logs", venv)
-    assert again["status"] == "reused"
+    assert again["status"] == "reused" and again["optional_failed"] == ["deepspeed"]
+
+
+def test_accelerate_check_is_skipped_when_its_package_does_not_import(tmp_path):
+    spec = plan.CheckSpec("zero2", "t", 20.0, "w", needs_model=False, optional_package="no_such_package_xyz",
+                          accelerate_config="config/accelerate/deepspeed_zero2.yaml")
+    report = runner.run_all([spec], sys.executable, tmp_path, [], None, argv_of=_fake_worker(WORKER))
+    res = report["checks"][0]
+    assert res["status"] == "skip" and "no_such_package_xyz does not import" in res["reason"]
+    assert "ModuleNotFoundError" in res["reason"]
 
 
 # --------------------------------------------------------------------------------- dry run

@@ -115,7 +115,8 @@ def run_setup(steps: Sequence[plan.SetupStep], budget: Budget, logs: Path, venv:
     t0 = time.monotonic()
     out: dict[str, Any] = {"status": "pass", "budget_s": setup_budget_s, "steps": [], "optional_failed": []}
     if venv is not None and venv_ready(venv):
-        out.update(status="reused", seconds=0.0)
+        marker = json.loads((venv / ".installed").read_text() or "{}")
+        out.update(status="reused", seconds=0.0, optional_failed=marker.get("optional_failed", []))
         return out
     for step in steps:
         left_in_setup = setup_budget_s - (time.monotonic() - t0)
@@ -137,8 +138,15 @@ def run_setup(steps: Sequence[plan.SetupStep], budget: Budget, logs: Path, venv:
             break
     out["seconds"] = time.monotonic() - t0
     if out["status"] == "pass" and venv is not None:
-        (venv / ".installed").write_text(json.dumps({"steps": out["steps"]}) + "\n")
+        (venv / ".installed").write_text(json.dumps({"steps": out["steps"],
+                                                     "optional_failed": out["optional_failed"]}) + "\n")
     return out
+
+
+def _imports(python: str, package: str, budget: Budget, log: Path, env: dict[str, str]) -> bool:
+    timeout = budget.timeout_for(60.0)
+    return timeout >= plan.MIN_STEP_S and run_step([python, "-c", f"import {package}"], timeout, log, env=env,
+                                                   cwd=REPO).returncode == 0
 
 
 def run_check(spec: plan.CheckSpec, argv: Sequence[str], budget: Budget, logs: Path, result_path: Path,
@@ -177,8 +185,9 @@ def run_all(checks: Sequence[plan.CheckSpec], python: str, out: Path, steps: Seq
     if argv_of is None:
         def argv_of(spec: plan.CheckSpec, result: Path) -> list[str]:
             return plan.check_argv(spec, python, REPO, work, result)
+    # nothing may come from a model hub; no usage reports
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "TOKENIZERS_PARALLELISM": "false"}
+           "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
     results: list[dict[str, Any]] = []
     by_name: dict[str, dict[str, Any]] = {}
     for spec in checks:
@@ -190,6 +199,11 @@ def run_all(checks: Sequence[plan.CheckSpec], python: str, out: Path, steps: Seq
         elif spec.optional_package and spec.optional_package in setup.get("optional_failed", []):
             res = {**plan.skipped(spec.name, f"{spec.optional_package} did not install; see "
                                              f"{logs / ('setup-' + spec.optional_package + '.log')}"), **base}
+        elif spec.accelerate_config and spec.optional_package and not _imports(
+                python, spec.optional_package, budget, logs / f"{spec.name}-import.log", env):
+            # `accelerate launch` itself needs it: the worker could not report the skip
+            res = {**plan.skipped(spec.name, f"{spec.optional_package} does not import: "
+                                             f"{log_tail(logs / (spec.name + '-import.log'), 3)}"), **base}
         else:
             result_path = work / f"{spec.name}.result.json"
             res = run_check(spec, argv_of(spec, result_path), budget, logs, result_path, env)
