@@ -528,7 +528,8 @@ def check_sharded(name: str, work: str | Path, device: str = "cuda") -> dict:
     path = toy_path(work)
     root = Path(work) / name
     shutil.rmtree(root, ignore_errors=True)
-    cfg = run_config(path, train={"checkpoint_every": 2, "steps": 3})
+    # 8 prompts x 8 rollouts: some group has reward variance (non-zero advantages) on the warm toy model
+    cfg = run_config(path, rollout={"prompts_per_step": 8, "group_size": 8}, train={"checkpoint_every": 2, "steps": 3})
     t0 = time.perf_counter()
     trainer = Trainer(cfg, root / "update")
     trainer.setup()

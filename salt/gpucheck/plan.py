@@ -75,7 +75,7 @@ _SHARDED_TOLS = {
 SETUP_BUDGET_S = 240.0
 CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec(
-        "toy_model", "build the toy model on the GPU", 45.0,
+        "toy_model", "build the toy model on the GPU", 40.0,
         f"Builds the character tokenizer and a random `{TOY_SIZE}` toy Qwen2 locally (nothing from a "
         "model hub) and teaches it the toy answer format (teacher forcing, 600 steps), so that RL has "
         "reward signal. Reused when it already exists.",
@@ -123,13 +123,13 @@ CHECKS: tuple[CheckSpec, ...] = (
         _SHARDED_TOLS, accelerate_config="config/accelerate/fsdp.yaml",
     ),
     CheckSpec(
-        "zero2", "DeepSpeed ZeRO-2 on one GPU (config/accelerate/deepspeed_zero2.yaml)", 40.0,
+        "zero2", "DeepSpeed ZeRO-2 on one GPU (config/accelerate/deepspeed_zero2.yaml)", 50.0,
         "As `fsdp`, through config/accelerate/deepspeed_zero2.yaml (DeepSpeed's fp32 master weights are "
         "compared); skipped with the reason when DeepSpeed did not install or import.",
         _SHARDED_TOLS, accelerate_config="config/accelerate/deepspeed_zero2.yaml", optional_package="deepspeed",
     ),
     CheckSpec(
-        "gram_gpu", "LM-head Gram on the GPU at a Qwen2.5-0.5B head", 30.0,
+        "gram_gpu", "LM-head Gram on the GPU at a Qwen2.5-0.5B head", 25.0,
         "B = 16, T = 128, V = 151936, H = 896, bf16 hidden states and head: time of the LM-head "
         "forward vs `lm_head_gram` exact and sketch on the same batch (reported, no limit), error "
         "against the float64 exact Gram.",

@@ -243,6 +243,10 @@ def cli_main(argv: list[str] | None = None) -> int:
                                                                           work / f"{c.name}.result.json")), end="")
         print(f"\nReports: {out / 'report.json'}, {out / 'report.md'}; logs in {out / 'logs'}.")
         return 0
+    if not (REPO / "pyproject.toml").is_file():
+        print(f"salt gpu-check: {REPO} is not a salt checkout (no pyproject.toml); run it from the repository "
+              "(make gpu-check) so that the GPU venv can install it", file=sys.stderr)
+        return 2
     report = run_all(checks, python, out, steps, None if args.python else venv)
     print(f"salt gpu-check: {report['status'].upper()} in {report['wall_s']:.0f} s; "
           f"report: {out / 'report.md'}", file=sys.stderr)
