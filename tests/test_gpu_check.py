@@ -213,6 +213,7 @@ def test_run_all_reports_pass_fail_timeout_and_error(tmp_path):
     assert report["status"] == "fail" and report["environment"] == {"gpu": "FakeGPU"}
     saved = json.loads((tmp_path / "report.json").read_text())
     assert [r["status"] for r in saved["checks"]] == ["pass", "timeout", "error", "fail"]
+    assert "git_commit" in saved and saved["budget_s"] == plan.TOTAL_BUDGET_S
     md = (tmp_path / "report.md").read_text()
     assert md.startswith("# GPU check: FAIL")
     assert "| gram_gpu | fail |" in md and "FAIL err 0.5 <= 0.1" in md and "| x | 1.5 |" in md
@@ -433,3 +434,25 @@ def test_probed_run_catches_a_stale_engine_on_cpu(toy_work, tmp_path, monkeypatc
     probes, _, _ = probed_run(work / "toy_model", tmp_path / "stale", "hf", steps=2, lr=1e-3)
     failed = {c.name for c in stale_weight_comparisons(probes)[0] if not c.ok}
     assert {"sync_gap_max", "stale_ratio_max"} <= failed
+
+
+def test_sharded_check_body_on_cpu_without_sharding(toy_work, tmp_path, monkeypatch):
+    """Everything of checks fsdp / zero2 but the sharding, on CPU: a plain trainer against a plain
+    copy gives the same update, and a run resumed from its step-2 checkpoint ends where the
+    uninterrupted one does."""
+    import types
+
+    import salt.tasks.rewards
+    from salt.gpucheck.checks import sharded_vs_plain
+
+    monkeypatch.setattr(salt.tasks.rewards, "score_batch",
+                        lambda rows, texts: [types.SimpleNamespace(reward=float(len(t) % 2)) for t in texts])
+    work, _ = toy_work
+    res = sharded_vs_plain("fsdp", work / "toy_model", tmp_path / "fsdp", "none")
+    comps = {c["name"]: c for c in res["comparisons"]}
+    assert set(comps) == set(plan.check_spec("fsdp").tolerances)
+    assert res["status"] == "pass", res
+    assert comps["update_rel_diff"]["value"] < 1e-6 and comps["resume_rel_diff"]["value"] < 1e-6
+    assert comps["resume_started_at"]["value"] == 2 and res["numbers"]["update_norm_plain"] > 0
+    wrong = sharded_vs_plain("zero2", work / "toy_model", tmp_path / "z", "deepspeed")
+    assert wrong["status"] == "error" and "runs as 'none', not 'deepspeed'" in wrong["reason"]

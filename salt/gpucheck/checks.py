@@ -512,8 +512,21 @@ def _resumed_trainer_cls() -> type:
     return ResumedTrainer
 
 
+SHARDED_KIND = {"fsdp": "fsdp", "zero2": "deepspeed"}  # check -> salt.train.trainer.dist_kind
+
+
 def check_sharded(name: str, work: str | Path, device: str = "cuda") -> dict:
     """``fsdp`` / ``zero2``: the prepared update equals plain training; checkpoint save and resume."""
+    require_device(device)
+    if name == "zero2":
+        require_package("deepspeed")
+    return sharded_vs_plain(name, toy_path(work), Path(work) / name, SHARDED_KIND[name])
+
+
+def sharded_vs_plain(name: str, path: Path, root: Path, expected: str) -> dict:
+    """The body of :func:`check_sharded` for a trainer that must run as ``expected`` (``dist_kind``):
+    one update of the prepared model against a plain copy on the same mini-batch, then a 3-step run
+    against a copy resumed from its step-2 checkpoint. With ``expected="none"`` it runs on CPU."""
     import torch
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
@@ -521,12 +534,6 @@ def check_sharded(name: str, work: str | Path, device: str = "cuda") -> dict:
     from salt.train.batch import to_tensors
     from salt.train.trainer import Trainer, compute_logprobs, make_optimizer, update_minibatch
 
-    dev = require_device(device)
-    expected = {"fsdp": "fsdp", "zero2": "deepspeed"}[name]
-    if name == "zero2":
-        require_package("deepspeed")
-    path = toy_path(work)
-    root = Path(work) / name
     shutil.rmtree(root, ignore_errors=True)
     # 8 prompts x 8 rollouts: some group has reward variance (non-zero advantages) on the warm toy model
     cfg = run_config(path, rollout={"prompts_per_step": 8, "group_size": 8}, train={"checkpoint_every": 2, "steps": 3})
@@ -539,6 +546,7 @@ def check_sharded(name: str, work: str | Path, device: str = "cuda") -> dict:
     batch, _ = trainer.collect(0, 0)
     batch = trainer.coefficients(trainer.select(batch, 0))
     tb = to_tensors(batch, trainer.pad_id)
+    dev = trainer.device
     plain = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(dev)
     p_opt, p_sched = make_optimizer(plain, cfg, cfg.train.steps)
     tb.old_logp = compute_logprobs(plain, tb.to(dev), cfg.rollout.temperature, 64).cpu()

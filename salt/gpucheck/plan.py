@@ -183,8 +183,9 @@ def setup_steps(venv: str | Path, repo: str | Path, base_python: str = "python3"
     uv = (py, "-m", "uv", "pip", "install", "--python", py, "--quiet")
     steps = [
         SetupStep("venv", (base_python, "-m", "venv", str(venv)), 60.0, why="own environment; .venv stays untouched"),
-        SetupStep("uv", (py, "-m", "pip", "install", "--quiet", "--upgrade", "pip", "uv"), 60.0,
-                  why="uv installs the multi-GB CUDA wheels several times faster than pip"),
+        SetupStep("uv", (py, "-m", "pip", "install", "--quiet", "--upgrade", "pip", "uv", "setuptools", "wheel"), 60.0,
+                  why="uv installs the multi-GB CUDA wheels several times faster than pip; setuptools and "
+                      "wheel build DeepSpeed without build isolation"),
         SetupStep("salt[vllm]", uv + ("-e", f"{repo}[vllm,test]"), SETUP_BUDGET_S,
                   why="vLLM pins its CUDA torch; transformers, accelerate, ... as in pyproject.toml"),
     ]
@@ -321,6 +322,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     if env:
         lines.append("Machine: " + ", ".join(f"{k} {_fmt(v)}" for k, v in env.items()))
         lines.append("")
+    if report.get("git_commit"):
+        lines += [f"Commit: {report['git_commit']}", ""]
     lines.append(f"Wall time {report['wall_s']:.0f} s of the {report['budget_s']:.0f} s budget "
                  f"(set-up {report['setup']['seconds']:.0f} s, {report['setup']['status']}).")
     lines += ["", "| step | status | seconds / budget | numbers (value vs limit) |", "|---|---|---|---|"]
