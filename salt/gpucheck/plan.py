@@ -337,8 +337,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         if r["status"] != "pass" and r.get("reason"):
             nums = (nums + "; " if nums else "") + r["reason"].replace("|", "/").replace("\n", " ")[:300]
         lines.append(f"| {r['name']} | {r['status']} | {r.get('seconds', 0.0):.0f} / {r['budget_s']:.0f} | {nums} |")
+    passed = [r["name"] for r in report["checks"] if r["status"] == "pass"]
     not_run = [r["name"] for r in report["checks"] if r["status"] != "pass"]
-    lines += ["", "Paths verified on this GPU: " + (", ".join(r["name"] for r in report["checks"] if r["status"] == "pass") or "none") + ".",
+    lines += ["", "Paths verified on this GPU: " + (", ".join(passed) or "none") + ".",
               "Paths NOT verified (failed, timed out, crashed or skipped): " + (", ".join(not_run) or "none") + "."]
     for r in report["checks"]:
         lines += ["", f"## {r['name']}: {r['status']}", "", r.get("title", "")]

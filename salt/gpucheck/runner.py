@@ -168,8 +168,9 @@ def run_check(spec: plan.CheckSpec, argv: Sequence[str], budget: Budget, logs: P
         if o.returncode != 0 and res.get("status") == "pass":
             res = {**res, "status": "error", "reason": f"worker exited with code {o.returncode} after a pass"}
     else:
+        tail = log_tail(base["log"])
         res = plan.make_result(spec.name, status="error",
-                               reason=f"exit code {o.returncode}, no result written; last output: {log_tail(base['log'])}")
+                               reason=f"exit code {o.returncode}, no result written; last output: {tail}")
     return {**res, **base, "seconds": o.seconds, "timeout_s": timeout}
 
 
