@@ -11,7 +11,7 @@ TORCH  ?= torch==2.13.0
 CORES  ?= all
 SNAKEMAKE_ARGS ?=
 
-.PHONY: setup run smoke test test-fast clean-results gpu-check
+.PHONY: setup run smoke test test-fast clean-results
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,5 +51,6 @@ clean-results:
 # total, and writes results/gpu_check/report.{json,md}. GPU_CHECK_ARGS=--dry-run prints the plan.
 GPU_VENV ?= .venv-gpu
 GPU_CHECK_ARGS ?=
+.PHONY: gpu-check
 gpu-check:
 	PYTHONPATH=$(CURDIR) $(PYTHON) -m salt.gpucheck --venv $(GPU_VENV) --out results/gpu_check $(GPU_CHECK_ARGS)
