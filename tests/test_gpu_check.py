@@ -456,3 +456,12 @@ def test_sharded_check_body_on_cpu_without_sharding(toy_work, tmp_path, monkeypa
     assert comps["resume_started_at"]["value"] == 2 and res["numbers"]["update_norm_plain"] > 0
     wrong = sharded_vs_plain("zero2", work / "toy_model", tmp_path / "z", "deepspeed")
     assert wrong["status"] == "error" and "runs as 'none', not 'deepspeed'" in wrong["reason"]
+
+
+def test_make_target_uses_its_own_environment():
+    make = (REPO / "Makefile").read_text()
+    block = make[make.index("gpu-check:"):]
+    recipe = block.splitlines()[1]
+    assert "-m salt.gpucheck" in recipe and "$(GPU_VENV)" in recipe and "$(BIN)" not in recipe
+    assert "GPU_VENV ?= .venv-gpu" in make
+    assert "gpu-check" in __import__("salt.cli", fromlist=["COMMANDS"]).COMMANDS
