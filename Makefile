@@ -45,3 +45,12 @@ test-fast: setup
 clean-results:
 	rm -rf results/* .snakemake
 	git checkout -- results/README.md 2>/dev/null || true
+
+# One CUDA GPU, only package registries reachable: builds ./.venv-gpu (the vllm extra pins its own
+# CUDA torch; ./.venv is not touched), runs every GPU check under its own timeout, 10 minutes in
+# total, and writes results/gpu_check/report.{json,md}. GPU_CHECK_ARGS=--dry-run prints the plan.
+GPU_VENV ?= .venv-gpu
+GPU_CHECK_ARGS ?=
+.PHONY: gpu-check
+gpu-check:
+	PYTHONPATH=$(CURDIR) $(PYTHON) -m salt.gpucheck --venv $(GPU_VENV) --out results/gpu_check $(GPU_CHECK_ARGS)
