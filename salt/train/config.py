@@ -47,7 +47,11 @@ def _sub(cls: type, help: str) -> Any:
 @dataclass
 class ModelConfig:
     path: str = _f("results/models/toy/final", "Hugging Face model dir (tokenizer saved alongside).")
-    dtype: str = _f("auto", "auto (float32 on CPU, bfloat16 on GPU) | float32 | bfloat16.")
+    dtype: str = _f("auto", "Parameter (master-weight) dtype: auto = float32 everywhere (the optimizer updates fp32 "
+                    "weights, as verl's FSDP mixed precision does; bf16 compute comes from model.mixed_precision) "
+                    "| float32 | bfloat16 (pure bf16 weights: AdamW updates below ~1e-5 relative are rounded away).")
+    mixed_precision: str = _f("auto", "Compute precision of the forward passes (Accelerate autocast): auto = bf16 on "
+                              "CUDA unless `accelerate launch` set it, no on CPU | no | bf16 | fp16.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass (saves memory).")
     warmup_if_missing: dict | None = _f(
         None,
@@ -492,6 +496,7 @@ SELECTION_RULES = ("none", "max_variance", "max_reward", "random")
 BACKENDS = ("hf", "vllm")
 SCHEDULERS = ("constant", "cosine", "linear")
 DTYPES = ("auto", "float32", "bfloat16")
+MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
 
 
 def _choice(value: Any, allowed: tuple, key: str) -> None:
@@ -520,6 +525,7 @@ def _validate(cfg: RunConfig, check_paths: bool, check_devices: bool = True) -> 
     r, a, t = cfg.rollout, cfg.algorithm, cfg.train
     _choice(r.backend, BACKENDS, "rollout.backend")
     _choice(cfg.model.dtype, DTYPES, "model.dtype")
+    _choice(cfg.model.mixed_precision, MIXED_PRECISIONS, "model.mixed_precision")
     _choice(t.scheduler, SCHEDULERS, "train.scheduler")
     _choice(t.optimizer, ("adamw", "sgd"), "train.optimizer")
     _choice(a.salt.gram, GRAM_METHODS, "algorithm.salt.gram")

@@ -328,6 +328,15 @@ def _loss_weight(mask: torch.Tensor, agg_mode: str) -> float:
     return float(mask.sum()) if agg_mode == "token-mean" else float(mask.shape[0])
 
 
+def resolve_mixed_precision(setting: str) -> str | None:
+    """``model.mixed_precision`` -> Accelerator's argument (None: keep what ``accelerate launch`` set)."""
+    if setting != "auto":
+        return setting
+    if os.environ.get("ACCELERATE_MIXED_PRECISION"):
+        return None
+    return "bf16" if torch.cuda.is_available() else "no"
+
+
 def dist_kind(accelerator: Any) -> str:
     """How gradients meet across ranks for a model that went through ``accelerator.prepare``.
 
@@ -771,17 +780,16 @@ class Trainer:
 
         cfg = self.cfg
         # the scheduler is stepped once per optimizer step on every rank (no num_processes multiple)
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), step_scheduler_with_optimizer=False)
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), step_scheduler_with_optimizer=False,
+                                       mixed_precision=resolve_mixed_precision(cfg.model.mixed_precision))
         self.kind = dist_kind(self.accelerator)
         self.device = self.accelerator.device
         if self.device.type == "cpu" and cfg.train.num_threads > 0:
             torch.set_num_threads(cfg.train.num_threads)
         self.world, self.rank = world()
         self.is_main = self.rank == 0
-        dtype = cfg.model.dtype
-        if dtype == "auto":
-            dtype = "bfloat16" if self.device.type == "cuda" else "float32"
-        self.dtype = getattr(torch, dtype)
+        # fp32 master weights unless asked otherwise: bf16 weights lose small AdamW updates
+        self.dtype = getattr(torch, "float32" if cfg.model.dtype == "auto" else cfg.model.dtype)
         self.spec = UpdateSpec.from_config(cfg)
         if self.spec.loss_cfg.beta > 0 and self.sharded:
             raise ConfigError(
@@ -807,6 +815,8 @@ class Trainer:
         self.optimizer, self.scheduler = make_optimizer(self.model, cfg, total_updates)
         if self.kind != "none":  # DDP / FSDP / DeepSpeed: wrapped by Accelerate (see update_minibatch)
             self._prepare()
+        elif self.accelerator.mixed_precision != "no":  # one process: only the autocast forward wrapper
+            self.model = self.accelerator.prepare_model(self.model)
         if cfg.rollout.backend == "vllm" and self.sharded:
             # weights reach vLLM through gather_full_state (every rank), not get_state_dict (rank 0 only)
             self.backend = make_backend(cfg.rollout, self.accelerator.unwrap_model(self.model), self.tokenizer, None)
