@@ -527,6 +527,21 @@ def _registry_names(module: str, attr: str) -> list[str] | None:
     return list(names)
 
 
+def _check_library_values(a: AlgorithmConfig) -> None:
+    """The values of the open sections, checked by the library's own dataclasses (messages name the key)."""
+    from salt.algo.decomposition import SaltConfig
+    from salt.algo.losses import LossConfig
+
+    try:
+        LossConfig(**a.loss)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(str(exc)) from exc
+    try:
+        SaltConfig(**a.salt.options)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"algorithm.salt: {exc}") from exc
+
+
 def _validate(cfg: RunConfig, check_paths: bool, check_devices: bool = True) -> None:
     r, a, t = cfg.rollout, cfg.algorithm, cfg.train
     _choice(r.backend, BACKENDS, "rollout.backend")
@@ -537,9 +552,12 @@ def _validate(cfg: RunConfig, check_paths: bool, check_devices: bool = True) -> 
     _choice(a.salt.scope, SCOPES, "algorithm.salt.scope")
     _choice(a.selection.rule, SELECTION_RULES, "algorithm.selection.rule")
     _choice(a.vip.rule, ("rloo", "grpo"), "algorithm.vip.rule")
-    _choice(a.vip.embedding, ("minilm", "hash"), "algorithm.vip.embedding")
-    _choice(a.vip.allocation, ("published", "exact"), "algorithm.vip.allocation")
-    _choice(a.selection.ties, ("fewest_top", "most_top"), "algorithm.selection.ties")
+    from salt.algo.allocation import ALLOCATIONS, EMBEDDINGS
+    from salt.algo.selection import TIE_RULES
+
+    _choice(a.vip.embedding, EMBEDDINGS, "algorithm.vip.embedding")
+    _choice(a.vip.allocation, ALLOCATIONS, "algorithm.vip.allocation")
+    _choice(a.selection.ties, TIE_RULES, "algorithm.selection.ties")
     for key, val in [
         ("rollout.group_size", r.group_size), ("rollout.prompts_per_step", r.prompts_per_step),
         ("rollout.max_new_tokens", r.max_new_tokens), ("rollout.temperature", r.temperature),
@@ -643,6 +661,7 @@ def _validate(cfg: RunConfig, check_paths: bool, check_devices: bool = True) -> 
     loss_names = _registry_names("salt.algo.losses", "POLICY_LOSSES")
     if loss_names is not None:
         _choice(a.loss.get("name"), tuple(loss_names), "algorithm.loss.name")
+        _check_library_values(a)
     if a.advantage_eps is not None and not (a.advantage_eps > 0 and math.isfinite(a.advantage_eps)):
         raise ConfigError(f"algorithm.advantage_eps = {a.advantage_eps} must be a positive number or null")
     # --- tracking

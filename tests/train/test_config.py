@@ -79,6 +79,11 @@ def test_every_field_has_help():
         ({"rollout": {"group_size": "many"}}, ["rollout.group_size", "integer"]),
         ({"tracking": {"enabled": True, "uri": "./mlruns"}}, ["tracking.uri", "sqlite:///"]),
         ({"data": {"train": "/nonexistent/rows.jsonl"}}, ["data.train", "salt prepare-data"]),
+        ({"algorithm": {"salt": {"zero_gram": "bogus"}}}, ["algorithm.salt", "zero_gram", "'published'"]),
+        ({"algorithm": {"loss": {"name": "grpo", "dual_clip_c": 0.5}}}, ["algorithm.loss.dual_clip_c", "0 (off)"]),
+        ({"algorithm": {"selection": {"rule": "max_variance", "n": 16, "ties": "top"}}},
+         ["algorithm.selection.ties", "fewest_top"]),
+        ({"algorithm": {"vip": {"enabled": True, "embedding": "auto"}}}, ["algorithm.vip.embedding", "minilm"]),
     ],
 )
 def test_bad_config_names_the_key_and_the_fix(tmp_path, model_dir, sections, needles):
