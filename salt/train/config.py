@@ -636,6 +636,8 @@ def _validate(cfg: RunConfig, check_paths: bool, check_devices: bool = True) -> 
                 f"algorithm.vip.lower = {vip.lower}: allocation: published needs lower >= "
                 f"{2 if vip.rule == 'rloo' else 3} for rule {vip.rule} (published: 4); raise lower or use allocation: exact"
             )
+        if vip.gamma is not None and not (math.isfinite(vip.gamma) and vip.gamma >= 0):
+            raise ConfigError(f"algorithm.vip.gamma = {vip.gamma} must be null (published 7e-4 / 4e-4) or a number >= 0")
         if not 0 < vip.acc_clip < 0.5:
             raise ConfigError(f"algorithm.vip.acc_clip = {vip.acc_clip} must be in (0, 0.5) (published: 1e-6)")
         if sel.rule != "none":
