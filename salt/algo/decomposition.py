@@ -22,6 +22,12 @@ Metric definitions where methods.md leaves a choice:
                               enters the sum); shared_only: A_final = P A.
 On fallback: A_final = A, shared = A, residual = 0, alpha = 0, k = 0, main_contrib_ratio =
 shared_energy_ratio = 1, and PR / n_eff of the input when they are finite (else 0).
+
+Zero Gram (``zero_gram``): ``fallback`` (ours, the default) returns A unchanged as above.
+``published`` reproduces the published code's outcome: PR = n_eff = 0, so k = 1 and alpha = 1;
+its rank-1 "shared" direction is an eigenvector of the zero matrix, i.e. arbitrary (a random
+LOBPCG start), so we take the limit where it carries nothing: shared = 0, residual = relu(A),
+A_final = alpha relu(A) -- negative advantages zeroed. salt/fallback is 0 in that case.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from salt.algo.geometry import effective_sample_size, participation_ratio
 
 SUBSPACES = ("top", "random")
 CHANNELS = ("both", "shared_only", "residual_only")
+ZERO_GRAM = ("fallback", "published")
 
 METRIC_KEYS = (
     "salt/participation_ratio", "salt/n_eff", "salt/alpha", "salt/k", "salt/eig_max",
@@ -60,6 +67,7 @@ class SaltConfig:
     channels: str = "both"  # "both" | "shared_only" | "residual_only"
     normalize_final: bool = False  # rescale A_final to the unbiased std of A
     seed: int = 0  # seeds the random subspace (torch.Generator, no global RNG)
+    zero_gram: str = "fallback"  # "fallback": A unchanged | "published": k = 1, alpha = 1, A_final = relu(A)
 
     def __post_init__(self) -> None:
         def bad(name: str, allowed: str) -> ValueError:
@@ -86,6 +94,8 @@ class SaltConfig:
             raise bad("subspace", " or ".join(repr(s) for s in SUBSPACES))
         if self.channels not in CHANNELS:
             raise bad("channels", " or ".join(repr(s) for s in CHANNELS))
+        if self.zero_gram not in ZERO_GRAM:
+            raise bad("zero_gram", " or ".join(repr(s) for s in ZERO_GRAM))
         if not isinstance(self.relu_exploration, bool):
             raise bad("relu_exploration", "true or false")
         if not isinstance(self.normalize_final, bool):
@@ -118,7 +128,10 @@ def decompose(gram: torch.Tensor, advantages: torch.Tensor, cfg: SaltConfig | No
     """SALT decomposition, methods.md 3.4 steps 1-8. gram (B, B), advantages (B,) -> SaltResult."""
     cfg = SaltConfig() if cfg is None else cfg
     K, A = _prepare(gram, advantages)  # float64, K symmetrised
-    eig = None if _degenerate(K, A) else _eigh(K)
+    reason = _degenerate(K, A)
+    if reason == "zero Gram" and cfg.zero_gram == "published":
+        return _published_zero_gram(K, A, advantages, cfg)
+    eig = None if reason else _eigh(K)
     if eig is None:
         return _fallback(K, A, advantages)
     evals, evecs = eig  # ascending
@@ -247,6 +260,25 @@ def _metrics(K, A, P, evals, k, pr, n_eff, alpha, shared, residual, final) -> di
         "salt/pr_final": participation_ratio(K_final), "salt/fallback": 0.0,
     }
     return {key: (v if math.isfinite(v) else 0.0) for key, v in out.items()}
+
+
+def _published_zero_gram(K: torch.Tensor, A: torch.Tensor, advantages: torch.Tensor, cfg: SaltConfig) -> SaltResult:
+    """The published outcome on a zero Gram (module docstring): k = 1, alpha = clamp(1), shared = 0."""
+    alpha = float(cfg.alpha_fixed) if cfg.alpha_fixed is not None else _clamp(1.0, cfg.alpha_min, cfg.alpha_max)
+    shared = torch.zeros_like(A)
+    residual = A.clamp_min(0.0) if cfg.relu_exploration else A.clone()
+    final = _combine(shared, residual, alpha, cfg.channels)
+    if cfg.normalize_final:
+        final = _match_std(final, A)
+    metrics = {key: 0.0 for key in METRIC_KEYS}
+    metrics.update({
+        "salt/alpha": alpha, "salt/k": 1.0, "salt/main_contrib_ratio": 0.0 if bool(residual.any()) else 1.0,
+        "salt/positive_adv_ratio": float((A > 0).double().mean()), "salt/residual_energy_ratio": 1.0,
+    })
+    metrics["salt/exp_contrib_ratio"] = 1.0 - metrics["salt/main_contrib_ratio"]
+    dt = advantages.dtype if advantages.is_floating_point() else torch.float32
+    return SaltResult(advantages=final.to(dt), shared=shared.to(dt), residual=residual.to(dt), alpha=alpha, k=1,
+                      participation_ratio=0.0, n_eff=0.0, metrics=metrics, fallback=False)
 
 
 def _fallback(K: torch.Tensor, A: torch.Tensor, advantages: torch.Tensor) -> SaltResult:

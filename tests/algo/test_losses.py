@@ -42,7 +42,7 @@ def ref_agg(values, mask, mode, norm_len=None):
 def ref_clipped(ratio, a, lo, hi, c):
     clipped = torch.clamp(ratio, 1 - lo, 1 + hi)
     obj = torch.minimum(ratio * a, clipped * a)
-    if c is not None and a < 0:
+    if c and a < 0:
         obj = torch.maximum(obj, torch.tensor(c * a, dtype=torch.float64))
     return -obj
 
@@ -86,7 +86,7 @@ def ref_loss(cfg, logp, old, adv, mask, ref=None, ent=None):
                 a = a_of(b, t)
                 if cfg.name == "cispo":
                     w = min(float(ratio.detach()), cfg.eps_high_is)
-                    if cfg.dual_clip_c is not None and a < 0:
+                    if cfg.dual_clip_c and a < 0:
                         w = min(w, cfg.dual_clip_c)
                     per[(b, t)] = -(w * a * logp[b, t])
                 else:
@@ -132,10 +132,11 @@ def check_against_ref(cfg, seed, adv_dim=1, with_ref=False, with_ent=False):
 
 @pytest.mark.parametrize("name", ["grpo", "dr_grpo", "dapo", "cispo"])
 @pytest.mark.parametrize("agg", AGG_MODES)
-@pytest.mark.parametrize("dual", [None, 3.0])
+@pytest.mark.parametrize("dual", [0.0, 3.0])
 @pytest.mark.parametrize("adv_dim", [1, 2])
 def test_token_losses_match_loop(name, agg, dual, adv_dim):
-    cfg = LossConfig.for_loss(name, agg_mode=agg, dual_clip_c=dual)
+    extra = {"eps_high_is": 5.0} if name == "cispo" else {}  # a cap above c, so the dual clip can act
+    cfg = LossConfig.for_loss(name, agg_mode=agg, dual_clip_c=dual, **extra)
     seen = {"clip_frac_low": 0.0, "clip_frac_high": 0.0, "dual_clip_frac": 0.0}
     for seed in range(6):
         metrics = check_against_ref(cfg, seed, adv_dim=adv_dim)
@@ -144,10 +145,10 @@ def test_token_losses_match_loop(name, agg, dual, adv_dim):
     # the random batches exercise every clipping branch the loss has
     assert seen["clip_frac_high"] > 0
     assert (seen["clip_frac_low"] > 0) == (name != "cispo")
-    assert (seen["dual_clip_frac"] > 0) == (dual is not None)
+    assert (seen["dual_clip_frac"] > 0) == bool(dual)
 
 
-@pytest.mark.parametrize("dual", [None, 3.0])
+@pytest.mark.parametrize("dual", [0.0, 3.0])
 @pytest.mark.parametrize("eps", [(3e-4, 4e-4), (0.05, 0.1)])
 def test_gspo_equals_sequence_level_objective(dual, eps):
     cfg = LossConfig.for_loss("gspo", dual_clip_c=dual, gspo_eps_low=eps[0], gspo_eps_high=eps[1])
@@ -260,9 +261,12 @@ def test_cispo_keeps_gradient_where_ppo_clips():
     logp = (old + math.log(8.0)).requires_grad_()  # ratio 8 > eps_high_is 5
     adv = torch.tensor([1.0], dtype=torch.float64)
     mask = torch.ones(1, 1, dtype=torch.bool)
-    loss, m = compute_policy_loss(LossConfig.for_loss("cispo"), logp, old, adv, mask)
+    loss, m = compute_policy_loss(LossConfig.for_loss("cispo", eps_high_is=5.0), logp, old, adv, mask)
     (grad,) = torch.autograd.grad(loss, logp)
     assert grad.item() == pytest.approx(-5.0)  # weight capped at 5, gradient kept
+    loss, _ = compute_policy_loss(LossConfig.for_loss("cispo"), logp, old, adv, mask)
+    (grad,) = torch.autograd.grad(loss, logp)
+    assert grad.item() == pytest.approx(-1.2)  # the default cap of verl's CISPO recipe
     assert m["clip_frac_high"] == 1.0 and m["clip_frac_low"] == 0.0
     loss, _ = compute_policy_loss(LossConfig.for_loss("dapo"), logp, old, adv, mask)
     (grad,) = torch.autograd.grad(loss, logp)
@@ -276,10 +280,12 @@ def test_loss_config_defaults_follow_methods_table():
     d = LossConfig.for_loss("dapo")
     assert (d.clip_eps_low, d.clip_eps_high, d.agg_mode, d.beta) == (0.2, 0.28, "token-mean", 0.0)
     c = LossConfig.for_loss("cispo")
-    assert (c.eps_high_is, c.agg_mode) == (5.0, "token-mean")
+    assert (c.eps_high_is, c.agg_mode, c.dual_clip_c) == (1.2, "token-mean", 0.0)
     s = LossConfig.for_loss("gspo")
     assert (s.gspo_eps_low, s.gspo_eps_high, s.agg_mode) == (3e-4, 4e-4, "seq-mean-token-mean")
-    assert g.dual_clip_c is None and g.entropy_coef == 0.0 and g.kl_estimator in ("k1", "k2", "k3")
+    assert g.dual_clip_c == 3.0 and d.dual_clip_c == 10.0 and s.dual_clip_c == 0.0
+    assert LossConfig.for_loss("grpo", dual_clip_c=0).dual_clip_c == 0  # explicitly off
+    assert g.entropy_coef == 0.0 and g.kl_estimator in ("k1", "k2", "k3")
     assert LossConfig(name="dapo").clip_eps_high == 0.28
     assert LossConfig.for_loss("dapo", clip_eps_high=0.3).clip_eps_high == 0.3
     assert set(POLICY_LOSSES.names()) == {"grpo", "dr_grpo", "dapo", "cispo", "gspo"}

@@ -78,5 +78,7 @@ def test_errors():
 def test_select_per_group():
     rewards = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.3, 0.0, 1.0])
     ids = torch.tensor([5, 5, 5, 5, 2, 2, 8])
-    kept = select_per_group("max_variance", rewards, ids, 2)
+    kept = select_per_group("max_variance", rewards, ids, 2, ties="most_top")
     assert kept.tolist() == [0, 1, 4, 5, 6]  # group 5: top-1 + bottom-1; groups 2 and 8 kept whole
+    # the published tie rule keeps bottom-2 of group 5 ({1, 3}: same rewards, fewer top rewards)
+    assert select_per_group("max_variance", rewards, ids, 2).tolist() == [1, 3, 4, 5, 6]

@@ -72,13 +72,18 @@ def test_every_field_has_help():
          ["train.mini_batch_prompts", "[1, 2, 4, 8]"]),
         ({"algorithm": {"selection": {"rule": "max_variance"}}}, ["algorithm.selection.n", "> 8"]),
         ({"algorithm": {"selection": {"rule": "max_variance", "n": 8}}}, ["algorithm.selection.n", "> 8"]),
-        ({"algorithm": {"vip": {"enabled": True, "budget": 1000, "upper": 32}}}, ["algorithm.vip.budget", "[16, 256]"]),
+        ({"algorithm": {"vip": {"enabled": True, "budget": 1000, "upper": 32}}}, ["algorithm.vip.budget", "[32, 256]"]),  # lower 4 (published)
         ({"algorithm": {"loss": {"name": "ppo"}}}, ["algorithm.loss.name", "grpo"]),
         ({"algorithm": {"advantage": "gae"}}, ["algorithm.advantage", "rloo"]),
         ({"algorithm": {"salt": {"scope": "local"}}}, ["algorithm.salt.scope", "global", "micro"]),
         ({"rollout": {"group_size": "many"}}, ["rollout.group_size", "integer"]),
         ({"tracking": {"enabled": True, "uri": "./mlruns"}}, ["tracking.uri", "sqlite:///"]),
         ({"data": {"train": "/nonexistent/rows.jsonl"}}, ["data.train", "salt prepare-data"]),
+        ({"algorithm": {"salt": {"zero_gram": "bogus"}}}, ["algorithm.salt", "zero_gram", "'published'"]),
+        ({"algorithm": {"loss": {"name": "grpo", "dual_clip_c": 0.5}}}, ["algorithm.loss.dual_clip_c", "0 (off)"]),
+        ({"algorithm": {"selection": {"rule": "max_variance", "n": 16, "ties": "top"}}},
+         ["algorithm.selection.ties", "fewest_top"]),
+        ({"algorithm": {"vip": {"enabled": True, "embedding": "auto"}}}, ["algorithm.vip.embedding", "minilm"]),
     ],
 )
 def test_bad_config_names_the_key_and_the_fix(tmp_path, model_dir, sections, needles):

@@ -1,0 +1,97 @@
+"""Golden numbers: SALT in micro-batch scope against the published implementation.
+
+Expected values were computed by running the published code (Chang-pw/SALT @ 94ac08e:
+``ManualLmHeadProxy.compute_from_logits`` with per-sample loss -sum_t logp, then
+``AdvantageDecomposer.decompose`` with the actor.yaml settings rho 1, k in [1, 64], relu on,
+alpha in [0, 1], fp32 Gram; token advantages collapsed by the masked mean as dp_actor.py does)
+outside this project on the inputs below, one micro-batch of 8 rollouts at a time, and on the
+16 rollouts at once for the global-scope contrast. Only inputs and numbers are stored here.
+"""
+
+import pytest
+import torch
+
+from salt.algo.decomposition import SaltConfig, decompose
+from salt.algo.geometry import lm_head_gram
+
+ADV = [1.2, -0.4, -0.4, -0.4, 0.9, 0.9, -0.9, -0.9, 0.0, 1.5, -0.5, -0.5, -1.1, 0.3, 0.3, 0.5]
+# (k, alpha, participation ratio, n_eff, A_final) of the published decomposition
+PUBLISHED = {
+    "micro0": (6, 0.0, 6.135983467102051, 1.1014903783798218,
+               [1.2999523, -0.470541, -0.3674399, -0.3791412, 0.0713361, 0.9281399, -0.9007065, -0.1473334]),
+    "micro1": (7, 0.16750335693359375, 6.549310207366943, 0.8324966430664062,
+               [0.0078147, 1.5109062, -0.4969947, -0.5009885, -1.1079929, 0.3083881, 0.2901164, 0.4397404]),
+    "global": (12, 0.15950095653533936, 11.516797065734863, 0.8404990434646606,
+               [1.2689334, -0.4198793, -0.3643546, -0.301587, -0.1515528, 0.837891, -0.9049335, -0.5299116,
+                0.5023652, 1.3870413, -0.3833881, -0.5357166, -0.8904433, 0.2054476, 0.330614, 0.4459211]),
+}
+SLICES = {"micro0": slice(0, 8), "micro1": slice(8, 16), "global": slice(0, 16)}
+
+
+def inputs(B=16, T=5, V=13, H=7, seed=11):
+    """The fixed inputs: hidden (B, T, H), logits (B, T, V) (already / temperature), tokens, mask."""
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(B, T, H, generator=g)
+    logits = torch.randn(B, T, V, generator=g) * 2.0
+    tokens = torch.randint(0, V, (B, T), generator=g)
+    lengths = torch.randint(2, T + 1, (B,), generator=g)
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).float()
+    return hidden, logits, tokens, mask
+
+
+def test_inputs_are_the_golden_ones():
+    hidden, logits, tokens, mask = inputs()
+    assert float(hidden.sum()) == pytest.approx(-3.3479042053222656, abs=1e-4)
+    assert float(logits.sum()) == pytest.approx(-148.6901092529297, abs=1e-3)
+    assert int(tokens.sum()) == 453 and float(mask.sum()) == 60.0
+
+
+@pytest.mark.parametrize("method", ["exact", "dense"])
+@pytest.mark.parametrize("part", sorted(PUBLISHED))
+def test_salt_per_micro_batch_equals_published(part, method):
+    hidden, logits, tokens, mask = (x.double() if x.is_floating_point() else x for x in inputs())
+    sl = SLICES[part]
+    K = lm_head_gram(hidden[sl], logits[sl], tokens[sl], mask[sl], temperature=1.0, method=method)
+    res = decompose(K, torch.tensor(ADV[sl], dtype=torch.float64), SaltConfig(rho=1.0, k_min=1, k_max=64))
+    k, alpha, pr, n_eff, final = PUBLISHED[part]
+    assert res.k == k
+    assert res.alpha == pytest.approx(alpha, abs=1e-6)
+    assert res.participation_ratio == pytest.approx(pr, rel=1e-6)
+    assert res.n_eff == pytest.approx(n_eff, abs=1e-6)
+    torch.testing.assert_close(res.advantages, torch.tensor(final, dtype=torch.float64), rtol=0, atol=2e-6)
+
+
+def test_micro_scope_is_not_global_scope():
+    """The published per-micro-batch coefficients differ from one Gram over both micro-batches."""
+    micro = torch.tensor(PUBLISHED["micro0"][4] + PUBLISHED["micro1"][4])
+    glob = torch.tensor(PUBLISHED["global"][4])
+    assert (micro - glob).abs().max() > 0.2
+
+
+def test_zero_gram_published_and_fallback():
+    """Published on a zero Gram: PR = n_eff = 0, k = 1, alpha = 1; the rank-1 direction of a zero
+    matrix is arbitrary (a random LOBPCG start there), so we keep its limit: negative advantages zeroed."""
+    A = torch.tensor(ADV[:8], dtype=torch.float64)
+    pub = decompose(torch.zeros(8, 8, dtype=torch.float64), A, SaltConfig(zero_gram="published"))
+    assert (pub.k, pub.alpha, pub.participation_ratio, pub.n_eff, pub.fallback) == (1, 1.0, 0.0, 0.0, False)
+    torch.testing.assert_close(pub.advantages, A.clamp_min(0.0))
+    ours = decompose(torch.zeros(8, 8, dtype=torch.float64), A, SaltConfig())  # the default: our fallback
+    assert ours.fallback and ours.metrics["salt/fallback"] == 1.0
+    torch.testing.assert_close(ours.advantages, A)
+    no_relu = decompose(torch.zeros(8, 8, dtype=torch.float64), A, SaltConfig(zero_gram="published", relu_exploration=False))
+    torch.testing.assert_close(no_relu.advantages, A)  # P A + (I - P) A = A whatever P is
+
+
+def test_run_config_switch_reaches_the_decomposition():
+    """algorithm.salt.zero_gram (and the other SaltConfig keys) travel from the run config to decompose."""
+    from salt.train.config import from_dict
+    from salt.train.trainer import UpdateSpec, salt_coefficients
+
+    A = torch.tensor(ADV[:8], dtype=torch.float64)
+    gids = torch.arange(8) // 4
+    for zero_gram, want in (("published", A.clamp_min(0.0)), ("fallback", A)):
+        cfg = from_dict({"algorithm": {"salt": {"enabled": True, "scope": "micro", "gram": "dense", "zero_gram": zero_gram}}})
+        spec = UpdateSpec.from_config(cfg)
+        assert (spec.scope, spec.gram) == ("micro", "dense")
+        coef, _ = salt_coefficients(torch.zeros(8, 8, dtype=torch.float64), A, gids, spec, seed=0)
+        torch.testing.assert_close(coef, want)
