@@ -43,6 +43,13 @@ def tables(tmp_path):
     return manifest, paths, tmp_path
 
 
+def _problems(path):
+    import json
+    from pathlib import Path
+
+    return {r["id"]: r["correct"] for r in map(json.loads, (Path(path).parent / "problems.jsonl").read_text().splitlines())}
+
+
 def test_tables_shape_and_values(tables):
     manifest, paths, _ = tables
     n_runs = len(manifest["runs"])
@@ -51,25 +58,56 @@ def test_tables_shape_and_values(tables):
     assert len(runs) == n_runs
     assert len(steps) == n_runs * 6  # the repeated step is deduplicated
     table = aggregate.read_csv(paths["results"])
-    expected_groups = sum(len(m) * len(g) for _, m, g, *_ in STUDIES.values())
-    assert len(table) == expected_groups
+    _, methods, gs, seeds, *_ = STUDIES["main"]
+    assert len(table) == len(methods) * len(gs)  # only the main study lists a benchmark
     row = next(r for r in table if r["study"] == "main" and r["method"] == "grpo_salt" and r["G"] == 4)
-    accs = [0.3 + 0.1 * s for s in (0, 1, 2)]
-    mean, half, _ = aggregate.mean_ci(accs)
+    evals = {s: next(r for r in manifest["runs"] if r["study"] == "main" and r["method"] == "grpo_salt"
+                     and r["G"] == 4 and r["seed"] == s)["evals"]["toy_test"] for s in seeds}
+    # brute force from problems.jsonl: pass@1 = mean correctness, pass@4 (n = 4) = any correct
+    acc1 = [np.mean([np.mean(c) for c in _problems(evals[s]).values()]) for s in seeds]
+    acc4 = [np.mean([float(any(c)) for c in _problems(evals[s]).values()]) for s in seeds]
+    mean, half, _ = aggregate.mean_ci(acc1)
     assert row["seeds"] == 3
     assert row["pass@1_mean"] == pytest.approx(mean, abs=1e-6)
     assert row["pass@1_ci95"] == pytest.approx(half, abs=1e-6)
-    assert row["pass@4_mean"] == pytest.approx(mean + 0.15, abs=1e-6)
-    assert row["rollouts_used"] == pytest.approx(4 * 4 * 6)  # per-step counts summed over the 6 distinct steps
+    assert row["pass@4_mean"] == pytest.approx(np.mean(acc4), abs=1e-6)
+    assert row["rollouts_used"] == pytest.approx(4 * 4 * 6)  # the cumulative count at the last step
     assert row["wall_time_s"] == pytest.approx(0.5 * 6)  # deduplicated steps
     # final reward = mean of the last 3 steps, the last one replaced by the resumed row (0.99)
     r = next(r for r in runs if r["study"] == "main" and r["method"] == "grpo" and r["G"] == 2 and r["seed"] == 0)
     assert r["final_reward"] == pytest.approx((0.3 + 0.4 + 0.99) / 3)
-    assert r["gram_file"].endswith("gram_step_0006.npz")  # the latest of the two dumps
+    assert r["gram_file"].endswith("gram_step_0006.npz")  # the latest dump with a non-zero advantage (0007: all 0)
     budget = [r for r in runs if r["study"] == "budget"]
     assert {(r["G"], r["prompts_per_step"]) for r in budget} == {(2, 4), (4, 2)}
     md = paths["results_md"].read_text()
-    assert md.count("\n| main |") == 8 and "±" in md and "pass@4" in md
+    assert md.count("\n| main |") == 8 and "±" in md and "pass@4" in md and "Δ pass@1 vs grpo" in md
+
+
+def test_paired_difference_columns_against_brute_force(tables):
+    from scipy import stats as sps
+
+    manifest, paths, _ = tables
+    table = aggregate.read_csv(paths["results"])
+    _, _, gs, seeds, *_ = STUDIES["main"]
+
+    def ev(method, G, s):
+        return _problems(next(r for r in manifest["runs"] if r["study"] == "main" and r["method"] == method
+                              and r["G"] == G and r["seed"] == s)["evals"]["toy_test"])
+
+    for G in gs:
+        assert next(r for r in table if r["method"] == "grpo" and r["G"] == G)["diff_pass@1_mean"] is None
+        row = next(r for r in table if r["method"] == "dapo_salt" and r["G"] == G)
+        for metric, k in (("pass@1", 1), ("pass@4", 4)):
+            per_seed = []
+            for s in seeds:
+                a, b = ev("dapo_salt", G, s), ev("grpo", G, s)
+                f = (lambda c: np.mean(c)) if k == 1 else (lambda c: float(any(c)))
+                per_seed.append(np.mean([f(a[p]) - f(b[p]) for p in a]))
+            ci = sps.ttest_1samp(per_seed, 0.0).confidence_interval(0.95)
+            assert row[f"diff_{metric}_mean"] == pytest.approx(np.mean(per_seed), abs=1e-6)
+            assert row[f"diff_{metric}_ci95"] == pytest.approx((ci.high - ci.low) / 2, abs=1e-6)
+        assert row["diff_seeds"] == 3 and row["diff_problems"] == 40 and row["diff_baseline"] == "grpo"
+        assert row["diff_pass@1_mean"] > 0.05  # the synthetic effect of a SALT method is +0.1 in probability
 
 
 def test_missing_eval_is_a_clear_error(tmp_path):
@@ -131,8 +169,6 @@ def test_study_tables(tmp_path):
     assert {r["study"] for r in main} == {"main"} and len(main) == 4 * 2  # methods x G, one benchmark
     assert "pass@1" in (tmp_path / "results" / "main" / "table.md").read_text()
     # a study without evaluation rows gets its training table: final reward over seeds
-    manifest["runs"] = [{**r, "evals": {}} if r["study"] == "budget" else r for r in manifest["runs"]]
-    aggregate.main(manifest, tmp_path / "tables")
     budget = aggregate.read_csv(tmp_path / "results" / "budget" / "table.csv")
     assert len(budget) == 2 * 2 and all(r["seeds"] == 1 for r in budget)
     runs = aggregate.read_csv(tmp_path / "tables" / "runs.csv")
