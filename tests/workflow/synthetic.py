@@ -25,7 +25,9 @@ STUDIES = {
     "ablation": ("ablation", ["grpo_salt", "salt_no_relu", "entropy_only"], [4], [0], 4, None),
 }
 N_PROBLEMS, N_SAMPLES = 40, 4
-EFFECTS = {"grpo_salt": 0.1, "dapo_salt": 0.1}  # held-out accuracy effect (probability) per method
+EFFECTS = {"grpo_salt": 0.1, "dapo_salt": 0.1}  # held-out accuracy effect (probability) per method (or per seed)
+MAIN_ALL = {"main": ("main", ["grpo", "grpo_salt", "dapo", "dapo_salt", "pods", "fgrpo", "vip"], [2, 4, 8], [0, 1, 2],
+                     4, None)}  # the default study's method set
 
 
 def write_gram_dump(path: Path, G: int, P: int, rng: np.random.Generator, salt: bool, zero_adv: bool = False) -> dict:
@@ -115,7 +117,8 @@ def make_runs(root: Path, steps: int = 6, duplicate_step: bool = True, gram: boo
                     evals = {}
                     if kind == "main":
                         e = root / study / "eval" / method / f"G{G}" / f"seed{seed}" / "toy_test"
-                        evals["toy_test"] = str(write_eval(e, seed, effects.get(method, 0.0)))
+                        eff = effects.get(method, 0.0)
+                        evals["toy_test"] = str(write_eval(e, seed, eff[seed] if isinstance(eff, dict) else eff))
                     runs.append(dict(study=study, kind=kind, model="toy", task="toy", method=method,
                                      label=method.upper(), G=G, seed=seed, prompts_per_step=P,
                                      run_dir=str(run_dir), benchmark=str(root / "nope.tsv"), evals=evals))
