@@ -660,12 +660,40 @@ def main(tables_dir: str | Path, out_dir: str | Path, log_to_mlflow: bool = Fals
     return written
 
 
+README_FIGURE = "fig2_dynamics"  # the README's "What you get" image: workflow/report/example_fig2_dynamics.png
+
+
+def draw_one(tables_dir: str | Path, name: str, out: str | Path, dpi: int = 120) -> Path:
+    """Draw one figure of :data:`FIGURES` from the tables to ``out`` (format from its suffix)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if name not in DRAW:
+        raise ValueError(f"unknown figure {name!r}; known: {', '.join(FIGURES)}")
+    fig = plt.figure(figsize=SIZES[name], layout="constrained")
+    DRAW[name](Tables(tables_dir), fig)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return Path(out)
+
+
 def cli_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="salt figures", description=__doc__.split("\n\n")[0])
     parser.add_argument("--tables", required=True, help="folder written by `salt aggregate`")
-    parser.add_argument("--out", required=True, help="output folder of the figures")
+    parser.add_argument("--out", help="output folder of the figures")
     parser.add_argument("--mlflow", action="store_true", help="log the figures to the studies' MLflow parent runs")
+    parser.add_argument("--readme-figure", metavar="PNG",
+                        help=f"also (or only, without --out) draw {README_FIGURE} to this file, e.g. "
+                             "workflow/report/example_fig2_dynamics.png after `make run`")
     args = parser.parse_args(argv)
-    for path in main(args.tables, args.out, log_to_mlflow=args.mlflow):
-        print(path)
+    if not args.out and not args.readme_figure:
+        parser.error("give --out DIR, --readme-figure PNG or both")
+    if args.out:
+        for path in main(args.tables, args.out, log_to_mlflow=args.mlflow):
+            print(path)
+    if args.readme_figure:
+        print(draw_one(args.tables, README_FIGURE, args.readme_figure, dpi=100))
     return 0

@@ -139,11 +139,21 @@ def test_figures_and_report_files(tables):
         assert f"{name}.png" in names and f"{name}.pdf" in names
         assert (out / f"{name}.png").stat().st_size > 5000
         assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
-    html_path = report.main([out / f"{n}.png" for n in figures.FIGURES], tmp / "caps", paths["results_md"],
-                            paths["manifest"], tmp / "report.html", title="T")
+    caps = tmp / "caps"
+    caps.mkdir()
+    (caps / "toy_task.rst").write_text("The **toy** task.\n")
+    (tmp / "README.md").write_text("# readme\n")
+    html_path = report.main([out / f"{n}.png" for n in figures.FIGURES], caps, paths["results_md"],
+                            paths["manifest"], tmp / "site" / "report.html", title="T",
+                            claims_md=paths["claims_md"], readme=tmp / "README.md")
     text = html_path.read_text()
     assert text.count("data:image/png;base64,") == len(figures.FIGURES)
     assert "<table>" in text and "grpo_salt".upper() in text
+    assert "<h2>Claims</h2>" in text and "Verdict rule" in text and "(b) SALT raises PR" in text
+    assert "<p>The <b>toy</b> task.</p>" in text
+    assert "href='../README.md#the-embedded-toy-task-why-rl-can-learn-it'" in text
+    assert "How the intervals are computed" in text and "unit of replication is the training seed" in text
+    assert text.index("Claims") < text.index("Results table") < text.index("Figures")
 
 
 def test_figures_without_optional_data(tmp_path):
@@ -236,3 +246,35 @@ def test_fig1_draws_both_runs_and_the_coefficients(tables):
     coef = next(ax for ax in fig.axes if "before and after SALT" in ax.get_title())
     assert len(coef.patches) == 2 * 16  # A and A_final bars for the B = 4 x 4 rollouts
     plt.close(fig)
+
+
+def test_fig2_panels_and_readme_figure(tables):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from salt.figures.claims import ClaimsOptions
+
+    _, paths, tmp = tables
+    t = figures.Tables(tmp / "tables")
+    fig = plt.figure(figsize=figures.SIZES["fig2_dynamics"], layout="constrained")
+    figures.fig2_dynamics(t, fig)
+    acc, held, pr, neff = fig.axes[:4]
+    assert acc.get_ylabel() == ClaimsOptions().curve_metric and "G=4" in acc.get_title()
+    assert len(acc.get_lines()) == 4  # every method of the study
+    assert len(held.patches) == 4 and held.get_ylabel() == "held-out pass@1 (toy_test)"
+    # the bar heights are the table's means at the largest G
+    table = {r["method"]: r for r in aggregate.read_csv(paths["results"]) if r["G"] == 4}
+    assert [p.get_height() for p in held.patches] == pytest.approx(
+        [table[m]["pass@1_mean"] for m in ("grpo", "grpo_salt", "dapo", "dapo_salt")], abs=1e-6)
+    assert sum("±" in a.get_text() for a in held.texts) == 3  # paired Δ in every bar but the baseline's
+    assert "participation ratio" in pr.get_title() and "coefficients the loss used" in neff.get_title()
+    # SALT runs draw n_eff_final, baselines n_eff: the synthetic n_eff_final is ~0.3 larger
+    ys = {line.get_label(): line.get_ydata().mean() for line in neff.get_lines()}
+    assert ys["GRPO_SALT"] > ys["GRPO"]
+    plt.close(fig)
+    from salt.figures.figures import cli_main
+
+    assert cli_main(["--tables", str(tmp / "tables"), "--readme-figure", str(tmp / "ex.png")]) == 0
+    assert (tmp / "ex.png").read_bytes()[:4] == b"\x89PNG"
