@@ -377,7 +377,7 @@ def _salt_on(method: str, opts: ClaimsOptions) -> bool:
 
 
 def fig3_ablations(t: Tables, fig) -> None:
-    axes = fig.subplots(1, 3)
+    axes = fig.subplots(1, 4)
     abl = t.studies("ablation")
     if abl:
         rows = t.runs_of(abl[0])
@@ -418,6 +418,19 @@ def fig3_ablations(t: Tables, fig) -> None:
         ax.legend(fontsize=7)
     else:
         _note(ax, "no study of kind 'scaling_budget'")
+    ax = axes[3]
+    focal = t.studies("focal_sweep")
+    if focal:
+        methods = t.methods_of(focal[0])
+        rows = t.runs_of(focal[0])
+        spreads = [_spread([r["final_reward"] for r in rows if r["method"] == m]) for m in methods]
+        ax.bar(range(len(methods)), [sp[0] for sp in spreads], yerr=np.array([sp[1] for sp in spreads]).T,
+               color=[_colors(methods)[m] for m in methods], capsize=3)
+        ax.set_xticks(range(len(methods)), [t.label(m) for m in methods], fontsize=7, rotation=15)
+        ax.set_ylabel("final training reward")
+        ax.set_title(f"F-GRPO gamma sweep (G={rows[0]['G']})" if rows else "F-GRPO gamma sweep", fontsize=9)
+    else:
+        _note(ax, "no study of kind 'focal_sweep'")
 
 
 # ------------------------------------------------------------------------- Figure 4
@@ -630,7 +643,7 @@ DRAW: dict[str, Callable[[Tables, Any], None]] = {
     "fig4_residual": fig4_residual, "fig5_proxy": fig5_proxy, "fig6_alpha_channels": fig6_alpha_channels,
     "fig7_comparison": fig7_comparison,
 }
-SIZES = {"fig1_gram": (13, 7.5), "fig2_dynamics": (12, 8), "fig3_ablations": (14, 4.2), "fig4_residual": (11, 4),
+SIZES = {"fig1_gram": (13, 7.5), "fig2_dynamics": (12, 8), "fig3_ablations": (18, 4.2), "fig4_residual": (11, 4),
          "fig5_proxy": (11, 4.2), "fig6_alpha_channels": (14, 4.2), "fig7_comparison": (14, 4.2)}
 
 

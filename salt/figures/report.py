@@ -96,8 +96,13 @@ def main(figures: Sequence[str | Path], captions_dir: str | Path, table_md: str 
         parts += ["<h2>Claims</h2>", "<p>Each published claim measured on these runs, computed by "
                   "<code>salt.figures.claims</code> from the logged metrics and evaluations (never written by hand).</p>",
                   markdown_table_to_html(Path(claims_md).read_text())]
-    parts += ["<h2>Results table</h2>", markdown_table_to_html(Path(table_md).read_text()),
-              "<h2>How the intervals are computed</h2>", intervals_html()]
+    parts += ["<h2>Results table</h2>", markdown_table_to_html(Path(table_md).read_text())]
+    evaluated = {r["study"] for r in man["runs"] if r.get("evals")}
+    for study in [s for s in studies if s not in evaluated]:  # their final training reward (salt aggregate)
+        md = Path(man.get("study_tables", {}).get(study, {}).get("md", ""))
+        if md.is_file():
+            parts += [f"<h3>Study {html.escape(study)} (no held-out evaluation)</h3>", markdown_table_to_html(md.read_text())]
+    parts += ["<h2>How the intervals are computed</h2>", intervals_html()]
     parts.append("<h2>Figures</h2>")
     for fig in figures:
         fig = Path(fig)

@@ -23,6 +23,7 @@ STUDIES = {
     "main": ("main", ["grpo", "grpo_salt", "dapo", "dapo_salt"], [2, 4], [0, 1, 2], 4, None),
     "budget": ("scaling_budget", ["grpo", "grpo_salt"], [2, 4], [0], None, 8),
     "ablation": ("ablation", ["grpo_salt", "salt_no_relu", "entropy_only"], [4], [0], 4, None),
+    "focal": ("focal_sweep", ["fgrpo_gamma0.5", "fgrpo", "fgrpo_gamma2"], [4], [0], 4, None),
 }
 N_PROBLEMS, N_SAMPLES = 40, 4
 EFFECTS = {"grpo_salt": 0.1, "dapo_salt": 0.1}  # held-out accuracy effect (probability) per method (or per seed)

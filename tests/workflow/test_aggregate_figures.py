@@ -154,6 +154,22 @@ def test_figures_and_report_files(tables):
     assert "href='../README.md#the-embedded-toy-task-why-rl-can-learn-it'" in text
     assert "How the intervals are computed" in text and "unit of replication is the training seed" in text
     assert text.index("Claims") < text.index("Results table") < text.index("Figures")
+    for study in ("budget", "ablation", "focal"):  # no held-out evaluation: their training tables
+        assert f"Study {study} (no held-out evaluation)" not in text  # no study_tables in this manifest
+
+
+def test_report_shows_the_training_tables_of_unevaluated_studies(tmp_path):
+    manifest = make_runs(tmp_path / "results")
+    manifest["study_tables"] = {s: {"md": str(tmp_path / "results" / s / "table.md"),
+                                    "csv": str(tmp_path / "results" / s / "table.csv")} for s in STUDIES}
+    paths = aggregate.main(manifest, tmp_path / "tables")
+    figures.main(tmp_path / "tables", tmp_path / "figs")
+    text = report.main([tmp_path / "figs" / f"{n}.png" for n in figures.FIGURES], tmp_path, paths["results_md"],
+                       paths["manifest"], tmp_path / "report.html", claims_md=paths["claims_md"]).read_text()
+    for study in ("budget", "ablation", "focal"):
+        assert f"Study {study} (no held-out evaluation)" in text
+    assert "Study main (no held-out evaluation)" not in text
+    assert "FGRPO_GAMMA2" in text  # the gamma sweep's table
 
 
 def test_figures_without_optional_data(tmp_path):
@@ -278,3 +294,20 @@ def test_fig2_panels_and_readme_figure(tables):
 
     assert cli_main(["--tables", str(tmp / "tables"), "--readme-figure", str(tmp / "ex.png")]) == 0
     assert (tmp / "ex.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_fig3_draws_the_gamma_sweep(tables):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _, _, tmp = tables
+    t = figures.Tables(tmp / "tables")
+    fig = plt.figure(figsize=figures.SIZES["fig3_ablations"], layout="constrained")
+    figures.fig3_ablations(t, fig)
+    ax = next(a for a in fig.axes if a.get_title().startswith("F-GRPO gamma sweep"))
+    assert ax.get_title() == "F-GRPO gamma sweep (G=4)"
+    runs = {r["method"]: r["final_reward"] for r in t.runs if r["study"] == "focal"}
+    assert [p.get_height() for p in ax.patches] == pytest.approx([runs[m] for m in ("fgrpo_gamma0.5", "fgrpo", "fgrpo_gamma2")])
+    plt.close(fig)
