@@ -349,7 +349,7 @@ def fig2_dynamics(t: Tables, fig) -> None:
         start = [c[1][0] for m in shown if (c := _curves(t, study, G, m, opts.curve_metric, 1)) is not None]
         if start:
             ax.axhline(float(np.mean(start)), color="0.3", ls=":", lw=1,
-                       label=f"step-1 sampled accuracy (warm-up policy): {np.mean(start):.2f}")
+                       label=f"first-step sampled accuracy on the RL prompts (warm-up policy): {np.mean(start):.2f}")
             ax.legend(fontsize=7, loc="upper left")
         ax.set_xticks(range(len(shown)), [t.label(m) for m in shown], fontsize=7, rotation=20)
         ax.set_ylabel(f"held-out {metric} ({bench})")
