@@ -264,18 +264,26 @@ def test_fig1_draws_both_runs_and_the_coefficients(tables):
     plt.close(fig)
 
 
-def test_fig2_panels_and_readme_figure(tables):
+def _drawn(tables_dir, name):
+    """(Tables, the matplotlib figure ``name`` drawn from them)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    t = figures.Tables(tables_dir)
+    fig = plt.figure(figsize=figures.SIZES[name], layout="constrained")
+    figures.DRAW[name](t, fig)
+    return t, fig
+
+
+def test_fig2_panels_and_readme_figure(tables):
+    import matplotlib.pyplot as plt
+
     from salt.figures.claims import ClaimsOptions
 
     _, paths, tmp = tables
-    t = figures.Tables(tmp / "tables")
-    fig = plt.figure(figsize=figures.SIZES["fig2_dynamics"], layout="constrained")
-    figures.fig2_dynamics(t, fig)
+    _, fig = _drawn(tmp / "tables", "fig2_dynamics")
     acc, held, pr, neff = fig.axes[:4]
     assert acc.get_ylabel() == ClaimsOptions().curve_metric and "G=4" in acc.get_title()
     assert len(acc.get_lines()) == 4  # every method of the study
@@ -297,15 +305,10 @@ def test_fig2_panels_and_readme_figure(tables):
 
 
 def test_fig3_draws_the_gamma_sweep(tables):
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     _, _, tmp = tables
-    t = figures.Tables(tmp / "tables")
-    fig = plt.figure(figsize=figures.SIZES["fig3_ablations"], layout="constrained")
-    figures.fig3_ablations(t, fig)
+    t, fig = _drawn(tmp / "tables", "fig3_ablations")
     ax = next(a for a in fig.axes if a.get_title().startswith("F-GRPO gamma sweep"))
     assert ax.get_title() == "F-GRPO gamma sweep (G=4)"
     runs = {r["method"]: r["final_reward"] for r in t.runs if r["study"] == "focal"}
