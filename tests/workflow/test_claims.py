@@ -163,6 +163,8 @@ def test_claims_holds_does_not_hold_inconclusive(tmp_path):
     assert c["c"]["parts"][0]["per_seed"] == {"0": pytest.approx(2.0), "1": pytest.approx(-2.0), "2": pytest.approx(0.0)}
     assert c["d"]["verdict"] == "does not hold" and "pass@4" in c["d"]["parts"][0]["measure"]
     assert c["e"]["verdict"] == "holds" and c["e"]["parts"][0]["estimate"] > 0.1
+    assert "rollouts generated vip / grpo: 1.000" in c["e"]["detail"]  # same P x G per step in the synthetic runs
+    assert "grpo_salt / grpo: 1.000" in c["b"]["detail"]
     md = paths["claims_md"].read_text()
     assert "**holds**" in md and "**does not hold**" in md and "**inconclusive**" in md and "Verdict rule" in md
 
