@@ -10,13 +10,15 @@
   the MLflow run to attach the metrics to) or a Hugging Face model dir.
 * Completions come from the same rollout backends as training (:func:`salt.rollout.make_backend`)
   and are scored by :func:`salt.tasks.rewards.score_batch`.
-* ``OUT/problems.jsonl``: one line per problem (correctness, extracted answers, lengths, finish
+* ``OUT/problems.jsonl``: one line per problem id (the n sample correctnesses, extracted answers, lengths, finish
   reasons and the completions, cut to :data:`MAX_SAVED_CHARS`), appended and fsynced as soon as
   the problem is scored. A rerun skips the problems already there (resumable; a torn last line
   from a crash is dropped).
 * ``OUT/metrics.json``: :func:`summarise` of every problem of ``--data``: unbiased pass@k for each
   k <= n, avg@n, maj@n, mean response length (tokens), truncation rate (``finish_reason ==
-  "length"``), n and the number of problems.
+  "length"``), n and the number of problems. Each of pass@k and avg@n is the mean over problems
+  of :func:`problem_score`, so two models evaluated on the same problems can be compared paired,
+  problem by problem (:func:`load_problem_scores`, used by ``salt aggregate``).
 * MLflow: metrics ``eval/<benchmark>/<metric>`` on the run of the evaluated model (found through
   ``run.json`` next to ``final/``), else on a new run whose ``run.json`` is written to OUT.
 """
@@ -58,7 +60,7 @@ def summarise(problem_results: Sequence[Mapping[str, Any]], ks: Sequence[int]) -
         ``{"n_problems", "n", "pass@k"..., "avg@n", "maj@n", "mean_response_length",
         "truncation_rate", "ks_skipped"}``; pass@k, avg@n and maj@n are means over problems.
     """
-    from salt.eval.metrics import avg_at_k, maj_at_k, pass_at_k
+    from salt.eval.metrics import maj_at_k
 
     if not problem_results:
         raise ValueError("summarise: no problem results")
@@ -69,10 +71,8 @@ def summarise(problem_results: Sequence[Mapping[str, Any]], ks: Sequence[int]) -
     n_min = min(ns)
     out: dict[str, Any] = {"n_problems": len(problem_results), "n": n_min if n_min == max(ns) else ns}
     ks_used = sorted({int(k) for k in ks if 1 <= int(k) <= n_min})
-    for k in ks_used:
-        out[f"pass@{k}"] = sum(pass_at_k(len(r["correct"]), int(sum(map(bool, r["correct"]))), k)
-                               for r in problem_results) / len(problem_results)
-    out["avg@n"] = sum(avg_at_k([float(bool(c)) for c in r["correct"]]) for r in problem_results) / len(problem_results)
+    for name in [f"pass@{k}" for k in ks_used] + ["avg@n"]:
+        out[name] = sum(problem_score(r["correct"], name) for r in problem_results) / len(problem_results)
     out["maj@n"] = sum(maj_at_k(r["extracted"], [bool(c) for c in r["correct"]])
                        for r in problem_results) / len(problem_results)
     lengths = [int(x) for r in problem_results for x in r["lengths"]]
@@ -81,6 +81,30 @@ def summarise(problem_results: Sequence[Mapping[str, Any]], ks: Sequence[int]) -
     out["truncation_rate"] = sum(1 for x in reasons if x == "length") / len(reasons) if reasons else 0.0
     out["ks_skipped"] = sorted({int(k) for k in ks} - set(ks_used))
     return out
+
+
+def problem_score(correct: Sequence[bool], metric: str) -> float:
+    """One problem's contribution to ``metric`` (``pass@k`` unbiased, or ``avg@n``) from its n
+    sample correctnesses; the benchmark's value is the mean over problems (:func:`summarise`).
+    The results table pairs methods on these per-problem scores (``problems.jsonl``)."""
+    from salt.eval.metrics import avg_at_k, pass_at_k
+
+    if metric == "avg@n":
+        return avg_at_k([float(bool(c)) for c in correct])
+    kind, _, k = metric.partition("@")
+    if kind != "pass" or not k.isdigit():
+        raise ValueError(f"problem_score: metric {metric!r} is not pass@<k> or avg@n")
+    return pass_at_k(len(correct), int(sum(map(bool, correct))), int(k))
+
+
+def load_problem_scores(path: str | os.PathLike, metrics: Sequence[str]) -> dict[str, dict[str, float]]:
+    """``{metric: {problem id: score}}`` from an evaluation's ``problems.jsonl`` (:func:`problem_score`)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: rerun `salt evaluate` for it (it writes one line per problem "
+                                "with the n sample correctnesses, which the paired comparisons need)")
+    recs = read_jsonl(path)
+    return {m: {str(r["id"]): problem_score(r["correct"], m) for r in recs} for m in metrics}
 
 
 def load_done(path: Path) -> dict[str, dict[str, Any]]:
@@ -314,4 +338,4 @@ def cli_main(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["cli_main", "evaluate", "load_done", "resolve_model_dir", "summarise"]
+__all__ = ["cli_main", "evaluate", "load_done", "load_problem_scores", "problem_score", "resolve_model_dir", "summarise"]

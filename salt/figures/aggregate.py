@@ -9,7 +9,11 @@ the training job (wall time). Outputs in ``out_dir``:
   rollouts used, wall time, the path of a Gram dump when the trainer wrote one;
 - ``evals.csv``   one row per (run, benchmark, metric);
 - ``results.csv`` / ``results.md``  final accuracy per study x method x benchmark x G: mean and
-  95% t-interval over seeds of every pass@k / avg@k / maj@k, rollouts used and wall time;
+  95% t-interval over seeds of every pass@k / avg@k / maj@k, rollouts used and wall time, and
+  each method's paired difference from the baseline (``figures.baseline``, same study, G, seed
+  and evaluation problems) with its 95% interval (:mod:`salt.figures.stats`);
+- ``claims.json`` / ``claims.md``  the published claims measured on these runs with a verdict
+  (:mod:`salt.figures.claims`);
 - ``manifest.json``  the manifest itself (figures read it);
 - per study, at the paths the manifest's ``study_tables`` names (``<results_dir>/<study>/table.md``
   and ``table.csv``): that study's rows of ``results``; a study without benchmarks gets its final
@@ -28,45 +32,21 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from salt.eval.evaluate import PROBLEMS_FILE, load_problem_scores
+from salt.figures.claims import claims_markdown, evaluate_claims
+from salt.figures.stats import mean_ci, paired_difference, t_quantile  # noqa: F401 (re-exported)
 from salt.utils import atomic_write_text, iter_jsonl
 
 ID_COLS = ["study", "kind", "model", "task", "method", "label", "G", "prompts_per_step", "seed"]
 
-# Metric names the trainer logs (salt/train/trainer.py); the first one present wins.
-REWARD_KEYS = ("train/accuracy", "train/reward_mean", "reward/mean", "train/reward")
-ROLLOUT_KEYS_CUMULATIVE = ("train/rollouts_generated", "train/rollouts_total")
-ROLLOUT_KEYS_PER_STEP = ("rollout/generated",)
-TIME_KEYS_CUMULATIVE = ("time/elapsed_s",)
-TIME_KEYS_PER_STEP = ("time/step", "time/step_s")
+# Metric names the trainer logs (salt/train/trainer.py, Trainer.step)
+ACCURACY = "train/accuracy"  # fraction of the trained-on rollouts that are correct
+ROLLOUTS_GENERATED = "train/rollouts_generated"  # cumulative rollouts sampled (PODS / DAPO: more than trained on)
+ROLLOUTS_TRAINED = "train/rollouts"  # cumulative rollouts that entered the loss
+STEP_TIME = "time/step"  # seconds of one step
 EVAL_METRIC = re.compile(r"^(pass|avg|maj)@(\d+|n)$|^accuracy$")
+PAIRED_METRIC = re.compile(r"^pass@\d+$|^avg@n$")  # the per-problem scores of problems.jsonl (salt.eval.evaluate)
 FINAL_WINDOW = 3  # "final" training reward = mean over the last FINAL_WINDOW logged steps
-
-
-def first_key(row_keys: Iterable[str], candidates: Sequence[str]) -> str | None:
-    keys = set(row_keys)
-    return next((k for k in candidates if k in keys), None)
-
-
-def t_quantile(level: float, dof: int) -> float:
-    from scipy import stats
-
-    return float(stats.t.ppf(0.5 + level / 2.0, dof))
-
-
-def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float, int]:
-    """Mean and half-width of the two-sided t-interval over ``values`` (NaNs dropped).
-
-    Returns (mean, half_width, n); half_width is NaN when n < 2, mean is NaN when n == 0.
-    """
-    xs = [float(v) for v in values if v is not None and not math.isnan(float(v))]
-    n = len(xs)
-    if n == 0:
-        return float("nan"), float("nan"), 0
-    mean = sum(xs) / n
-    if n < 2:
-        return mean, float("nan"), 1
-    var = sum((x - mean) ** 2 for x in xs) / (n - 1)
-    return mean, t_quantile(level, n - 1) * math.sqrt(var / n), n
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -117,37 +97,35 @@ def _benchmark_seconds(path: str | Path | None) -> float | None:
 
 
 def _gram_dump(run_dir: Path) -> str | None:
-    """The run's Gram dump of the latest step (``gram_step_NNNN.npz`` / ``.pt``), or None."""
-    dumps = sorted(list(run_dir.glob("gram_step_*.npz")) + list(run_dir.glob("gram_step_*.pt")), key=lambda p: p.stem)
-    return str(dumps[-1]) if dumps else None
+    """The run's latest Gram dump (``gram_step_NNNN.npz``) whose batch has a non-zero advantage, or None.
+
+    A batch whose groups all got the same reward has A = 0 everywhere: nothing to draw in Figure 1."""
+    import numpy as np
+
+    for path in sorted(run_dir.glob("gram_step_*.npz"), key=lambda p: p.stem, reverse=True):
+        with np.load(path) as z:
+            if "advantages" not in z.files or np.any(np.asarray(z["advantages"]) != 0):
+                return str(path)
+    return None
+
+
+def _last(steps: list[dict[str, Any]], key: str) -> float:
+    vals = [float(s[key]) for s in steps if _numeric(s.get(key)) is not None]
+    return max(vals) if vals else float("nan")
 
 
 def summarize_run(run: Mapping[str, Any], steps: list[dict[str, Any]]) -> dict[str, Any]:
-    """One runs.csv row: final reward, means over steps of every numeric metric, rollouts and time."""
+    """One runs.csv row: final accuracy, means over steps of every numeric metric, rollouts and time."""
     out: dict[str, Any] = {c: run[c] for c in ID_COLS}
     out["steps"] = len(steps)
     keys = set().union(*(s.keys() for s in steps)) if steps else set()
-    reward_key = first_key(keys, REWARD_KEYS)
-    if reward_key:
-        tail = [s[reward_key] for s in steps if _numeric(s.get(reward_key)) is not None][-FINAL_WINDOW:]
-        out["final_reward"] = sum(tail) / len(tail) if tail else float("nan")
-    else:
-        out["final_reward"] = float("nan")
-    cum = first_key(keys, ROLLOUT_KEYS_CUMULATIVE)
-    per = first_key(keys, ROLLOUT_KEYS_PER_STEP)
-    if cum:
-        out["rollouts_used"] = max(float(s[cum]) for s in steps if cum in s)
-    elif per:
-        out["rollouts_used"] = sum(float(s[per]) for s in steps if per in s)
-    else:  # the batch size the config asked for, times the steps logged
-        out["rollouts_used"] = float(run["G"] * run["prompts_per_step"] * len(steps))
+    tail = [float(s[ACCURACY]) for s in steps if _numeric(s.get(ACCURACY)) is not None][-FINAL_WINDOW:]
+    out["final_reward"] = sum(tail) / len(tail) if tail else float("nan")
+    out["rollouts_used"] = _last(steps, ROLLOUTS_GENERATED)  # cumulative: the last step's value
+    out["rollouts_trained"] = _last(steps, ROLLOUTS_TRAINED)
     seconds = _benchmark_seconds(run.get("benchmark"))
-    if seconds is None:
-        tc, tp = first_key(keys, TIME_KEYS_CUMULATIVE), first_key(keys, TIME_KEYS_PER_STEP)
-        if tc:
-            seconds = max(float(s[tc]) for s in steps if tc in s)
-        elif tp:
-            seconds = sum(float(s[tp]) for s in steps if tp in s)
+    if seconds is None and STEP_TIME in keys:
+        seconds = sum(float(s[STEP_TIME]) for s in steps if _numeric(s.get(STEP_TIME)) is not None)
     out["wall_time_s"] = seconds if seconds is not None else float("nan")
     for key in sorted(keys):
         if key == "step" or not key.startswith(("salt/", "geom/", "train/", "reward/", "data/", "time/", "eval/")):
@@ -160,9 +138,17 @@ def summarize_run(run: Mapping[str, Any], steps: list[dict[str, Any]]) -> dict[s
     return out
 
 
-def results_table(runs_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any]], level: float = 0.95) -> list[dict[str, Any]]:
-    """Mean and t-interval over seeds per (study, model, task, method, G, benchmark)."""
+ProblemScores = dict  # {(study, model, task, method, G, benchmark): {seed: {metric: {problem id: score}}}}
+
+
+def results_table(runs_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any]], level: float = 0.95,
+                  problems: ProblemScores | None = None, baseline: str | None = None) -> list[dict[str, Any]]:
+    """Mean and t-interval over seeds per (study, model, task, method, G, benchmark), and, when
+    ``problems`` and ``baseline`` are given, the paired difference from the baseline of every
+    pass@k and avg@n: ``diff_<metric>_mean`` / ``_ci95`` / ``_se_eval`` with ``diff_seeds`` and
+    ``diff_problems`` (:func:`salt.figures.stats.paired_difference`: same study, G, seed and problems)."""
     by_run = {(r["study"], r["model"], r["task"], r["method"], r["G"], r["seed"]): r for r in runs_rows}
+    order = {m: i for i, m in enumerate(dict.fromkeys(r["method"] for r in runs_rows))}
     groups: dict[tuple, dict[str, Any]] = {}
     for e in eval_rows:
         key = (e["study"], e["model"], e["task"], e["method"], e["G"], e["benchmark"])
@@ -170,7 +156,7 @@ def results_table(runs_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any
         g["metrics"].setdefault(e["metric"], {})[e["seed"]] = e["value"]
         g["seeds"].add(e["seed"])
     table = []
-    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], k[5], k[3], int(k[4]))):
+    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], k[5], int(k[4]), order.get(k[3], len(order)), k[3])):
         study, model, task, method, G, bench = key
         g = groups[key]
         seeds = sorted(g["seeds"])
@@ -180,6 +166,16 @@ def results_table(runs_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any
             mean, half, _ = mean_ci(list(g["metrics"][metric].values()), level)
             row[f"{metric}_mean"] = mean
             row[f"{metric}_ci95"] = half
+        base_key = (study, model, task, baseline, G, bench)
+        if problems is not None and baseline and method != baseline and key in problems and base_key in problems:
+            mine, base = problems[key], problems[base_key]
+            row["diff_baseline"] = baseline
+            for metric in sorted({m for per in mine.values() for m in per}, key=_metric_order):
+                d = paired_difference({s: v[metric] for s, v in mine.items() if metric in v},
+                                      {s: v[metric] for s, v in base.items() if metric in v}, level)
+                row[f"diff_{metric}_mean"], row[f"diff_{metric}_ci95"] = d["mean"], d["ci95"]
+                row[f"diff_{metric}_se_eval"] = d["se_eval"]
+                row["diff_seeds"], row["diff_problems"] = d["seeds"], d["problems"]
         runs = [by_run[(study, model, task, method, G, s)] for s in seeds if (study, model, task, method, G, s) in by_run]
         row["rollouts_used"] = mean_ci([r["rollouts_used"] for r in runs])[0]
         row["wall_time_s"] = mean_ci([r["wall_time_s"] for r in runs])[0]
@@ -199,21 +195,44 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return str(x)
 
 
+def _pm(mean: Any, half: Any, signed: bool = False) -> str:
+    """``mean ± half`` (``mean`` alone without an interval, blank without a value)."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return ""
+    m = f"{mean:+.3f}" if signed else _fmt(mean)
+    return m if half is None or math.isnan(half) else f"{m} ± {_fmt(half)}"
+
+
+INTERVAL_NOTE = (
+    "Cells: mean ± half-width of the 95% t-interval over seeds (no ± with one seed). Δ columns: the paired "
+    "difference from {base}: in each seed, the mean over the evaluation problems both runs share of the "
+    "per-problem difference (same study, G, seed and problems), then the t-interval over seeds of those "
+    "per-seed differences, so the interval carries training, problem and sampling noise alike.\n")
+
+
 def markdown_table(table: list[dict[str, Any]]) -> str:
-    """Markdown: one line per row, ``mean ± ci`` cells for every metric (``mean`` alone with one seed)."""
+    """Markdown: one line per row, ``mean ± ci`` cells for every metric, then the paired Δ from the
+    baseline of pass@1 and of the largest pass@k."""
     if not table:
         return "_No evaluation results (no study lists benchmarks)._\n"
-    metrics = sorted({k[: -len("_mean")] for row in table for k in row if k.endswith("_mean")}, key=_metric_order)
-    head = ["study", "method", "G", "benchmark", "seeds"] + metrics + ["train reward", "rollouts", "wall s"]
+    metrics = sorted({k[: -len("_mean")] for row in table for k in row if k.endswith("_mean") and not k.startswith("diff_")},
+                     key=_metric_order)
+    passk = [m for m in metrics if m.startswith("pass@")]
+    diffs = list(dict.fromkeys(passk[:1] + passk[-1:]))
+    base = next((r["diff_baseline"] for r in table if r.get("diff_baseline")), None)
+    head = ["study", "method", "G", "benchmark", "seeds"] + metrics
+    if base:
+        head += [f"Δ {m} vs {base}" for m in diffs]
+    head += ["train reward", "rollouts", "wall s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table:
         cells = [row["study"], row["label"], str(row["G"]), row["benchmark"], str(row["seeds"])]
-        for m in metrics:
-            mean, half = row.get(f"{m}_mean", float("nan")), row.get(f"{m}_ci95", float("nan"))
-            cells.append(_fmt(mean) if math.isnan(half) else f"{_fmt(mean)} ± {_fmt(half)}")
-        cells += [_fmt(row["final_train_reward"]), f"{row['rollouts_used']:.0f}", f"{row['wall_time_s']:.1f}"]
+        cells += [_pm(row.get(f"{m}_mean", float("nan")), row.get(f"{m}_ci95", float("nan"))) for m in metrics]
+        if base:
+            cells += [_pm(row.get(f"diff_{m}_mean"), row.get(f"diff_{m}_ci95"), signed=True) or "—" for m in diffs]
+        cells += [_fmt(row["final_train_reward"]), _fmt(row["rollouts_used"], 0), _fmt(row["wall_time_s"], 1)]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\nMean ± half-width of the 95% t-interval over seeds.\n"
+    return "\n".join(lines) + "\n\n" + INTERVAL_NOTE.format(base=base or "the baseline")
 
 
 def training_table(runs_rows: list[dict[str, Any]], level: float = 0.95) -> list[dict[str, Any]]:
@@ -242,7 +261,7 @@ def markdown_training_table(table: list[dict[str, Any]]) -> str:
         mean, half = row["final_train_reward_mean"], row["final_train_reward_ci95"]
         cell = _fmt(mean) if math.isnan(half) else f"{_fmt(mean)} ± {_fmt(half)}"
         lines.append("| " + " | ".join([row["study"], str(row["label"]), str(row["G"]), str(row["seeds"]), cell,
-                                        f"{row['rollouts_used']:.0f}", f"{row['wall_time_s']:.1f}"]) + " |")
+                                        _fmt(row["rollouts_used"], 0), _fmt(row["wall_time_s"], 1)]) + " |")
     return ("\n".join(lines) + "\n\nThis study lists no benchmarks: final training reward (mean of the last "
             f"{FINAL_WINDOW} logged steps), mean ± half-width of the 95% t-interval over seeds.\n")
 
@@ -286,6 +305,7 @@ def main(manifest: Mapping[str, Any] | str | Path, out_dir: str | Path) -> dict[
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     step_rows, run_rows, eval_rows = [], [], []
+    problems: ProblemScores = {}
     for run in manifest["runs"]:
         ids = {c: run[c] for c in ID_COLS}
         steps = read_metrics(Path(run["run_dir"]) / "metrics.jsonl")
@@ -298,10 +318,17 @@ def main(manifest: Mapping[str, Any] | str | Path, out_dir: str | Path) -> dict[
         for bench, path in run.get("evals", {}).items():
             if not Path(path).exists():
                 raise FileNotFoundError(f"{path} is missing: evaluation of {run['run_dir']} on {bench} did not finish")
+            names = []
             for metric, value in _flatten_numeric(json.loads(Path(path).read_text())).items():
                 if EVAL_METRIC.match(metric):
                     eval_rows.append({**ids, "benchmark": bench, "metric": metric, "value": value})
-    table = results_table(run_rows, eval_rows)
+                    names.append(metric)
+            key = (run["study"], run["model"], run["task"], run["method"], run["G"], bench)
+            problems.setdefault(key, {})[run["seed"]] = load_problem_scores(
+                Path(path).parent / PROBLEMS_FILE, [m for m in names if PAIRED_METRIC.match(m)])
+    baseline = (manifest.get("figures") or {}).get("baseline", "grpo")
+    table = results_table(run_rows, eval_rows, problems=problems, baseline=baseline)
+    claims = evaluate_claims(manifest, run_rows, step_rows, problems)
     paths = {name: out / f"{name}.csv" for name in ("steps", "runs", "evals", "results")}
     write_csv(paths["steps"], step_rows, ID_COLS + ["step"])
     write_csv(paths["runs"], run_rows, ID_COLS + ["steps", "final_reward", "rollouts_used", "wall_time_s"])
@@ -319,9 +346,23 @@ def main(manifest: Mapping[str, Any] | str | Path, out_dir: str | Path) -> dict[
             write_csv(where["csv"], rows, ["study", "model", "task", "method", "label", "G", "seeds"])
             atomic_write_text(where["md"], markdown_training_table(rows))
         paths[f"table_md:{study}"], paths[f"table_csv:{study}"] = Path(where["md"]), Path(where["csv"])
+    paths["claims_json"], paths["claims_md"] = out / "claims.json", out / "claims.md"
+    atomic_write_text(paths["claims_json"], json.dumps(_nan_to_none(claims), indent=1) + "\n")
+    atomic_write_text(paths["claims_md"], claims_markdown(claims))
     paths["manifest"] = out / "manifest.json"
     atomic_write_text(paths["manifest"], json.dumps(manifest, indent=1) + "\n")
     return paths
+
+
+def _nan_to_none(x: Any) -> Any:
+    """NaN -> None (null) throughout, so that the JSON is strict."""
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, Mapping):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_nan_to_none(v) for v in x]
+    return x
 
 
 def cli_main(argv: list[str]) -> int:

@@ -18,12 +18,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from salt.figures.aggregate import REWARD_KEYS, first_key, read_csv
+from salt.figures.aggregate import read_csv
+from salt.figures.claims import N_EFF, N_EFF_FINAL, PR, UPDATE_NORM, ClaimsOptions
+from salt.figures.stats import moving_average
 
 FIGURES = ("fig1_gram", "fig2_dynamics", "fig3_ablations", "fig4_residual", "fig5_proxy",
            "fig6_alpha_channels", "fig7_comparison")
-CLIP_KEYS = ("train/clip_frac", "loss/clip_frac")
-UPDATE_NORM_KEYS = ("train/update_norm", "train/grad_norm")
+CLIP_FRAC = "train/clip_frac"  # the loss's clip fraction as the trainer logs it (salt/train/trainer.py)
 
 
 class Tables:
@@ -72,14 +73,6 @@ def _colors(names: Sequence[str]) -> dict[str, Any]:
 
     cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
     return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
-
-
-def _smooth(y: np.ndarray, window: int) -> np.ndarray:
-    if window <= 1 or len(y) < window:
-        return y
-    kernel = np.ones(window) / window
-    head = [y[: i + 1].mean() for i in range(window - 1)]
-    return np.concatenate([head, np.convolve(y, kernel, mode="valid")])
 
 
 def _col(rows: list[dict[str, Any]], key: str) -> np.ndarray:
@@ -214,8 +207,8 @@ def fig1_gram(t: Tables, fig) -> None:
     for ax, method in zip(axes[0, :2], (base, salt)):
         run = picked.get(method)
         if run is None:
-            _note(ax, f"{t.label(method)}:\nno Gram dump (gram_step_*.npz) in its run dirs;\n"
-                      "set run.train.dump_gram_steps")
+            _note(ax, f"{t.label(method)}:\nno Gram dump (gram_step_*.npz) with a non-zero advantage\n"
+                      "in its run dirs; list more steps in run.train.dump_gram_steps")
             continue
         b = gram_batch(run["gram_file"], salt_k_options(run["run_dir"]))
         batches[method] = b
@@ -291,50 +284,100 @@ def _curves(t: Tables, study: str, G: int, method: str, key: str, smooth: int) -
     steps = sorted(set.intersection(*(set(v) for v in per_seed.values())))
     if not steps:
         return None
-    Y = np.array([_smooth(np.array([per_seed[sd][st] for st in steps]), smooth) for sd in sorted(per_seed)])
+    Y = np.array([moving_average(np.array([per_seed[sd][st] for st in steps]), smooth) for sd in sorted(per_seed)])
     return np.array(steps), Y.mean(0), Y.min(0), Y.max(0)
 
 
+def _draw_curves(ax, t: Tables, study: str, G: int, methods: Sequence[str], key_of: Callable[[str], str],
+                 colors: Mapping[str, Any]) -> bool:
+    """Mean over seeds (line) and min-max band of ``key_of(method)`` per step; False when nothing was logged."""
+    drawn = False
+    for m in methods:
+        c = _curves(t, study, G, m, key_of(m), int(t.options.get("smooth", 1)))
+        if c is None:
+            continue
+        x, mean, lo, hi = c
+        ax.plot(x, mean, "-" if "salt" in m else "--", color=colors[m], label=t.label(m))
+        ax.fill_between(x, lo, hi, color=colors[m], alpha=0.12)
+        drawn = True
+    return drawn
+
+
 def fig2_dynamics(t: Tables, fig) -> None:
-    axes = fig.subplots(1, 3)
+    """Main study at its largest G: (a) sampled accuracy per step of every method, (b) held-out accuracy
+    at the end (mean and 95% interval over seeds), (c) PR and (d) n_eff of the coefficients the loss used,
+    GRPO and DAPO with and without SALT."""
+    axes = fig.subplots(2, 2).ravel()
     mains = t.studies("main")
     if not mains:
         for ax in axes:
             _note(ax, "no study of kind 'main' in the config")
         return
     study = mains[0]
+    opts = ClaimsOptions.from_manifest(t.manifest)
     G = max(int(r["G"]) for r in t.runs_of(study))
-    wanted = [m for m in ("grpo", "grpo_salt", "dapo", "dapo_salt") if m in t.methods_of(study)] or t.methods_of(study)
-    cols = [c for c in (t.steps[0].keys() if t.steps else [])]
-    reward_key = first_key(cols, REWARD_KEYS)
-    colors = _colors(wanted)
-    for ax, key, name in zip(axes, (reward_key, "salt/participation_ratio", "salt/n_eff"),
-                             ("training reward (accuracy)", "participation ratio PR", "signed n_eff")):
-        drawn = False
-        for m in wanted:
-            c = _curves(t, study, G, m, key, int(t.options.get("smooth", 1))) if key else None
-            if c is None:
-                continue
-            x, mean, lo, hi = c
-            style = "-" if "salt" in m else "--"
-            ax.plot(x, mean, style, color=colors[m], label=t.label(m))
-            ax.fill_between(x, lo, hi, color=colors[m], alpha=0.15)
-            drawn = True
-        if drawn:
+    methods = t.methods_of(study)
+    pairs = [m for s, b in opts.salt_pairs.items() for m in (b, s) if m in methods]
+    colors = _colors(methods)
+    smooth = int(t.options.get("smooth", 1))
+    ax = axes[0]
+    if _draw_curves(ax, t, study, G, methods, lambda m: opts.curve_metric, colors):
+        ax.set_xlabel("step")
+        ax.set_ylabel(opts.curve_metric)
+        ax.set_title(f"sampled accuracy (T = rollout temperature) on the RL prompts, G={G}"
+                     + (f", moving average {smooth}" if smooth > 1 else ""), fontsize=9)
+        ax.legend(fontsize=7, ncol=2)
+    else:
+        _note(ax, f"'{opts.curve_metric}' was not logged (report.claims.curve_metric)")
+    ax = axes[1]
+    res = [r for r in t.results if r["study"] == study and int(r["G"]) == G]
+    metric = opts.accuracy
+    if res and any(r.get(f"{metric}_mean") is not None for r in res):
+        bench = res[0]["benchmark"]
+        rows = {r["method"]: r for r in res if r["benchmark"] == bench}
+        shown = [m for m in methods if m in rows]
+        means = [rows[m].get(f"{metric}_mean") for m in shown]
+        errs = [rows[m].get(f"{metric}_ci95") or 0.0 for m in shown]
+        ax.bar(range(len(shown)), [np.nan if v is None else v for v in means],
+               yerr=[0.0 if isinstance(e, float) and math.isnan(e) else e for e in errs],
+               color=[colors[m] for m in shown], capsize=3)
+        for i, m in enumerate(shown):
+            d, h = rows[m].get(f"diff_{metric}_mean"), rows[m].get(f"diff_{metric}_ci95")
+            if d is not None and not math.isnan(d):
+                ax.annotate(f"{d:+.3f}" + ("" if h is None or math.isnan(h) else f"\n±{h:.3f}"), (i, 0.02),
+                            ha="center", fontsize=6, color="w")
+        start = [c[1][0] for m in shown if (c := _curves(t, study, G, m, opts.curve_metric, 1)) is not None]
+        if start:
+            ax.axhline(float(np.mean(start)), color="0.3", ls=":", lw=1,
+                       label=f"first-step sampled accuracy on the RL prompts (warm-up policy): {np.mean(start):.2f}")
+            ax.legend(fontsize=7, loc="upper left")
+        ax.set_xticks(range(len(shown)), [t.label(m) for m in shown], fontsize=7, rotation=20)
+        ax.set_ylabel(f"held-out {metric} ({bench})")
+        ax.set_title(f"after training, G={G}: mean ± 95% CI over seeds; in bars: paired Δ vs "
+                     f"{t.label(t.options.get('baseline', 'grpo'))}", fontsize=9)
+    else:
+        _note(ax, f"no held-out {metric} of the main study (studies.<main>.benchmarks)")
+    for ax, key_of, name in ((axes[2], lambda m: PR, "participation ratio PR of the Gram"),
+                             (axes[3], lambda m: N_EFF_FINAL if _salt_on(m, opts) else N_EFF,
+                              "signed n_eff of the coefficients the loss used")):
+        if pairs and _draw_curves(ax, t, study, G, pairs, key_of, colors):
             ax.set_xlabel("step")
             ax.set_title(f"{name} (G={G})", fontsize=9)
+            ax.legend(fontsize=7)
         else:
-            _note(ax, f"'{key}' was not logged")
-    handles, labels = axes[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8)
+            _note(ax, f"no curve: '{key_of(pairs[0]) if pairs else PR}' not logged, or no method of "
+                      "report.claims.salt_pairs in the main study")
+
+
+def _salt_on(method: str, opts: ClaimsOptions) -> bool:
+    return method in opts.salt_pairs
 
 
 # ------------------------------------------------------------------------- Figure 3
 
 
 def fig3_ablations(t: Tables, fig) -> None:
-    axes = fig.subplots(1, 3)
+    axes = fig.subplots(1, 4)
     abl = t.studies("ablation")
     if abl:
         rows = t.runs_of(abl[0])
@@ -375,6 +418,19 @@ def fig3_ablations(t: Tables, fig) -> None:
         ax.legend(fontsize=7)
     else:
         _note(ax, "no study of kind 'scaling_budget'")
+    ax = axes[3]
+    focal = t.studies("focal_sweep")
+    if focal:
+        methods = t.methods_of(focal[0])
+        rows = t.runs_of(focal[0])
+        spreads = [_spread([r["final_reward"] for r in rows if r["method"] == m]) for m in methods]
+        ax.bar(range(len(methods)), [sp[0] for sp in spreads], yerr=np.array([sp[1] for sp in spreads]).T,
+               color=[_colors(methods)[m] for m in methods], capsize=3)
+        ax.set_xticks(range(len(methods)), [t.label(m) for m in methods], fontsize=7, rotation=15)
+        ax.set_ylabel("final training reward")
+        ax.set_title(f"F-GRPO gamma sweep (G={rows[0]['G']})" if rows else "F-GRPO gamma sweep", fontsize=9)
+    else:
+        _note(ax, "no study of kind 'focal_sweep'")
 
 
 # ------------------------------------------------------------------------- Figure 4
@@ -412,7 +468,7 @@ def fig4_residual(t: Tables, fig) -> None:
     if methods:
         ax.legend(fontsize=6)
     ax = axes[1]
-    norm_key = next((f"mean:{k}" for k in UPDATE_NORM_KEYS if any(r.get(f"mean:{k}") is not None for r in rows)), None)
+    norm_key = f"mean:{UPDATE_NORM}" if any(r.get(f"mean:{UPDATE_NORM}") is not None for r in rows) else None
     drawn = False
     for m in methods:
         rs = [r for r in rows if r["method"] == m]
@@ -484,7 +540,7 @@ def fig6_alpha_channels(t: Tables, fig) -> None:
         return
     methods = t.methods_of(study)
     colors = _colors(methods)
-    clip_key = next((f"mean:{k}" for k in CLIP_KEYS if any(r.get(f"mean:{k}") is not None for r in rows)), None)
+    clip_key = f"mean:{CLIP_FRAC}" if any(r.get(f"mean:{CLIP_FRAC}") is not None for r in rows) else None
     ax = axes[0]
     for m in methods:
         rs = [r for r in rows if r["method"] == m]
@@ -587,7 +643,7 @@ DRAW: dict[str, Callable[[Tables, Any], None]] = {
     "fig4_residual": fig4_residual, "fig5_proxy": fig5_proxy, "fig6_alpha_channels": fig6_alpha_channels,
     "fig7_comparison": fig7_comparison,
 }
-SIZES = {"fig1_gram": (13, 7.5), "fig2_dynamics": (13, 4.2), "fig3_ablations": (14, 4.2), "fig4_residual": (11, 4),
+SIZES = {"fig1_gram": (13, 7.5), "fig2_dynamics": (12, 8), "fig3_ablations": (18, 4.2), "fig4_residual": (11, 4),
          "fig5_proxy": (11, 4.2), "fig6_alpha_channels": (14, 4.2), "fig7_comparison": (14, 4.2)}
 
 
@@ -617,12 +673,40 @@ def main(tables_dir: str | Path, out_dir: str | Path, log_to_mlflow: bool = Fals
     return written
 
 
+README_FIGURE = "fig2_dynamics"  # the README's "What you get" image: workflow/report/example_fig2_dynamics.png
+
+
+def draw_one(tables_dir: str | Path, name: str, out: str | Path, dpi: int = 120) -> Path:
+    """Draw one figure of :data:`FIGURES` from the tables to ``out`` (format from its suffix)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if name not in DRAW:
+        raise ValueError(f"unknown figure {name!r}; known: {', '.join(FIGURES)}")
+    fig = plt.figure(figsize=SIZES[name], layout="constrained")
+    DRAW[name](Tables(tables_dir), fig)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return Path(out)
+
+
 def cli_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="salt figures", description=__doc__.split("\n\n")[0])
     parser.add_argument("--tables", required=True, help="folder written by `salt aggregate`")
-    parser.add_argument("--out", required=True, help="output folder of the figures")
+    parser.add_argument("--out", help="output folder of the figures")
     parser.add_argument("--mlflow", action="store_true", help="log the figures to the studies' MLflow parent runs")
+    parser.add_argument("--readme-figure", metavar="PNG",
+                        help=f"also (or only, without --out) draw {README_FIGURE} to this file, e.g. "
+                             "workflow/report/example_fig2_dynamics.png after `make run`")
     args = parser.parse_args(argv)
-    for path in main(args.tables, args.out, log_to_mlflow=args.mlflow):
-        print(path)
+    if not args.out and not args.readme_figure:
+        parser.error("give --out DIR, --readme-figure PNG or both")
+    if args.out:
+        for path in main(args.tables, args.out, log_to_mlflow=args.mlflow):
+            print(path)
+    if args.readme_figure:
+        print(draw_one(args.tables, README_FIGURE, args.readme_figure, dpi=100))
     return 0

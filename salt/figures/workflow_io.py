@@ -17,6 +17,11 @@ from salt.utils import atomic_write_text
 
 PARENT_TAG = "salt.parent"
 STUDY_TAG = "salt.study"
+# MLflow 3 opens an experiment without this tag in its GenAI view (traces); "custom_model_development"
+# is the value its UI writes for the classic machine-learning view, which opens on the runs table
+# (mlflow/server/js: ExperimentKind.CUSTOM_MODEL_DEVELOPMENT, tag key "mlflow.experimentKind").
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND_ML = "custom_model_development"
 
 
 def write_run_config(run: Mapping[str, Any], parent_json: str | Path, out: str | Path) -> dict[str, Any]:
@@ -41,6 +46,7 @@ def ensure_parent_run(tracking: Mapping[str, Any], study: Mapping[str, Any], out
         uri = tr.resolve_uri(tracking.get("uri"))
         client = tr._client(uri)
         exp_id = tr.get_or_create_experiment(tracking["experiment"], client=client)
+        tr.with_retry(client.set_experiment_tag, exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND_ML)
         query = f"tags.`{PARENT_TAG}` = 'true' and tags.`{STUDY_TAG}` = '{study['name']}'"
         found = tr.with_retry(client.search_runs, [exp_id], filter_string=query, max_results=1)
         if found:
@@ -67,4 +73,23 @@ def log_artifacts_to_parents(parent_jsons: list[str | Path], files: list[str | P
         for file in files:
             tr.with_retry(client.log_artifact, record["mlflow_run_id"], str(file), artifact_path)
         touched += 1
+    return touched
+
+
+def log_study_artifacts(manifest: Mapping[str, Any], figures: list[str | Path], claims: list[str | Path],
+                        report_html: str | Path | None) -> int:
+    """Attach to each study's parent run its own table (``table/``), every figure (``figures/``), the
+    report (``report/``) and, for studies of kind main (the ones the claims measure), the claims
+    (``claims/``). Returns the parent runs touched (0 with tracking off)."""
+    if not (manifest.get("tracking") or {}).get("enabled", True):
+        return 0
+    kinds = {r["study"]: r["kind"] for r in manifest["runs"]}
+    touched = 0
+    for study, parent_json in manifest.get("parents", {}).items():
+        table = manifest.get("study_tables", {}).get(study, {})
+        groups = {"table": [table[k] for k in ("md", "csv") if k in table], "figures": list(figures),
+                  "report": [report_html] if report_html else [],
+                  "claims": list(claims) if kinds.get(study) == "main" else []}
+        hits = [log_artifacts_to_parents([parent_json], files, path) for path, files in groups.items() if files]
+        touched += int(any(hits))
     return touched

@@ -43,6 +43,13 @@ def tables(tmp_path):
     return manifest, paths, tmp_path
 
 
+def _problems(path):
+    import json
+    from pathlib import Path
+
+    return {r["id"]: r["correct"] for r in map(json.loads, (Path(path).parent / "problems.jsonl").read_text().splitlines())}
+
+
 def test_tables_shape_and_values(tables):
     manifest, paths, _ = tables
     n_runs = len(manifest["runs"])
@@ -51,25 +58,56 @@ def test_tables_shape_and_values(tables):
     assert len(runs) == n_runs
     assert len(steps) == n_runs * 6  # the repeated step is deduplicated
     table = aggregate.read_csv(paths["results"])
-    expected_groups = sum(len(m) * len(g) for _, m, g, *_ in STUDIES.values())
-    assert len(table) == expected_groups
+    _, methods, gs, seeds, *_ = STUDIES["main"]
+    assert len(table) == len(methods) * len(gs)  # only the main study lists a benchmark
     row = next(r for r in table if r["study"] == "main" and r["method"] == "grpo_salt" and r["G"] == 4)
-    accs = [0.3 + 0.1 * s for s in (0, 1, 2)]
-    mean, half, _ = aggregate.mean_ci(accs)
+    evals = {s: next(r for r in manifest["runs"] if r["study"] == "main" and r["method"] == "grpo_salt"
+                     and r["G"] == 4 and r["seed"] == s)["evals"]["toy_test"] for s in seeds}
+    # brute force from problems.jsonl: pass@1 = mean correctness, pass@4 (n = 4) = any correct
+    acc1 = [np.mean([np.mean(c) for c in _problems(evals[s]).values()]) for s in seeds]
+    acc4 = [np.mean([float(any(c)) for c in _problems(evals[s]).values()]) for s in seeds]
+    mean, half, _ = aggregate.mean_ci(acc1)
     assert row["seeds"] == 3
     assert row["pass@1_mean"] == pytest.approx(mean, abs=1e-6)
     assert row["pass@1_ci95"] == pytest.approx(half, abs=1e-6)
-    assert row["pass@4_mean"] == pytest.approx(mean + 0.15, abs=1e-6)
-    assert row["rollouts_used"] == pytest.approx(4 * 4 * 6)  # per-step counts summed over the 6 distinct steps
+    assert row["pass@4_mean"] == pytest.approx(np.mean(acc4), abs=1e-6)
+    assert row["rollouts_used"] == pytest.approx(4 * 4 * 6)  # the cumulative count at the last step
     assert row["wall_time_s"] == pytest.approx(0.5 * 6)  # deduplicated steps
     # final reward = mean of the last 3 steps, the last one replaced by the resumed row (0.99)
     r = next(r for r in runs if r["study"] == "main" and r["method"] == "grpo" and r["G"] == 2 and r["seed"] == 0)
     assert r["final_reward"] == pytest.approx((0.3 + 0.4 + 0.99) / 3)
-    assert r["gram_file"].endswith("gram_step_0006.npz")  # the latest of the two dumps
+    assert r["gram_file"].endswith("gram_step_0006.npz")  # the latest dump with a non-zero advantage (0007: all 0)
     budget = [r for r in runs if r["study"] == "budget"]
     assert {(r["G"], r["prompts_per_step"]) for r in budget} == {(2, 4), (4, 2)}
     md = paths["results_md"].read_text()
-    assert md.count("\n| main |") == 8 and "±" in md and "pass@4" in md
+    assert md.count("\n| main |") == 8 and "±" in md and "pass@4" in md and "Δ pass@1 vs grpo" in md
+
+
+def test_paired_difference_columns_against_brute_force(tables):
+    from scipy import stats as sps
+
+    manifest, paths, _ = tables
+    table = aggregate.read_csv(paths["results"])
+    _, _, gs, seeds, *_ = STUDIES["main"]
+
+    def ev(method, G, s):
+        return _problems(next(r for r in manifest["runs"] if r["study"] == "main" and r["method"] == method
+                              and r["G"] == G and r["seed"] == s)["evals"]["toy_test"])
+
+    for G in gs:
+        assert next(r for r in table if r["method"] == "grpo" and r["G"] == G)["diff_pass@1_mean"] is None
+        row = next(r for r in table if r["method"] == "dapo_salt" and r["G"] == G)
+        for metric, k in (("pass@1", 1), ("pass@4", 4)):
+            per_seed = []
+            for s in seeds:
+                a, b = ev("dapo_salt", G, s), ev("grpo", G, s)
+                f = (lambda c: np.mean(c)) if k == 1 else (lambda c: float(any(c)))
+                per_seed.append(np.mean([f(a[p]) - f(b[p]) for p in a]))
+            ci = sps.ttest_1samp(per_seed, 0.0).confidence_interval(0.95)
+            assert row[f"diff_{metric}_mean"] == pytest.approx(np.mean(per_seed), abs=1e-6)
+            assert row[f"diff_{metric}_ci95"] == pytest.approx((ci.high - ci.low) / 2, abs=1e-6)
+        assert row["diff_seeds"] == 3 and row["diff_problems"] == 40 and row["diff_baseline"] == "grpo"
+        assert row["diff_pass@1_mean"] > 0.05  # the synthetic effect of a SALT method is +0.1 in probability
 
 
 def test_missing_eval_is_a_clear_error(tmp_path):
@@ -101,11 +139,37 @@ def test_figures_and_report_files(tables):
         assert f"{name}.png" in names and f"{name}.pdf" in names
         assert (out / f"{name}.png").stat().st_size > 5000
         assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
-    html_path = report.main([out / f"{n}.png" for n in figures.FIGURES], tmp / "caps", paths["results_md"],
-                            paths["manifest"], tmp / "report.html", title="T")
+    caps = tmp / "caps"
+    caps.mkdir()
+    (caps / "toy_task.rst").write_text("The **toy** task.\n")
+    (tmp / "README.md").write_text("# readme\n")
+    html_path = report.main([out / f"{n}.png" for n in figures.FIGURES], caps, paths["results_md"],
+                            paths["manifest"], tmp / "site" / "report.html", title="T",
+                            claims_md=paths["claims_md"], readme=tmp / "README.md")
     text = html_path.read_text()
     assert text.count("data:image/png;base64,") == len(figures.FIGURES)
     assert "<table>" in text and "grpo_salt".upper() in text
+    assert "<h2>Claims</h2>" in text and "Verdict rule" in text and "(b) SALT raises PR" in text
+    assert "<p>The <b>toy</b> task.</p>" in text
+    assert "href='../README.md#the-embedded-toy-task-why-rl-can-learn-it'" in text
+    assert "How the intervals are computed" in text and "unit of replication is the training seed" in text
+    assert text.index("Claims") < text.index("Results table") < text.index("Figures")
+    for study in ("budget", "ablation", "focal"):  # no held-out evaluation: their training tables
+        assert f"Study {study} (no held-out evaluation)" not in text  # no study_tables in this manifest
+
+
+def test_report_shows_the_training_tables_of_unevaluated_studies(tmp_path):
+    manifest = make_runs(tmp_path / "results")
+    manifest["study_tables"] = {s: {"md": str(tmp_path / "results" / s / "table.md"),
+                                    "csv": str(tmp_path / "results" / s / "table.csv")} for s in STUDIES}
+    paths = aggregate.main(manifest, tmp_path / "tables")
+    figures.main(tmp_path / "tables", tmp_path / "figs")
+    text = report.main([tmp_path / "figs" / f"{n}.png" for n in figures.FIGURES], tmp_path, paths["results_md"],
+                       paths["manifest"], tmp_path / "report.html", claims_md=paths["claims_md"]).read_text()
+    for study in ("budget", "ablation", "focal"):
+        assert f"Study {study} (no held-out evaluation)" in text
+    assert "Study main (no held-out evaluation)" not in text
+    assert "FGRPO_GAMMA2" in text  # the gamma sweep's table
 
 
 def test_figures_without_optional_data(tmp_path):
@@ -131,8 +195,6 @@ def test_study_tables(tmp_path):
     assert {r["study"] for r in main} == {"main"} and len(main) == 4 * 2  # methods x G, one benchmark
     assert "pass@1" in (tmp_path / "results" / "main" / "table.md").read_text()
     # a study without evaluation rows gets its training table: final reward over seeds
-    manifest["runs"] = [{**r, "evals": {}} if r["study"] == "budget" else r for r in manifest["runs"]]
-    aggregate.main(manifest, tmp_path / "tables")
     budget = aggregate.read_csv(tmp_path / "results" / "budget" / "table.csv")
     assert len(budget) == 2 * 2 and all(r["seeds"] == 1 for r in budget)
     runs = aggregate.read_csv(tmp_path / "tables" / "runs.csv")
@@ -199,4 +261,56 @@ def test_fig1_draws_both_runs_and_the_coefficients(tables):
     assert sum("k = " in text.get_text() for text in spectrum.get_legend().get_texts()) == 2
     coef = next(ax for ax in fig.axes if "before and after SALT" in ax.get_title())
     assert len(coef.patches) == 2 * 16  # A and A_final bars for the B = 4 x 4 rollouts
+    plt.close(fig)
+
+
+def _drawn(tables_dir, name):
+    """(Tables, the matplotlib figure ``name`` drawn from them)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = figures.Tables(tables_dir)
+    fig = plt.figure(figsize=figures.SIZES[name], layout="constrained")
+    figures.DRAW[name](t, fig)
+    return t, fig
+
+
+def test_fig2_panels_and_readme_figure(tables):
+    import matplotlib.pyplot as plt
+
+    from salt.figures.claims import ClaimsOptions
+
+    _, paths, tmp = tables
+    _, fig = _drawn(tmp / "tables", "fig2_dynamics")
+    acc, held, pr, neff = fig.axes[:4]
+    assert acc.get_ylabel() == ClaimsOptions().curve_metric and "G=4" in acc.get_title()
+    assert len(acc.get_lines()) == 4  # every method of the study
+    assert len(held.patches) == 4 and held.get_ylabel() == "held-out pass@1 (toy_test)"
+    # the bar heights are the table's means at the largest G
+    table = {r["method"]: r for r in aggregate.read_csv(paths["results"]) if r["G"] == 4}
+    assert [p.get_height() for p in held.patches] == pytest.approx(
+        [table[m]["pass@1_mean"] for m in ("grpo", "grpo_salt", "dapo", "dapo_salt")], abs=1e-6)
+    assert sum("±" in a.get_text() for a in held.texts) == 3  # paired Δ in every bar but the baseline's
+    assert "participation ratio" in pr.get_title() and "coefficients the loss used" in neff.get_title()
+    # SALT runs draw n_eff_final, baselines n_eff: the synthetic n_eff_final is ~0.3 larger
+    ys = {line.get_label(): line.get_ydata().mean() for line in neff.get_lines()}
+    assert ys["GRPO_SALT"] > ys["GRPO"]
+    plt.close(fig)
+    from salt.figures.figures import cli_main
+
+    assert cli_main(["--tables", str(tmp / "tables"), "--readme-figure", str(tmp / "ex.png")]) == 0
+    assert (tmp / "ex.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_fig3_draws_the_gamma_sweep(tables):
+    import matplotlib.pyplot as plt
+
+    _, _, tmp = tables
+    t, fig = _drawn(tmp / "tables", "fig3_ablations")
+    ax = next(a for a in fig.axes if a.get_title().startswith("F-GRPO gamma sweep"))
+    assert ax.get_title() == "F-GRPO gamma sweep (G=4)"
+    runs = {r["method"]: r["final_reward"] for r in t.runs if r["study"] == "focal"}
+    assert [p.get_height() for p in ax.patches] == pytest.approx([runs[m] for m in ("fgrpo_gamma0.5", "fgrpo", "fgrpo_gamma2")])
     plt.close(fig)

@@ -102,6 +102,14 @@ def test_smoke_dag_end_to_end(tmp_path):
     for p in parents:
         arts = [a.path for a in client.list_artifacts(p.info.run_id, "figures")]
         assert {f"figures/{n}.png" for n in FIGURES} <= set(arts)
+        # each study's parent carries its own table and the report
+        assert {"table/table.md", "table/table.csv"} <= {a.path for a in client.list_artifacts(p.info.run_id, "table")}
+        assert [a.path for a in client.list_artifacts(p.info.run_id, "report")] == ["report/report.html"]
+    assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"  # `mlflow ui` opens on the runs table
+    claims = json.loads((results / "tables" / "claims.json").read_text())
+    assert [c["id"] for c in claims["claims"]] == ["a", "b", "c", "d", "e"]
+    assert all(c["verdict"] in ("holds", "does not hold", "inconclusive") for c in claims["claims"])
+    assert "<h2>Claims</h2>" in html and "Verdict rule" in html
 
     # the state an interrupted run leaves: one training job without DONE (its run dir, checkpoints and
     # run.json kept) and nothing downstream of it. The rerun redoes that job alone (resuming it and

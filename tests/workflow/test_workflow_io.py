@@ -31,6 +31,8 @@ def test_parent_run_is_created_once_and_figures_attach(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=first["tracking_uri"])
+    # the classic ML view (runs table) in `mlflow ui`, not MLflow 3's GenAI view
+    assert client.get_experiment(first["experiment_id"]).tags["mlflow.experimentKind"] == "custom_model_development"
     runs = client.search_runs([first["experiment_id"]])
     assert sorted(r.data.tags["salt.study"] for r in runs) == ["ablation", "main"]
     fig = tmp_path / "fig.png"
@@ -45,3 +47,38 @@ def test_tracking_disabled_writes_null_parent(tmp_path):
     rec = workflow_io.ensure_parent_run({"enabled": False, "experiment": "x"}, {"name": "s"}, tmp_path / "p.json")
     assert rec["mlflow_run_id"] is None
     assert workflow_io.log_artifacts_to_parents([tmp_path / "p.json"], []) == 0
+
+
+def test_study_artifacts_on_parent_runs(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking = {"enabled": True, "uri": f"sqlite:///{tmp_path / 'db' / 'mlflow.db'}", "experiment": "exp"}
+    parents, tables = {}, {}
+    for name, kind in (("main", "main"), ("budget", "scaling_budget")):
+        parents[name] = str(tmp_path / f"{name}.json")
+        workflow_io.ensure_parent_run(tracking, {"name": name, "kind": kind}, parents[name])
+        d = tmp_path / name
+        d.mkdir()
+        (d / "table.md").write_text(f"| {name} |\n")
+        (d / "table.csv").write_text("a\n1\n")
+        tables[name] = {"md": str(d / "table.md"), "csv": str(d / "table.csv")}
+    files = {n: tmp_path / n for n in ("fig2_dynamics.png", "claims.md", "claims.json", "report.html")}
+    for f in files.values():
+        f.write_text("x")
+    manifest = {"runs": [{"study": "main", "kind": "main"}, {"study": "budget", "kind": "scaling_budget"}],
+                "parents": parents, "study_tables": tables, "tracking": tracking}
+    assert workflow_io.log_study_artifacts(manifest, [files["fig2_dynamics.png"]],
+                                           [files["claims.md"], files["claims.json"]], files["report.html"]) == 2
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=json.loads((tmp_path / "main.json").read_text())["tracking_uri"])
+    for name in ("main", "budget"):
+        run_id = json.loads((tmp_path / f"{name}.json").read_text())["mlflow_run_id"]
+        listed = {a.path for d in ("table", "figures", "report", "claims") for a in client.list_artifacts(run_id, d)}
+        expected = {"table/table.md", "table/table.csv", "figures/fig2_dynamics.png", "report/report.html"}
+        if name == "main":  # the claims are measured on the main study
+            expected |= {"claims/claims.md", "claims/claims.json"}
+        assert listed == expected
+        text = client.download_artifacts(run_id, "table/table.md", str(tmp_path / f"dl_{name}"))
+        assert open(text).read() == f"| {name} |\n"  # each study gets its own table
+    assert workflow_io.log_study_artifacts({**manifest, "tracking": {"enabled": False}}, [], [], None) == 0

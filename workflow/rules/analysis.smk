@@ -7,7 +7,8 @@ localrules:
 
 
 rule aggregate:
-    """Collect the logged metrics of every run (metrics.jsonl + evaluation metrics.json) into tables."""
+    """Collect the logged metrics of every run (metrics.jsonl, evaluation metrics.json + problems.jsonl) into
+    tables with paired differences from the baseline, and measure the published claims."""
     input:
         done=all_train_done(),
         evals=all_eval_metrics(),
@@ -19,6 +20,8 @@ rule aggregate:
         table_csv=report(R("tables/results.csv"), caption="../report/table.rst", category="Tables"),
         table_md=R("tables/results.md"),
         manifest=R("tables/manifest.json"),
+        claims_md=R("tables/claims.md"),
+        claims_json=report(R("tables/claims.json"), caption="../report/claims.rst", category="Tables"),
         study_md=[STUDY_TABLE_MD.format(study=s) for s in config["studies"]],
         study_csv=[STUDY_TABLE_CSV.format(study=s) for s in config["studies"]],
     log:
@@ -38,14 +41,13 @@ rule aggregate:
 
 
 rule figures:
-    """Figures 1-7 (PNG + PDF) from the aggregated tables; logged as artifacts of the parent runs."""
+    """Figures 1-7 (PNG + PDF) from the aggregated tables."""
     input:
         manifest=rules.aggregate.output.manifest,
         steps=rules.aggregate.output.steps,
         evals=rules.aggregate.output.evals,
         runs=rules.aggregate.output.runs,
         table=rules.aggregate.output.table_csv,
-        parents=all_parents(),
     output:
         png=[
             report(R(f"figures/{name}.png"), caption=f"../report/{name}.rst", category="Figures")
@@ -68,12 +70,19 @@ rule figures:
 
 
 rule report:
-    """Self-contained HTML report: figures + captions + results table (also: `snakemake --report`)."""
+    """Self-contained HTML report (toy task, claims, results table, figures; also: `snakemake --report`);
+    each study's parent MLflow run gets its table, the figures, the claims and the report as artifacts."""
     input:
         png=rules.figures.output.png,
+        pdf=rules.figures.output.pdf,
         table_md=rules.aggregate.output.table_md,
         table_csv=rules.aggregate.output.table_csv,
+        claims_md=rules.aggregate.output.claims_md,
+        claims_json=rules.aggregate.output.claims_json,
+        study_md=rules.aggregate.output.study_md,
+        study_csv=rules.aggregate.output.study_csv,
         manifest=rules.aggregate.output.manifest,
+        parents=all_parents(),
     output:
         html=R("report.html"),
     log:

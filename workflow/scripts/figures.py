@@ -1,4 +1,4 @@
-"""Draw Figures 1-7 from the tables and log them to the parent runs (salt.figures.figures.main)."""
+"""Draw Figures 1-7 from the tables (salt.figures.figures.main); the report step logs them to MLflow."""
 
 import sys
 from pathlib import Path
@@ -8,4 +8,4 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))  # the repository 
 
 from salt.figures.figures import main  # noqa: E402
 
-main(Path(snakemake.input.manifest).parent, snakemake.params.out, log_to_mlflow=True)  # noqa: F821
+main(Path(snakemake.input.manifest).parent, snakemake.params.out)  # noqa: F821

@@ -1,12 +1,16 @@
-"""Build results/report.html from the figures, their captions and the table (salt.figures.report.main)."""
+"""Build results/report.html (salt.figures.report.main), then attach each study's table, the figures,
+the claims and the report to the study's MLflow parent run (salt.figures.workflow_io.log_study_artifacts)."""
 
+import json
 import sys
 from pathlib import Path
 
 sys.stderr = open(snakemake.log[0], "w")  # noqa: F821
-sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))  # the repository (salt may not be installed)  # noqa: F821
+REPO = Path(snakemake.scriptdir).parents[1]  # noqa: F821
+sys.path.insert(0, str(REPO))  # the repository (salt may not be installed)
 
 from salt.figures.report import main  # noqa: E402
+from salt.figures.workflow_io import log_study_artifacts  # noqa: E402
 
 main(  # noqa: F821
     figures=list(snakemake.input.png),  # noqa: F821
@@ -15,4 +19,12 @@ main(  # noqa: F821
     manifest=snakemake.input.manifest,  # noqa: F821
     out=snakemake.output.html,  # noqa: F821
     title=snakemake.params.title,  # noqa: F821
+    claims_md=snakemake.input.claims_md,  # noqa: F821
+    readme=REPO / "README.md",
+)
+log_study_artifacts(
+    json.loads(Path(snakemake.input.manifest).read_text()),  # noqa: F821
+    figures=list(snakemake.input.png) + list(snakemake.input.pdf),  # noqa: F821
+    claims=[snakemake.input.claims_md, snakemake.input.claims_json],  # noqa: F821
+    report_html=snakemake.output.html,  # noqa: F821
 )
