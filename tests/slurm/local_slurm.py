@@ -200,11 +200,31 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def cancel_all(state: Path, timeout: float = 30.0) -> None:
+    """Cancel every job of this cluster and wait until none is pending or running."""
+    try:
+        listed = _run(["squeue", "-h", "-t", "PENDING,RUNNING,COMPLETING,CONFIGURING", "-o", "%i"], state)
+        ids = listed.stdout.split()
+        if not ids:
+            return
+        _run(["scancel", *ids], state)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not _run(["squeue", "-h", "-t", "PENDING,RUNNING,COMPLETING,CONFIGURING", "-o", "%i"], state).stdout.split():
+                return
+            time.sleep(0.5)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+
+
 def down(state: Path, timeout: float = 20.0) -> list[int]:
     """Stop the daemons whose PID files are under ``state``; return the PIDs that were running."""
     state = state.resolve()
     files = {"slurmd": state / "slurmd.pid", "slurmctld": state / "slurmctld.pid",
              "munged": state / "munge" / "munged.pid"}
+    ctld = _pid(files["slurmctld"])
+    if ctld is not None and _alive(ctld) and (state / "slurm.conf").exists():
+        cancel_all(state)  # slurmstepd outlives slurmd: end the jobs first
     stopped = []
     for name in DAEMONS:
         pid = _pid(files[name])
