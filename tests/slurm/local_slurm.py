@@ -4,9 +4,11 @@
     python tests/slurm/local_slurm.py down --dir /tmp/salt-slurm
 
 Needs root and Debian's ``slurmctld slurmd slurm-client munge`` (22.05; ``.ci/run`` installs them).
-Everything lives in ``--dir``: slurm.conf, the munge socket, state, spool, PID and log files; nothing
-under /etc is written, so a system SLURM is left alone. Client commands find this cluster through
-``SLURM_CONF`` (sbatch exports the caller's environment to the jobs, so they find it too).
+Everything lives in ``--dir``: slurm.conf, the munge socket, state, spool, PID and log files. One
+copy of slurm.conf goes to /etc/slurm/slurm.conf, because the job steps (``srun`` run by the
+slurm-jobstep plugin inside each job, which drops ``SLURM_CONF``) only look there; it is written
+only when absent or written by this script, and removed by ``down`` (a system SLURM's file is never
+touched: ``up`` refuses). Client commands on the submit side also get ``SLURM_CONF``.
 
 The settings (issue #14): one node with the machine's CPUs and 80% of its memory; partitions
 ``debug`` (default) and ``gpu`` on that node; ``select/cons_tres`` + ``CR_Core_Memory``,
@@ -32,6 +34,8 @@ from pathlib import Path
 
 NODE = "salt-node"
 DAEMONS = ("slurmd", "slurmctld", "munged")  # stop order
+SYSTEM_CONF = Path("/etc/slurm/slurm.conf")  # where srun inside a job looks (the jobstep plugin drops SLURM_CONF)
+MARKER = "# written by tests/slurm/local_slurm.py for "
 MIN_JOB_AGE = 600  # s; >= 3 x the plugin's initial status delay, so squeue still lists finished jobs
 
 
@@ -77,7 +81,7 @@ def write_conf(state: Path) -> Path:
     for sub in ("state", "spool"):
         (state / sub).mkdir(parents=True, exist_ok=True)
     conf = state / "slurm.conf"
-    conf.write_text(f"""# written by tests/slurm/local_slurm.py
+    conf.write_text(f"""{MARKER}{state}
 ClusterName=salt
 SlurmctldHost={host}(127.0.0.1)
 SlurmctldPort={_free_port()}
@@ -144,7 +148,16 @@ def up(state: Path, timeout: float = 60.0) -> dict[str, str]:
     state = state.resolve()
     down(state)  # leftovers of an earlier run in the same dir
     state.mkdir(parents=True, exist_ok=True)
+    state.chmod(0o755)
+    if subprocess.run(["runuser", "-u", "munge", "--", "test", "-x", str(state)], capture_output=True).returncode:
+        raise SlurmUnavailable(f"the munge user cannot reach {state}: pick a state dir whose parents are "
+                               "world-searchable (e.g. under /tmp)")
+    if SYSTEM_CONF.exists() and not SYSTEM_CONF.read_text(errors="replace").startswith(MARKER):
+        raise SlurmUnavailable(f"{SYSTEM_CONF} exists (a system SLURM?); not overwriting it. The job steps "
+                               "(srun inside each job) read that file, so this script needs it for itself")
     conf = write_conf(state)
+    SYSTEM_CONF.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(conf, SYSTEM_CONF)
     munge_dir = state / "munge"
     munge_dir.mkdir(exist_ok=True)
     munge = pwd.getpwnam("munge")
@@ -238,6 +251,11 @@ def down(state: Path, timeout: float = 20.0) -> list[int]:
             os.kill(pid, signal.SIGKILL)
         stopped.append(pid)
         files[name].unlink(missing_ok=True)
+    try:
+        if SYSTEM_CONF.read_text(errors="replace").startswith(f"{MARKER}{state}\n"):
+            SYSTEM_CONF.unlink()
+    except OSError:
+        pass
     return stopped
 
 

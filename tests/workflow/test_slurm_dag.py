@@ -26,10 +26,12 @@ import collections
 import importlib.util
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -88,20 +90,34 @@ def planned_outputs(workdir: Path, *args: str) -> dict[str, str]:
     return {row[0]: row[2] for row in rows[1:]}
 
 
+def _job_logs(work: Path) -> str:
+    """The tails of the SLURM job logs and rule logs (for a failure message)."""
+    parts = []
+    for path in sorted((work / ".snakemake" / "slurm_logs").rglob("*.log")) + sorted(work.rglob("logs/**/*.log")):
+        text = path.read_text(errors="replace").strip()
+        if text:
+            parts.append(f"--- {path.relative_to(work)}\n" + "\n".join(text.splitlines()[-12:]))
+    return "\n".join(parts)[-8000:]
+
+
 @pytest.fixture
-def local_cluster(tmp_path_factory):
+def local_cluster():
     reason = local_slurm.missing_requirements()
     if reason:
         pytest.skip(f"local SLURM cannot start here: {reason}")
-    state = tmp_path_factory.mktemp("slurm")
+    # not under pytest's tmp dir: munged runs as the munge user, who cannot enter a 0700 folder
+    state = Path(tempfile.mkdtemp(prefix="salt-slurm-"))
     try:
-        env = local_slurm.up(state)
-    except local_slurm.SlurmUnavailable as exc:
-        pytest.skip(f"local SLURM did not start: {exc}")
-    try:
-        yield state, env
+        try:
+            env = local_slurm.up(state)
+        except local_slurm.SlurmUnavailable as exc:
+            pytest.skip(f"local SLURM did not start: {exc}")
+        try:
+            yield state, env
+        finally:
+            local_slurm.down(state)
     finally:
-        local_slurm.down(state)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture
@@ -133,7 +149,7 @@ def test_smoke_dag_through_local_slurm(tmp_path, local_cluster, tracking_server)
     res = snakemake(work, "--profile", str(PROFILE), *site, env=env, timeout=DAG_TIMEOUT)
     wall = time.monotonic() - start
     log = res.stdout
-    assert res.returncode == 0, log[-8000:]
+    assert res.returncode == 0, log[-8000:] + _job_logs(work)
     print(f"smoke DAG through local SLURM: {wall:.0f} s")
 
     # --- every planned output exists
