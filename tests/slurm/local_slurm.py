@@ -21,6 +21,7 @@ PID files (TERM, then KILL) and is safe to call on a half-started or already-sto
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import pwd
 import re
@@ -37,6 +38,18 @@ DAEMONS = ("slurmd", "slurmctld", "munged")  # stop order
 SYSTEM_CONF = Path("/etc/slurm/slurm.conf")  # where srun inside a job looks (the jobstep plugin drops SLURM_CONF)
 MARKER = "# written by tests/slurm/local_slurm.py for "
 MIN_JOB_AGE = 600  # s; >= 3 x the plugin's initial status delay, so squeue still lists finished jobs
+
+
+def tracking_server_module():
+    """workflow/scripts/tracking_server.py as a module (a standalone script, not a package)."""
+    path = Path(__file__).resolve().parents[2] / "workflow" / "scripts" / "tracking_server.py"
+    spec = importlib.util.spec_from_file_location("tracking_server", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_alive = tracking_server_module().pid_alive
 
 
 class SlurmUnavailable(RuntimeError):
@@ -197,20 +210,6 @@ def _pid(path: Path) -> int | None:
         return int(path.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie child of ours counts as gone
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def cancel_all(state: Path, timeout: float = 30.0) -> None:

@@ -23,7 +23,6 @@ a SLURM run with a SQLite tracking URI stops before the first job.
 from __future__ import annotations
 
 import collections
-import importlib.util
 import os
 import re
 import shutil
@@ -46,13 +45,6 @@ CONFIG = REPO / "config" / "smoke.yaml"
 PROFILE = REPO / "profiles" / "local-slurm"
 SITE = "slurm={cpu_partition: debug, gpu_partition: gpu}"
 DAG_TIMEOUT = 2700  # s; the smoke DAG took 7-8 min through SLURM on 2 idle cores
-
-
-def _server_module():
-    spec = importlib.util.spec_from_file_location("tracking_server", REPO / "workflow" / "scripts" / "tracking_server.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -122,7 +114,7 @@ def local_cluster():
 
 @pytest.fixture
 def tracking_server(tmp_path_factory):
-    server = _server_module()
+    server = local_slurm.tracking_server_module()
     store = tmp_path_factory.mktemp("mlflow-server")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -42,7 +42,8 @@ def _healthy(port: int, timeout: float = 2.0) -> bool:
         return False
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -62,7 +63,7 @@ def read_state(store: Path) -> dict | None:
         state = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return state if _alive(int(state["pid"])) else None
+    return state if pid_alive(int(state["pid"])) else None
 
 
 def start(store: Path, host: str = "0.0.0.0", port: int = 5000, advertise: str | None = None,
@@ -118,9 +119,9 @@ def stop(store: Path, timeout: float = 20.0) -> int | None:
         except ProcessLookupError:
             return pid
         deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if not _alive(pid):
+        if not pid_alive(pid):
             break
     try:  # workers left behind by a killed leader
         os.killpg(pid, signal.SIGKILL)
