@@ -119,8 +119,13 @@ def tracking_server(tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    host = socket.gethostname()  # what a cluster user gets; a CI box whose name does not resolve uses 127.0.0.1
     try:
-        yield server.start(store, port=port), store
+        socket.gethostbyname(host)
+    except OSError:
+        host = "127.0.0.1"
+    try:
+        yield server.start(store, port=port, advertise=host), store
     finally:
         server.stop(store)
 
