@@ -75,7 +75,7 @@ def _fill_nested_defaults(cfg, schema):
 
 
 # Folders of results_dir that are not studies (a study named like one of them would mix outputs).
-RESERVED_DIRS = {"data", "models", "proxy", "tables", "figures", "logs", "benchmarks", "mlartifacts"}
+RESERVED_DIRS = {"data", "models", "proxy", "tables", "figures", "logs", "benchmarks", "mlartifacts", "mlflow-server"}
 
 
 def _check_results_dir(cfg):
