@@ -237,3 +237,35 @@ def test_slurm_run_with_sqlite_tracking_stops_before_any_job(tmp_path):
     assert "make tracking-server" in res.stdout
     assert "has been submitted with SLURM jobid" not in res.stdout
     assert not list(tmp_path.rglob("*.db")), "a job ran and wrote a SQLite tracking file"
+
+
+def test_tracking_server_logs_runs_and_stops(tmp_path):
+    """The server path without a cluster: start (twice: same server), log a run with params, metrics
+    and an artifact through salt.tracking, stop; its whole process group is gone afterwards."""
+    from salt import tracking as tr
+
+    server = local_slurm.tracking_server_module()
+    store = tmp_path / "store"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    try:
+        uri = server.start(store, port=port, advertise="127.0.0.1")
+        assert uri == f"http://127.0.0.1:{port}" and server.start(store, port=port, advertise="127.0.0.1") == uri
+        pid = server.read_state(store.resolve())["pid"]
+        run = tr.start_run({"enabled": True, "uri": uri, "experiment": "srv"}, run_name="r", out_dir=tmp_path / "run",
+                           params={"a": {"b": 1}})
+        tr.log_metrics(run, {"m": 0.5}, step=1)
+        (tmp_path / "fig.txt").write_text("x")
+        tr.log_artifacts(run, tmp_path / "fig.txt", "figures")
+        tr.end_run(run)
+        again = tr.attach_to_run(tmp_path / "run")  # run.json records the server URI
+        got = again.client.get_run(run.run_id)
+        assert got.data.params == {"a.b": "1"} and got.data.metrics == {"m": 0.5}
+        assert [a.path for a in again.client.list_artifacts(run.run_id, "figures")] == ["figures/fig.txt"]
+        assert list((store / "artifacts").rglob("fig.txt")), "artifacts are not stored by the server"
+    finally:
+        stopped = server.stop(store)
+    assert stopped == pid and not server.pid_alive(pid)
+    assert server.group_members(pid) == [], "processes of the server's group survived stop()"
+    assert server.read_state(store.resolve()) is None

@@ -6,7 +6,7 @@
 
 On a cluster many nodes writing one SQLite file over a network file system lose or corrupt runs;
 instead every job talks HTTP to one `mlflow server`, the only process that writes its backend
-store (``<store>/mlflow.db``, on the submit host's disk) and its artifacts
+store (``<store>/mlflow.db``; one writer, so a network file system is safe, a local disk faster) and its artifacts
 (``<store>/artifacts``, uploaded through the server: ``--serve-artifacts``). ``start`` launches
 the server in its own session (it outlives this command and the Snakemake run, so reruns log
 into the same store and ``mlflow ui`` can browse it), waits until ``/health`` answers, records
@@ -54,6 +54,19 @@ def pid_alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except OSError:
         return True
+
+
+def group_members(pgid: int) -> list[int]:
+    """Running (not zombie) processes of process group ``pgid``."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
 
 
 def read_state(store: Path) -> dict | None:
@@ -123,9 +136,16 @@ def stop(store: Path, timeout: float = 20.0) -> int | None:
             time.sleep(0.2)
         if not pid_alive(pid):
             break
-    try:  # workers left behind by a killed leader
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
+    deadline = time.monotonic() + timeout
+    while group_members(pid) and time.monotonic() < deadline:  # workers left behind by the leader
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    try:  # started by this very process (not through the CLI): reap it
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
         pass
     return pid
 
