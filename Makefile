@@ -10,8 +10,10 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 CORES  ?= all
 SNAKEMAKE_ARGS ?=
+TRACKING_STORE ?= results/mlflow-server
+TRACKING_PORT  ?= 5000
 
-.PHONY: setup run smoke test test-fast clean-results
+.PHONY: setup run smoke test test-fast clean-results tracking-server tracking-server-stop
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +43,13 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# MLflow tracking server for cluster runs (on the submit host; prints its URI; see README)
+tracking-server: setup
+	@$(BIN)/python workflow/scripts/tracking_server.py start --store $(TRACKING_STORE) --port $(TRACKING_PORT)
+
+tracking-server-stop:
+	@$(BIN)/python workflow/scripts/tracking_server.py stop --store $(TRACKING_STORE)
 
 clean-results:
 	rm -rf results/* .snakemake

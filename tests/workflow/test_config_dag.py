@@ -69,19 +69,21 @@ def test_paper_config_plans_without_gpu(tmp_path):
 
 
 def test_slurm_profile_resources(tmp_path):
-    profile = tmp_path / "slurm"
-    profile.mkdir()
-    text = (REPO / "profiles" / "slurm" / "config.yaml").read_text()
-    # conda is not installed here; everything else of the profile is used as written
-    (profile / "config.yaml").write_text(re.sub(r"(?m)^software-deployment-method:.*$", "", text))
-    res = snakemake("-n", "--configfile", str(REPO / "config" / "paper.yaml"), "--profile", str(profile),
-                    workdir=tmp_path / "wd")
+    # the profile as shipped: no conda forced, squeue status (works without accounting), no placeholders
+    profile = (REPO / "profiles" / "slurm" / "config.yaml").read_text()
+    assert not re.search(r"(?m)^software-deployment-method:", profile)
+    assert re.search(r"(?m)^slurm-status-command: squeue$", profile) and "MY_" not in profile
+    site = tmp_path / "site.yaml"
+    site.write_text("slurm: {account: acme, cpu_partition: cpuq, gpu_partition: gpuq}\n")
+    res = snakemake("-n", "--configfile", str(REPO / "config" / "paper.yaml"), str(site),
+                    "--profile", str(REPO / "profiles" / "slurm"), workdir=tmp_path / "wd")
     assert res.returncode == 0, res.stderr + res.stdout
     train = [b for b in res.stdout.split("\n\n") if "rule train:" in b]
     assert train
-    assert all("gpu=8" in b and "gpu_model=a100" in b and "slurm_partition=MY_GPU_PARTITION" in b for b in train)
+    assert all("gpu=8" in b and "gpu_model=a100" in b and "slurm_partition=gpuq" in b and "slurm_account=acme" in b
+               for b in train)
     data = [b for b in res.stdout.split("\n\n") if "rule prepare_data:" in b]
-    assert all("gpu=0" in b and "slurm_partition=MY_CPU_PARTITION" in b for b in data)
+    assert data and all("gpu=0" in b and "slurm_partition=cpuq" in b and "slurm_account=acme" in b for b in data)
 
 
 def test_wrong_key_fails_at_parse_time_naming_allowed_keys(tmp_path):

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def _fill_nested_defaults(cfg, schema):
 
 
 # Folders of results_dir that are not studies (a study named like one of them would mix outputs).
-RESERVED_DIRS = {"data", "models", "proxy", "tables", "figures", "logs", "benchmarks", "mlartifacts"}
+RESERVED_DIRS = {"data", "models", "proxy", "tables", "figures", "logs", "benchmarks", "mlartifacts", "mlflow-server"}
 
 
 def _check_results_dir(cfg):
@@ -400,9 +401,38 @@ def resources_of(kind):
     out = {"gpu": r["gpu"], "mem_mb": r["mem_mb"], "runtime": r["runtime"], "cpus_per_task": r["threads"]}
     if r["gpu_model"]:
         out["gpu_model"] = r["gpu_model"]
-    if r["slurm_partition"]:
-        out["slurm_partition"] = r["slurm_partition"]
+    site = config.get("slurm") or {}  # SLURM site settings; local runs ignore slurm_* resources
+    partition = r["slurm_partition"] or site.get("gpu_partition" if r["gpu"] else "cpu_partition")
+    if partition:
+        out["slurm_partition"] = partition
+    if site.get("account"):
+        out["slurm_account"] = site["account"]
     return out
+
+
+def tracking_uri_shared_file():
+    """The SQLite file that jobs would share, or None (tracking off, or a server URI).
+
+    MLFLOW_TRACKING_URI wins over tracking.uri in every job (salt.tracking.resolve_uri).
+    """
+    t = config["tracking"]
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or t["uri"]
+    return uri if t["enabled"] and uri.startswith("sqlite:") else None
+
+
+onstart:
+    # Jobs on cluster nodes must not share one SQLite file (over a network file system runs get
+    # lost or corrupted): with a remote executor (SLURM) they log to an MLflow tracking server.
+    if workflow.non_local_exec and tracking_uri_shared_file():
+        from snakemake.exceptions import WorkflowError
+
+        raise WorkflowError(
+            f"tracking.uri={tracking_uri_shared_file()} is a SQLite file, but jobs run on "
+            f"{workflow.executor_plugin.name}: start the tracking server on this host "
+            "(make tracking-server; it prints http://HOST:PORT) and pass its URI with "
+            "--config 'tracking={uri: http://HOST:PORT}' (or tracking.uri in your site file), "
+            "or turn tracking off (tracking.enabled: false). See README, Running on a cluster."
+        )
 
 
 def threads_of(kind):

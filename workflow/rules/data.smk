@@ -1,3 +1,9 @@
+# Light (seconds), and on a cluster the submit host is usually the one with internet access for hub
+# downloads: runs there instead of becoming a SLURM job.
+localrules:
+    prepare_data,
+
+
 rule prepare_data:
     """Normalise one dataset (generated, hub id or local file) to JSONL + manifest."""
     output:
