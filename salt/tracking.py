@@ -162,6 +162,13 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# MLflow 3 opens an experiment without this tag in its GenAI view (traces); "custom_model_development"
+# is the value its UI writes for the classic machine-learning view, which opens on the runs table
+# (mlflow/server/js: ExperimentKind.CUSTOM_MODEL_DEVELOPMENT, tag key "mlflow.experimentKind").
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND_ML = "custom_model_development"
+
+
 def get_or_create_experiment(name: str, client: Any = None, uri: str | None = None) -> str:
     """The id of experiment ``name``, created if missing; safe when processes race to create it."""
     client = client or _client(resolve_uri(uri))
@@ -174,7 +181,8 @@ def get_or_create_experiment(name: str, client: Any = None, uri: str | None = No
             return exp.experiment_id
         try:
             root = _artifact_root(client.tracking_uri)
-            return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+            return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None,
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND_ML})
         except Exception as exc:  # noqa: BLE001 - a concurrent creator won: read it back
             exp = client.get_experiment_by_name(name)
             if exp is not None:

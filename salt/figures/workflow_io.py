@@ -13,15 +13,11 @@ from typing import Any, Mapping
 
 import yaml
 
+from salt.tracking import EXPERIMENT_KIND_ML, EXPERIMENT_KIND_TAG
 from salt.utils import atomic_write_text
 
 PARENT_TAG = "salt.parent"
 STUDY_TAG = "salt.study"
-# MLflow 3 opens an experiment without this tag in its GenAI view (traces); "custom_model_development"
-# is the value its UI writes for the classic machine-learning view, which opens on the runs table
-# (mlflow/server/js: ExperimentKind.CUSTOM_MODEL_DEVELOPMENT, tag key "mlflow.experimentKind").
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-EXPERIMENT_KIND_ML = "custom_model_development"
 
 
 def write_run_config(run: Mapping[str, Any], parent_json: str | Path, out: str | Path) -> dict[str, Any]:

@@ -64,6 +64,9 @@ def test_two_experiments_and_concurrent_creation(tmp_path, monkeypatch):
     assert a.experiment_id != b.experiment_id
     again = tracking.get_or_create_experiment("exp_a", uri=uri)
     assert again == a.experiment_id
+    # a standalone run's new experiment opens on the runs table in MLflow 3's UI, not the GenAI view
+    tags = a.client.get_experiment(a.experiment_id).tags
+    assert tags.get(tracking.EXPERIMENT_KIND_TAG) == tracking.EXPERIMENT_KIND_ML == "custom_model_development"
     # a create that loses the race (experiment appears between the read and the create) re-reads
     client = a.client
     real_get = client.get_experiment_by_name
