@@ -429,7 +429,8 @@ def _candidates(src: _LogitSource, eps: float, chunk: int):
     eps_t = eps unless position t has more than _MAX_GROUPS_PER_TOKEN groups of 64 ids whose
     max exceeds eps; then eps_t is the next group max (a flat row keeps its 16 largest
     groups). Every id left out of t's candidates has p_tv <= eps_t. Returns t (n,), v (n,),
-    p (n,), eps_t (N,), lse (N,) (log normaliser of z_t / T: p_tv = exp(z_tv / T - lse_t)).
+    p (n,), eps_t (N,), lse (N,) (log normaliser of z_t / T: p_tv = exp(z_tv / T - lse_t)) and
+    sq (N,) float64 >= the sum of p_tv^2 over the ids that are not t's candidates.
     """
     tok = src.tok
     N, V, dev, dt = tok.N, tok.V, tok.hw.device, tok.dtype
@@ -439,6 +440,7 @@ def _candidates(src: _LogitSource, eps: float, chunk: int):
     buf = torch.empty(c, V, dtype=dt, device=dev)
     offs = torch.arange(g, device=dev)
     ts, vs, ps, eps_t, lse = [], [], [], torch.empty(N, dtype=dt, device=dev), torch.empty(N, dtype=dt, device=dev)
+    sq = torch.empty(N, dtype=torch.float64, device=dev)
     for a0 in range(0, N, c):
         a1 = min(a0 + c, N)
         n = a1 - a0
@@ -473,8 +475,16 @@ def _candidates(src: _LogitSource, eps: float, chunk: int):
             ts.append(sel[r_, 0] + a0)
             vs.append(ids[r_, c_])
             ps.append(vals[r_, c_])
+            cnt = torch.bincount(sel[r_, 0], minlength=n).to(dt)
+        else:
+            cnt = torch.zeros(n, dtype=dt, device=dev)
+        # sum of p_tv^2 over the non-candidates: sum min(p, eps_t)^2 - eps_t^2 * #candidates
+        # (only small numbers are summed: no cancellation against the head's p^2)
+        p.clamp_(max=thr[:, None])
+        sq[a0:a1] = (torch.linalg.vector_norm(p, dim=1).to(torch.float64) ** 2
+                     - thr.to(torch.float64) ** 2 * cnt.to(torch.float64)).clamp_min(0.0)
     cat = lambda xs, d: torch.cat(xs) if xs else torch.empty(0, dtype=d, device=dev)  # noqa: E731
-    return cat(ts, torch.long), cat(vs, torch.long), cat(ps, dt), eps_t, lse
+    return cat(ts, torch.long), cat(vs, torch.long), cat(ps, dt), eps_t, lse, sq
 
 
 class _RolloutAcc:
@@ -493,10 +503,12 @@ class _RolloutAcc:
         blk = torch.zeros_like(self.K)
         for c0 in range(0, D.shape[1], self.COLS):  # bounds the (B, c, H) features
             Dc = D[:, c0 : c0 + self.COLS]
-            F = torch.zeros(tok.B, Dc.shape[1], tok.H, dtype=D.dtype, device=D.device)  # (B, c, H)
+            F = torch.empty(tok.B, Dc.shape[1], tok.H, dtype=D.dtype, device=D.device)  # (B, c, H)
             for i in range(tok.B):
                 if b[i + 1] > b[i]:
                     torch.matmul(Dc[b[i] : b[i + 1]].T, tok.hw[b[i] : b[i + 1]], out=F[i])
+                else:
+                    F[i].zero_()
             Fm = F.reshape(tok.B, -1)
             blk += (Fm @ Fm.T).to(torch.float64)
         self.K += blk
@@ -504,29 +516,38 @@ class _RolloutAcc:
 
 
 def _tail_pair_weights(tok: "_Tokens"):
-    """|<w_t h_t, w_s h_s>| per rollout (list of (n_i, n_i)) if small enough, else None."""
-    if sum(n * n for n in tok.counts) > _PAIR_BOUND_NUMBERS:
-        return None
-    out, a0 = [], 0
-    for n in tok.counts:
-        X = tok.hw[a0 : a0 + n].to(torch.float64)
-        out.append((X @ X.T).abs())
-        a0 += n
-    return out
-
-
-def _tail_bound(tok: "_Tokens", tau: torch.Tensor, mu: torch.Tensor, pairs) -> float:
-    """sum_i b_i^2 >= ||T T^T||_F (see the section comment); tau, mu (N,) float64."""
-    total, a0 = 0.0, 0
-    if pairs is None:  # triangle inequality: b_i <= sum_t sqrt(mu_t tau_t) ||w_t h_t||
-        nrm = tok.hw.to(torch.float64).norm(dim=1)
+    """|<w_t h_t, w_s h_s>|: ("all", (N, N)) if N^2 is small, else ("rollout", [(n_i, n_i)]) if
+    sum_i n_i^2 is, else ("triangle", ||w_t h_t|| (N,))."""
+    X = tok.hw.to(torch.float64)
+    if tok.N * tok.N <= _PAIR_BOUND_NUMBERS:
+        return "all", (X @ X.T).abs_()
+    if sum(n * n for n in tok.counts) <= _PAIR_BOUND_NUMBERS:
+        out, a0 = [], 0
         for n in tok.counts:
-            total += float((torch.sqrt(mu[a0 : a0 + n] * tau[a0 : a0 + n]) * nrm[a0 : a0 + n]).sum()) ** 2
+            out.append((X[a0 : a0 + n] @ X[a0 : a0 + n].T).abs_())
             a0 += n
-        return total
-    for n, P in zip(tok.counts, pairs):
-        ta, m = tau[a0 : a0 + n], mu[a0 : a0 + n]
-        total += float((torch.minimum(m[:, None] * ta[None, :], ta[:, None] * m[None, :]) * P).sum())
+        return "rollout", out
+    return "triangle", X.norm(dim=1)
+
+
+def _tail_bound(tok: "_Tokens", tau, mu, beta, pairs, onehot) -> float:
+    """Upper bound on ||T T^T||_F (see the section comment). tau, mu, beta (N,) float64 with
+    <p^tail_t, p^tail_s> <= min(beta_t beta_s, mu_t tau_s, tau_t mu_s)."""
+    kind, P = pairs
+    if kind == "triangle":  # ||T_i|| <= sum_t beta_t ||w_t h_t||; ||T T^T||_F <= sum_i ||T_i||^2
+        b = onehot @ (beta * P)
+        return float((b * b).sum())
+
+    def overlap(a, c):
+        return torch.minimum(torch.minimum(beta[a, None] * beta[None, c], mu[a, None] * tau[None, c]),
+                             tau[a, None] * mu[None, c])
+
+    if kind == "all":  # |<T_i, T_j>| <= sum_{t in i, s in j} overlap_ts |<w h_t, w h_s>|
+        C = onehot @ (overlap(slice(None), slice(None)) * P) @ onehot.T
+        return float(C.norm())
+    total, a0 = 0.0, 0
+    for n, Pi in zip(tok.counts, P):
+        total += float((overlap(slice(a0, a0 + n), slice(a0, a0 + n)) * Pi).sum())
         a0 += n
     return total
 
@@ -547,7 +568,7 @@ def _support_gram(src: _LogitSource, *, tol: float, eps: float, tail_dim: int, s
         if info is not None:
             info.update(err_bound=0.0, support_size=0, tail_rows=0, tail_mass=0.0)
         return acc.K
-    t_c, v_c, p_c, eps_t, lse = _candidates(src, eps, chunk_size)
+    t_c, v_c, p_c, eps_t, lse, sq_non = _candidates(src, eps, chunk_size)
     # order of entry into U: sampled tokens first, then ids by their largest probability
     level = torch.zeros(V, dtype=dt, device=dev).scatter_reduce_(0, v_c, p_c, "amax")
     level[tok.y] = float("inf")
@@ -556,6 +577,10 @@ def _support_gram(src: _LogitSource, *, tol: float, eps: float, tail_dim: int, s
     order, lev_sorted = order[:n_cand], level[order[:n_cand]]
     n_y = int(torch.isinf(lev_sorted).sum())
     pairs = _tail_pair_weights(tok)
+    onehot = torch.zeros(tok.B, N, dtype=torch.float64, device=dev)
+    onehot[tok.r, torch.arange(N, device=dev)] = 1.0
+    inU = torch.zeros(V, dtype=torch.bool, device=dev)
+    p_c2 = p_c.to(torch.float64) ** 2
     mass = torch.zeros(N, dtype=torch.float64, device=dev)
     y_pos = torch.full((V,), -1, dtype=torch.long, device=dev)
     rows = torch.arange(N, device=dev)
@@ -571,12 +596,15 @@ def _support_gram(src: _LogitSource, *, tol: float, eps: float, tail_dim: int, s
         P[rows[mine], hit[mine]] -= 1.0  # the e_y part (its id is in this block)
         y_pos[ids] = -1
         acc.add(P)
+        inU[ids] = True
         u += ids.numel()
-        step = max(256, u // 2)  # blocks grow: at most ~log2 rounds of the bound below
+        step = max(256, u // 4)  # blocks grow: a few rounds of the bound below
         nxt = float(lev_sorted[u]) if u < n_cand else 0.0
         tau = (1.0 - mass).clamp_min(0.0)
         mu = torch.minimum(torch.maximum(eps_t.to(torch.float64), torch.tensor(nxt, dtype=torch.float64)), tau)
-        tb = _tail_bound(tok, tau, mu, pairs)
+        out = torch.zeros(N, dtype=torch.float64, device=dev).index_add_(0, t_c, p_c2 * (~inU[v_c]))
+        beta = torch.sqrt(sq_non + out)  # >= ||p_t restricted to V \ U||_2
+        tb = _tail_bound(tok, tau, mu, beta, pairs, onehot)
         KU_norm = float(acc.K.norm())
         if tol > 0 and tail_share * tb <= tol * KU_norm:
             break
@@ -587,8 +615,6 @@ def _support_gram(src: _LogitSource, *, tol: float, eps: float, tail_dim: int, s
     A_norm = 0.0
     if r > 0:
         perm = _vocab_permutation(seed, V).to(dev)
-        inU = torch.zeros(V, dtype=torch.bool, device=dev)
-        inU[U] = True
         R = perm[~inU[perm]][:r]
         q = r / rest
         P = torch.exp(src.cols(R) - lse[:, None]) * (1.0 / math.sqrt(q))  # (N, r)
