@@ -373,6 +373,8 @@ def _sketch_features(
 # features and 2 B^2 (u + r) H for their Gram. With ``tol`` > 0 the ids of U enter in order of
 # their largest probability over the batch, a block at a time, and the loop stops as soon as
 # the bound (with the tail sketch's share) is below ``tol``: it spends only what the batch needs.
+# When the candidates are used up first (flat rows at a tight tol), the remaining ids follow
+# in a seeded random order, so the bound can always be met (at U = V the Gram is exact).
 
 SUPPORT_METHODS = ("support",)
 DEFAULT_GRAM_TOL = 1e-3
@@ -574,7 +576,10 @@ def _support_gram(src: _LogitSource, *, tol: float, eps: float, tail_dim: int, s
     level[tok.y] = float("inf")
     order = torch.argsort(level, descending=True, stable=True)
     n_cand = int((level > 0).sum())
-    order, lev_sorted = order[:n_cand], level[order[:n_cand]]
+    # after the candidates (if the bound still asks for more): the other ids in a seeded order
+    perm = _vocab_permutation(seed, V).to(dev)
+    order = torch.cat([order[:n_cand], perm[level[perm] == 0]])
+    lev_sorted = level[order]
     n_y = int(torch.isinf(lev_sorted).sum())
     pairs = _tail_pair_weights(tok)
     onehot = torch.zeros(tok.B, N, dtype=torch.float64, device=dev)
@@ -586,7 +591,7 @@ def _support_gram(src: _LogitSource, *, tol: float, eps: float, tail_dim: int, s
     rows = torch.arange(N, device=dev)
     tail_share = math.sqrt(2.0) if tail_dim > 0 else 1.0  # the sketch's own norm joins the bound
     u, step, KU_norm, tb = 0, max(n_y, 1), 0.0, float("inf")
-    while u < n_cand:
+    while u < V:
         ids = order[u : u + step]
         P = torch.exp(src.cols(ids) - lse[:, None])  # (N, c) exact p on these ids, every token
         mass += P.sum(1, dtype=torch.float64)
@@ -599,7 +604,7 @@ def _support_gram(src: _LogitSource, *, tol: float, eps: float, tail_dim: int, s
         inU[ids] = True
         u += ids.numel()
         step = max(256, u // 4)  # blocks grow: a few rounds of the bound below
-        nxt = float(lev_sorted[u]) if u < n_cand else 0.0
+        nxt = float(lev_sorted[u]) if u < V else 0.0
         tau = (1.0 - mass).clamp_min(0.0)
         mu = torch.minimum(torch.maximum(eps_t.to(torch.float64), torch.tensor(nxt, dtype=torch.float64)), tau)
         out = torch.zeros(N, dtype=torch.float64, device=dev).index_add_(0, t_c, p_c2 * (~inU[v_c]))
@@ -613,8 +618,9 @@ def _support_gram(src: _LogitSource, *, tol: float, eps: float, tail_dim: int, s
     rest = V - u
     r = min(int(tail_dim), rest)
     A_norm = 0.0
+    if rest == 0:  # U is the whole vocabulary: nothing left out
+        tb = 0.0
     if r > 0:
-        perm = _vocab_permutation(seed, V).to(dev)
         R = perm[~inU[perm]][:r]
         q = r / rest
         P = torch.exp(src.cols(R) - lse[:, None]) * (1.0 / math.sqrt(q))  # (N, r)
@@ -714,7 +720,8 @@ def lm_head_gram(
         sketch_hidden_dim: q, Gaussian projection of the hidden side; None keeps all H.
         seed: seeds the sketch; the same seed gives the same projection on every rank.
         normalizer: divide by this instead of B (e.g. the global batch size).
-        tol: ``support``: relative Frobenius error bound to reach (0: use every candidate).
+        tol: ``support``: relative Frobenius error bound to reach; the support grows (the
+            candidates by probability, then the other ids) until it is met (0: all of V, exact).
         support_eps: ``support``: probability above which an id is a position's candidate.
         tail_dim: ``support``: r vocabulary rows sampled from the tail (0: drop the tail).
         info: if a dict, filled with ``method`` (the backend run), ``err_bound`` (bound on
