@@ -144,3 +144,17 @@ def test_bad_options(kwargs, match):
         lm_head_gram(h, z, y, mask, method="support", **kwargs)
     with pytest.raises(ValueError, match="weight must be"):
         streaming_lm_head_gram(h, W.T, y, mask)
+
+
+def test_feature_and_pair_forms_agree(monkeypatch):
+    from salt.algo import geometry
+
+    h, W, b, z, y, mask = batch(5, 11, 250, 7, 3.0, seed=14, zipf=1.0)
+    dense = lm_head_gram(h, z, y, mask, method="dense")
+    kw = dict(method="support", tol=1e-2, tail_dim=16, seed=2)
+    K_pairs = lm_head_gram(h, z, y, mask, **kw)
+    monkeypatch.setattr(geometry._RolloutAcc, "PAIR_MAX_TOKENS", 0)
+    monkeypatch.setattr(geometry._RolloutAcc, "COLS", 5)  # several feature blocks
+    K_feat = lm_head_gram(h, z, y, mask, **kw)
+    assert rel(K_feat, K_pairs) < 1e-12
+    assert rel(lm_head_gram(h, z, y, mask, method="support", tol=0.0), dense) < 1e-12
