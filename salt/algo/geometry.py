@@ -383,6 +383,7 @@ DEFAULT_TAIL_DIM = 256
 _GROUP = 64  # vocabulary ids per group of the candidate search
 _MAX_GROUPS_PER_TOKEN = 16  # a flat row is capped here: its threshold rises to the 17th group max
 _PAIR_BOUND_NUMBERS = 1 << 24  # sum_i n_i^2 up to this: pair bound, else the triangle bound
+_COLUMN_BLOCK_NUMBERS = 1 << 25  # at most this many numbers in one (N, c) block of support columns
 
 
 class _LogitSource:
@@ -499,7 +500,7 @@ class _RolloutAcc:
     half the large one's speed, hence the factor 2 in the rule below.
     """
 
-    COLS = 1024
+    COLS = 256
     PAIR_MAX_TOKENS = 4096
 
     def __init__(self, tok: "_Tokens", onehot: torch.Tensor | None = None):
@@ -608,7 +609,8 @@ def _support_gram(src: _LogitSource, *, tol: float, eps: float, tail_dim: int, s
     y_pos = torch.full((V,), -1, dtype=torch.long, device=dev)
     rows = torch.arange(N, device=dev)
     tail_share = math.sqrt(2.0) if tail_dim > 0 else 1.0  # the sketch's own norm joins the bound
-    u, step, KU_norm, tb = 0, max(n_y, 1), 0.0, float("inf")
+    col_cap = max(1, _COLUMN_BLOCK_NUMBERS // N)  # an (N, step) block of columns stays bounded
+    u, step, KU_norm, tb = 0, min(max(n_y, 1), col_cap), 0.0, float("inf")
     while u < V:
         ids = order[u : u + step]
         P = torch.exp(src.cols(ids) - lse[:, None])  # (N, c) exact p on these ids, every token
@@ -621,7 +623,7 @@ def _support_gram(src: _LogitSource, *, tol: float, eps: float, tail_dim: int, s
         acc.add(P)
         inU[ids] = True
         u += ids.numel()
-        step = max(256, u // 4)  # blocks grow: a few rounds of the bound below
+        step = min(max(256, u // 4), col_cap)  # blocks grow: a few rounds of the bound below
         nxt = float(lev_sorted[u]) if u < V else 0.0
         tau = (1.0 - mass).clamp_min(0.0)
         mu = torch.minimum(torch.maximum(eps_t.to(torch.float64), torch.tensor(nxt, dtype=torch.float64)), tau)
@@ -629,7 +631,7 @@ def _support_gram(src: _LogitSource, *, tol: float, eps: float, tail_dim: int, s
         beta = torch.sqrt(sq_non + out)  # >= ||p_t restricted to V \ U||_2
         tb = _tail_bound(tok, tau, mu, beta, pairs, onehot)
         KU_norm = float(acc.K.norm())
-        if tol > 0 and tail_share * tb <= tol * KU_norm:
+        if u >= n_y and tol > 0 and tail_share * tb <= tol * KU_norm:  # every e_y is in U
             break
     U = order[:u]
     # tail sketch on r ids drawn uniformly from V \ U (exact if r >= |V \ U|)
@@ -641,8 +643,11 @@ def _support_gram(src: _LogitSource, *, tol: float, eps: float, tail_dim: int, s
     if r > 0:
         R = perm[~inU[perm]][:r]
         q = r / rest
-        P = torch.exp(src.cols(R) - lse[:, None]) * (1.0 / math.sqrt(q))  # (N, r)
-        A_norm = float(acc.add(P).norm())
+        A = torch.zeros_like(acc.K)
+        for c0 in range(0, r, col_cap):
+            P = torch.exp(src.cols(R[c0 : c0 + col_cap]) - lse[:, None]) * (1.0 / math.sqrt(q))  # (N, c)
+            A += acc.add(P)
+        A_norm = float(A.norm())
         if r == rest:  # the whole tail, exactly
             tb, A_norm = 0.0, 0.0
     err = math.sqrt(A_norm**2 + tb**2) / KU_norm if KU_norm > 0 else (0.0 if tb == 0 and A_norm == 0 else float("inf"))

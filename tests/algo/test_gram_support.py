@@ -158,3 +158,18 @@ def test_feature_and_pair_forms_agree(monkeypatch):
     K_feat = lm_head_gram(h, z, y, mask, **kw)
     assert rel(K_feat, K_pairs) < 1e-12
     assert rel(lm_head_gram(h, z, y, mask, method="support", tol=0.0), dense) < 1e-12
+
+
+def test_small_column_blocks_change_nothing(monkeypatch):
+    from salt.algo import geometry
+
+    h, W, b, z, y, mask = batch(4, 9, 300, 5, 3.0, seed=15, zipf=1.0)
+    kw = dict(method="support", tol=1e-3, tail_dim=40, seed=4)
+    i1, i2 = {}, {}
+    K1 = lm_head_gram(h, z, y, mask, info=i1, **kw)
+    monkeypatch.setattr(geometry, "_COLUMN_BLOCK_NUMBERS", 3 * 36)  # 3 columns per block
+    K2 = lm_head_gram(h, z, y, mask, info=i2, **kw)
+    assert i2["support_size"] <= i1["support_size"]  # finer blocks stop at least as early
+    assert i2["err_bound"] <= 1e-3 and i1["err_bound"] <= 1e-3
+    dense = lm_head_gram(h, z, y, mask, method="dense")
+    assert rel(K2, dense) <= i2["err_bound"] + 1e-12 and rel(K1, dense) <= i1["err_bound"] + 1e-12
