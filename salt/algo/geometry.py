@@ -40,7 +40,11 @@ Backends of :func:`lm_head_gram`:
   relative to sqrt(K_ii K_jj) falls like sqrt(2/m). The Gaussian hidden sketch adds a
   term of the same form with 1/q. The projection depends only on (seed, V, H, m, q), never
   on the batch, so every data-parallel rank draws the same S and R.
-* ``auto``   exact when :func:`gram_cost` says it is cheaper than the sketch, else sketch.
+* ``support`` exact on the vocabulary ids that carry the probability mass (shared by the
+  batch), an unbiased sample of the tail, and a deterministic bound on the relative error that
+  it holds below ``tol`` (see the section "support" below).
+* ``auto``   exact when :func:`gram_cost` says it costs at most twice the support estimator,
+  else support. Never the count sketch (its error has no bound).
 
 All functions are pure: no global RNG (sketches use a ``torch.Generator`` seeded by ``seed``),
 no logging. Inputs are never modified; gradients never flow (h and z are detached).
@@ -686,12 +690,12 @@ def gram_cost(
 
 
 def choose_method(n_tokens: int, vocab: int, hidden: int, batch: int, **kw) -> str:
-    """``auto``'s rule: 'exact' when its :func:`gram_cost` is below the support estimator's,
-    else 'support' (whose error bound is held below ``tol``). Never the count sketch: its
-    error is not bounded (percent level at a few hundred buckets)."""
+    """``auto``'s rule: 'exact' (no error at all) unless its :func:`gram_cost` exceeds twice the
+    support estimator's, else 'support' (whose error bound is held below ``tol``). Never the
+    count sketch: its error is not bounded (percent level at a few hundred buckets)."""
     kw = {k: v for k, v in kw.items() if k in ("chunk_size", "sketch_dim", "sketch_hidden_dim", "tail_dim")}
     cost = gram_cost(n_tokens, vocab, hidden, batch, **kw)
-    return "exact" if cost["exact"] <= cost["support"] else "support"
+    return "exact" if cost["exact"] <= 2.0 * cost["support"] else "support"
 
 
 # --------------------------------------------------------------------------------------
