@@ -584,8 +584,10 @@ def _vocab_permutation(seed: int, V: int) -> torch.Tensor:
 
 
 def _support_gram(src: _LogitSource, *, tol: float, eps: float, tail_dim: int, seed: int,
-                  chunk_size: int, info: dict | None) -> torch.Tensor:
-    """Unnormalised (B, B) float64 support Gram with the sketched tail (see the section above)."""
+                  chunk_size: int, info: dict | None, max_support: int | None = None) -> torch.Tensor | None:
+    """Unnormalised (B, B) float64 support Gram with the sketched tail (see the section above).
+    With ``max_support``: None once U reaches that many ids before the bound meets ``tol``
+    (``auto`` then runs ``exact``, which is cheaper from there on)."""
     tok = src.tok
     N, V, dev, dt = tok.N, tok.V, tok.hw.device, tok.dtype
     if N == 0:
@@ -637,6 +639,8 @@ def _support_gram(src: _LogitSource, *, tol: float, eps: float, tail_dim: int, s
         KU_norm = float(acc.K.norm())
         if u >= n_y and tol > 0 and tail_share * tb <= tol * KU_norm:  # every e_y is in U
             break
+        if max_support is not None and u >= max_support and u < V:
+            return None
     U = order[:u]
     # tail sketch on r ids drawn uniformly from V \ U (exact if r >= |V \ U|)
     rest = V - u
@@ -687,6 +691,15 @@ def gram_cost(
     rows = min(V, min(N, V) + float(tail_dim))
     support = ew * (_SOFTMAX_PASSES + 1) * N * V + rows * (ew * N + 2 * N * H + 2 * B * B * H)
     return {"exact": exact, "sketch": sketch, "support": support}
+
+
+def _support_cap(tok: "_Tokens", chunk_size: int) -> int:
+    """``auto``: the support size at which the support Gram's work equals the exact Gram's."""
+    N, V, H, B = float(tok.N), float(tok.V), float(tok.H), float(tok.B)
+    cost = gram_cost(tok.N, tok.V, tok.H, tok.B, chunk_size=chunk_size)
+    base = ELEMENTWISE_FLOP_WEIGHT * (_SOFTMAX_PASSES + 1) * N * V
+    per_id = ELEMENTWISE_FLOP_WEIGHT * N + min(2 * N * N, 2 * (N * H + B * B * H))
+    return max(1, int((cost["exact"] - base) / per_id))
 
 
 def choose_method(n_tokens: int, vocab: int, hidden: int, batch: int, **kw) -> str:
@@ -765,7 +778,8 @@ def lm_head_gram(
     dtype = _compute_dtype(hidden, logits)
     tok = _Tokens(hidden, logits, tokens, mask, dtype)
     inv_t = 1.0 / float(temperature)
-    if method == "auto":
+    auto = method == "auto"
+    if auto:
         method = choose_method(
             tok.N, tok.V, tok.H, tok.B, chunk_size=chunk_size, sketch_dim=sketch_dim,
             sketch_hidden_dim=sketch_hidden_dim, tail_dim=tail_dim,
@@ -773,15 +787,22 @@ def lm_head_gram(
     if info is not None:
         info.clear()
         info.update(method=method, err_bound=float("nan") if method == "sketch" else 0.0)
+    K = None
     if method == "support":
+        cap = _support_cap(tok, chunk_size) if auto else None
         K = _support_gram(_LogitSource(tok, inv_t), tol=tol, eps=support_eps, tail_dim=tail_dim,
-                          seed=seed, chunk_size=chunk_size, info=info)
-    elif method == "exact":
+                          seed=seed, chunk_size=chunk_size, info=info, max_support=cap)
+        if K is None:  # the batch needs nearly all of V: exact is cheaper from here
+            method = "exact"
+            if info is not None:
+                info.clear()
+                info.update(method="exact", err_bound=0.0)
+    if method == "exact":
         K = _exact_gram(tok, inv_t, chunk_size)
     elif method == "dense":
         G = _dense_features(tok, inv_t)
         K = G @ G.T
-    else:
+    elif method == "sketch":
         F = _sketch_features(tok, inv_t, sketch_dim, sketch_hidden_dim, seed, chunk_size)
         K = F @ F.T
     return _normalise(K, tok.B, normalizer, dtype)

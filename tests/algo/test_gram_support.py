@@ -173,3 +173,19 @@ def test_small_column_blocks_change_nothing(monkeypatch):
     assert i2["err_bound"] <= 1e-3 and i1["err_bound"] <= 1e-3
     dense = lm_head_gram(h, z, y, mask, method="dense")
     assert rel(K2, dense) <= i2["err_bound"] + 1e-12 and rel(K1, dense) <= i1["err_bound"] + 1e-12
+
+
+def test_auto_falls_back_to_exact_when_the_support_would_cover_most_of_v(monkeypatch):
+    """A flat-ish batch at a very tight tol: auto stops growing U at the exact Gram's cost."""
+    from salt.algo import geometry
+
+    h, W, b, z, y, mask = batch(3, 40, 600, 4, 1.0, seed=16, frac=1.0)
+    monkeypatch.setattr(geometry, "choose_method", lambda *a, **k: "support")
+    monkeypatch.setattr(geometry, "_support_cap", lambda tok, c: 50)
+    info = {}
+    K = lm_head_gram(h, z, y, mask, method="auto", tol=1e-9, info=info)
+    assert info == {"method": "exact", "err_bound": 0.0}
+    assert torch.equal(K, lm_head_gram(h, z, y, mask, method="exact"))
+    info = {}
+    lm_head_gram(h, z, y, mask, method="support", tol=1e-9, info=info)  # explicit: keeps growing
+    assert info["method"] == "support" and info["support_size"] > 50
