@@ -364,12 +364,16 @@ def _sketch_features(
 # q = r / |V \ U|: every v outside U is in R with probability q, so E[K_hat] = K^U + T T^T.
 # If r >= |V \ U| the tail is computed exactly (q = 1).
 #
-# Error bound (deterministic, every seed): with tau_t = 1 - sum_{v in U} p_tv the tail mass
-# and mu_t >= max_{v not in U} p_tv (at most eps_t, at most the level of the first id left
-# out, at most tau_t), <p^tail_t, p^tail_s> <= min(mu_t tau_s, tau_t mu_s), so
-#     ||T_i||_F^2 <= b_i^2 = sum_{t,s in i} min(mu_t tau_s, tau_t mu_s) |<w_t h_t, w_s h_s>|,
-# ||T T^T||_F <= sum_i b_i^2, and since K_hat - K = A - T T^T with A = F_R F_R^T PSD,
-#     ||K_hat - K||_F <= sqrt(||A||_F^2 + (sum_i b_i^2)^2) <= err_bound * ||K^U||_F <= ... ||K||_F
+# Error bound (deterministic, every seed): with tau_t = 1 - sum_{v in U} p_tv the tail mass,
+# mu_t >= max_{v not in U} p_tv (at most eps_t, at most the level of the first id left out, at
+# most tau_t) and beta_t >= ||p_t restricted to V \ U||_2 (from the candidate pass: the sum of
+# p^2 over the non-candidates, plus the left-out candidates' p^2), the tails' overlaps obey
+# <p^tail_t, p^tail_s> <= min(beta_t beta_s, mu_t tau_s, tau_t mu_s). With x_t = w_t h_t,
+#     ||T_i||_F^2 <= d_i = min(lam_max(X_i X_i^T) sum_{t in i} beta_t^2,
+#                              sum_{t,s in i} overlap_ts |<x_t, x_s>|),
+# |<T_i, T_j>| <= c_ij = min(sqrt(d_i d_j), sum_{t in i, s in j} overlap_ts |<x_t, x_s>|) (the
+# pair sums where affordable), so ||T T^T||_F <= tb = ||c||_F. Since K_hat - K = A - T T^T with
+# A = F_R F_R^T and both PSD, ||K_hat - K||_F <= sqrt(||A||_F^2 + tb^2) <= err_bound ||K^U||_F
 # (||K||_F >= ||K^U||_F because K - K^U is PSD). ``err_bound`` is this relative bound.
 #
 # Cost: one softmax pass over the N x V logits (block by block) plus a group max (groups of
@@ -387,6 +391,7 @@ DEFAULT_TAIL_DIM = 256
 _GROUP = 64  # vocabulary ids per group of the candidate search
 _MAX_GROUPS_PER_TOKEN = 16  # a flat row is capped here: its threshold rises to the 17th group max
 _PAIR_BOUND_NUMBERS = 1 << 24  # sum_i n_i^2 up to this: pair bound, else the triangle bound
+_EIG_MAX_TOKENS = 2048  # rollouts up to this long get the exact top eigenvalue of their hidden Gram
 _COLUMN_BLOCK_NUMBERS = 1 << 25  # at most this many numbers in one (N, c) block of support columns
 
 
@@ -428,6 +433,14 @@ class _LogitSource:
             if self.bias is not None:
                 z += self.bias[ids]
         return z * self.inv_t
+
+
+def _probs(z: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """p = exp(z - lse) in place. The exponent is floored where exp leaves the normal range
+    (p < 1e-37 in float32, 1e-307 in float64 become that floor): denormal results make exp
+    about 30x slower on x86 CPUs, and the change is far below rounding."""
+    floor = math.log(torch.finfo(z.dtype).tiny) + 2.0
+    return z.sub_(lse[:, None]).clamp_min_(floor).exp_()
 
 
 def _candidates(src: _LogitSource, eps: float, chunk: int):
@@ -541,40 +554,63 @@ class _RolloutAcc:
 
 
 def _tail_pair_weights(tok: "_Tokens"):
-    """|<w_t h_t, w_s h_s>|: ("all", (N, N)) if N^2 is small, else ("rollout", [(n_i, n_i)]) if
-    sum_i n_i^2 is, else ("triangle", ||w_t h_t|| (N,))."""
+    """What the tail bound needs of the hidden side, computed once per Gram.
+
+    lam (B,) float64 >= the largest eigenvalue of X_i X_i^T, X_i = (w h)_i (exact eigenvalue for
+    rollouts of at most _EIG_MAX_TOKENS tokens, else the trace), and |<w_t h_t, w_s h_s>| as
+    ("all", (N, N)) if N^2 is small, else ("rollout", [(n_i, n_i)]) if sum_i n_i^2 is, else
+    ("triangle", ||w_t h_t|| (N,)).
+    """
     X = tok.hw.to(torch.float64)
+    lam, a0 = torch.zeros(tok.B, dtype=torch.float64, device=X.device), 0
+    for i, n in enumerate(tok.counts):
+        Xi = X[a0 : a0 + n]
+        if 0 < n <= _EIG_MAX_TOKENS:
+            lam[i] = torch.linalg.eigvalsh(Xi @ Xi.T)[-1].clamp_min(0.0) * (1 + 1e-9) + 1e-300
+        else:
+            lam[i] = (Xi * Xi).sum()
+        a0 += n
     if tok.N * tok.N <= _PAIR_BOUND_NUMBERS:
-        return "all", (X @ X.T).abs_()
+        return lam, ("all", (X @ X.T).abs_())
     if sum(n * n for n in tok.counts) <= _PAIR_BOUND_NUMBERS:
         out, a0 = [], 0
         for n in tok.counts:
             out.append((X[a0 : a0 + n] @ X[a0 : a0 + n].T).abs_())
             a0 += n
-        return "rollout", out
-    return "triangle", X.norm(dim=1)
+        return lam, ("rollout", out)
+    return lam, ("triangle", X.norm(dim=1))
 
 
 def _tail_bound(tok: "_Tokens", tau, mu, beta, pairs, onehot) -> float:
     """Upper bound on ||T T^T||_F (see the section comment). tau, mu, beta (N,) float64 with
-    <p^tail_t, p^tail_s> <= min(beta_t beta_s, mu_t tau_s, tau_t mu_s)."""
-    kind, P = pairs
-    if kind == "triangle":  # ||T_i|| <= sum_t beta_t ||w_t h_t||; ||T T^T||_F <= sum_i ||T_i||^2
-        b = onehot @ (beta * P)
-        return float((b * b).sum())
+    <p^tail_t, p^tail_s> <= min(beta_t beta_s, mu_t tau_s, tau_t mu_s) and beta_t >= ||p^tail_t||.
+
+    Per rollout ||T_i||_F^2 <= d_i = min(lam_i sum_{t in i} beta_t^2 (T_i = P_i^T X_i with
+    ||P_i||_F^2 <= sum beta^2), the pair sum over t, s in i of overlap_ts |<x_t, x_s>|, or the
+    triangle bound); |<T_i, T_j>| <= min(sqrt(d_i d_j), c_ij) with c_ij the pair sum over
+    t in i, s in j when every pair is affordable. Returns sqrt(sum_ij of those^2).
+    """
+    lam, (kind, P) = pairs
+    d = lam * (onehot @ (beta * beta))  # (B,)
 
     def overlap(a, c):
         return torch.minimum(torch.minimum(beta[a, None] * beta[None, c], mu[a, None] * tau[None, c]),
                              tau[a, None] * mu[None, c])
 
-    if kind == "all":  # |<T_i, T_j>| <= sum_{t in i, s in j} overlap_ts |<w h_t, w h_s>|
-        C = onehot @ (overlap(slice(None), slice(None)) * P) @ onehot.T
-        return float(C.norm())
-    total, a0 = 0.0, 0
-    for n, Pi in zip(tok.counts, P):
-        total += float((overlap(slice(a0, a0 + n), slice(a0, a0 + n)) * Pi).sum())
-        a0 += n
-    return total
+    if kind == "triangle":
+        b = onehot @ (beta * P)
+        d = torch.minimum(d, b * b)
+    elif kind == "rollout":
+        a0, pair = 0, torch.zeros_like(d)
+        for i, (n, Pi) in enumerate(zip(tok.counts, P)):
+            pair[i] = (overlap(slice(a0, a0 + n), slice(a0, a0 + n)) * Pi).sum()
+            a0 += n
+        d = torch.minimum(d, pair)
+    C = torch.sqrt(d[:, None] * d[None, :])
+    if kind == "all":
+        Cp = onehot @ (overlap(slice(None), slice(None)) * P) @ onehot.T
+        C = torch.minimum(C, Cp)
+    return float(C.norm())
 
 
 @lru_cache(maxsize=8)
@@ -583,8 +619,22 @@ def _vocab_permutation(seed: int, V: int) -> torch.Tensor:
     return torch.randperm(V, generator=gen)
 
 
-def _support_gram(src: _LogitSource, *, tol: float, eps: float, tail_dim: int, seed: int,
-                  chunk_size: int, info: dict | None, max_support: int | None = None) -> torch.Tensor | None:
+def _support_gram(src: _LogitSource, **kw) -> torch.Tensor | None:
+    """:func:`_support_gram_impl` with denormal floats flushed to zero on CPU (a softmax of
+    peaked logits is about 2x faster; the values flushed are below 1.2e-38, far below
+    rounding). The caller's flush-to-zero state is restored afterwards."""
+    if src.tok.hw.device.type != "cpu":
+        return _support_gram_impl(src, **kw)
+    was_on = float(torch.tensor([1e-39], dtype=torch.float32).mul(1.0)[0]) == 0.0
+    torch.set_flush_denormal(True)
+    try:
+        return _support_gram_impl(src, **kw)
+    finally:
+        torch.set_flush_denormal(was_on)
+
+
+def _support_gram_impl(src: _LogitSource, *, tol: float, eps: float, tail_dim: int, seed: int,
+                       chunk_size: int, info: dict | None, max_support: int | None = None) -> torch.Tensor | None:
     """Unnormalised (B, B) float64 support Gram with the sketched tail (see the section above).
     With ``max_support``: None once U reaches that many ids before the bound meets ``tol``
     (``auto`` then runs ``exact``, which is cheaper from there on)."""
@@ -619,7 +669,7 @@ def _support_gram(src: _LogitSource, *, tol: float, eps: float, tail_dim: int, s
     u, step, KU_norm, tb = 0, min(max(n_y, 1), col_cap), 0.0, float("inf")
     while u < V:
         ids = order[u : u + step]
-        P = torch.exp(src.cols(ids) - lse[:, None])  # (N, c) exact p on these ids, every token
+        P = _probs(src.cols(ids), lse)  # (N, c) exact p on these ids, every token
         mass += P.sum(1, dtype=torch.float64)
         y_pos[ids] = torch.arange(ids.numel(), device=dev)
         hit = y_pos[tok.y]  # (N,) column of y_t in this block, -1 if y_t is not in it
@@ -653,7 +703,7 @@ def _support_gram(src: _LogitSource, *, tol: float, eps: float, tail_dim: int, s
         q = r / rest
         A = torch.zeros_like(acc.K)
         for c0 in range(0, r, col_cap):
-            P = torch.exp(src.cols(R[c0 : c0 + col_cap]) - lse[:, None]) * (1.0 / math.sqrt(q))  # (N, c)
+            P = _probs(src.cols(R[c0 : c0 + col_cap]), lse).mul_(1.0 / math.sqrt(q))  # (N, c)
             A += acc.add(P)
         A_norm = float(A.norm())
         if r == rest:  # the whole tail, exactly

@@ -189,3 +189,9 @@ def test_auto_falls_back_to_exact_when_the_support_would_cover_most_of_v(monkeyp
     info = {}
     lm_head_gram(h, z, y, mask, method="support", tol=1e-9, info=info)  # explicit: keeps growing
     assert info["method"] == "support" and info["support_size"] > 50
+
+
+def test_flush_denormal_state_restored():
+    h, W, b, z, y, mask = batch(2, 5, 50, 3, 30.0, seed=17)
+    lm_head_gram(h, z, y, mask, method="support")
+    assert float(torch.tensor([1e-39]).mul(1.0)[0]) != 0.0  # denormals work again
