@@ -176,6 +176,19 @@ def run_case(args, entropy) -> dict:
     return row
 
 
+def table_row(r: dict) -> str:
+    """One markdown row of a result dict (``support_size`` is None when auto ran ``exact``)."""
+    err = (f"{r['err_support']:.1e} | {r['coef_support']:.1e} | {r['k_support']} ({r['k_ref']})"
+           if "k_ref" in r else "- | - | -")
+    u = r["support_size"] if r["support_size"] is not None else f"{r['method']}"
+    tm = f"{r['tail_mass']:.1e}" if r["tail_mass"] is not None else "-"
+    return (f"| {r['entropy_target']} ({r['entropy']:.2f}) | {r['N_valid']} | {u} | {tm} | {r['err_bound']:.1e} | {err} "
+            f"| {r['t_forward']:.3f} | {r['t_support']:.3f} | {100 * r['t_support'] / r['t_forward']:.1f}%, "
+            f"{100 * r['cpu_support'] / r['cpu_forward']:.1f}% | {r['t_stream']:.3f} | "
+            f"{100 * r['t_stream'] / r['t_forward']:.0f}%, {100 * r['cpu_stream'] / r['cpu_forward']:.0f}% "
+            f"| {r['stream_peak_extra_mib']:.0f} |")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--case", choices=tuple(CASES), default="a")
@@ -192,8 +205,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     print(f"case {args.case}: {CASES[args.case]} threads={args.threads} tol={args.tol} load={os.getloadavg()}")
     rows = []
-    hdr = ("| entropy (nats) | N valid | support ids u | tail mass | bound | rel. err | coef err / max|A| | k (ref) "
-           "| forward s | support s | support / forward (wall, CPU) | stream s | stream / forward | stream peak extra MiB |")
+    hdr = ("| entropy (nats) | N valid | support ids u (or backend) | tail mass | bound | rel. err | coef err / max|A| | k (ref) "
+           "| forward s | auto s | auto / forward (wall, CPU) | stream s | stream / forward (wall, CPU) | stream peak extra MiB |")
     for e in args.entropies.split(","):
         r = run_case(args, e)
         rows.append(r)
@@ -201,13 +214,7 @@ def main(argv=None) -> int:
     print(hdr)
     print("|" + "|".join(["---"] * (hdr.count("|") - 1)) + "|")
     for r in rows:
-        err = (f"{r['err_support']:.1e} | {r['coef_support']:.1e} | {r['k_support']} ({r['k_ref']})"
-               if "k_ref" in r else "- | - | -")
-        print(f"| {r['entropy_target']} ({r['entropy']:.2f}) | {r['N_valid']} | {r['support_size']} | {r['tail_mass']:.1e} "
-              f"| {r['err_bound']:.1e} | {err} "
-              f"| {r['t_forward']:.3f} | {r['t_support']:.3f} | {100 * r['t_support'] / r['t_forward']:.1f}%, "
-              f"{100 * r['cpu_support'] / r['cpu_forward']:.1f}% "
-              f"| {r['t_stream']:.3f} | {100 * r['t_stream'] / r['t_forward']:.0f}% | {r['stream_peak_extra_mib']:.0f} |")
+        print(table_row(r))
     print(f"load after {os.getloadavg()}")
     if args.json:
         with open(args.json, "w") as fh:
