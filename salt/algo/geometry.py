@@ -553,7 +553,7 @@ class _RolloutAcc:
         return blk
 
 
-def _tail_pair_weights(tok: "_Tokens"):
+def _tail_pair_weights(tok: "_Tokens", hh: torch.Tensor | None = None):
     """What the tail bound needs of the hidden side, computed once per Gram.
 
     lam (B,) float64 >= the largest eigenvalue of X_i X_i^T, X_i = (w h)_i (exact eigenvalue for
@@ -570,6 +570,9 @@ def _tail_pair_weights(tok: "_Tokens"):
         else:
             lam[i] = (Xi * Xi).sum()
         a0 += n
+    if hh is not None and hh.dtype == torch.float32:  # reuse the accumulator's float32 Gram,
+        nrm = X.norm(dim=1)  # widened by the worst-case rounding of a length-H dot product
+        return lam, ("all", hh.abs().double().add_(nrm[:, None] * nrm[None, :], alpha=tok.H * 2.0**-23))
     if tok.N * tok.N <= _PAIR_BOUND_NUMBERS:
         return lam, ("all", (X @ X.T).abs_())
     if sum(n * n for n in tok.counts) <= _PAIR_BOUND_NUMBERS:
@@ -581,14 +584,15 @@ def _tail_pair_weights(tok: "_Tokens"):
     return lam, ("triangle", X.norm(dim=1))
 
 
-def _tail_bound(tok: "_Tokens", tau, mu, beta, pairs, onehot) -> float:
+def _tail_bound(tok: "_Tokens", tau, mu, beta, pairs, onehot, need: float = 0.0) -> float:
     """Upper bound on ||T T^T||_F (see the section comment). tau, mu, beta (N,) float64 with
     <p^tail_t, p^tail_s> <= min(beta_t beta_s, mu_t tau_s, tau_t mu_s) and beta_t >= ||p^tail_t||.
 
     Per rollout ||T_i||_F^2 <= d_i = min(lam_i sum_{t in i} beta_t^2 (T_i = P_i^T X_i with
     ||P_i||_F^2 <= sum beta^2), the pair sum over t, s in i of overlap_ts |<x_t, x_s>|, or the
     triangle bound); |<T_i, T_j>| <= min(sqrt(d_i d_j), c_ij) with c_ij the pair sum over
-    t in i, s in j when every pair is affordable. Returns sqrt(sum_ij of those^2).
+    t in i, s in j when every pair is affordable. Returns sqrt(sum_ij of those^2); the pair sums
+    over all tokens are skipped when the cheaper bound is already <= ``need`` or above 10x it.
     """
     lam, (kind, P) = pairs
     d = lam * (onehot @ (beta * beta))  # (B,)
@@ -607,7 +611,8 @@ def _tail_bound(tok: "_Tokens", tau, mu, beta, pairs, onehot) -> float:
             a0 += n
         d = torch.minimum(d, pair)
     C = torch.sqrt(d[:, None] * d[None, :])
-    if kind == "all":
+    cheap = float(C.norm())
+    if kind == "all" and not (cheap <= need or cheap > 10.0 * need):  # the pair sums only when close
         Cp = onehot @ (overlap(slice(None), slice(None)) * P) @ onehot.T
         C = torch.minimum(C, Cp)
     return float(C.norm())
@@ -655,10 +660,10 @@ def _support_gram_impl(src: _LogitSource, *, tol: float, eps: float, tail_dim: i
     order = torch.cat([order[:n_cand], perm[level[perm] == 0]])
     lev_sorted = level[order]
     n_y = int(torch.isinf(lev_sorted).sum())
-    pairs = _tail_pair_weights(tok)
     onehot = torch.zeros(tok.B, N, dtype=torch.float64, device=dev)
     onehot[tok.r, torch.arange(N, device=dev)] = 1.0
     acc = _RolloutAcc(tok, onehot)
+    pairs = _tail_pair_weights(tok, acc.hh if acc.pairs and N * N <= _PAIR_BOUND_NUMBERS else None)
     inU = torch.zeros(V, dtype=torch.bool, device=dev)
     p_c2 = p_c.to(torch.float64) ** 2
     mass = torch.zeros(N, dtype=torch.float64, device=dev)
@@ -668,7 +673,7 @@ def _support_gram_impl(src: _LogitSource, *, tol: float, eps: float, tail_dim: i
     col_cap = max(1, _COLUMN_BLOCK_NUMBERS // N)  # an (N, step) block of columns stays bounded
     u, step, KU_norm, tb = 0, min(max(n_y, 1), col_cap), 0.0, float("inf")
     while u < V:
-        ids = order[u : u + step]
+        ids = order[u : u + step].sort().values  # ascending ids: a cache-friendly gather
         P = _probs(src.cols(ids), lse)  # (N, c) exact p on these ids, every token
         mass += P.sum(1, dtype=torch.float64)
         y_pos[ids] = torch.arange(ids.numel(), device=dev)
@@ -685,8 +690,8 @@ def _support_gram_impl(src: _LogitSource, *, tol: float, eps: float, tail_dim: i
         mu = torch.minimum(torch.maximum(eps_t.to(torch.float64), torch.tensor(nxt, dtype=torch.float64)), tau)
         out = torch.zeros(N, dtype=torch.float64, device=dev).index_add_(0, t_c, p_c2 * (~inU[v_c]))
         beta = torch.sqrt(sq_non + out)  # >= ||p_t restricted to V \ U||_2
-        tb = _tail_bound(tok, tau, mu, beta, pairs, onehot)
         KU_norm = float(acc.K.norm())
+        tb = _tail_bound(tok, tau, mu, beta, pairs, onehot, need=tol * KU_norm / tail_share)
         if u >= n_y and tol > 0 and tail_share * tb <= tol * KU_norm:  # every e_y is in U
             break
         if max_support is not None and u >= max_support and u < V:
