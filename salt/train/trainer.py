@@ -300,11 +300,12 @@ def _gram(hidden: torch.Tensor, logits: torch.Tensor, tokens: torch.Tensor, mask
         method = choose_method(int(n[0]), logits.shape[-1], hidden.shape[-1], int(n[1]),
                                chunk_size=spec.chunk_size, sketch_dim=spec.sketch_dim)
     kw = dict(chunk_size=spec.chunk_size, sketch_dim=spec.sketch_dim, seed=seed, **spec.gram_options)
+    lm = "auto" if spec.gram == "auto" else method  # auto may still switch support -> exact on the batch
     if not gather or W == 1:
-        return lm_head_gram(hidden, logits, tokens, mask, spec.temperature, method, info=info, **kw)
+        return lm_head_gram(hidden, logits, tokens, mask, spec.temperature, lm, info=info, **kw)
     if method in ("exact", "support"):  # token-level inputs (support: one shared vocabulary set)
         return lm_head_gram(all_gather_rows(hidden), all_gather_rows(logits), all_gather_rows(tokens),
-                            all_gather_rows(mask), spec.temperature, method, info=info, **kw)
+                            all_gather_rows(mask), spec.temperature, lm, info=info, **kw)
     if info is not None:
         info.update(method=method, err_bound=float("nan") if method == "sketch" else 0.0)
     kw = {k: kw[k] for k in ("chunk_size", "sketch_dim", "seed")}
