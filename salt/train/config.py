@@ -479,10 +479,7 @@ def describe() -> str:
 
 # ------------------------------------------------------------------------------ cross-field checks
 
-try:  # the backends the geometry module implements (the source of truth)
-    from salt.algo.geometry import GRAM_METHODS
-except ImportError:  # pragma: no cover - torch missing: config tools still load
-    GRAM_METHODS = ("auto", "exact", "dense", "sketch", "support")
+GRAM_METHODS = ("auto", "exact", "dense", "sketch", "support")  # fallback; validated from salt.algo.geometry
 SCOPES = ("global", "micro")
 SELECTION_RULES = ("none", "max_variance", "max_reward", "random")
 BACKENDS = ("hf", "vllm")
@@ -518,7 +515,8 @@ def _validate(cfg: RunConfig, check_paths: bool, check_devices: bool = True) -> 
     _choice(cfg.model.dtype, DTYPES, "model.dtype")
     _choice(t.scheduler, SCHEDULERS, "train.scheduler")
     _choice(t.optimizer, ("adamw", "sgd"), "train.optimizer")
-    _choice(a.salt.gram, GRAM_METHODS, "algorithm.salt.gram")
+    _choice(a.salt.gram, tuple(_registry_names("salt.algo.geometry", "GRAM_METHODS") or GRAM_METHODS),
+            "algorithm.salt.gram")
     _choice(a.salt.scope, SCOPES, "algorithm.salt.scope")
     if not (isinstance(a.salt.gram_tol, (int, float)) and 0 <= a.salt.gram_tol < 1):
         raise ConfigError(f"config key 'algorithm.salt.gram_tol' = {a.salt.gram_tol!r} must lie in [0, 1)")

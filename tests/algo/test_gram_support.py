@@ -195,3 +195,9 @@ def test_flush_denormal_state_restored():
     h, W, b, z, y, mask = batch(2, 5, 50, 3, 30.0, seed=17)
     lm_head_gram(h, z, y, mask, method="support")
     assert float(torch.tensor([1e-39]).mul(1.0)[0]) != 0.0  # denormals work again
+
+
+def test_config_accepts_exactly_the_geometry_backends():
+    from salt.train.config import GRAM_METHODS as CONFIG_FALLBACK
+
+    assert set(CONFIG_FALLBACK) == set(GRAM_METHODS)
