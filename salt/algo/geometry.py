@@ -40,7 +40,11 @@ Backends of :func:`lm_head_gram`:
   relative to sqrt(K_ii K_jj) falls like sqrt(2/m). The Gaussian hidden sketch adds a
   term of the same form with 1/q. The projection depends only on (seed, V, H, m, q), never
   on the batch, so every data-parallel rank draws the same S and R.
-* ``auto``   exact when :func:`gram_cost` says it is cheaper than the sketch, else sketch.
+* ``support`` exact on the vocabulary ids that carry the probability mass (shared by the
+  batch), an unbiased sample of the tail, and a deterministic bound on the relative error that
+  it holds below ``tol`` (see the section "support" below).
+* ``auto``   exact when :func:`gram_cost` says it costs at most twice the support estimator,
+  else support. Never the count sketch (its error has no bound).
 
 All functions are pure: no global RNG (sketches use a ``torch.Generator`` seeded by ``seed``),
 no logging. Inputs are never modified; gradients never flow (h and z are detached).
@@ -53,7 +57,7 @@ from functools import lru_cache
 
 import torch
 
-GRAM_METHODS = ("dense", "exact", "sketch", "auto")
+GRAM_METHODS = ("dense", "exact", "sketch", "support", "auto")
 FEATURE_METHODS = ("dense", "sketch")
 
 DEFAULT_CHUNK_SIZE = 512
@@ -120,6 +124,17 @@ def _check_inputs(hidden, logits, tokens, mask, temperature) -> None:
 def _check_method(method: str, allowed: tuple[str, ...]) -> None:
     if method not in allowed:
         raise ValueError(f"unknown gram method '{method}': choose one of {', '.join(allowed)}")
+
+
+def _check_support_options(chunk_size, tol, support_eps, tail_dim) -> None:
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if not (tol >= 0 and math.isfinite(tol)):
+        raise ValueError(f"tol (algorithm.salt.gram_tol) must be a finite number >= 0, got {tol}")
+    if not (0 < support_eps < 1):
+        raise ValueError(f"support_eps (algorithm.salt.support_eps) must lie in (0, 1), got {support_eps}")
+    if tail_dim < 0:
+        raise ValueError(f"tail_dim (algorithm.salt.tail_dim) must be >= 0, got {tail_dim}")
 
 
 class _Tokens:
@@ -332,16 +347,392 @@ def _sketch_features(
     return F.reshape(tok.B, m * q)  # (B, m*q)
 
 
+# --------------------------------------------------------------------------------------
+# support: exact on the shared support that carries the probability mass, sketched tail
+# --------------------------------------------------------------------------------------
+#
+# Every token's d_t = w_t (p_t - e_{y_t}) is split by one vocabulary set U shared by the whole
+# batch: U holds every sampled token y_t and every id v that some position gives p_tv > eps_t
+# (its top candidates). On U the features are exact for every token (p_tv of all N tokens on
+# all of U, not only each position's own candidates), so the rest, the tail T_i = sum_t w_t
+# p_t|_{V \ U} h_t^T, lives on rows disjoint from the exact part G^U_i: no cross terms, and
+#
+#     K = K^U + T T^T,   K^U_ij = <G^U_i, G^U_j>,   both PSD.
+#
+# The tail Gram is estimated from r rows R drawn uniformly without replacement from V \ U
+# (the first r ids of a seeded permutation of V that are not in U), scaled by 1/sqrt(q),
+# q = r / |V \ U|: every v outside U is in R with probability q, so E[K_hat] = K^U + T T^T.
+# If r >= |V \ U| the tail is computed exactly (q = 1).
+#
+# Error bound (deterministic, every seed): with tau_t = 1 - sum_{v in U} p_tv the tail mass,
+# mu_t >= max_{v not in U} p_tv (at most eps_t, at most the level of the first id left out, at
+# most tau_t) and beta_t >= ||p_t restricted to V \ U||_2 (from the candidate pass: the sum of
+# p^2 over the non-candidates, plus the left-out candidates' p^2), the tails' overlaps obey
+# <p^tail_t, p^tail_s> <= min(beta_t beta_s, mu_t tau_s, tau_t mu_s). With x_t = w_t h_t,
+#     ||T_i||_F^2 <= d_i = min(lam_max(X_i X_i^T) sum_{t in i} beta_t^2,
+#                              sum_{t,s in i} overlap_ts |<x_t, x_s>|),
+# |<T_i, T_j>| <= c_ij = min(sqrt(d_i d_j), sum_{t in i, s in j} overlap_ts |<x_t, x_s>|) (the
+# pair sums where affordable), so ||T T^T||_F <= tb = ||c||_F. Since K_hat - K = A - T T^T with
+# A = F_R F_R^T and both PSD, ||K_hat - K||_F <= sqrt(||A||_F^2 + tb^2) <= err_bound ||K^U||_F
+# (||K||_F >= ||K^U||_F because K - K^U is PSD). ``err_bound`` is this relative bound.
+#
+# Cost: one softmax pass over the N x V logits (block by block) plus a group max (groups of
+# 64 ids) to find the candidates, then the N x (u + r) gathered columns, 2 N (u + r) H for the
+# features and 2 B^2 (u + r) H for their Gram. With ``tol`` > 0 the ids of U enter in order of
+# their largest probability over the batch, a block at a time, and the loop stops as soon as
+# the bound (with the tail sketch's share) is below ``tol``: it spends only what the batch needs.
+# When the candidates are used up first (flat rows at a tight tol), the remaining ids follow
+# in a seeded random order, so the bound can always be met (at U = V the Gram is exact).
+
+SUPPORT_METHODS = ("support",)
+DEFAULT_GRAM_TOL = 1e-3
+DEFAULT_SUPPORT_EPS = 1e-6
+DEFAULT_TAIL_DIM = 256
+_GROUP = 64  # vocabulary ids per group of the candidate search
+_MAX_GROUPS_PER_TOKEN = 16  # a flat row is capped here: its threshold rises to the 17th group max
+_PAIR_BOUND_NUMBERS = 1 << 24  # sum_i n_i^2 up to this: pair bound, else the triangle bound
+_EIG_MAX_TOKENS = 2048  # rollouts up to this long get the exact top eigenvalue of their hidden Gram
+_COLUMN_BLOCK_NUMBERS = 1 << 25  # at most this many numbers in one (N, c) block of support columns
+
+
+class _LogitSource:
+    """Scaled logits z / T of the valid tokens: given (B, T, V) logits or hidden @ weight^T."""
+
+    def __init__(self, tok: "_Tokens", inv_t: float, weight=None, bias=None, h=None):
+        self.tok, self.inv_t, self.weight, self.bias, self.h = tok, inv_t, weight, bias, h
+
+    def block(self, out: torch.Tensor, a0: int, a1: int) -> torch.Tensor:
+        """softmax(z_t / T) of valid tokens a0..a1-1 written into ``out`` (a1 - a0, V)."""
+        if self.weight is None:
+            return self.tok.softmax_block(out, a0, a1, self.inv_t)
+        torch.matmul(self.h[a0:a1], self.weight.T, out=out)  # (n, V) logits of this chunk only
+        if self.bias is not None:
+            out += self.bias
+        if self.inv_t != 1.0:
+            out.mul_(self.inv_t)
+        return torch.softmax(out, dim=1, out=out)
+
+    def cols(self, ids: torch.Tensor) -> torch.Tensor:
+        """(N, len(ids)) scaled logits of every valid token at vocabulary ids ``ids``."""
+        tok = self.tok
+        if self.weight is None:
+            z = tok.z_flat.index_select(1, ids).index_select(0, tok.flat).to(tok.dtype)
+        else:
+            z = self.h @ self.weight.index_select(0, ids).T
+            if self.bias is not None:
+                z += self.bias.index_select(0, ids)
+        return z.mul_(self.inv_t) if self.inv_t != 1.0 else z
+
+    def at(self, rows: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """(n,) scaled logits z_{rows[k], ids[k]}."""
+        tok = self.tok
+        if self.weight is None:
+            z = tok.z_flat[tok.flat[rows], ids].to(tok.dtype)
+        else:
+            z = (self.h[rows] * self.weight[ids]).sum(1)
+            if self.bias is not None:
+                z += self.bias[ids]
+        return z * self.inv_t
+
+
+def _probs(z: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """p = exp(z - lse) in place. The exponent is floored where exp leaves the normal range
+    (p < 1e-37 in float32, 1e-307 in float64 become that floor): denormal results make exp
+    about 30x slower on x86 CPUs, and the change is far below rounding."""
+    floor = math.log(torch.finfo(z.dtype).tiny) + 2.0
+    return z.sub_(lse[:, None]).clamp_min_(floor).exp_()
+
+
+def _candidates(src: _LogitSource, eps: float, chunk: int):
+    """One pass over the logits in token blocks: every (t, v) with p_tv > eps_t.
+
+    eps_t = eps unless position t has more than _MAX_GROUPS_PER_TOKEN groups of 64 ids whose
+    max exceeds eps; then eps_t is the next group max (a flat row keeps its 16 largest
+    groups). Every id left out of t's candidates has p_tv <= eps_t. Returns t (n,), v (n,),
+    p (n,), eps_t (N,), lse (N,) (log normaliser of z_t / T: p_tv = exp(z_tv / T - lse_t)) and
+    sq (N,) float64 >= the sum of p_tv^2 over the ids that are not t's candidates.
+    """
+    tok = src.tok
+    N, V, dev, dt = tok.N, tok.V, tok.hw.device, tok.dtype
+    G, g = -(-V // _GROUP), _GROUP
+    main = (V // g) * g
+    c = max(1, min(chunk, N, max(16, _SKETCH_BLOCK_BYTES // (V * _element_size(dt)))))
+    buf = torch.empty(c, V, dtype=dt, device=dev)
+    offs = torch.arange(g, device=dev)
+    ts, vs, ps, eps_t, lse = [], [], [], torch.empty(N, dtype=dt, device=dev), torch.empty(N, dtype=dt, device=dev)
+    sq = torch.empty(N, dtype=torch.float64, device=dev)
+    for a0 in range(0, N, c):
+        a1 = min(a0 + c, N)
+        n = a1 - a0
+        p = src.block(buf[:n], a0, a1)  # (n, V)
+        gm = torch.empty(n, G, dtype=dt, device=dev)  # (n, G) group maxima
+        if main:
+            torch.amax(p[:, :main].view(n, main // g, g), dim=2, out=gm[:, : main // g])
+        if main < V:
+            gm[:, -1] = p[:, main:].amax(1)
+        thr = torch.full((n,), eps, dtype=dt, device=dev)
+        many = (gm > eps).sum(1) > _MAX_GROUPS_PER_TOKEN
+        if bool(many.any()):
+            kth = gm[many].topk(_MAX_GROUPS_PER_TOKEN + 1, dim=1).values[:, -1]
+            thr[many] = torch.maximum(thr[many], kth)
+        eps_t[a0:a1] = thr
+        # log normaliser from the largest entry of each row (its group is the top group)
+        top_g = gm.argmax(1)  # (n,)
+        ids = (top_g[:, None] * g + offs).clamp_max(V - 1)  # (n, g)
+        pv = p.gather(1, ids)
+        j = pv.argmax(1)
+        vstar = ids.gather(1, j[:, None]).squeeze(1)
+        rows = torch.arange(a0, a1, device=dev)
+        lse[a0:a1] = src.at(rows, vstar) - pv.gather(1, j[:, None]).squeeze(1).log()
+        sel = torch.nonzero(gm > thr[:, None], as_tuple=False)  # (k, 2) (row, group)
+        if sel.numel():
+            ids = sel[:, 1:2] * g + offs  # (k, g)
+            ok = ids < V
+            ids = ids.clamp_max(V - 1)
+            vals = p[sel[:, :1], ids]  # (k, g)
+            keep = ok & (vals > thr[sel[:, 0]][:, None])
+            r_, c_ = torch.nonzero(keep, as_tuple=True)
+            ts.append(sel[r_, 0] + a0)
+            vs.append(ids[r_, c_])
+            ps.append(vals[r_, c_])
+            cnt = torch.bincount(sel[r_, 0], minlength=n).to(dt)
+        else:
+            cnt = torch.zeros(n, dtype=dt, device=dev)
+        # sum of p_tv^2 over the non-candidates: sum min(p, eps_t)^2 - eps_t^2 * #candidates
+        # (only small numbers are summed: no cancellation against the head's p^2)
+        p.clamp_(max=thr[:, None])
+        sq[a0:a1] = (torch.linalg.vector_norm(p, dim=1).to(torch.float64) ** 2
+                     - thr.to(torch.float64) ** 2 * cnt.to(torch.float64)).clamp_min(0.0)
+    cat = lambda xs, d: torch.cat(xs) if xs else torch.empty(0, dtype=d, device=dev)  # noqa: E731
+    return cat(ts, torch.long), cat(vs, torch.long), cat(ps, dt), eps_t, lse, sq
+
+
+class _RolloutAcc:
+    """K += F F^T for per-rollout features F_i = D_i^T (w h)_i over a block of vocabulary rows.
+
+    Two equal forms, picked by cost: ``features`` builds F (B, c, H) (2 N c H + 2 B^2 c H
+    flops, in small per-rollout matmuls) and ``pairs`` uses the token-pair identity
+    K_ij = sum_{t in i, s in j} (D D^T)_ts <w h_t, w h_s> (2 N^2 c flops in one large matmul,
+    with the N x N hidden Gram formed once). Measured on CPU the small matmuls run at about
+    half the large one's speed, hence the factor 2 in the rule below.
+    """
+
+    COLS = 256
+    PAIR_MAX_TOKENS = 4096
+
+    def __init__(self, tok: "_Tokens", onehot: torch.Tensor | None = None):
+        self.tok = tok
+        self.K = torch.zeros(tok.B, tok.B, dtype=torch.float64, device=tok.hw.device)
+        self.bounds = [0] + list(torch.tensor(tok.counts).cumsum(0).tolist())
+        N, H, B = tok.N, tok.H, tok.B
+        self.pairs = N <= self.PAIR_MAX_TOKENS and N * N <= 2 * (N * H + B * B * H)
+        if self.pairs:
+            self.hh = tok.hw @ tok.hw.T  # (N, N)
+            self.onehot = onehot
+
+    def add(self, D: torch.Tensor) -> torch.Tensor:
+        """D (N, c) coefficients of the valid tokens on c vocabulary rows; returns the block's Gram."""
+        tok, b = self.tok, self.bounds
+        if self.pairs:
+            M = (D @ D.T).mul_(self.hh).to(torch.float64)  # (N, N)
+            blk = self.onehot @ M @ self.onehot.T
+            self.K += blk
+            return blk
+        blk = torch.zeros_like(self.K)
+        for c0 in range(0, D.shape[1], self.COLS):  # bounds the (B, c, H) features
+            Dc = D[:, c0 : c0 + self.COLS]
+            F = torch.empty(tok.B, Dc.shape[1], tok.H, dtype=D.dtype, device=D.device)  # (B, c, H)
+            for i in range(tok.B):
+                if b[i + 1] > b[i]:
+                    torch.matmul(Dc[b[i] : b[i + 1]].T, tok.hw[b[i] : b[i + 1]], out=F[i])
+                else:
+                    F[i].zero_()
+            Fm = F.reshape(tok.B, -1)
+            blk += (Fm @ Fm.T).to(torch.float64)
+        self.K += blk
+        return blk
+
+
+def _tail_pair_weights(tok: "_Tokens", hh: torch.Tensor | None = None):
+    """What the tail bound needs of the hidden side, computed once per Gram.
+
+    lam (B,) float64 >= the largest eigenvalue of X_i X_i^T, X_i = (w h)_i (exact eigenvalue for
+    rollouts of at most _EIG_MAX_TOKENS tokens, else the trace), and |<w_t h_t, w_s h_s>| as
+    ("all", (N, N)) if N^2 is small, else ("rollout", [(n_i, n_i)]) if sum_i n_i^2 is, else
+    ("triangle", ||w_t h_t|| (N,)).
+    """
+    X = tok.hw.to(torch.float64)
+    lam, a0 = torch.zeros(tok.B, dtype=torch.float64, device=X.device), 0
+    for i, n in enumerate(tok.counts):
+        Xi = X[a0 : a0 + n]
+        if 0 < n <= _EIG_MAX_TOKENS:
+            lam[i] = torch.linalg.eigvalsh(Xi @ Xi.T)[-1].clamp_min(0.0) * (1 + 1e-9) + 1e-300
+        else:
+            lam[i] = (Xi * Xi).sum()
+        a0 += n
+    if hh is not None and hh.dtype == torch.float32:  # reuse the accumulator's float32 Gram,
+        nrm = X.norm(dim=1)  # widened by the worst-case rounding of a length-H dot product
+        return lam, ("all", hh.abs().double().add_(nrm[:, None] * nrm[None, :], alpha=tok.H * 2.0**-23))
+    if tok.N * tok.N <= _PAIR_BOUND_NUMBERS:
+        return lam, ("all", (X @ X.T).abs_())
+    if sum(n * n for n in tok.counts) <= _PAIR_BOUND_NUMBERS:
+        out, a0 = [], 0
+        for n in tok.counts:
+            out.append((X[a0 : a0 + n] @ X[a0 : a0 + n].T).abs_())
+            a0 += n
+        return lam, ("rollout", out)
+    return lam, ("triangle", X.norm(dim=1))
+
+
+def _tail_bound(tok: "_Tokens", tau, mu, beta, pairs, onehot, need: float = 0.0) -> float:
+    """Upper bound on ||T T^T||_F (see the section comment). tau, mu, beta (N,) float64 with
+    <p^tail_t, p^tail_s> <= min(beta_t beta_s, mu_t tau_s, tau_t mu_s) and beta_t >= ||p^tail_t||.
+
+    Per rollout ||T_i||_F^2 <= d_i = min(lam_i sum_{t in i} beta_t^2 (T_i = P_i^T X_i with
+    ||P_i||_F^2 <= sum beta^2), the pair sum over t, s in i of overlap_ts |<x_t, x_s>|, or the
+    triangle bound); |<T_i, T_j>| <= min(sqrt(d_i d_j), c_ij) with c_ij the pair sum over
+    t in i, s in j when every pair is affordable. Returns sqrt(sum_ij of those^2); the pair sums
+    over all tokens are skipped when the cheaper bound is already <= ``need`` or above 10x it.
+    """
+    lam, (kind, P) = pairs
+    d = lam * (onehot @ (beta * beta))  # (B,)
+
+    def overlap(a, c):
+        return torch.minimum(torch.minimum(beta[a, None] * beta[None, c], mu[a, None] * tau[None, c]),
+                             tau[a, None] * mu[None, c])
+
+    if kind == "triangle":
+        b = onehot @ (beta * P)
+        d = torch.minimum(d, b * b)
+    elif kind == "rollout":
+        a0, pair = 0, torch.zeros_like(d)
+        for i, (n, Pi) in enumerate(zip(tok.counts, P)):
+            pair[i] = (overlap(slice(a0, a0 + n), slice(a0, a0 + n)) * Pi).sum()
+            a0 += n
+        d = torch.minimum(d, pair)
+    C = torch.sqrt(d[:, None] * d[None, :])
+    cheap = float(C.norm())
+    if kind == "all" and not (cheap <= need or cheap > 10.0 * need):  # the pair sums only when close
+        Cp = onehot @ (overlap(slice(None), slice(None)) * P) @ onehot.T
+        C = torch.minimum(C, Cp)
+    return float(C.norm())
+
+
+@lru_cache(maxsize=8)
+def _vocab_permutation(seed: int, V: int) -> torch.Tensor:
+    gen = torch.Generator(device="cpu").manual_seed(int(seed) + 7919)
+    return torch.randperm(V, generator=gen)
+
+
+def _support_gram(src: _LogitSource, **kw) -> torch.Tensor | None:
+    """:func:`_support_gram_impl` with denormal floats flushed to zero on CPU (a softmax of
+    peaked logits is about 2x faster; the values flushed are below 1.2e-38, far below
+    rounding). The caller's flush-to-zero state is restored afterwards."""
+    if src.tok.hw.device.type != "cpu":
+        return _support_gram_impl(src, **kw)
+    was_on = float(torch.tensor([1e-39], dtype=torch.float32).mul(1.0)[0]) == 0.0
+    torch.set_flush_denormal(True)
+    try:
+        return _support_gram_impl(src, **kw)
+    finally:
+        torch.set_flush_denormal(was_on)
+
+
+def _support_gram_impl(src: _LogitSource, *, tol: float, eps: float, tail_dim: int, seed: int,
+                       chunk_size: int, info: dict | None, max_support: int | None = None) -> torch.Tensor | None:
+    """Unnormalised (B, B) float64 support Gram with the sketched tail (see the section above).
+    With ``max_support``: None once U reaches that many ids before the bound meets ``tol``
+    (``auto`` then runs ``exact``, which is cheaper from there on)."""
+    tok = src.tok
+    N, V, dev, dt = tok.N, tok.V, tok.hw.device, tok.dtype
+    if N == 0:
+        if info is not None:
+            info.update(err_bound=0.0, support_size=0, tail_rows=0, tail_mass=0.0)
+        return torch.zeros(tok.B, tok.B, dtype=torch.float64, device=dev)
+    t_c, v_c, p_c, eps_t, lse, sq_non = _candidates(src, eps, chunk_size)
+    # order of entry into U: sampled tokens first, then ids by their largest probability
+    level = torch.zeros(V, dtype=dt, device=dev).scatter_reduce_(0, v_c, p_c, "amax")
+    level[tok.y] = float("inf")
+    order = torch.argsort(level, descending=True, stable=True)
+    n_cand = int((level > 0).sum())
+    # after the candidates (if the bound still asks for more): the other ids in a seeded order
+    perm = _vocab_permutation(seed, V).to(dev)
+    order = torch.cat([order[:n_cand], perm[level[perm] == 0]])
+    lev_sorted = level[order]
+    n_y = int(torch.isinf(lev_sorted).sum())
+    onehot = torch.zeros(tok.B, N, dtype=torch.float64, device=dev)
+    onehot[tok.r, torch.arange(N, device=dev)] = 1.0
+    acc = _RolloutAcc(tok, onehot)
+    pairs = _tail_pair_weights(tok, acc.hh if acc.pairs and N * N <= _PAIR_BOUND_NUMBERS else None)
+    inU = torch.zeros(V, dtype=torch.bool, device=dev)
+    p_c2 = p_c.to(torch.float64) ** 2
+    mass = torch.zeros(N, dtype=torch.float64, device=dev)
+    y_pos = torch.full((V,), -1, dtype=torch.long, device=dev)
+    rows = torch.arange(N, device=dev)
+    tail_share = math.sqrt(2.0) if tail_dim > 0 else 1.0  # the sketch's own norm joins the bound
+    col_cap = max(1, _COLUMN_BLOCK_NUMBERS // N)  # an (N, step) block of columns stays bounded
+    u, step, KU_norm, tb = 0, min(max(n_y, 1), col_cap), 0.0, float("inf")
+    while u < V:
+        ids = order[u : u + step].sort().values  # ascending ids: a cache-friendly gather
+        P = _probs(src.cols(ids), lse)  # (N, c) exact p on these ids, every token
+        mass += P.sum(1, dtype=torch.float64)
+        y_pos[ids] = torch.arange(ids.numel(), device=dev)
+        hit = y_pos[tok.y]  # (N,) column of y_t in this block, -1 if y_t is not in it
+        mine = hit >= 0
+        P[rows[mine], hit[mine]] -= 1.0  # the e_y part (its id is in this block)
+        y_pos[ids] = -1
+        acc.add(P)
+        inU[ids] = True
+        u += ids.numel()
+        step = min(max(256, u // 4), col_cap)  # blocks grow: a few rounds of the bound below
+        nxt = float(lev_sorted[u]) if u < V else 0.0
+        tau = (1.0 - mass).clamp_min(0.0)
+        mu = torch.minimum(torch.maximum(eps_t.to(torch.float64), torch.tensor(nxt, dtype=torch.float64)), tau)
+        out = torch.zeros(N, dtype=torch.float64, device=dev).index_add_(0, t_c, p_c2 * (~inU[v_c]))
+        beta = torch.sqrt(sq_non + out)  # >= ||p_t restricted to V \ U||_2
+        KU_norm = float(acc.K.norm())
+        tb = _tail_bound(tok, tau, mu, beta, pairs, onehot, need=tol * KU_norm / tail_share)
+        if u >= n_y and tol > 0 and tail_share * tb <= tol * KU_norm:  # every e_y is in U
+            break
+        if max_support is not None and u >= max_support and u < V:
+            return None
+    U = order[:u]
+    # tail sketch on r ids drawn uniformly from V \ U (exact if r >= |V \ U|)
+    rest = V - u
+    r = min(int(tail_dim), rest)
+    A_norm = 0.0
+    if rest == 0:  # U is the whole vocabulary: nothing left out
+        tb = 0.0
+    if r > 0:
+        R = perm[~inU[perm]][:r]
+        q = r / rest
+        A = torch.zeros_like(acc.K)
+        for c0 in range(0, r, col_cap):
+            P = _probs(src.cols(R[c0 : c0 + col_cap]), lse).mul_(1.0 / math.sqrt(q))  # (N, c)
+            A += acc.add(P)
+        A_norm = float(A.norm())
+        if r == rest:  # the whole tail, exactly
+            tb, A_norm = 0.0, 0.0
+    err = math.sqrt(A_norm**2 + tb**2) / KU_norm if KU_norm > 0 else (0.0 if tb == 0 and A_norm == 0 else float("inf"))
+    if info is not None:
+        info.update(err_bound=err, support_size=u, tail_rows=r, tail_mass=float((1.0 - mass).clamp_min(0).mean()))
+    return acc.K
+
+
 def gram_cost(
     n_tokens: int, vocab: int, hidden: int, batch: int, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
     sketch_dim: int = DEFAULT_SKETCH_DIM, sketch_hidden_dim: int | None = None,
+    tail_dim: int = DEFAULT_TAIL_DIM,
 ) -> dict[str, float]:
-    """Flop-equivalent cost estimates of the ``exact`` and ``sketch`` backends.
+    """Flop-equivalent cost estimates of the ``exact``, ``sketch`` and ``support`` backends.
 
-    exact : N^2 (V + H) matmul flops over the token-block pairs a <= b (half of
-            2 N^2 (V + H)) plus the softmax work on N + N^2 / (2 chunk_size) rows;
-    sketch: one softmax + two passes (signs, bucket sums) over N x V, the hidden projection
-            2 N H q, the contraction 2 N m q and the feature Gram 2 B^2 m q.
+    exact  : N^2 (V + H) matmul flops over the token-block pairs a <= b (half of
+             2 N^2 (V + H)) plus the softmax work on N + N^2 / (2 chunk_size) rows;
+    sketch : one softmax + two passes (signs, bucket sums) over N x V, the hidden projection
+             2 N H q, the contraction 2 N m q and the feature Gram 2 B^2 m q;
+    support: one softmax + one group-max pass over N x V, and for u + r vocabulary rows
+             (u = min(N, V) assumed: the sampled tokens) the gather, 2 N (u + r) H for the
+             features and 2 B^2 (u + r) H for their Gram.
     Elementwise work is weighted by ``ELEMENTWISE_FLOP_WEIGHT`` flops per element.
     """
     N, V, H, B = float(n_tokens), float(vocab), float(hidden), float(batch)
@@ -352,13 +743,27 @@ def gram_cost(
     q = H if sketch_hidden_dim is None else float(sketch_hidden_dim)
     proj = 0.0 if sketch_hidden_dim is None else 2 * N * H * q
     sketch = ew * (_SOFTMAX_PASSES + _SKETCH_PASSES) * N * V + proj + 2 * N * m * q + 2 * B * B * m * q
-    return {"exact": exact, "sketch": sketch}
+    rows = min(V, min(N, V) + float(tail_dim))
+    support = ew * (_SOFTMAX_PASSES + 1) * N * V + rows * (ew * N + 2 * N * H + 2 * B * B * H)
+    return {"exact": exact, "sketch": sketch, "support": support}
+
+
+def _support_cap(tok: "_Tokens", chunk_size: int) -> int:
+    """``auto``: the support size at which the support Gram's work equals the exact Gram's."""
+    N, V, H, B = float(tok.N), float(tok.V), float(tok.H), float(tok.B)
+    cost = gram_cost(tok.N, tok.V, tok.H, tok.B, chunk_size=chunk_size)
+    base = ELEMENTWISE_FLOP_WEIGHT * (_SOFTMAX_PASSES + 1) * N * V
+    per_id = ELEMENTWISE_FLOP_WEIGHT * N + min(2 * N * N, 2 * (N * H + B * B * H))
+    return max(1, int((cost["exact"] - base) / per_id))
 
 
 def choose_method(n_tokens: int, vocab: int, hidden: int, batch: int, **kw) -> str:
-    """``auto``'s rule: 'exact' when its :func:`gram_cost` is below the sketch's, else 'sketch'."""
+    """``auto``'s rule: 'exact' (no error at all) unless its :func:`gram_cost` exceeds twice the
+    support estimator's, else 'support' (whose error bound is held below ``tol``). Never the
+    count sketch: its error is not bounded (percent level at a few hundred buckets)."""
+    kw = {k: v for k, v in kw.items() if k in ("chunk_size", "sketch_dim", "sketch_hidden_dim", "tail_dim")}
     cost = gram_cost(n_tokens, vocab, hidden, batch, **kw)
-    return "exact" if cost["exact"] <= cost["sketch"] else "sketch"
+    return "exact" if cost["exact"] <= 2.0 * cost["support"] else "support"
 
 
 # --------------------------------------------------------------------------------------
@@ -388,6 +793,10 @@ def lm_head_gram(
     sketch_hidden_dim: int | None = None,
     seed: int = 0,
     normalizer: float | None = None,
+    tol: float = DEFAULT_GRAM_TOL,
+    support_eps: float = DEFAULT_SUPPORT_EPS,
+    tail_dim: int = DEFAULT_TAIL_DIM,
+    info: dict | None = None,
 ) -> torch.Tensor:
     """Gram of per-rollout LM-head gradients, K = G G^T / B (methods.md 3.2).
 
@@ -398,7 +807,7 @@ def lm_head_gram(
         mask: (B, T) response mask m (bool or numbers; only mask != 0 positions count and the
             value multiplies d_it).
         temperature: sampling temperature T (> 0); the softmax is of z / T.
-        method: "dense" | "exact" | "sketch" | "auto" (see the module docstring).
+        method: "dense" | "exact" | "sketch" | "support" | "auto" (see the module docstring).
         chunk_size: tokens per block of ``exact`` (peak extra memory about
             1.25 * chunk_size * V numbers); the sketch streams cache-sized blocks of at most
             chunk_size tokens.
@@ -406,30 +815,97 @@ def lm_head_gram(
         sketch_hidden_dim: q, Gaussian projection of the hidden side; None keeps all H.
         seed: seeds the sketch; the same seed gives the same projection on every rank.
         normalizer: divide by this instead of B (e.g. the global batch size).
+        tol: ``support``: relative Frobenius error bound to reach; the support grows (the
+            candidates by probability, then the other ids) until it is met (0: all of V, exact).
+        support_eps: ``support``: probability above which an id is a position's candidate.
+        tail_dim: ``support``: r vocabulary rows sampled from the tail (0: drop the tail).
+        info: if a dict, filled with ``method`` (the backend run), ``err_bound`` (bound on
+            ||K_hat - K||_F / ||K||_F: 0 for dense/exact, the support bound, NaN for the
+            count sketch, which has none) and, for ``support``, ``support_size``,
+            ``tail_rows``, ``tail_mass`` (mean over tokens of the mass outside the support).
 
     Returns:
         (B, B) symmetric, float64 if hidden or logits are float64, else float32.
     """
     _check_method(method, GRAM_METHODS)
     _check_inputs(hidden, logits, tokens, mask, temperature)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    _check_support_options(chunk_size, tol, support_eps, tail_dim)
     dtype = _compute_dtype(hidden, logits)
     tok = _Tokens(hidden, logits, tokens, mask, dtype)
     inv_t = 1.0 / float(temperature)
-    if method == "auto":
+    auto = method == "auto"
+    if auto:
         method = choose_method(
             tok.N, tok.V, tok.H, tok.B, chunk_size=chunk_size, sketch_dim=sketch_dim,
-            sketch_hidden_dim=sketch_hidden_dim,
+            sketch_hidden_dim=sketch_hidden_dim, tail_dim=tail_dim,
         )
+    if info is not None:
+        info.clear()
+        info.update(method=method, err_bound=float("nan") if method == "sketch" else 0.0)
+    K = None
+    if method == "support":
+        cap = _support_cap(tok, chunk_size) if auto else None
+        K = _support_gram(_LogitSource(tok, inv_t), tol=tol, eps=support_eps, tail_dim=tail_dim,
+                          seed=seed, chunk_size=chunk_size, info=info, max_support=cap)
+        if K is None:  # the batch needs nearly all of V: exact is cheaper from here
+            method = "exact"
+            if info is not None:
+                info.clear()
+                info.update(method="exact", err_bound=0.0)
     if method == "exact":
         K = _exact_gram(tok, inv_t, chunk_size)
     elif method == "dense":
         G = _dense_features(tok, inv_t)
         K = G @ G.T
-    else:
+    elif method == "sketch":
         F = _sketch_features(tok, inv_t, sketch_dim, sketch_hidden_dim, seed, chunk_size)
         K = F @ F.T
+    return _normalise(K, tok.B, normalizer, dtype)
+
+
+def streaming_lm_head_gram(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    temperature: float = 1.0,
+    *,
+    bias: torch.Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    seed: int = 0,
+    normalizer: float | None = None,
+    tol: float = DEFAULT_GRAM_TOL,
+    support_eps: float = DEFAULT_SUPPORT_EPS,
+    tail_dim: int = DEFAULT_TAIL_DIM,
+    info: dict | None = None,
+) -> torch.Tensor:
+    """The ``support`` Gram from the hidden states and the LM-head weight, never the logits.
+
+    The logits z = h W^T (+ bias) of the valid tokens are made in blocks of at most
+    ``chunk_size`` tokens for the candidate pass, and only on the support's and the tail
+    sketch's vocabulary rows afterwards (N x (u + r)), so the N x V logits never exist at once.
+    Same result as ``lm_head_gram(hidden, hidden @ weight.T + bias, ..., method="support")``
+    up to rounding. hidden (B, T, H), weight (V, H), bias (V,) or None. -> (B, B).
+    """
+    if weight.dim() != 2 or hidden.dim() != 3 or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"weight must be (V, H) with H = hidden.shape[-1]; got weight {tuple(weight.shape)}, "
+                         f"hidden {tuple(hidden.shape)}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias must be (V,) = ({weight.shape[0]},), got {tuple(bias.shape)}")
+    B, T, H = hidden.shape
+    shape_only = torch.empty((), dtype=hidden.dtype, device=hidden.device).expand(B, T, weight.shape[0])  # no data
+    _check_inputs(hidden, shape_only, tokens, mask, temperature)
+    _check_support_options(chunk_size, tol, support_eps, tail_dim)
+    dtype = _compute_dtype(hidden, weight)
+    tok = _Tokens(hidden, shape_only, tokens, mask, dtype)
+    h = hidden.detach().reshape(B * T, H).index_select(0, tok.flat).to(dtype)  # (N, H) unweighted
+    W = weight.detach().to(dtype)
+    b = None if bias is None else bias.detach().to(dtype)
+    if info is not None:
+        info.clear()
+        info.update(method="support", err_bound=0.0)
+    K = _support_gram(_LogitSource(tok, 1.0 / float(temperature), W, b, h), tol=tol, eps=support_eps,
+                      tail_dim=tail_dim, seed=seed, chunk_size=chunk_size, info=info)
     return _normalise(K, tok.B, normalizer, dtype)
 
 

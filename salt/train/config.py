@@ -102,7 +102,8 @@ class SaltSection:
     diagnostics: bool = _f(
         True, "Run the Gram + decomposition even when SALT is off, to log salt/* and geom/*."
     )
-    gram: str = _f("auto", "Gram backend: dense | exact | sketch | auto (methods.md 3.2).")
+    gram: str = _f("auto", "Gram backend: dense | exact | sketch | support | auto (methods.md 3.2; auto = exact "
+                   "or support, whichever is cheaper, with the error bound held below gram_tol).")
     scope: str = _f(
         "global",
         "global: one Gram per optimizer mini-batch, gathered across data-parallel ranks | "
@@ -110,6 +111,9 @@ class SaltSection:
     )
     chunk_size: int = _f(4096, "Token chunk of the exact Gram (bounds its peak memory).")
     sketch_dim: int = _f(256, "Vocabulary sketch dimension of the sketch Gram.")
+    gram_tol: float = _f(1e-3, "support Gram: relative Frobenius error bound to reach (0: exact).")
+    support_eps: float = _f(1e-6, "support Gram: probability above which an id is a position's candidate.")
+    tail_dim: int = _f(256, "support Gram: vocabulary rows sampled from the tail (0: drop the tail).")
     options: dict = _f(
         {},
         "Any other SaltConfig field (rho, k_min, k_max, alpha_min, alpha_max, alpha_fixed, "
@@ -512,7 +516,7 @@ def describe() -> str:
 
 # ------------------------------------------------------------------------------ cross-field checks
 
-GRAM_METHODS = ("auto", "exact", "dense", "sketch")
+GRAM_METHODS = ("auto", "exact", "dense", "sketch", "support")  # fallback; validated from salt.algo.geometry
 SCOPES = ("global", "micro")
 SELECTION_RULES = ("none", "max_variance", "max_reward", "random")
 BACKENDS = ("hf", "vllm")
@@ -565,8 +569,14 @@ def _validate(cfg: RunConfig, check_paths: bool, check_devices: bool = True) -> 
     _choice(cfg.model.mixed_precision, MIXED_PRECISIONS, "model.mixed_precision")
     _choice(t.scheduler, SCHEDULERS, "train.scheduler")
     _choice(t.optimizer, ("adamw", "sgd"), "train.optimizer")
-    _choice(a.salt.gram, GRAM_METHODS, "algorithm.salt.gram")
+    _choice(a.salt.gram, tuple(_registry_names("salt.algo.geometry", "GRAM_METHODS") or GRAM_METHODS),
+            "algorithm.salt.gram")
     _choice(a.salt.scope, SCOPES, "algorithm.salt.scope")
+    if not (isinstance(a.salt.gram_tol, (int, float)) and 0 <= a.salt.gram_tol < 1):
+        raise ConfigError(f"config key 'algorithm.salt.gram_tol' = {a.salt.gram_tol!r} must lie in [0, 1)")
+    if not (isinstance(a.salt.support_eps, (int, float)) and 0 < a.salt.support_eps < 1):
+        raise ConfigError(f"config key 'algorithm.salt.support_eps' = {a.salt.support_eps!r} must lie in (0, 1)")
+    _positive(a.salt.tail_dim, "algorithm.salt.tail_dim", allow_zero=True)
     _choice(a.selection.rule, SELECTION_RULES, "algorithm.selection.rule")
     _choice(a.vip.rule, ("rloo", "grpo"), "algorithm.vip.rule")
     from salt.algo.allocation import ALLOCATIONS, EMBEDDINGS

@@ -265,6 +265,7 @@ class UpdateSpec:
     chunk_size: int
     sketch_dim: int
     salt_options: dict = field(default_factory=dict)
+    gram_options: dict = field(default_factory=dict)  # tol, support_eps, tail_dim of the support Gram
 
     @staticmethod
     def from_config(cfg: RunConfig) -> "UpdateSpec":
@@ -280,12 +281,14 @@ class UpdateSpec:
             max_grad_norm=cfg.train.max_grad_norm, salt_enabled=s.enabled, salt_diagnostics=s.diagnostics,
             gram=s.gram, scope=s.scope, chunk_size=s.chunk_size, sketch_dim=s.sketch_dim,
             salt_options=dict(s.options),
+            gram_options=dict(tol=s.gram_tol, support_eps=s.support_eps, tail_dim=s.tail_dim),
         )
 
 
 def _gram(hidden: torch.Tensor, logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
-          spec: UpdateSpec, seed: int, gather: bool) -> torch.Tensor:
-    """LM-head Gram (B, B) of the rows given, gathered over ranks when ``gather`` is set."""
+          spec: UpdateSpec, seed: int, gather: bool, info: dict | None = None) -> torch.Tensor:
+    """LM-head Gram (B, B) of the rows given, gathered over ranks when ``gather`` is set.
+    ``info`` (a dict) receives the backend's ``err_bound`` (relative Frobenius error bound)."""
     from salt.algo.geometry import choose_method, gram_from_features, lm_head_gram, rollout_features
 
     W, _ = world()
@@ -296,15 +299,26 @@ def _gram(hidden: torch.Tensor, logits: torch.Tensor, tokens: torch.Tensor, mask
             all_reduce_sum(n)
         method = choose_method(int(n[0]), logits.shape[-1], hidden.shape[-1], int(n[1]),
                                chunk_size=spec.chunk_size, sketch_dim=spec.sketch_dim)
-    kw = dict(chunk_size=spec.chunk_size, sketch_dim=spec.sketch_dim, seed=seed)
+    kw = dict(chunk_size=spec.chunk_size, sketch_dim=spec.sketch_dim, seed=seed, **spec.gram_options)
+    lm = "auto" if spec.gram == "auto" else method  # auto may still switch support -> exact on the batch
     if not gather or W == 1:
-        return lm_head_gram(hidden, logits, tokens, mask, spec.temperature, method, **kw)
-    if method == "exact":  # token-level factors: meant for small models
+        return lm_head_gram(hidden, logits, tokens, mask, spec.temperature, lm, info=info, **kw)
+    if method in ("exact", "support"):  # token-level inputs (support: one shared vocabulary set)
         return lm_head_gram(all_gather_rows(hidden), all_gather_rows(logits), all_gather_rows(tokens),
-                            all_gather_rows(mask), spec.temperature, "exact", **kw)
+                            all_gather_rows(mask), spec.temperature, lm, info=info, **kw)
+    if info is not None:
+        info.update(method=method, err_bound=float("nan") if method == "sketch" else 0.0)
+    kw = {k: kw[k] for k in ("chunk_size", "sketch_dim", "seed")}
     feats = rollout_features(hidden, logits, tokens, mask, spec.temperature, method, **kw)  # (b, F)
     feats = all_gather_rows(feats)  # (B, F)
     return gram_from_features(feats)
+
+
+def _with_err_bound(gm: dict, info: dict) -> dict:
+    """gm plus ``geom/gram_err_bound`` (the Gram backend's relative Frobenius error bound: 0 for
+    exact/dense; the count sketch has no bound and logs none)."""
+    b = info.get("err_bound", float("nan"))
+    return {**gm, "geom/gram_err_bound": float(b)} if math.isfinite(b) else gm
 
 
 def salt_coefficients(K: torch.Tensor | None, advantages: torch.Tensor, group_ids: torch.Tensor,
@@ -496,10 +510,10 @@ def update_minibatch(model: Any, optimizer: Any, scheduler: Any, mb: TensorBatch
         if diagnostics:
             with timer("gram"):
                 K = _gram(torch.cat([o.hidden for o in outs]), torch.cat([o.logits for o in outs]),
-                          local.tokens, local.mask, spec, seed, gather=True)
+                          local.tokens, local.mask, spec, seed, gather=True, info=(ginfo := {}))
             with timer("decompose"):
                 coef_all, gm = salt_coefficients(K, mb.advantages.to(K.device), mb.group_ids.to(K.device), spec, seed)
-            geo_metrics.append(gm)
+            geo_metrics.append(_with_err_bound(gm, ginfo))
             coef = coef_all[rank_slice(len(mb), W, rank)].to(local.advantages.dtype)
             if coef_out is not None:
                 coef_out.append(coef_all.detach().cpu())
@@ -521,10 +535,11 @@ def update_minibatch(model: Any, optimizer: Any, scheduler: Any, mb: TensorBatch
                 coef = part.advantages
                 if diagnostics:
                     with timer("gram"):
-                        K = _gram(o.hidden, o.logits, part.tokens, part.mask, spec, seed, gather=False)
+                        K = _gram(o.hidden, o.logits, part.tokens, part.mask, spec, seed, gather=False,
+                                  info=(ginfo := {}))
                     with timer("decompose"):
                         coef, gm = salt_coefficients(K, part.advantages, part.group_ids, spec, seed)
-                    geo_metrics.append(gm)
+                    geo_metrics.append(_with_err_bound(gm, ginfo))
                     if coef_out is not None:
                         coef_out.append(coef.detach().cpu())
                     if gram_out is not None and not gram_out:

@@ -1,0 +1,226 @@
+"""Accuracy and cost of the ``support`` LM-head Gram (``gram: auto``) against the float64 exact
+Gram and against the LM-head forward on the same batch (issue 11), CPU.
+
+Synthetic batch like a policy's: h ~ N(0, 1) (B, T, H), head W ~ N(0, 1/H) (V, H) and a bias
+b_v = -log(1 + rank_v) over a random ranking of the vocabulary (a Zipf(1) unigram prior, so the
+tail is heavy and top candidates are shared across positions as in a real LM); logits
+z = s h W^T + b with the scale s bisected so that the mean token entropy of softmax(z) at T = 1
+is the target (0.3, 1, 3 nats); ``flat`` is the worst case z = 0. Tokens are sampled from
+softmax(z); ragged masks (response lengths uniform in [T/4, T]); rewards random in {0, 1},
+groups of 8 rollouts, GRPO advantages.
+
+Per entropy, in one process (so the ratios compare like with like on a shared machine):
+  forward    torch.matmul(h, W^T) over all B*T positions: the N x V x H matmul that makes the
+             logits (best of --repeats), and the same over the valid tokens only;
+  support    lm_head_gram(hidden, logits, tokens, mask, method="auto") on the given logits
+             (auto picks "support" at these sizes), best of --repeats; its error bound;
+  streaming  streaming_lm_head_gram(hidden, W, tokens, mask, bias=b): the same estimator from
+             h and W in token chunks (it computes its own logits: compare with the forward);
+  reference  float64 exact Gram sum_v X_v X_v^T, X_v (B, H) = sum_t d_tv h_t per rollout, built
+             in vocabulary chunks of 4096 from float64 logits recomputed from h and W.
+Errors: relative Frobenius error vs the reference; SALT's final coefficients
+(salt.algo.decomposition.decompose, default SaltConfig) max |A_hat - A_ref| / max |A| and k.
+Peak extra memory of the streaming call: VmHWM - VmRSS around it (Linux).
+
+Usage:
+  python benchmarks/gram_support.py --case a --threads 1     # B=16 T=64 V=32000 H=512
+  python benchmarks/gram_support.py --case b --threads 1     # B=32 T=128 V=151936 H=896
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gram_cost import _reset_peak, _status_kib  # noqa: E402
+
+CASES = {"a": dict(B=16, T=64, V=32000, H=512), "b": dict(B=32, T=128, V=151936, H=896)}
+
+
+def mean_entropy(z: torch.Tensor) -> float:
+    logp = torch.log_softmax(z, dim=-1)
+    return float(-(logp.exp() * logp).sum(-1).mean())
+
+
+def make_batch(B, T, V, H, entropy, seed):
+    """hidden (B, T, H), W (V, H), bias (V,), scale s, logits (B, T, V) float32, tokens, mask."""
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(B, T, H, generator=gen)
+    W = torch.randn(V, H, generator=gen) / math.sqrt(H)
+    rank = torch.randperm(V, generator=gen)
+    bias = -torch.log1p(rank.float())
+    hflat = hidden.reshape(B * T, H)
+    if entropy == "flat":
+        s, W, bias = 0.0, torch.zeros(V, H), torch.zeros(V)
+    else:
+        sample = hflat[torch.randperm(B * T, generator=gen)[:256]] @ W.T  # (256, V)
+        lo, hi = 0.0, 64.0
+        for _ in range(40):  # entropy falls as s grows
+            s = 0.5 * (lo + hi)
+            if mean_entropy(s * sample + bias) > float(entropy):
+                lo = s
+            else:
+                hi = s
+        s = 0.5 * (lo + hi)
+        W = W * s
+    logits = (hflat @ W.T + bias).reshape(B, T, V)
+    tokens = torch.empty(B * T, dtype=torch.long)
+    for t0 in range(0, B * T, 256):
+        p = torch.softmax(logits.reshape(B * T, V)[t0 : t0 + 256], dim=-1)
+        tokens[t0 : t0 + 256] = torch.multinomial(p, 1, generator=gen).squeeze(1)
+    lengths = torch.randint(max(1, T // 4), T + 1, (B,), generator=gen)
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).float()
+    rewards = torch.randint(0, 2, (B,), generator=gen).double()
+    return hidden, W, bias, s, logits, tokens.view(B, T), mask, rewards
+
+
+def reference_gram(hidden, W, bias, tokens, mask, chunk=4096):
+    """float64 exact K = G G^T / B, G_i = sum_t m_t (p_t - e_y) h_t^T, by vocabulary chunks."""
+    B, T, H = hidden.shape
+    V = W.shape[0]
+    h = hidden.reshape(B * T, H).double()
+    m = mask.reshape(B * T).double()
+    y = tokens.reshape(B * T)
+    Wd, bd = W.double(), bias.double()
+    lse = torch.empty(B * T, dtype=torch.float64)
+    for t0 in range(0, B * T, 512):
+        lse[t0 : t0 + 512] = torch.logsumexp(h[t0 : t0 + 512] @ Wd.T + bd, dim=1)
+    hw = (h * m[:, None]).view(B, T, H)
+    K = torch.zeros(B, B, dtype=torch.float64)
+    for v0 in range(0, V, chunk):
+        v1 = min(v0 + chunk, V)
+        D = torch.exp(h @ Wd[v0:v1].T + bd[v0:v1] - lse[:, None])  # (B*T, c)
+        hit = (y >= v0) & (y < v1)
+        D[torch.nonzero(hit).squeeze(1), y[hit] - v0] -= 1.0
+        F = torch.einsum("btv,bth->bvh", D.view(B, T, -1), hw).reshape(B, -1)
+        K += F @ F.T
+    return K / B
+
+
+def grpo_adv(rewards, G=8):
+    r = rewards.view(-1, G)
+    return ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-6)).reshape(-1)
+
+
+CPU = {}  # best CPU time (time.process_time) of the last best_of call, by label
+
+
+def best_of(fn, repeats, label=None):
+    """Best wall time over ``repeats`` calls (and the best CPU time into CPU[label])."""
+    best, best_cpu, out = float("inf"), float("inf"), None
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = fn()
+        best, best_cpu = min(best, time.perf_counter() - t0), min(best_cpu, time.process_time() - c0)
+    if label:
+        CPU[label] = best_cpu
+    return best, out
+
+
+def run_case(args, entropy) -> dict:
+    from salt.algo.decomposition import SaltConfig, decompose
+    from salt.algo.geometry import lm_head_gram, streaming_lm_head_gram
+
+    c = CASES[args.case]
+    B, T, V, H = c["B"], c["T"], c["V"], c["H"]
+    hidden, W, bias, s, logits, tokens, mask, rewards = make_batch(B, T, V, H, entropy, args.seed)
+    ent = mean_entropy(logits.reshape(B * T, V)[mask.reshape(-1) > 0][:512]) if entropy != "flat" else math.log(V)
+    hflat = hidden.reshape(B * T, H)
+    out = torch.empty(B * T, V)
+    valid = mask.reshape(-1) > 0
+    hval = hflat[valid].contiguous()
+    out_v = torch.empty(hval.shape[0], V)
+    t_fwd, _ = best_of(lambda: torch.matmul(hflat, W.T, out=out), args.repeats, "forward")
+    t_fwd_v, _ = best_of(lambda: torch.matmul(hval, W.T, out=out_v), args.repeats)
+    del out, out_v
+    info = {}
+    t_sup, K = best_of(lambda: lm_head_gram(hidden, logits, tokens, mask, 1.0, "auto", seed=args.seed,
+                                            tol=args.tol, info=info), args.repeats, "support")
+    info_s = {}
+    _reset_peak()
+    base = _status_kib("VmRSS")
+    t_str, Ks = best_of(lambda: streaming_lm_head_gram(hidden, W, tokens, mask, 1.0, bias=bias, seed=args.seed,
+                                                       tol=args.tol, info=info_s), 1, "stream")
+    peak_extra = (_status_kib("VmHWM") - base) / 1024
+    peak_total = _status_kib("VmHWM") / 1024
+    A = grpo_adv(rewards)
+    row0 = {"entropy_target": entropy, "entropy": ent, "scale": s, "N_valid": int(valid.sum()),
+            "t_forward": t_fwd, "t_forward_valid": t_fwd_v, "t_support": t_sup, "t_stream": t_str,
+            "method": info["method"], "err_bound": info["err_bound"], "support_size": info.get("support_size"),
+            "tail_mass": info.get("tail_mass"), "stream_peak_extra_mib": peak_extra,
+            "stream_peak_total_mib": peak_total, "cpu_forward": CPU["forward"], "cpu_support": CPU["support"],
+            "cpu_stream": CPU["stream"]}
+    if args.no_reference:
+        return row0
+    ref = reference_gram(hidden, W, bias, tokens, mask)
+    r_ref = decompose(ref, A, SaltConfig())
+    row = {**row0, "k_ref": r_ref.k}
+    for name, Kx in (("support", K), ("stream", Ks)):
+        r = decompose(Kx.double(), A, SaltConfig())
+        row[f"err_{name}"] = float((Kx.double() - ref).norm() / ref.norm())
+        row[f"coef_{name}"] = float((r.advantages - r_ref.advantages).abs().max() / A.abs().max())
+        row[f"k_{name}"] = r.k
+    if args.sketch:
+        Kc = lm_head_gram(hidden, logits, tokens, mask, 1.0, "sketch", sketch_dim=256, seed=args.seed)
+        r = decompose(Kc.double(), A, SaltConfig())
+        row["err_sketch256"] = float((Kc.double() - ref).norm() / ref.norm())
+        row["coef_sketch256"] = float((r.advantages - r_ref.advantages).abs().max() / A.abs().max())
+        row["k_sketch256"] = r.k
+    return row
+
+
+def table_row(r: dict) -> str:
+    """One markdown row of a result dict (``support_size`` is None when auto ran ``exact``)."""
+    err = (f"{r['err_support']:.1e} | {r['coef_support']:.1e} | {r['k_support']} ({r['k_ref']})"
+           if "k_ref" in r else "- | - | -")
+    u = r["support_size"] if r["support_size"] is not None else f"{r['method']}"
+    tm = f"{r['tail_mass']:.1e}" if r["tail_mass"] is not None else "-"
+    return (f"| {r['entropy_target']} ({r['entropy']:.2f}) | {r['N_valid']} | {u} | {tm} | {r['err_bound']:.1e} | {err} "
+            f"| {r['t_forward']:.3f} | {r['t_support']:.3f} | {100 * r['t_support'] / r['t_forward']:.1f}%, "
+            f"{100 * r['cpu_support'] / r['cpu_forward']:.1f}% | {r['t_stream']:.3f} | "
+            f"{100 * r['t_stream'] / r['t_forward']:.0f}%, {100 * r['cpu_stream'] / r['cpu_forward']:.0f}% "
+            f"| {r['stream_peak_extra_mib']:.0f} |")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--case", choices=tuple(CASES), default="a")
+    ap.add_argument("--entropies", default="0.3,1,3,flat")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--tol", type=float, default=1e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sketch", action="store_true", help="also the count sketch with 256 buckets")
+    ap.add_argument("--no-reference", dest="no_reference", action="store_true",
+                    help="skip the float64 reference (cost and bound only; case b's reference takes minutes)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"case {args.case}: {CASES[args.case]} threads={args.threads} tol={args.tol} load={os.getloadavg()}")
+    rows = []
+    hdr = ("| entropy (nats) | N valid | support ids u (or backend) | tail mass | bound | rel. err | coef err / max|A| | k (ref) "
+           "| forward s | auto s | auto / forward (wall, CPU) | stream s | stream / forward (wall, CPU) | stream peak extra MiB |")
+    for e in args.entropies.split(","):
+        r = run_case(args, e)
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+    print(hdr)
+    print("|" + "|".join(["---"] * (hdr.count("|") - 1)) + "|")
+    for r in rows:
+        print(table_row(r))
+    print(f"load after {os.getloadavg()}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

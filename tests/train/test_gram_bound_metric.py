@@ -1,0 +1,47 @@
+"""The trainer logs the Gram backend's own error bound, ``geom/gram_err_bound``, every step."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tests.train.test_trainer import _train, build_policy, run_config
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    return build_policy(tmp_path_factory.mktemp("policy"))
+
+
+@pytest.mark.parametrize("salt,scope", [
+    ({"gram": "support", "gram_tol": 0.5, "tail_dim": 4, "support_eps": 0.05}, "global"),
+    ({"gram": "support", "gram_tol": 0.5, "tail_dim": 0, "support_eps": 0.05}, "micro"),
+    ({"gram": "exact"}, "global"),
+])
+def test_err_bound_logged_every_step(policy, tmp_path, salt, scope):
+    cfg = run_config(policy, algorithm={"salt": {**salt, "scope": scope}}, train={"steps": 2})
+    rows = _train(cfg, tmp_path / "run")
+    assert len(rows) == 2
+    for r in rows:
+        b = r["geom/gram_err_bound"]
+        assert math.isfinite(b) and 0.0 <= b
+        if salt["gram"] == "exact":
+            assert b == 0.0
+        else:
+            assert b <= 0.5
+
+
+def test_sketch_logs_no_bound(policy, tmp_path):
+    cfg = run_config(policy, algorithm={"salt": {"gram": "sketch", "sketch_dim": 16}}, train={"steps": 1})
+    rows = _train(cfg, tmp_path / "run")
+    assert "geom/gram_err_bound" not in rows[0]
+
+
+def test_bad_gram_options_name_the_key(policy):
+    from salt.train.config import ConfigError, _validate, from_dict
+
+    for key, val in (("gram_tol", -0.1), ("support_eps", 0.0), ("tail_dim", -1)):
+        with pytest.raises(ConfigError, match=f"algorithm.salt.{key}"):
+            _validate(from_dict(run_config(policy, algorithm={"salt": {key: val}})), check_paths=False,
+                      check_devices=False)
