@@ -352,7 +352,9 @@ def test_bf16_step_on_cpu(toy_work):
     for name in ("loss_abs_diff", "grad_norm_rel_diff", "grad_cosine"):  # bf16 forward/backward track fp32
         assert comps[name]["ok"], comps[name]
     assert res["numbers"]["device"] == "cpu" and res["numbers"]["fp32_changed_frac"] > 0.9
-    assert res["status"] == ("pass" if all(c["ok"] for c in comps.values()) else "fail")
+    # the trainer keeps fp32 master weights (model.dtype: auto): small steps survive, the check passes
+    assert res["numbers"]["param_dtype"] == "torch.float32" and comps["bf16_applied_frac"]["ok"]
+    assert res["status"] == "pass"
 
 
 def test_bf16_weights_lose_small_optimizer_steps(toy_work):

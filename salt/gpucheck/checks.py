@@ -13,6 +13,7 @@ never downloaded).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -450,7 +451,7 @@ def check_bf16_step(work: str | Path, device: str = "cuda", n_prompts: int = 8, 
     from salt.rollout.hf import HFBackend
     from salt.tasks.toy import toy_reward
     from salt.train.batch import to_tensors
-    from salt.train.trainer import UpdateSpec, compute_logprobs, update_minibatch
+    from salt.train.trainer import UpdateSpec, compute_logprobs, master_dtype, update_minibatch
 
     dev = require_device(device)
     path = Path(model_dir) if model_dir is not None else toy_path(work)
@@ -463,13 +464,17 @@ def check_bf16_step(work: str | Path, device: str = "cuda", n_prompts: int = 8, 
                for g, t, ids in zip(out.group_ids, out.texts, out.completion_ids)]
     cfg = run_config(path, train={"max_grad_norm": 0.0})  # no clipping: the raw gradients are compared
     spec = UpdateSpec.from_config(cfg)
+    # the trainer's bf16 path: master weights in model.dtype (auto = fp32) and bf16 autocast compute
+    param_dtype = master_dtype(cfg.model.dtype)
     res: dict[str, dict] = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    for name, dtype in (("fp32", torch.float32), ("bf16", param_dtype)):
         model = copy.deepcopy(m32).to(dtype)
         tb = to_tensors(rollout_batch(out, rows, rewards), pad_id_of(tok))
-        tb.old_logp = compute_logprobs(model, tb.to(dev), cfg.rollout.temperature, 64).float().cpu()
-        rec = _GradRecorder([p for p in model.parameters() if p.requires_grad])
-        metrics = update_minibatch(model, rec, _NoSchedule(), tb, spec, seed=0)
+        ctx = torch.autocast(dev.type, dtype=torch.bfloat16) if name == "bf16" else contextlib.nullcontext()
+        with ctx:
+            tb.old_logp = compute_logprobs(model, tb.to(dev), cfg.rollout.temperature, 64).float().cpu()
+            rec = _GradRecorder([p for p in model.parameters() if p.requires_grad])
+            metrics = update_minibatch(model, rec, _NoSchedule(), tb, spec, seed=0)
         res[name] = {"metrics": metrics, "grad": torch.cat([g.reshape(-1) for g in rec.grads]),
                      "grads": rec.grads, "old_logp": tb.old_logp, "mask": tb.mask}
     a, b = res["fp32"], res["bf16"]
@@ -477,11 +482,11 @@ def check_bf16_step(work: str | Path, device: str = "cuda", n_prompts: int = 8, 
     logp_gap = float((a["old_logp"] - b["old_logp"])[mask].abs().mean())
     loss32, loss16 = a["metrics"]["train/loss"], b["metrics"]["train/loss"]
     norm32, norm16 = a["metrics"]["train/update_norm"], b["metrics"]["train/update_norm"]
-    frac32, applied = adamw_applied_fraction(m32, a["grads"], torch.bfloat16, probe_lr)
+    frac32, applied = adamw_applied_fraction(m32, a["grads"], param_dtype, probe_lr)
     comps = [judge("bf16_step", k, x) for k, x in (
         ("loss_abs_diff", abs(loss32 - loss16)), ("grad_norm_rel_diff", rel_diff(norm32, norm16)),
         ("grad_cosine", cosine(a["grad"], b["grad"])), ("bf16_applied_frac", applied))]
-    numbers = {"device": str(dev), "loss_fp32": loss32, "loss_bf16": loss16, "grad_norm_fp32": norm32,
+    numbers = {"device": str(dev), "param_dtype": str(param_dtype), "loss_fp32": loss32, "loss_bf16": loss16, "grad_norm_fp32": norm32,
                "grad_norm_bf16": norm16, "old_logp_mean_abs_diff": logp_gap,
                "fp32_changed_frac": frac32, "probe_lr": probe_lr, "reward_mean": sum(rewards) / len(rewards),
                "salt_n_eff_fp32": a["metrics"].get("salt/n_eff", float("nan")),

@@ -114,7 +114,7 @@ CHECKS: tuple[CheckSpec, ...] = (
         {"loss_abs_diff": Tol("<=", 0.02), "grad_norm_rel_diff": Tol("<=", 0.05),
          "grad_cosine": Tol(">=", 0.99),
          "bf16_applied_frac": Tol(">=", 0.9, "share of the entries an fp32 step at lr 1e-6 changes that the "
-                                             "step on bf16 weights changes")},
+                                             "trainer's step changes on its master weights (model.dtype)")},
     ),
     CheckSpec(
         "fsdp", "FSDP on one GPU (config/accelerate/fsdp.yaml)", 40.0,

@@ -342,6 +342,12 @@ def _loss_weight(mask: torch.Tensor, agg_mode: str) -> float:
     return float(mask.sum()) if agg_mode == "token-mean" else float(mask.shape[0])
 
 
+def master_dtype(setting: str) -> torch.dtype:
+    """``model.dtype`` -> the parameters' dtype: fp32 master weights unless asked otherwise (bf16 weights
+    lose small AdamW updates to rounding; bf16 compute comes from ``model.mixed_precision``)."""
+    return getattr(torch, "float32" if setting == "auto" else setting)
+
+
 def resolve_mixed_precision(setting: str) -> str | None:
     """``model.mixed_precision`` -> Accelerator's argument (None: keep what ``accelerate launch`` set)."""
     if setting != "auto":
@@ -803,8 +809,7 @@ class Trainer:
             torch.set_num_threads(cfg.train.num_threads)
         self.world, self.rank = world()
         self.is_main = self.rank == 0
-        # fp32 master weights unless asked otherwise: bf16 weights lose small AdamW updates
-        self.dtype = getattr(torch, "float32" if cfg.model.dtype == "auto" else cfg.model.dtype)
+        self.dtype = master_dtype(cfg.model.dtype)
         self.spec = UpdateSpec.from_config(cfg)
         if self.spec.loss_cfg.beta > 0 and self.sharded:
             raise ConfigError(
