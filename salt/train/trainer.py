@@ -163,12 +163,15 @@ def mean_metrics(items: Sequence[dict[str, float]]) -> dict[str, float]:
 
 
 def load_rows(spec: str, cfg: RunConfig, n_toy: int | None = None) -> list[dict]:
-    """Rows from a JSONL path or ``toy:<split>`` (``n_toy`` rows, default ``data.toy_rows``,
-    generated in-process with data seed 0)."""
+    """Rows from a JSONL path or ``toy:<split>`` (``n_toy`` rows, default ``data.toy_rows``, of
+    ``data.toy_levels``, generated in-process with data seed ``cfg.seed``; the held-out ``toy:test``
+    split uses data seed 0 so that every run is scored on the same problems)."""
     if spec.startswith("toy:"):
         from salt.tasks.toy import generate_problems
 
-        return generate_problems(n_toy or cfg.data.toy_rows, spec.split(":", 1)[1], seed=0)
+        split = spec.split(":", 1)[1]
+        return generate_problems(n_toy or cfg.data.toy_rows, split, seed=0 if split == "test" else cfg.seed,
+                                 levels=tuple(cfg.data.toy_levels))
     from salt.utils import read_jsonl
 
     rows = read_jsonl(spec)
