@@ -37,14 +37,14 @@ DEFAULTS: dict[str, Any] = {
         "max_position_embeddings": 64,  # toy model context length (prompt + completion)
     },
     "data": {
-        "train_problems": 1100,  # distinct toy warm-up problems (split 'train', data seed = seed)
+        "train_problems": 1150,  # distinct toy warm-up problems (split 'train', data seed = seed)
         "test_problems": 300,  # toy test problems for the accuracy (split 'test', data seed 0)
         "levels": [1],  # difficulty levels, round-robin
         # demonstrations per problem from each solver of salt.tasks.toy.SOLVERS (replaced, not merged)
         "mixture": {"correct": 2, "plus_one": 1, "swap": 1, "sign": 1},
     },
     "train": {
-        "steps": 3000,  # optimizer steps
+        "steps": 6000,  # optimizer steps (about 2 minutes on one core)
         "batch_size": 64,  # sequences per step
         "lr": 1.0e-3,  # AdamW peak learning rate
         "weight_decay": 0.01,

@@ -182,6 +182,30 @@ def test_micro_batching_and_scope_do_not_change_a_global_update(policy):
     assert m1["train/update_norm"] == pytest.approx(m2["train/update_norm"], rel=1e-5)
 
 
+@pytest.mark.parametrize("micro", [64, 5])
+def test_on_policy_update_without_old_logprobs_equals_the_recomputed_one(policy, micro):
+    """old_logp None (one epoch, one mini-batch: Trainer.update skips the no-grad forward) gives
+    exactly the update made with old log-probs recomputed by compute_logprobs (brute force)."""
+    from salt.train.trainer import compute_logprobs
+    from salt.train.trainer import UpdateSpec, make_optimizer, update_minibatch
+
+    results = []
+    for recompute in (True, False):
+        model, _, _, tb = _tensor_batch(policy)
+        cfg = from_dict(run_config(policy, train={"micro_batch_size": micro, "lr": 1e-3},
+                                   algorithm={"salt": {"enabled": True}}))
+        if recompute:
+            with torch.no_grad():
+                tb.old_logp = compute_logprobs(model, tb, 1.0, micro)
+        opt, sched = make_optimizer(model, cfg, 1)
+        m = update_minibatch(model, opt, sched, tb, UpdateSpec.from_config(cfg), seed=0)
+        results.append((m, torch.cat([p.detach().flatten() for p in model.parameters()])))
+    (m1, p1), (m2, p2) = results
+    assert torch.equal(p1, p2)
+    assert m2["train/clip_frac"] == 0.0 and m2["train/ratio_max"] == 1.0
+    assert m1["train/loss"] == m2["train/loss"] and m1["salt/alpha"] == m2["salt/alpha"]
+
+
 @pytest.mark.parametrize(
     "sections",
     [
