@@ -1239,7 +1239,8 @@ class Trainer:
                 if self.is_main:
                     append_jsonl(metrics_path, last)
                     self.metrics_lines += 1
-                    if tracker is not None:
+                    log_now = (step + 1) % cfg.tracking.log_every == 0 or step + 1 == cfg.train.steps
+                    if tracker is not None and log_now:
                         tracker.log_metrics(last, step + 1)
                 if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0 and step + 1 < cfg.train.steps:
                     self.save(step + 1)

@@ -256,6 +256,23 @@ def test_mlflow_run_has_params_metrics_tags_and_artifacts(policy, tmp_path):
     assert run.info.status == "FINISHED"
 
 
+def test_tracking_log_every_thins_mlflow_but_not_metrics_jsonl(policy, tmp_path):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "run"
+    rows = _train(run_config(policy, train={"steps": 5},
+                             tracking={"enabled": True, "uri": uri, "experiment": "t", "log_every": 2}), out)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    client = mlflow.tracking.MlflowClient(uri)
+    run_id = json.loads((out / "run.json").read_text())["mlflow_run_id"]
+    hist = client.get_metric_history(run_id, "reward/mean")
+    assert sorted(m.step for m in hist) == [2, 4, 5]  # every 2nd step and the last
+    assert {m.step: m.value for m in hist}[4] == rows[3]["reward/mean"]
+    with pytest.raises(ValueError, match="tracking.log_every"):
+        from_dict(run_config(policy, tracking={"log_every": 0})).validate(check_paths=False)
+
+
 def test_warmup_if_missing_builds_the_model_then_trains_on_generated_toy_data(tmp_path):
     from salt.train.trainer import train
 
