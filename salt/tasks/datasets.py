@@ -429,6 +429,11 @@ def build_toy_train(ctx: BuildContext) -> list[dict[str, Any]]:
     return _toy(ctx, "train", 2000)
 
 
+@register("toy_rl", "toy", doc="procedurally generated arithmetic, RL-prompt split (--set n=.. levels=[..])")
+def build_toy_rl(ctx: BuildContext) -> list[dict[str, Any]]:
+    return _toy(ctx, "rl", 256)
+
+
 @register("toy_test", "toy", doc="procedurally generated arithmetic, held-out split (--set n=.. levels=[..])")
 def build_toy_test(ctx: BuildContext) -> list[dict[str, Any]]:
     return _toy(ctx, "test", 200)

@@ -18,12 +18,20 @@ Difficulty levels (answers are small integers, possibly negative):
 * level 2: ``a+b*c``, ``a-b+c``, ``a*b-c``, ``a*b+c`` with operands 0..9;
 * level 3: ``(a+b)*c-d``, ``(a-b)*c+d``, ``a*b+c*d``, ``a*b-c*d`` with operands 0..9.
 
-Distinct expressions per split (train/test): level 1 1428/372, level 2 3150/850,
-level 3 32028/7972.
+Splits: the SHA-256 of the canonical expression decides once and for all which split an
+expression belongs to: ``test`` (held-out evaluation, about :data:`TEST_PERCENT` percent), ``rl``
+(RL prompts, about :data:`RL_PERCENT` percent) or ``train`` (warm-up SFT demonstrations, the
+rest). The three splits are therefore disjoint whatever the seeds and sizes; the seed only picks
+which problems of a split (and in which order) a call returns. Within one call problems are
+unique. Distinct expressions per split (train/rl/test): see :func:`level_capacity` (level 1:
+1161/278/361).
 
-Splits: the SHA-256 of the canonical expression decides once and for all whether an expression
-belongs to ``test`` (about :data:`TEST_PERCENT` percent) or ``train``, so the two splits are
-disjoint whatever the seeds and sizes. Within one call problems are unique.
+Warm-up demonstrations (:func:`demonstrations`): for each warm-up problem, targets from a
+mixture of solvers (:data:`SOLVERS`): the correct one and plausible systematic wrong ones
+("answer + 1", "+ and - swapped", "sign flipped"). A model fitted to that mixture samples the
+right answer often but not reliably, and its mistakes are the same few slips on every problem:
+RL can remove them, and what it learns transfers to held-out problems (README, "The embedded toy
+task: why RL can learn it").
 """
 
 from __future__ import annotations
@@ -34,9 +42,10 @@ import random
 import re
 from typing import Any, Mapping, Sequence
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "rl", "test")
 LEVELS = (1, 2, 3)
 TEST_PERCENT = 20
+RL_PERCENT = 15
 SOURCE = "salt.tasks.toy"
 
 # level -> (templates, operand upper bound exclusive). Templates use the names a, b, c, d.
@@ -49,10 +58,12 @@ _EXPR_RE = re.compile(r"^[0-9+\-*()]+$")
 
 
 def split_of(expression: str) -> str:
-    """The split (``"train"`` | ``"test"``) an expression belongs to (stable SHA-256 bucket)."""
+    """The split (``"train"`` | ``"rl"`` | ``"test"``) an expression belongs to (stable SHA-256 bucket)."""
     digest = hashlib.sha256(expression.encode("utf-8")).digest()
     bucket = int.from_bytes(digest[:8], "big") % 100
-    return "test" if bucket < TEST_PERCENT else "train"
+    if bucket < TEST_PERCENT:
+        return "test"
+    return "rl" if bucket < TEST_PERCENT + RL_PERCENT else "train"
 
 
 def evaluate_expression(expression: str) -> int:
@@ -78,6 +89,8 @@ def _check_levels(levels: Sequence[int]) -> tuple[int, ...]:
 
 def level_capacity(level: int, split: str) -> int:
     """Number of distinct expressions of one level in one split (enumerated; used for checks)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     return _capacity(_check_levels([level])[0], split)
 
 
@@ -178,7 +191,65 @@ def toy_reward(answer: str | int, completion: str) -> float:
 
 
 def format_target(row: Mapping[str, Any]) -> str:
-    """The SFT target completion for a row: the answer text (the trainer appends EOS)."""
+    """The SFT target completion for a row: its ``target`` (a demonstration, see
+    :func:`demonstrations`) or else the answer text (the trainer appends EOS)."""
     if row.get("task") != "toy" or "answer" not in row:
         raise ValueError(f"row {row.get('id')!r}: format_target needs a toy row with an 'answer'")
-    return str(row["answer"])
+    return str(row.get("target", row["answer"]))
+
+
+# ------------------------------------------------------------------ warm-up demonstrations
+
+#: The solvers whose answers the warm-up demonstrations mix: name -> (expression -> answer).
+#: ``correct`` is the true value; the others are systematic slips that look like arithmetic a
+#: learner could plausibly make and that are the same rule on every problem.
+SOLVERS: dict[str, Any] = {
+    "correct": lambda expr: evaluate_expression(expr),
+    "plus_one": lambda expr: evaluate_expression(expr) + 1,  # off by one
+    "swap": lambda expr: evaluate_expression(expr.translate(str.maketrans("+-", "-+"))),  # + and - swapped
+    "sign": lambda expr: -evaluate_expression(expr),  # sign flipped
+}
+
+#: Default mixture: demonstrations per warm-up problem from each solver (2 correct of 5).
+DEFAULT_MIXTURE: dict[str, int] = {"correct": 2, "plus_one": 1, "swap": 1, "sign": 1}
+
+
+def solver_answer(expression: str, solver: str) -> int:
+    """The answer ``solver`` (a key of :data:`SOLVERS`) gives for ``expression``."""
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown toy solver {solver!r}; choose from {sorted(SOLVERS)}")
+    return int(SOLVERS[solver](expression))
+
+
+def check_mixture(mixture: Mapping[str, int]) -> dict[str, int]:
+    """Validate a solver mixture (solver name -> demonstrations per problem, >= 0, one > 0)."""
+    if not isinstance(mixture, Mapping) or not mixture:
+        raise ValueError(f"toy mixture must map solver names {sorted(SOLVERS)} to counts, got {mixture!r}")
+    out = {}
+    for name, count in mixture.items():
+        if name not in SOLVERS:
+            raise ValueError(f"toy mixture: unknown solver {name!r}; choose from {sorted(SOLVERS)}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"toy mixture: count of {name!r} must be an integer >= 0, got {count!r}")
+        out[name] = count
+    if not any(out.values()):
+        raise ValueError("toy mixture: at least one solver needs a count > 0")
+    return out
+
+
+def demonstrations(rows: Sequence[Mapping[str, Any]], mixture: Mapping[str, int] | None = None) -> list[dict[str, Any]]:
+    """Warm-up demonstrations: per row, ``mixture[s]`` copies of the row with solver ``s``'s answer.
+
+    Each returned row is the input row with ``target`` (the demonstrated completion text, without
+    EOS) and ``meta.solver`` set; ``answer`` stays the correct one. Order: row by row, solvers in
+    the mixture's order. Deterministic (no randomness; the SFT shuffles).
+    """
+    mixture = check_mixture(DEFAULT_MIXTURE if mixture is None else mixture)
+    out = []
+    for row in rows:
+        expr = row["meta"]["expression"]
+        for solver, count in mixture.items():
+            target = str(solver_answer(expr, solver))
+            for _ in range(count):
+                out.append({**row, "target": target, "meta": {**row["meta"], "solver": solver}})
+    return out

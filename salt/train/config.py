@@ -65,14 +65,17 @@ class ModelConfig:
 class DataConfig:
     train: str = _f(
         "results/data/toy_train/data.jsonl",
-        "Training rows (JSONL, schema in ARCHITECTURE.md), or 'toy:train' to generate the toy "
-        "arithmetic family in-process (data.toy_rows rows, seeded by `seed`).",
+        "Training rows (JSONL, schema in ARCHITECTURE.md), or 'toy:rl' (the RL-prompt split; "
+        "'toy:train' is the warm-up's split) to generate the toy arithmetic family in-process "
+        "(data.toy_rows rows of data.toy_levels, seeded by `seed`).",
     )
     eval: str | None = _f(
-        None, "Optional JSONL (or 'toy:test') scored every train.eval_every steps (greedy, n=1)."
+        None, "Optional JSONL (or 'toy:test', generated with data seed 0 so that every run is scored on "
+        "the same problems) scored every train.eval_every steps (greedy, n=1)."
     )
     system_prompt: str | None = _f(None, "System prompt passed to build_prompt (None = none).")
-    toy_rows: int = _f(2000, "Rows generated when data.train is 'toy:train' (a 'toy:test' eval set has data.eval_limit rows).")
+    toy_rows: int = _f(256, "Rows generated when data.train is 'toy:<split>' (a 'toy:test' eval set has data.eval_limit rows).")
+    toy_levels: list = _f([1], "Difficulty levels of in-process toy rows (the warm-up's default is level 1).")
     eval_limit: int = _f(64, "At most this many eval rows are scored per evaluation.")
     shuffle: bool = _f(True, "Shuffle the training rows once per pass (seeded by `seed` and the pass).")
 
@@ -249,6 +252,9 @@ class TrackingConfig:
     run_name: str | None = _f(None, "MLflow run name (None = the output dir's name).")
     parent_run_id: str | None = _f(None, "Nest this run under the given MLflow run.")
     tags: dict = _f({}, "Extra MLflow tags.")
+    log_every: int = _f(
+        1, "Log the step metrics to MLflow every K steps and at the last step (metrics.jsonl keeps "
+        "every step; an MLflow metric costs about 0.3 ms to store in SQLite).")
 
 
 @dataclass
@@ -593,8 +599,13 @@ def _validate(cfg: RunConfig, check_paths: bool, check_devices: bool = True) -> 
         ("algorithm.salt.chunk_size", a.salt.chunk_size), ("algorithm.salt.sketch_dim", a.salt.sketch_dim),
         ("algorithm.dynamic_sampling.max_gen_batches", a.dynamic_sampling.max_gen_batches),
         ("train.keep_checkpoints", t.keep_checkpoints), ("data.toy_rows", cfg.data.toy_rows),
+        ("tracking.log_every", cfg.tracking.log_every),
     ]:
         _positive(val, key)
+    from salt.tasks.toy import LEVELS
+
+    if not cfg.data.toy_levels or any(lv not in LEVELS for lv in cfg.data.toy_levels):
+        raise ConfigError(f"data.toy_levels = {cfg.data.toy_levels!r}: list one or more toy levels out of {LEVELS}")
     for key, val in [
         ("train.checkpoint_every", t.checkpoint_every), ("train.log_samples_every", t.log_samples_every),
         ("train.eval_every", t.eval_every), ("train.warmup_steps", t.warmup_steps),
@@ -720,11 +731,11 @@ def _validate(cfg: RunConfig, check_paths: bool, check_devices: bool = True) -> 
             )
         for key, value in (("data.train", cfg.data.train), ("data.eval", cfg.data.eval)):
             if value is None or str(value).startswith("toy:"):
-                if value is not None and value not in ("toy:train", "toy:test"):
-                    raise ConfigError(f"{key} = {value!r}: the in-process toy splits are toy:train and toy:test")
+                if value is not None and value not in ("toy:train", "toy:rl", "toy:test"):
+                    raise ConfigError(f"{key} = {value!r}: the in-process toy splits are toy:train, toy:rl and toy:test")
                 continue
             if not Path(value).is_file():
                 raise ConfigError(
                     f"{key} = '{value}' does not exist; create it with `salt prepare-data NAME --out DIR` "
-                    "(then DIR/data.jsonl) or use 'toy:train' / 'toy:test'"
+                    "(then DIR/data.jsonl) or use 'toy:rl' / 'toy:train' / 'toy:test'"
                 )

@@ -1,9 +1,13 @@
 """Warm-up SFT of the toy model: ``salt sft --out DIR [--config SFT.yaml] [--set k=v]``.
 
-Teaches a randomly initialised toy model (or ``model.path``) the toy answer format by teacher
-forcing on ``prompt + target + EOS`` with the loss on the target tokens and EOS only, then
-measures pass@1 on the toy test split, greedy and sampled at T=1. The defaults stop at a
-partial accuracy (RL then has signal: some groups are all-wrong, some mixed, few all-right).
+Teaches a randomly initialised toy model (or ``model.path``) the toy task by teacher forcing on
+``prompt + target + EOS`` with the loss on the target tokens and EOS only, then measures pass@1
+on the toy test split, greedy and sampled at T=1, and sampled pass@k. The demonstrations come
+from a mixture of solvers (``data.mixture``, see :func:`salt.tasks.toy.demonstrations`): by
+default two correct answers and three systematic slips per problem, so the warm-up learns the
+arithmetic but samples the right answer only about a third of the time (pass@8 is high): RL
+then has headroom that transfers across problems (README, "The embedded toy task: why RL can
+learn it").
 
 Outputs in ``DIR``: ``final/`` (``save_pretrained`` model + tokenizer, written atomically
 through ``final.tmp/``), ``metrics.json``, ``sft_config.resolved.yaml``, ``run.json`` when
@@ -33,12 +37,14 @@ DEFAULTS: dict[str, Any] = {
         "max_position_embeddings": 64,  # toy model context length (prompt + completion)
     },
     "data": {
-        "train_problems": 3000,  # distinct toy train problems (split 'train', data seed = seed)
+        "train_problems": 1150,  # distinct toy warm-up problems (split 'train', data seed = seed)
         "test_problems": 300,  # toy test problems for the accuracy (split 'test', data seed 0)
-        "levels": [1, 2, 3],  # difficulty levels, round-robin
+        "levels": [1],  # difficulty levels, round-robin
+        # demonstrations per problem from each solver of salt.tasks.toy.SOLVERS (replaced, not merged)
+        "mixture": {"correct": 2, "plus_one": 1, "swap": 1, "sign": 1},
     },
     "train": {
-        "steps": 1200,  # optimizer steps
+        "steps": 6000,  # optimizer steps (about 2 minutes on one core)
         "batch_size": 64,  # sequences per step
         "lr": 1.0e-3,  # AdamW peak learning rate
         "weight_decay": 0.01,
@@ -48,7 +54,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "eval": {
         "max_new_tokens": 6,  # toy answers are at most 4 characters + EOS
-        "samples": 4,  # rollouts per test problem at T=1 for the sampled pass@1
+        "samples": 8,  # rollouts per test problem at T=1 for the sampled pass@1 and pass@k
         "batch_size": 512,  # rollouts per generate call
     },
     "tracking": {"enabled": True, "uri": "sqlite:///results/mlflow.db", "experiment": "salt-sft",
@@ -61,7 +67,7 @@ def _check_keys(cfg: Mapping[str, Any], ref: Mapping[str, Any], prefix: str = ""
         name = f"{prefix}{key}"
         if key not in ref:
             raise ValueError(f"sft config: unknown key '{name}'; valid keys here: {sorted(ref)}")
-        if isinstance(ref[key], dict) and key != "tags":
+        if isinstance(ref[key], dict) and key not in ("tags", "mixture"):
             if not isinstance(value, Mapping):
                 raise ValueError(f"sft config: '{name}' must be a mapping with keys {sorted(ref[key])}")
             _check_keys(value, ref[key], name + ".")
@@ -72,6 +78,14 @@ def resolve_config(cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
     cfg = dict(cfg or {})
     _check_keys(cfg, DEFAULTS)
     out = deep_merge(DEFAULTS, cfg)
+    if isinstance(cfg.get("data"), Mapping) and "mixture" in cfg["data"]:
+        out["data"]["mixture"] = dict(cfg["data"]["mixture"])  # a mixture replaces the default one
+    from salt.tasks.toy import check_mixture
+
+    try:
+        out["data"]["mixture"] = check_mixture(out["data"]["mixture"])
+    except ValueError as exc:
+        raise ValueError(f"sft config: data.mixture: {exc}") from exc
     for key in ("steps", "batch_size"):
         if int(out["train"][key]) < 1:
             raise ValueError(f"sft config: train.{key} must be >= 1, got {out['train'][key]}")
@@ -138,7 +152,9 @@ def target_loss(model, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
 
 def evaluate_toy(model, tokenizer, rows: list[dict], max_new_tokens: int, samples: int, seed: int,
                  batch_size: int | None = None) -> dict[str, float]:
-    """Greedy pass@1 and sampled (T=1) pass@1 (mean over ``samples`` rollouts), overall and per level."""
+    """Greedy pass@1, sampled (T=1) pass@1 (mean over ``samples`` rollouts) overall and per level,
+    and the unbiased sampled pass@k for k = 2, 4, ... up to ``samples``."""
+    from salt.eval.metrics import pass_at_k
     from salt.rollout.hf import HFBackend
     from salt.tasks.prompts import build_prompt
     from salt.tasks.toy import toy_reward
@@ -152,6 +168,10 @@ def evaluate_toy(model, tokenizer, rows: list[dict], max_new_tokens: int, sample
          for j, r in enumerate(rows)]
     metrics = {"eval/pass@1_greedy": sum(g) / len(g), "eval/pass@1_t1": sum(s) / len(s),
                "eval/stop_rate_greedy": sum(f == "stop" for f in greedy.finish_reasons) / len(rows)}
+    k = 2
+    while k <= samples:
+        metrics[f"eval/pass@{k}_t1"] = sum(pass_at_k(samples, round(x * samples), k) for x in s) / len(s)
+        k *= 2
     for level in sorted({r["meta"]["difficulty"] for r in rows}):
         idx = [i for i, r in enumerate(rows) if r["meta"]["difficulty"] == level]
         metrics[f"eval/pass@1_greedy_level{level}"] = sum(g[i] for i in idx) / len(idx)
@@ -183,7 +203,7 @@ def run_sft(cfg: Mapping[str, Any] | None, out_dir: str | Path) -> dict[str, Any
 def _run_sft(cfg: Mapping[str, Any] | None, out_dir: str | Path) -> dict[str, Any]:
     import yaml
 
-    from salt.tasks.toy import generate_problems
+    from salt.tasks.toy import demonstrations, generate_problems
 
     cfg = resolve_config(cfg)
     out = Path(out_dir)
@@ -195,7 +215,7 @@ def _run_sft(cfg: Mapping[str, Any] | None, out_dir: str | Path) -> dict[str, An
     levels = tuple(cfg["data"]["levels"])
     train_rows = generate_problems(int(cfg["data"]["train_problems"]), "train", seed=seed, levels=levels)
     test_rows = generate_problems(int(cfg["data"]["test_problems"]), "test", seed=0, levels=levels)
-    examples = encode_examples(train_rows, tok)
+    examples = encode_examples(demonstrations(train_rows, cfg["data"]["mixture"]), tok)
     longest = max(len(ids) for ids, _ in examples) + int(cfg["eval"]["max_new_tokens"])
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and longest > limit:
@@ -246,7 +266,8 @@ def _run_sft(cfg: Mapping[str, Any] | None, out_dir: str | Path) -> dict[str, An
                                                int(ecfg["samples"]), seed, int(ecfg["batch_size"]))
         metrics.update({"sft/final_loss": losses[-1], "sft/train_seconds": train_time,
                         "sft/total_seconds": time.time() - t0, "sft/steps": steps,
-                        "test_problems": len(test_rows), "train_problems": len(train_rows)})
+                        "test_problems": len(test_rows), "train_problems": len(train_rows),
+                        "train_demonstrations": len(examples)})
         tmp = out / "final.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)

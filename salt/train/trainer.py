@@ -163,12 +163,15 @@ def mean_metrics(items: Sequence[dict[str, float]]) -> dict[str, float]:
 
 
 def load_rows(spec: str, cfg: RunConfig, n_toy: int | None = None) -> list[dict]:
-    """Rows from a JSONL path or ``toy:<split>`` (``n_toy`` rows, default ``data.toy_rows``,
-    generated in-process with data seed 0)."""
+    """Rows from a JSONL path or ``toy:<split>`` (``n_toy`` rows, default ``data.toy_rows``, of
+    ``data.toy_levels``, generated in-process with data seed ``cfg.seed``; the held-out ``toy:test``
+    split uses data seed 0 so that every run is scored on the same problems)."""
     if spec.startswith("toy:"):
         from salt.tasks.toy import generate_problems
 
-        return generate_problems(n_toy or cfg.data.toy_rows, spec.split(":", 1)[1], seed=0)
+        split = spec.split(":", 1)[1]
+        return generate_problems(n_toy or cfg.data.toy_rows, split, seed=0 if split == "test" else cfg.seed,
+                                 levels=tuple(cfg.data.toy_levels))
     from salt.utils import read_jsonl
 
     rows = read_jsonl(spec)
@@ -477,8 +480,10 @@ def update_minibatch(model: Any, optimizer: Any, scheduler: Any, mb: TensorBatch
     def loss_backward(part: TensorBatch, fwd: ForwardOut, coef: torch.Tensor, i: int) -> None:
         from salt.algo.losses import compute_policy_loss
 
+        # old_logp None: one on-policy pass (see Trainer.update), the sampling policy is this one
+        old = part.old_logp if part.old_logp is not None else fwd.logp.detach()
         loss, m = compute_policy_loss(
-            spec.loss_cfg, fwd.logp, part.old_logp, coef, part.mask,
+            spec.loss_cfg, fwd.logp, old, coef, part.mask,
             ref_logp=part.ref_logp, entropy=fwd.entropy,
         )
         w = _loss_weight(part.mask, agg)
@@ -498,7 +503,8 @@ def update_minibatch(model: Any, optimizer: Any, scheduler: Any, mb: TensorBatch
         if fwd is None:
             with timer("forward"):
                 fwd = policy_forward(model, part, spec.temperature, False, want_entropy_grad)
-        loss, _ = compute_policy_loss(spec.loss_cfg, fwd.logp, part.old_logp, part.advantages, part.mask,
+        old = part.old_logp if part.old_logp is not None else fwd.logp.detach()
+        loss, _ = compute_policy_loss(spec.loss_cfg, fwd.logp, old, part.advantages, part.mask,
                                       ref_logp=part.ref_logp, entropy=fwd.entropy)
         with timer("backward"):
             backward(loss * 0.0, i)
@@ -1088,16 +1094,22 @@ class Trainer:
         cfg = self.cfg
         tb = to_tensors(batch, self.pad_id)
         self.backend.sleep()  # vllm: free the KV cache for the training phase (no-op for hf)
+        minis = self.mini_batches(batch)
+        # One epoch, one mini-batch, one process: the policy that sampled the batch is the one
+        # being updated, so its old log-probs are the training forward's own (detached); the
+        # separate no-grad forward would recompute the same numbers (tested in test_trainer.py).
+        on_policy = cfg.train.ppo_epochs == 1 and len(minis) == 1 and self.kind == "none"
         with self.timer("old_logprobs"):
-            tb.old_logp = compute_logprobs(self.model, tb.to(self.device), cfg.rollout.temperature,
-                                           cfg.train.micro_batch_size).cpu()
+            if not on_policy:
+                tb.old_logp = compute_logprobs(self.model, tb.to(self.device), cfg.rollout.temperature,
+                                               cfg.train.micro_batch_size).cpu()
             if self.ref_model is not None:
                 tb.ref_logp = compute_logprobs(self.ref_model, tb.to(self.device), cfg.rollout.temperature,
                                                cfg.train.micro_batch_size).cpu()
         metrics = []
         dump = step is not None and (step + 1) in cfg.train.dump_gram_steps
         for epoch in range(cfg.train.ppo_epochs):
-            for i, idx in enumerate(self.mini_batches(batch)):
+            for i, idx in enumerate(minis):
                 gram_out: dict | None = {} if (dump and epoch == 0 and i == 0) else None
                 metrics.append(update_minibatch(self.model, self.optimizer, self.scheduler, tb.index(idx), self.spec,
                                                 step_seed(seed, epoch * 1000 + i, "gram"), self.timer,
@@ -1275,7 +1287,8 @@ class Trainer:
                 if self.is_main:
                     append_jsonl(metrics_path, last)
                     self.metrics_lines += 1
-                    if tracker is not None:
+                    log_now = (step + 1) % cfg.tracking.log_every == 0 or step + 1 == cfg.train.steps
+                    if tracker is not None and log_now:
                         tracker.log_metrics(last, step + 1)
                 if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0 and step + 1 < cfg.train.steps:
                     self.save(step + 1)

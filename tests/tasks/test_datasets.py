@@ -23,7 +23,7 @@ CASES = {
 
 
 def test_registry_names():
-    assert set(REGISTRY) == {"toy_train", "toy_test", "math_train", "math500", "aime24", "aime25",
+    assert set(REGISTRY) == {"toy_train", "toy_rl", "toy_test", "math_train", "math500", "aime24", "aime25",
                              "gpqa_diamond", "mbpp", "humaneval"}
 
 

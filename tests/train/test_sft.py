@@ -129,3 +129,11 @@ def test_default_warmup_reaches_partial_accuracy(tmp_path):
     for key in ("eval/pass@1_greedy", "eval/pass@1_t1"):
         assert 0.15 <= metrics[key] <= 0.70, (key, metrics[key])
     assert metrics["eval/stop_rate_greedy"] > 0.95  # the format (answer, then EOS) is learned
+
+
+def test_mixture_replaces_the_default_and_bad_ones_fail():
+    cfg = sft.resolve_config({"data": {"mixture": {"correct": 1}}})
+    assert cfg["data"]["mixture"] == {"correct": 1}
+    assert sft.resolve_config({})["data"]["mixture"] == {"correct": 2, "plus_one": 1, "swap": 1, "sign": 1}
+    with pytest.raises(ValueError, match="data.mixture.*unknown solver"):
+        sft.resolve_config({"data": {"mixture": {"carry": 1}}})

@@ -11,11 +11,14 @@ def test_splits_are_disjoint_and_hash_decided():
     train = toy.generate_problems(900, "train", seed=0)
     test = toy.generate_problems(900, "test", seed=0)
     train_other_seed = toy.generate_problems(900, "train", seed=7)
+    rl = toy.generate_problems(600, "rl", seed=0) + toy.generate_problems(600, "rl", seed=3)
     train_exprs = {r["meta"]["expression"] for r in train + train_other_seed}
     test_exprs = {r["meta"]["expression"] for r in test}
-    assert not train_exprs & test_exprs
+    rl_exprs = {r["meta"]["expression"] for r in rl}
+    assert not train_exprs & test_exprs and not rl_exprs & test_exprs and not rl_exprs & train_exprs
     assert all(toy.split_of(e) == "test" for e in test_exprs)
     assert all(toy.split_of(e) == "train" for e in train_exprs)
+    assert all(toy.split_of(e) == "rl" for e in rl_exprs)
     # unique within one call
     assert len({r["meta"]["expression"] for r in train}) == len(train)
 
@@ -79,3 +82,52 @@ def test_bad_input_errors_name_the_problem():
         toy.generate_problems(3 * 400, "test", seed=0, levels=(1,))
     with pytest.raises(ValueError, match="not a toy expression"):
         toy.evaluate_expression("__import__('os')")
+
+
+def test_level1_split_capacities_cover_the_default_study():
+    # brute force: enumerate every level-1 expression and bucket it
+    counts = {split: 0 for split in toy.SPLITS}
+    for a in range(30):
+        for b in range(30):
+            for op in "+-":
+                counts[toy.split_of(f"{a}{op}{b}")] += 1
+    assert counts == {split: toy.level_capacity(1, split) for split in toy.SPLITS}
+    # warm-up 1150 problems, RL prompts 256, evaluation 300 (config/config.yaml, sft defaults)
+    assert counts["train"] >= 1150 and counts["rl"] >= 256 and counts["test"] >= 300
+
+
+def test_solvers_are_the_documented_slips():
+    assert toy.solver_answer("29-25", "correct") == 4
+    assert toy.solver_answer("29-25", "plus_one") == 5
+    assert toy.solver_answer("29-25", "swap") == 54
+    assert toy.solver_answer("29-25", "sign") == -4
+    assert toy.solver_answer("3+7", "swap") == -4
+    assert toy.solver_answer("(3+4)*2-5", "swap") == 3  # (3-4)*2+5
+    with pytest.raises(ValueError, match="unknown toy solver"):
+        toy.solver_answer("1+1", "carry")
+
+
+def test_demonstrations_follow_the_mixture():
+    rows = toy.generate_problems(4, "train", seed=0, levels=(1,))
+    demos = toy.demonstrations(rows)
+    assert len(demos) == 5 * len(rows)
+    for i, row in enumerate(rows):
+        group = demos[5 * i: 5 * i + 5]
+        assert [d["meta"]["solver"] for d in group] == ["correct", "correct", "plus_one", "swap", "sign"]
+        assert all(d["answer"] == row["answer"] and d["prompt"] == row["prompt"] for d in group)
+        expr = row["meta"]["expression"]
+        assert [toy.format_target(d) for d in group] == [
+            str(eval(expr)), str(eval(expr)), str(eval(expr) + 1),  # noqa: S307 - digits/operators only
+            str(eval(expr.translate(str.maketrans("+-", "-+")))), str(-eval(expr))]  # noqa: S307
+    assert "target" not in rows[0]  # inputs untouched
+    only = toy.demonstrations(rows, {"correct": 1, "sign": 0})
+    assert [toy.format_target(d) for d in only] == [r["answer"] for r in rows]
+
+
+def test_bad_mixtures_are_rejected_naming_the_problem():
+    with pytest.raises(ValueError, match="unknown solver 'carry'"):
+        toy.check_mixture({"correct": 1, "carry": 1})
+    with pytest.raises(ValueError, match="integer >= 0"):
+        toy.check_mixture({"correct": -1})
+    with pytest.raises(ValueError, match="count > 0"):
+        toy.check_mixture({"correct": 0})

@@ -182,6 +182,30 @@ def test_micro_batching_and_scope_do_not_change_a_global_update(policy):
     assert m1["train/update_norm"] == pytest.approx(m2["train/update_norm"], rel=1e-5)
 
 
+@pytest.mark.parametrize("micro", [64, 5])
+def test_on_policy_update_without_old_logprobs_equals_the_recomputed_one(policy, micro):
+    """old_logp None (one epoch, one mini-batch: Trainer.update skips the no-grad forward) gives
+    exactly the update made with old log-probs recomputed by compute_logprobs (brute force)."""
+    from salt.train.trainer import compute_logprobs
+    from salt.train.trainer import UpdateSpec, make_optimizer, update_minibatch
+
+    results = []
+    for recompute in (True, False):
+        model, _, _, tb = _tensor_batch(policy)
+        cfg = from_dict(run_config(policy, train={"micro_batch_size": micro, "lr": 1e-3},
+                                   algorithm={"salt": {"enabled": True}}))
+        if recompute:
+            with torch.no_grad():
+                tb.old_logp = compute_logprobs(model, tb, 1.0, micro)
+        opt, sched = make_optimizer(model, cfg, 1)
+        m = update_minibatch(model, opt, sched, tb, UpdateSpec.from_config(cfg), seed=0)
+        results.append((m, torch.cat([p.detach().flatten() for p in model.parameters()])))
+    (m1, p1), (m2, p2) = results
+    assert torch.equal(p1, p2)
+    assert m2["train/clip_frac"] == 0.0 and m2["train/ratio_max"] == 1.0
+    assert m1["train/loss"] == m2["train/loss"] and m1["salt/alpha"] == m2["salt/alpha"]
+
+
 @pytest.mark.parametrize(
     "sections",
     [
@@ -230,6 +254,23 @@ def test_mlflow_run_has_params_metrics_tags_and_artifacts(policy, tmp_path):
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.resolved.yaml", "samples"} <= arts
     assert run.info.status == "FINISHED"
+
+
+def test_tracking_log_every_thins_mlflow_but_not_metrics_jsonl(policy, tmp_path):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "run"
+    rows = _train(run_config(policy, train={"steps": 5},
+                             tracking={"enabled": True, "uri": uri, "experiment": "t", "log_every": 2}), out)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    client = mlflow.tracking.MlflowClient(uri)
+    run_id = json.loads((out / "run.json").read_text())["mlflow_run_id"]
+    hist = client.get_metric_history(run_id, "reward/mean")
+    assert sorted(m.step for m in hist) == [2, 4, 5]  # every 2nd step and the last
+    assert {m.step: m.value for m in hist}[4] == rows[3]["reward/mean"]
+    with pytest.raises(ValueError, match="tracking.log_every"):
+        from_dict(run_config(policy, tracking={"log_every": 0})).validate(check_paths=False)
 
 
 def test_warmup_if_missing_builds_the_model_then_trains_on_generated_toy_data(tmp_path):
