@@ -1,0 +1,98 @@
+"""The model-level coefficients: the LM-head Gram of a mini-batch (gathered over ranks for scope
+``global``), SALT's coefficients from it (identity member: SALT off, the advantages pass through
+and the diagnostics are logged), and the Gram dumps of ``train.dump_gram_steps``."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from salt.algo.decomposition import SaltConfig, decompose
+from salt.algo.geometry import choose_method, gram_from_features, group_geometry, lm_head_gram, rollout_features
+from salt.train.collectives import all_gather_rows, sum_over_ranks, world
+from salt.utils import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from salt.train.update import UpdateSettings
+
+
+def lm_gram(hidden: torch.Tensor, logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
+            settings: "UpdateSettings", seed: int, gather: bool, info: dict | None = None) -> torch.Tensor:
+    """LM-head Gram (B, B) of the rows given, gathered over ranks when ``gather`` is set.
+    ``info`` (a dict) receives the backend's ``err_bound`` (relative Frobenius error bound)."""
+    W, _ = world()
+    method = settings.gram
+    if method == "auto":  # decided on global sizes so that every rank picks the same backend
+        n = torch.tensor([float(mask.sum()), float(mask.shape[0])], dtype=torch.float64)
+        if gather:
+            sum_over_ranks(n)
+        method = choose_method(int(n[0]), logits.shape[-1], hidden.shape[-1], int(n[1]),
+                               chunk_size=settings.chunk_size, sketch_dim=settings.sketch_dim)
+    kw = dict(chunk_size=settings.chunk_size, sketch_dim=settings.sketch_dim, seed=seed, **settings.gram_options)
+    lm = "auto" if settings.gram == "auto" else method  # auto may still switch support -> exact on the batch
+    if not gather or W == 1:
+        return lm_head_gram(hidden, logits, tokens, mask, settings.temperature, lm, info=info, **kw)
+    if method in ("exact", "support"):  # token-level inputs (support: one shared vocabulary set)
+        return lm_head_gram(all_gather_rows(hidden), all_gather_rows(logits), all_gather_rows(tokens),
+                            all_gather_rows(mask), settings.temperature, lm, info=info, **kw)
+    if info is not None:
+        info.update(method=method, err_bound=float("nan") if method == "sketch" else 0.0)
+    kw = {k: kw[k] for k in ("chunk_size", "sketch_dim", "seed")}
+    feats = rollout_features(hidden, logits, tokens, mask, settings.temperature, method, **kw)  # (b, F)
+    feats = all_gather_rows(feats)  # (B, F)
+    return gram_from_features(feats)
+
+
+def with_err_bound(gm: dict, info: dict) -> dict:
+    """gm plus ``geom/gram_err_bound`` (the Gram backend's relative Frobenius error bound: 0 for
+    exact/dense; the count sketch has no bound and logs none)."""
+    b = info.get("err_bound", float("nan"))
+    return {**gm, "geom/gram_err_bound": float(b)} if math.isfinite(b) else gm
+
+
+def salt_coefficients(K: torch.Tensor | None, advantages: torch.Tensor, group_ids: torch.Tensor,
+                      settings: "UpdateSettings", seed: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """The model-level coefficients: SALT's A_final, or A itself (identity) with diagnostics."""
+    if K is None:
+        return advantages, {}
+    opts = {"seed": seed, **settings.salt_options}
+    res = decompose(K, advantages, SaltConfig(**opts))
+    metrics = dict(res.metrics)
+    metrics.update(group_geometry(K, group_ids, advantages))
+    coef = res.advantages.to(advantages.dtype) if settings.salt_enabled else advantages
+    return coef, metrics
+
+
+def gram_record(K: torch.Tensor, positions: torch.Tensor, advantages: torch.Tensor, coef: torch.Tensor,
+                group_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Detached CPU copies of one Gram (B, B) and its (B,) row data (for ``train.dump_gram_steps``)."""
+    return {
+        "gram": K.detach().to("cpu", torch.float64).clone(),
+        "positions": positions.detach().cpu().long().clone(),
+        "advantages": advantages.detach().to("cpu", torch.float64).clone(),
+        "advantages_final": coef.detach().to("cpu", torch.float64).clone(),
+        "group_ids": group_ids.detach().cpu().long().clone(),
+    }
+
+
+def write_gram_dump(path: str | os.PathLike, record: dict[str, torch.Tensor], rewards: torch.Tensor | None) -> Path:
+    """Write ``record`` (from :func:`salt.train.update.update_minibatch`'s ``gram_out``) as an
+    ``.npz`` atomically.
+
+    Arrays: ``gram`` (B, B) float64, ``advantages`` (B,), ``advantages_final`` (B,) float64,
+    ``group_ids`` (B,) int64 and, when given, ``rewards`` (B,) float64.
+    """
+    arrays = {k: record[k].numpy() for k in ("gram", "advantages", "advantages_final", "group_ids")}
+    if rewards is not None:
+        arrays["rewards"] = rewards.detach().to("cpu", torch.float64).numpy()
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    path = Path(path)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
