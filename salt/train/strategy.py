@@ -1,0 +1,288 @@
+"""How the gradients of the ranks meet: one class per distributed setup, chosen once from the
+Accelerator (:func:`strategy_for`), behind one small interface:
+
+* ``prepare``        wrap model, optimizer and scheduler (``accelerator.prepare``);
+* ``no_sync`` / ``backward`` / ``step``  one pass's gradient sync, the backward, the optimizer step;
+* ``full_state`` / ``full_state_every_rank``  full weights for ``save_pretrained`` (rank 0) and for
+  a colocated vLLM engine (every rank);
+* ``checkpoint_state`` / ``load_checkpoint``  what a checkpoint holds and how it comes back.
+
+``Single`` (``none``): no accelerator, or Accelerate's ``DistributedType.NO``: the model is used
+as is (one process; a raw model inside a process group gets its pre-scaled gradients summed by
+hand). ``DDP`` (``ddp``): ``MULTI_CPU`` / ``MULTI_GPU`` / ``MULTI_*``. ``FSDP`` (``fsdp``): FSDP v1
+or v2. ``DeepSpeed`` (``deepspeed``): ZeRO 1-3. The wrapped engines AVERAGE gradients over ranks,
+so the update pre-scales the loss by :attr:`GradientStrategy.grad_scale` (the world size), and
+every rank runs the same number of passes (:attr:`even_passes`: FSDP all-gathers, ZeRO-3 fetches
+and DDP buffer broadcasts are collectives). Accelerate enables FSDP and DeepSpeed on GPUs only:
+those classes are not exercised by the CPU test-suite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from salt.train.collectives import reduce_gradients, world
+
+
+def master_dtype(setting: str) -> torch.dtype:
+    """``model.dtype`` -> the parameters' dtype: fp32 master weights unless asked otherwise (bf16 weights
+    lose small AdamW updates to rounding; bf16 compute comes from ``model.mixed_precision``)."""
+    return getattr(torch, "float32" if setting == "auto" else setting)
+
+
+def resolve_mixed_precision(setting: str) -> str | None:
+    """``model.mixed_precision`` -> Accelerator's argument (None: keep what ``accelerate launch`` set)."""
+    if setting != "auto":
+        return setting
+    if os.environ.get("ACCELERATE_MIXED_PRECISION"):
+        return None
+    return "bf16" if torch.cuda.is_available() else "no"
+
+
+def zero_stage(accelerator: Any) -> int:
+    """DeepSpeed ZeRO stage of the accelerator's plugin (0 without DeepSpeed)."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return 0
+    return int(plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0) or 0)
+
+
+class GradientStrategy:
+    """One process, the model used as is (base class: the defaults of every strategy)."""
+
+    kind = "none"
+    wrapped = False  # model, optimizer and scheduler went through accelerator.prepare
+
+    def __init__(self, accelerator: Any = None) -> None:
+        self.accelerator = accelerator
+
+    @property
+    def sharded(self) -> bool:
+        """Parameters are sharded across ranks (FSDP, DeepSpeed ZeRO-3): full weights need a gather."""
+        return False
+
+    @property
+    def grad_scale(self) -> float:
+        """Loss pre-scale that undoes the engine's 1/W gradient average."""
+        return float(world()[0]) if self.wrapped else 1.0
+
+    @property
+    def even_passes(self) -> bool:
+        """Every rank must run the same number of forward/backward passes (engine collectives)."""
+        return self.wrapped
+
+    def prepare(self, model: Any, optimizer: Any, scheduler: Any, train_cfg: Any) -> tuple[Any, Any, Any]:
+        if self.accelerator is not None and self.accelerator.mixed_precision != "no":
+            model = self.accelerator.prepare_model(model)  # only the autocast forward wrapper
+        return model, optimizer, scheduler
+
+    def unwrap(self, model: Any) -> Any:
+        """The bare ``PreTrainedModel`` (generation, ``save_pretrained``)."""
+        return model
+
+    def syncs_by_hand(self, scope: str, n_passes: int) -> bool:
+        """Gradients are reduced explicitly after the last backward instead of by the engine."""
+        return False
+
+    def no_sync(self, model: Any, last: bool, by_hand: bool) -> Any:
+        """Context of one pass: only the last pass synchronises gradients."""
+        return contextlib.nullcontext()
+
+    def backward(self, model: Any, loss: torch.Tensor, last: bool) -> None:
+        loss.backward()
+
+    def step(self, model: Any, optimizer: Any, scheduler: Any, max_norm: float, by_hand: bool) -> torch.Tensor:
+        """Gradient clipping, optimizer and scheduler step; returns the pre-clip gradient norm."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        if world()[0] > 1:  # a raw model in a process group: sum the pre-scaled gradients
+            reduce_gradients(params, mean=False)
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    def full_state(self, model: Any) -> dict[str, torch.Tensor] | None:
+        """Full weights for ``save_pretrained`` on rank 0 (a collective); None: the model saves itself."""
+        return None
+
+    def full_state_every_rank(self, model: Any) -> dict[str, torch.Tensor]:
+        """The full (unsharded) weights on EVERY rank (a collective for sharded strategies)."""
+        return self.unwrap(model).state_dict()
+
+    def checkpoint_state(self, root: Path, name: str, model: Any, optimizer: Any,
+                         scheduler: Any) -> tuple[dict, dict, dict, str | None]:
+        """(model, optimizer, scheduler state dicts, sharded-state dir relative to ``root`` or None)."""
+        return self.unwrap(model).state_dict(), optimizer.state_dict(), scheduler.state_dict(), None
+
+    def load_checkpoint(self, ck: dict, path: Path, model: Any, optimizer: Any, scheduler: Any) -> None:
+        rel = ck["state"].get("accelerate_state")
+        if rel:
+            raise RuntimeError(f"checkpoint {path} holds an FSDP/DeepSpeed state ({rel}); "
+                               "resume it with the same `accelerate launch --config_file` it was written with")
+        self.unwrap(model).load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+
+
+class Single(GradientStrategy):
+    """No accelerator, or Accelerate's ``DistributedType.NO``."""
+
+
+class DDP(GradientStrategy):
+    """DistributedDataParallel. DDP arms its reducer in the forward, so with scope ``global`` and
+    several passes per rank (all forwards precede the first backward) every pass runs under
+    ``no_sync`` and the gradients are averaged explicitly: DDP's reduction done once by hand."""
+
+    kind = "ddp"
+    wrapped = True
+
+    def prepare(self, model: Any, optimizer: Any, scheduler: Any, train_cfg: Any) -> tuple[Any, Any, Any]:
+        return self.accelerator.prepare(model, optimizer, scheduler)
+
+    def unwrap(self, model: Any) -> Any:
+        return self.accelerator.unwrap_model(model)
+
+    def syncs_by_hand(self, scope: str, n_passes: int) -> bool:
+        return scope == "global" and n_passes > 1
+
+    def no_sync(self, model: Any, last: bool, by_hand: bool) -> Any:
+        return self.accelerator.no_sync(model) if (by_hand or not last) else contextlib.nullcontext()
+
+    def backward(self, model: Any, loss: torch.Tensor, last: bool) -> None:
+        self.accelerator.backward(loss)
+
+    def step(self, model: Any, optimizer: Any, scheduler: Any, max_norm: float, by_hand: bool) -> torch.Tensor:
+        params = list(model.parameters())  # FSDP's clip_grad_norm_ matches the model's full list
+        if by_hand:
+            reduce_gradients([p for p in params if p.requires_grad], mean=True)
+        norm = self.accelerator.clip_grad_norm_(params, max_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    def full_state(self, model: Any) -> dict[str, torch.Tensor] | None:
+        return self.accelerator.get_state_dict(model)
+
+
+class _ShardedCheckpoint:
+    """Checkpoints of FSDP / DeepSpeed: the full model (``accelerator.get_state_dict``) in
+    ``model.pt`` plus the sharded optimizer / scheduler state through ``accelerator.save_state`` in
+    ``checkpoints/accelerate/step_NNNNNN``, named in ``state.json`` (``accelerate_state``)."""
+
+    accelerator: Any
+
+    def checkpoint_state(self, root: Path, name: str, model: Any, optimizer: Any,
+                         scheduler: Any) -> tuple[dict, dict, dict, str | None]:
+        rel = f"accelerate/{name}"
+        self.accelerator.save_state(str(root / rel))  # collective: every rank writes its shards
+        model_state = self.accelerator.get_state_dict(model)  # collective: full on rank 0
+        pointer = {"accelerate_state": rel}
+        return model_state, pointer, pointer, rel
+
+    def load_checkpoint(self, ck: dict, path: Path, model: Any, optimizer: Any, scheduler: Any) -> None:
+        rel = ck["state"].get("accelerate_state")
+        if rel:
+            self.accelerator.load_state(str(path.parent / rel))
+        else:
+            GradientStrategy.load_checkpoint(self, ck, path, model, optimizer, scheduler)  # type: ignore[arg-type]
+
+
+class FSDP(_ShardedCheckpoint, DDP):
+    """Fully sharded data parallel (v1 or v2)."""
+
+    kind = "fsdp"
+
+    @property
+    def sharded(self) -> bool:
+        return True
+
+    def syncs_by_hand(self, scope: str, n_passes: int) -> bool:
+        return False
+
+    def full_state_every_rank(self, model: Any) -> dict[str, torch.Tensor]:
+        """FSDP v2: each ``DTensor`` is materialised with ``full_tensor()`` (one all-gather per
+        tensor, in the same order on every rank); v1: a ``FULL_STATE_DICT`` with ``rank0_only=False``."""
+        if getattr(self.accelerator, "is_fsdp2", False):
+            from torch.distributed.tensor import DTensor
+
+            return {k: (v.full_tensor() if isinstance(v, DTensor) else v) for k, v in model.state_dict().items()}
+        from torch.distributed.fsdp import FullStateDictConfig, FullyShardedDataParallel, StateDictType
+
+        with FullyShardedDataParallel.state_dict_type(model, StateDictType.FULL_STATE_DICT,
+                                                      FullStateDictConfig(offload_to_cpu=False, rank0_only=False)):
+            return model.state_dict()
+
+
+class DeepSpeed(_ShardedCheckpoint, DDP):
+    """DeepSpeed ZeRO 1-3: the engine owns backward, clipping (its config's ``gradient_clipping``,
+    set from ``train.max_grad_norm``), the optimizer step and zero_grad."""
+
+    kind = "deepspeed"
+
+    @property
+    def sharded(self) -> bool:
+        return zero_stage(self.accelerator) == 3
+
+    def prepare(self, model: Any, optimizer: Any, scheduler: Any, train_cfg: Any) -> tuple[Any, Any, Any]:
+        """DeepSpeed takes its micro-batch size and clipping from its own config: set them here."""
+        ds = self.accelerator.state.deepspeed_plugin.deepspeed_config
+        ds["train_micro_batch_size_per_gpu"] = int(train_cfg.micro_batch_size)
+        ds["gradient_clipping"] = float(train_cfg.max_grad_norm)
+        return self.accelerator.prepare(model, optimizer, scheduler)
+
+    def syncs_by_hand(self, scope: str, n_passes: int) -> bool:
+        return False
+
+    def no_sync(self, model: Any, last: bool, by_hand: bool) -> Any:
+        return contextlib.nullcontext()
+
+    def backward(self, model: Any, loss: torch.Tensor, last: bool) -> None:
+        model.set_gradient_accumulation_boundary(last)  # the last pass closes the accumulation
+        model.backward(loss)
+
+    def step(self, model: Any, optimizer: Any, scheduler: Any, max_norm: float, by_hand: bool) -> torch.Tensor:
+        model.step()
+        gn = model.get_global_grad_norm()
+        scheduler.step()  # our LambdaLR is not a DeepSpeed scheduler: Accelerate leaves it to us
+        return torch.tensor(float("nan") if gn is None else float(gn))
+
+    def full_state_every_rank(self, model: Any) -> dict[str, torch.Tensor]:
+        """ZeRO-3: ``deepspeed.zero.GatheredParameters`` per parameter; ZeRO-1/2: the state dict."""
+        bare = self.unwrap(model)
+        if not self.sharded:
+            return bare.state_dict()
+        import deepspeed
+
+        out: dict[str, torch.Tensor] = {}
+        for name, p in bare.named_parameters():
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                out[name] = p.data.detach().clone()
+        for name, b in bare.named_buffers():
+            out[name] = b.detach()
+        return out
+
+
+def strategy_for(accelerator: Any) -> GradientStrategy:
+    """The strategy of a model that goes (or went) through ``accelerator.prepare``."""
+    if accelerator is None:
+        return Single(None)
+    from accelerate.utils import DistributedType
+
+    dt = accelerator.distributed_type
+    if dt == DistributedType.NO:
+        return Single(accelerator)
+    if dt == DistributedType.FSDP:
+        return FSDP(accelerator)
+    if dt == DistributedType.DEEPSPEED:
+        return DeepSpeed(accelerator)
+    if str(getattr(dt, "value", dt)).startswith("MULTI_"):
+        return DDP(accelerator)
+    raise ValueError(f"accelerate distributed_type {dt} is not supported by `salt train`; launch with one of "
+                     "config/accelerate/{cpu,ddp,fsdp,deepspeed_zero2,deepspeed_zero3}.yaml")

@@ -1,0 +1,273 @@
+"""One optimizer step on a mini-batch: forward, Gram and SALT coefficients, policy loss, backward,
+clipping, optimizer and scheduler step; one function per SALT scope (``global``: one Gram over the
+whole mini-batch, gathered from all ranks; ``micro``: one Gram per micro-batch). Also the settings
+the update reads (:class:`UpdateSettings`) and the optimizer / LR schedule (:func:`make_optimizer`).
+
+Each rank forwards its contiguous slice in micro-batches and backpropagates the loss scaled by its
+share of the global normaliser (times the world size for engines that average gradients: see
+:mod:`salt.train.strategy`), so the result equals the single-process step on the same mini-batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from salt.algo.losses import LossConfig, compute_policy_loss
+from salt.train.batch import TensorBatch
+from salt.train.collectives import max_over_ranks, rank_slice, sum_over_ranks, world
+from salt.train.config import RunConfig
+from salt.train.forward import ForwardOut, micro_slices, policy_forward
+from salt.train.gram import gram_record, lm_gram, salt_coefficients, with_err_bound
+from salt.train.stepping import Timer, mean_metrics
+from salt.train.strategy import GradientStrategy, strategy_for
+
+
+@dataclass
+class UpdateSettings:
+    """The run config's keys that :func:`update_minibatch` reads, resolved once: the loss as a
+    :class:`~salt.algo.losses.LossConfig` (Dr. GRPO's ``norm_len`` filled in), the Gram and SALT options."""
+
+    loss_cfg: LossConfig
+    temperature: float
+    micro_batch_size: int
+    max_grad_norm: float
+    salt_enabled: bool
+    salt_diagnostics: bool
+    gram: str
+    scope: str
+    chunk_size: int
+    sketch_dim: int
+    salt_options: dict = field(default_factory=dict)
+    gram_options: dict = field(default_factory=dict)  # tol, support_eps, tail_dim of the support Gram
+
+    @staticmethod
+    def from_config(cfg: RunConfig) -> "UpdateSettings":
+        loss_cfg = LossConfig(**dict(cfg.algorithm.loss))
+        if loss_cfg.agg_mode == "seq-mean-token-sum-norm" and loss_cfg.norm_len is None:
+            loss_cfg.norm_len = cfg.rollout.max_new_tokens  # Dr. GRPO: the generation budget
+        s = cfg.algorithm.salt
+        return UpdateSettings(
+            loss_cfg=loss_cfg, temperature=cfg.rollout.temperature, micro_batch_size=cfg.train.micro_batch_size,
+            max_grad_norm=cfg.train.max_grad_norm, salt_enabled=s.enabled, salt_diagnostics=s.diagnostics,
+            gram=s.gram, scope=s.scope, chunk_size=s.chunk_size, sketch_dim=s.sketch_dim,
+            salt_options=dict(s.options),
+            gram_options=dict(tol=s.gram_tol, support_eps=s.support_eps, tail_dim=s.tail_dim),
+        )
+
+
+def make_optimizer(model: Any, cfg: RunConfig, total_updates: int) -> tuple[Any, Any]:
+    """AdamW (or SGD) and a LambdaLR: linear warm-up, then constant / cosine / linear decay."""
+    t = cfg.train
+    params = [p for p in model.parameters() if p.requires_grad]
+    if t.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+
+    def factor(i: int) -> float:
+        if t.warmup_steps and i < t.warmup_steps:
+            return (i + 1) / t.warmup_steps
+        if t.scheduler == "constant":
+            return 1.0
+        span = max(1, total_updates - t.warmup_steps)
+        frac = min(1.0, (i - t.warmup_steps) / span)
+        return 0.5 * (1 + math.cos(math.pi * frac)) if t.scheduler == "cosine" else 1.0 - frac
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _loss_weight(mask: torch.Tensor, agg_mode: str) -> float:
+    """The share of the global loss normaliser a set of rows carries."""
+    return float(mask.sum()) if agg_mode == "token-mean" else float(mask.shape[0])
+
+
+class _Passes:
+    """The forward/backward passes of one rank on its slice ``local`` of a mini-batch.
+
+    Pass ``i`` of ``n`` synchronises gradients only when it is the last (``strategy.no_sync``);
+    ranks with fewer micro-batches add zero-weight one-row passes (:meth:`pad`) when the strategy
+    needs the same number of passes on every rank. ``losses`` collects (loss weight, tokens, metrics).
+    """
+
+    def __init__(self, model: Any, strategy: GradientStrategy, settings: UpdateSettings, timer: Timer,
+                 mb: TensorBatch, local: TensorBatch, micros: list[slice], n_pad: int) -> None:
+        self.model, self.strategy, self.settings, self.timer = model, strategy, settings, timer
+        self.local, self.micros, self.n_pad = local, micros, n_pad
+        self.n = len(micros) + n_pad
+        self.by_hand = strategy.syncs_by_hand(settings.scope, self.n)
+        self.total_weight = _loss_weight(mb.mask, settings.loss_cfg.agg_mode)
+        self.entropy_grad = settings.loss_cfg.entropy_coef > 0
+        self.losses: list[tuple[float, float, dict[str, float]]] = []
+
+    def sync(self, i: int) -> Any:
+        return self.strategy.no_sync(self.model, i == self.n - 1, self.by_hand)
+
+    def forward(self, part: TensorBatch, features: bool) -> ForwardOut:
+        return policy_forward(self.model, part, self.settings.temperature, features, self.entropy_grad)
+
+    def _policy_loss(self, part: TensorBatch, fwd: ForwardOut, coef: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        # old_logp None: one on-policy pass (see Trainer.update), the sampling policy is this one
+        old = part.old_logp if part.old_logp is not None else fwd.logp.detach()
+        return compute_policy_loss(self.settings.loss_cfg, fwd.logp, old, coef, part.mask,
+                                   ref_logp=part.ref_logp, entropy=fwd.entropy)
+
+    def backward(self, part: TensorBatch, fwd: ForwardOut, coef: torch.Tensor, i: int) -> None:
+        """Pass ``i``: the policy loss of ``part`` with coefficients ``coef``, scaled by its share."""
+        loss, m = self._policy_loss(part, fwd, coef)
+        w = _loss_weight(part.mask, self.settings.loss_cfg.agg_mode)
+        m["loss"] = float(loss.detach())
+        self.losses.append((w, float(part.mask.sum()), m))
+        with self.timer("backward"):
+            self.strategy.backward(self.model, loss * (w / self.total_weight * self.strategy.grad_scale), i == self.n - 1)
+
+    def pad(self, i: int, fwd: ForwardOut | None = None) -> None:
+        """A zero-weight pass over one local row: keeps the ranks' collectives in step."""
+        part = self.local.index(slice(0, 1))
+        if fwd is None:
+            with self.timer("forward"):
+                fwd = self.forward(part, False)
+        loss, _ = self._policy_loss(part, fwd, part.advantages)
+        with self.timer("backward"):
+            self.strategy.backward(self.model, loss * 0.0, i == self.n - 1)
+
+
+def _global_scope(p: _Passes, mb: TensorBatch, seed: int, diagnostics: bool, geo: list,
+                  coef_out: list | None, gram_out: dict | None) -> None:
+    """Scope ``global``: all forwards first, one Gram over the whole mini-batch, then the backwards."""
+    W, rank = world()
+    local, micros = p.local, p.micros
+    outs, pads = [], []
+    with p.timer("forward"):
+        for k in range(p.n):  # DDP by hand: no pass may arm the reducer (see salt.train.strategy.DDP)
+            part = local.index(micros[k]) if k < len(micros) else local.index(slice(0, 1))
+            with p.strategy.no_sync(p.model, True, p.by_hand):
+                o = p.forward(part, diagnostics and k < len(micros))
+            (outs if k < len(micros) else pads).append(o)
+    coef = local.advantages
+    if diagnostics:
+        with p.timer("gram"):
+            K = lm_gram(torch.cat([o.hidden for o in outs]), torch.cat([o.logits for o in outs]),
+                        local.tokens, local.mask, p.settings, seed, gather=True, info=(ginfo := {}))
+        with p.timer("decompose"):
+            coef_all, gm = salt_coefficients(K, mb.advantages.to(K.device), mb.group_ids.to(K.device), p.settings, seed)
+        geo.append(with_err_bound(gm, ginfo))
+        coef = coef_all[rank_slice(len(mb), W, rank)].to(local.advantages.dtype)
+        if coef_out is not None:
+            coef_out.append(coef_all.detach().cpu())
+        if gram_out is not None and not gram_out:
+            gram_out.update(gram_record(K, torch.arange(len(mb)), mb.advantages, coef_all, mb.group_ids))
+    for i, (s, o) in enumerate(zip(micros, outs)):
+        with p.sync(i):
+            p.backward(local.index(s), o, coef[s], i)
+    for j, o in enumerate(pads):
+        with p.sync(len(micros) + j):
+            p.pad(len(micros) + j, o)
+
+
+def _micro_scope(p: _Passes, mb: TensorBatch, seed: int, diagnostics: bool, geo: list,
+                 coef_out: list | None, gram_out: dict | None) -> None:
+    """Scope ``micro``: one Gram per micro-batch per rank, memory bounded by the micro-batch."""
+    W, rank = world()
+    for i, s in enumerate(p.micros):
+        part = p.local.index(s)
+        with p.sync(i):
+            with p.timer("forward"):
+                o = p.forward(part, diagnostics)
+            coef = part.advantages
+            if diagnostics:
+                with p.timer("gram"):
+                    K = lm_gram(o.hidden, o.logits, part.tokens, part.mask, p.settings, seed, gather=False,
+                                info=(ginfo := {}))
+                with p.timer("decompose"):
+                    coef, gm = salt_coefficients(K, part.advantages, part.group_ids, p.settings, seed)
+                geo.append(with_err_bound(gm, ginfo))
+                if coef_out is not None:
+                    coef_out.append(coef.detach().cpu())
+                if gram_out is not None and not gram_out:
+                    pos = torch.arange(s.start, s.stop) + rank_slice(len(mb), W, rank).start  # (b,) rows of mb
+                    gram_out.update(gram_record(K, pos, part.advantages, coef, part.group_ids))
+            p.backward(part, o, coef, i)
+    for j in range(p.n_pad):
+        with p.sync(len(p.micros) + j):
+            p.pad(len(p.micros) + j)
+
+
+def _reduce_metrics(losses: list[tuple[float, float, dict[str, float]]], geo: list[dict[str, float]],
+                    scope: str) -> dict[str, float]:
+    """Loss metrics over micro-batches and ranks: the loss values weighted by their share of the
+    loss normaliser, maxima by max, every other metric (a masked token mean) by its token count;
+    Gram metrics averaged over Grams (and ranks, for scope ``micro``)."""
+    keys = sorted({k for _, _, m in losses for k in m})
+    by_loss_weight = {"loss", "pg_loss"}
+    buf = torch.zeros(len(keys) + 2, dtype=torch.float64)
+    for w, ntok, m in losses:
+        buf[-2] += w
+        buf[-1] += ntok
+        for j, k in enumerate(keys):
+            buf[j] += (w if k in by_loss_weight else ntok) * m.get(k, 0.0)
+    sum_over_ranks(buf)
+    metrics = {f"train/{k}": float(buf[j] / (buf[-2] if k in by_loss_weight else buf[-1]).clamp_min(1e-12))
+               for j, k in enumerate(keys)}
+    for k in [k for k in keys if k.endswith("_max")]:
+        mx = torch.tensor([max(m.get(k, float("-inf")) for _, _, m in losses)], dtype=torch.float64)
+        metrics[f"train/{k}"] = float(max_over_ranks(mx))
+    if scope == "micro" and world()[0] > 1 and geo:
+        gkeys = sorted(geo[0])
+        g = torch.tensor([sum(m[k] for m in geo) for k in gkeys] + [len(geo)], dtype=torch.float64)
+        sum_over_ranks(g)
+        metrics.update({k: float(g[j] / g[-1]) for j, k in enumerate(gkeys)})
+    else:
+        metrics.update(mean_metrics(geo))
+    return metrics
+
+
+def update_minibatch(model: Any, optimizer: Any, scheduler: Any, mb: TensorBatch, settings: UpdateSettings,
+                     seed: int, timer: Timer | None = None, coef_out: list | None = None,
+                     accelerator: Any = None, gram_out: dict | None = None) -> dict[str, float]:
+    """One optimizer step on the GLOBAL mini-batch ``mb`` (every rank passes the same ``mb``).
+
+    With an ``accelerator`` other than one process, ``model``, ``optimizer`` and ``scheduler``
+    must be the objects returned by ``accelerator.prepare`` (:func:`salt.train.strategy.strategy_for`).
+
+    ``coef_out``, when given, receives the coefficients that went to the loss: for scope
+    ``global`` one (len(mb),) tensor for the whole mini-batch, for ``micro`` one per micro-batch.
+
+    ``gram_out``, when given (an empty dict) and the Gram is built (SALT on or diagnostics), is
+    filled with the first Gram of this call, on CPU: ``gram`` (B, B) float64, ``positions`` (B,)
+    the rows of ``mb`` it covers, ``advantages`` (B,), ``advantages_final`` (B,) the coefficients
+    that went to the loss, ``group_ids`` (B,). Scope ``global``: the whole mini-batch (B =
+    len(mb)); ``micro``: this rank's first micro-batch. It only copies tensors (no RNG is used).
+
+    Returns:
+        metrics: loss metrics (``train/*``, weighted means over the mini-batch), ``salt/*`` and
+        ``geom/*`` (means over Grams), ``train/update_norm`` (pre-clip gradient norm).
+    """
+    timer = timer or Timer()
+    strategy = strategy_for(accelerator)
+    W, rank = world()
+    device = next(model.parameters()).device
+    local = mb.index(rank_slice(len(mb), W, rank)).to(device)
+    if len(local) == 0:
+        raise ValueError(f"mini-batch of {len(mb)} rollouts cannot feed {W} ranks; raise prompts per mini-batch")
+    micros = micro_slices(len(local), settings.micro_batch_size)
+    n_pad = 0
+    if strategy.even_passes:
+        first = rank_slice(len(mb), W, 0)  # rank 0 holds the largest slice
+        n_pad = len(micro_slices(first.stop - first.start, settings.micro_batch_size)) - len(micros)
+    passes = _Passes(model, strategy, settings, timer, mb, local, micros, n_pad)
+    diagnostics = settings.salt_enabled or settings.salt_diagnostics
+    geo: list[dict[str, float]] = []
+    model.train()
+    scope = _global_scope if settings.scope == "global" else _micro_scope
+    scope(passes, mb, seed, diagnostics, geo, coef_out, gram_out)
+    with timer("optimizer"):
+        max_norm = settings.max_grad_norm if settings.max_grad_norm > 0 else float("inf")
+        norm = strategy.step(model, optimizer, scheduler, max_norm, passes.by_hand)
+    metrics = _reduce_metrics(passes.losses, geo, settings.scope)
+    metrics["train/update_norm"] = float(norm)
+    metrics["train/lr"] = float(scheduler.get_last_lr()[0])
+    return metrics
