@@ -108,7 +108,7 @@ def rollout_batch(out: Any, rows: list[dict] | None = None, rewards: list[float]
     r = torch.tensor(rewards if rewards is not None else [0.0] * len(out.completion_ids), dtype=torch.float32)
     return RolloutBatch(
         rows=rows if rows is not None else [{} for _ in range(P)], prompts=[""] * P, prompt_ids=out.prompt_ids,
-        group_ids=gids, completion_ids=out.completion_ids, sample_logprobs=out.logprobs,
+        group_ids=gids, completion_ids=out.completion_ids,
         finish_reasons=out.finish_reasons, texts=out.texts, scores=r, rewards=r.clone(),
         advantages=compute_advantages(r, gids, "grpo"),
     )

@@ -16,7 +16,7 @@ positions of the sequence minus the very last one (``logits_to_keep = T + 1``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Sequence
 
 import torch
@@ -35,13 +35,11 @@ class RolloutBatch:
     prompt_ids: list[list[int]]
     group_ids: torch.Tensor  # (N,) long
     completion_ids: list[list[int]]
-    sample_logprobs: list[list[float]]
     finish_reasons: list[str]
     texts: list[str]
     scores: torch.Tensor  # (N,) task reward from the verifier
     rewards: torch.Tensor  # (N,) reward used for advantages (scores + shaping)
     advantages: torch.Tensor | None = None  # (N,)
-    info: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.completion_ids)
@@ -58,7 +56,6 @@ class RolloutBatch:
             self,
             group_ids=self.group_ids[idx_t],
             completion_ids=[self.completion_ids[i] for i in ids],
-            sample_logprobs=[self.sample_logprobs[i] for i in ids],
             finish_reasons=[self.finish_reasons[i] for i in ids],
             texts=[self.texts[i] for i in ids],
             scores=self.scores[idx_t],
@@ -80,7 +77,7 @@ class RolloutBatch:
         cat = lambda name: [x for b in batches for x in getattr(b, name)]  # noqa: E731
         return RolloutBatch(
             rows=rows, prompts=prompts, prompt_ids=prompt_ids, group_ids=torch.cat(gids),
-            completion_ids=cat("completion_ids"), sample_logprobs=cat("sample_logprobs"),
+            completion_ids=cat("completion_ids"),
             finish_reasons=cat("finish_reasons"), texts=cat("texts"),
             scores=torch.cat([b.scores for b in batches]), rewards=torch.cat([b.rewards for b in batches]),
             advantages=None if any(b.advantages is None for b in batches) else torch.cat([b.advantages for b in batches]),

@@ -32,6 +32,15 @@ from typing import Any
 
 import torch
 
+from salt import tracking as tr
+from salt.algo.geometry import cosine_gram, lm_head_gram
+from salt.rollout import make_backend
+from salt.tasks.prompts import build_prompt
+from salt.tasks.toy import generate_problems
+from salt.train.batch import RolloutBatch, to_tensors
+from salt.train.forward import policy_forward
+from salt.utils import atomic_write_text, read_jsonl, seed_everything
+
 
 def _offdiag(C: torch.Tensor) -> torch.Tensor:
     """Upper-triangle entries (i < j) of a square matrix, (B (B - 1) / 2,)."""
@@ -49,8 +58,6 @@ def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
 
 def last_block_gradients(model: Any, tb: Any, temperature: float) -> torch.Tensor:
     """(B, D) per-rollout gradients of the last transformer block, one backward per rollout."""
-    from salt.train.trainer import policy_forward
-
     block = model.model.layers[-1]
     params = [p for p in block.parameters() if p.requires_grad]
     rows = []
@@ -67,8 +74,6 @@ def last_block_gradients(model: Any, tb: Any, temperature: float) -> torch.Tenso
 
 def proxy_statistics(K_lm: torch.Tensor, F_blk: torch.Tensor, null_samples: int = 200, seed: int = 0) -> dict[str, Any]:
     """Correlation of the cosine Grams of K_lm (B, B) and of features F_blk (B, D), with both nulls."""
-    from salt.algo.geometry import cosine_gram
-
     B = K_lm.shape[0]
     K_blk = F_blk @ F_blk.T / B  # (B, B)
     C_lm, C_blk = cosine_gram(K_lm.double()), cosine_gram(K_blk)
@@ -106,18 +111,9 @@ def validate_proxy(model_dir: str, data: str, out_dir: str, n_prompts: int = 8, 
     """Generate ``n_prompts x group_size`` rollouts and compare the two Grams; returns the result dict."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from salt.algo.geometry import lm_head_gram
-    from salt.rollout import make_backend
-    from salt.tasks.prompts import build_prompt
-    from salt.train.batch import RolloutBatch, to_tensors
-    from salt.train.trainer import policy_forward
-    from salt.utils import atomic_write_text, read_jsonl, seed_everything
-
     t0 = time.perf_counter()
     seed_everything(seed)
     if data.startswith("toy:"):
-        from salt.tasks.toy import generate_problems
-
         rows = generate_problems(n_prompts, data.split(":", 1)[1], seed=seed)
     else:
         rows = read_jsonl(data)
@@ -130,9 +126,8 @@ def validate_proxy(model_dir: str, data: str, out_dir: str, n_prompts: int = 8, 
     out = make_backend({"backend": "hf"}, model, tok).generate(prompts, group_size, max_new_tokens, temperature, 1.0, seed=seed)
     zeros = torch.zeros(len(out.texts))
     batch = RolloutBatch(rows=rows, prompts=prompts, prompt_ids=out.prompt_ids, group_ids=torch.tensor(out.group_ids),
-                         completion_ids=out.completion_ids, sample_logprobs=out.logprobs,
-                         finish_reasons=out.finish_reasons, texts=out.texts, scores=zeros, rewards=zeros,
-                         advantages=zeros)
+                         completion_ids=out.completion_ids, finish_reasons=out.finish_reasons, texts=out.texts,
+                         scores=zeros, rewards=zeros, advantages=zeros)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     tb = to_tensors(batch, pad)
     model.eval()
@@ -148,8 +143,6 @@ def validate_proxy(model_dir: str, data: str, out_dir: str, n_prompts: int = 8, 
     out_path.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_path / "proxy.json", json.dumps(result, indent=1))
     if tracking is None or tracking.get("enabled", True):
-        from salt import tracking as tr
-
         run = tr.start_run(tracking or {}, run_name=f"proxy-{Path(model_dir).name}", out_dir=out_path,
                            params={k: result[k] for k in ("model", "data", "n_prompts", "group_size", "max_new_tokens",
                                                           "temperature", "seed", "null_samples")},
