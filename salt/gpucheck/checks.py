@@ -117,7 +117,7 @@ def rollout_batch(out: Any, rows: list[dict] | None = None, rewards: list[float]
 def recompute_logprobs(model: Any, out: Any, pad_id: int, temperature: float, micro: int = 64) -> list[list[float]]:
     """The trainer's log-probs (``compute_logprobs``) of a RolloutOutput's completions, per rollout."""
     from salt.train.batch import to_tensors
-    from salt.train.trainer import compute_logprobs
+    from salt.train.forward import compute_logprobs
 
     device = next(model.parameters()).device
     tb = to_tensors(rollout_batch(out), pad_id)
@@ -425,7 +425,7 @@ def adamw_applied_fraction(model32: Any, grads32: list, dtype: Any, lr: float) -
     entries each changes. Returns (fp32 changed fraction, dtype changed / fp32 changed)."""
     import torch
 
-    from salt.train.trainer import make_optimizer
+    from salt.train.update import make_optimizer
 
     cfg = run_config(model32.name_or_path, train={"optimizer": "adamw", "lr": lr, "weight_decay": 0.0})
     fracs, changed = [], []
@@ -451,7 +451,9 @@ def check_bf16_step(work: str | Path, device: str = "cuda", n_prompts: int = 8, 
     from salt.rollout.hf import HFBackend
     from salt.tasks.toy import toy_reward
     from salt.train.batch import to_tensors
-    from salt.train.trainer import UpdateSpec, compute_logprobs, master_dtype, update_minibatch
+    from salt.train.forward import compute_logprobs
+    from salt.train.strategy import master_dtype
+    from salt.train.update import UpdateSettings, update_minibatch
 
     dev = require_device(device)
     path = Path(model_dir) if model_dir is not None else toy_path(work)
@@ -463,7 +465,7 @@ def check_bf16_step(work: str | Path, device: str = "cuda", n_prompts: int = 8, 
     rewards = [toy_reward(rows[g]["answer"], t) + 0.01 * len(ids)
                for g, t, ids in zip(out.group_ids, out.texts, out.completion_ids)]
     cfg = run_config(path, train={"max_grad_norm": 0.0})  # no clipping: the raw gradients are compared
-    spec = UpdateSpec.from_config(cfg)
+    spec = UpdateSettings.from_config(cfg)
     # the trainer's bf16 path: master weights in model.dtype (auto = fp32) and bf16 autocast compute
     param_dtype = master_dtype(cfg.model.dtype)
     res: dict[str, dict] = {}
@@ -496,7 +498,7 @@ def check_bf16_step(work: str | Path, device: str = "cuda", n_prompts: int = 8, 
 
 def _full_params(trainer: Any) -> dict[str, Any]:
     """Full float32 weights of a prepared model: DeepSpeed's fp32 master copy, else the state dict."""
-    if trainer.kind == "deepspeed":
+    if trainer.strategy.kind == "deepspeed":
         from deepspeed.utils import safe_get_full_fp32_param
 
         return {n: safe_get_full_fp32_param(p).detach().float().cpu()
@@ -517,7 +519,7 @@ def _resumed_trainer_cls() -> type:
     return ResumedTrainer
 
 
-SHARDED_KIND = {"fsdp": "fsdp", "zero2": "deepspeed"}  # check -> salt.train.trainer.dist_kind
+SHARDED_KIND = {"fsdp": "fsdp", "zero2": "deepspeed"}  # check -> salt.train.strategy kind
 
 
 def check_sharded(name: str, work: str | Path, device: str = "cuda") -> dict:
@@ -529,7 +531,7 @@ def check_sharded(name: str, work: str | Path, device: str = "cuda") -> dict:
 
 
 def sharded_vs_plain(name: str, path: Path, root: Path, expected: str) -> dict:
-    """The body of :func:`check_sharded` for a trainer that must run as ``expected`` (``dist_kind``):
+    """The body of :func:`check_sharded` for a trainer that must run as ``expected`` (``GradientStrategy.kind``):
     one update of the prepared model against a plain copy on the same mini-batch, then a 3-step run
     against a copy resumed from its step-2 checkpoint. With ``expected="none"`` it runs on CPU."""
     import torch
@@ -537,7 +539,9 @@ def sharded_vs_plain(name: str, path: Path, root: Path, expected: str) -> dict:
     from transformers import AutoModelForCausalLM
 
     from salt.train.batch import to_tensors
-    from salt.train.trainer import Trainer, compute_logprobs, make_optimizer, update_minibatch
+    from salt.train.forward import compute_logprobs
+    from salt.train.trainer import Trainer
+    from salt.train.update import make_optimizer, update_minibatch
 
     shutil.rmtree(root, ignore_errors=True)
     # 8 prompts x 8 rollouts: some group has reward variance (non-zero advantages) on the warm toy model
@@ -545,8 +549,8 @@ def sharded_vs_plain(name: str, path: Path, root: Path, expected: str) -> dict:
     t0 = time.perf_counter()
     trainer = Trainer(cfg, root / "update")
     trainer.setup()
-    if trainer.kind != expected:
-        return make_result(name, status="error", reason=f"the trainer runs as {trainer.kind!r}, not {expected!r}: "
+    if trainer.strategy.kind != expected:
+        return make_result(name, status="error", reason=f"the trainer runs as {trainer.strategy.kind!r}, not {expected!r}: "
                            "start this check with `accelerate launch --config_file config/accelerate/...`")
     batch, _ = trainer.collect(0, 0)
     batch = trainer.coefficients(trainer.select(batch, 0))
@@ -556,8 +560,8 @@ def sharded_vs_plain(name: str, path: Path, root: Path, expected: str) -> dict:
     p_opt, p_sched = make_optimizer(plain, cfg, cfg.train.steps)
     tb.old_logp = compute_logprobs(plain, tb.to(dev), cfg.rollout.temperature, 64).cpu()
     p_before, s_before = flat_state(plain.state_dict()), flat_state(_full_params(trainer))
-    m_plain = update_minibatch(plain, p_opt, p_sched, tb, trainer.spec, seed=0)
-    m_shard = update_minibatch(trainer.model, trainer.optimizer, trainer.scheduler, tb, trainer.spec, seed=0,
+    m_plain = update_minibatch(plain, p_opt, p_sched, tb, trainer.settings, seed=0)
+    m_shard = update_minibatch(trainer.model, trainer.optimizer, trainer.scheduler, tb, trainer.settings, seed=0,
                                accelerator=trainer.accelerator)
     d_plain = flat_state(plain.state_dict()) - p_before
     d_shard = flat_state(_full_params(trainer)) - s_before

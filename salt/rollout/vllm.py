@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, is_dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -198,10 +198,12 @@ def weights_to_sync(model: Any, accelerator: Any = None, dtype: torch.dtype | No
     With an accelerator, ``accelerator.get_state_dict(model)`` (DDP or one process: full weights on
     every rank); otherwise the unwrapped model's ``state_dict``. Under FSDP v2 / ZeRO-3 that call
     returns the full weights on rank 0 only, so the trainer gathers them on every rank itself
-    (``salt.train.trainer.gather_full_state``) and passes ``accelerator=None`` here. Wrapper
-    prefixes are stripped, non-floating buffers skipped, floats cast to ``dtype`` when given.
+    (``salt.train.strategy``, ``full_state_every_rank``) and passes that state dict as ``model``.
+    Wrapper prefixes are stripped, non-floating buffers skipped, floats cast to ``dtype`` when given.
     """
-    if accelerator is not None:
+    if isinstance(model, Mapping):  # already the full weights
+        state = model
+    elif accelerator is not None:
         state = accelerator.get_state_dict(model)
     else:
         state = unwrap_model(model).state_dict()
@@ -296,7 +298,8 @@ class VLLMBackend(RolloutBackend):
                                lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True))
 
     def sync_weights(self, model: Any) -> None:
-        """Push the trainer's current weights into the engine, then drop stale prefix-cache entries."""
+        """Push the trainer's current weights (a model, or its full state dict) into the engine, then drop
+        stale prefix-cache entries."""
         if self._asleep:
             self.wake_up()
         max_bytes = int(self.opts["sync_chunk_mb"]) * 2**20

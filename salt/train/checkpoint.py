@@ -15,7 +15,7 @@ leaves either the previous set of checkpoints or the new one, never a half-writt
 ``step_*``. Only the last ``keep`` checkpoints are kept.
 
 The trainer derives every random draw of step ``s`` from ``(seed, s)`` (see
-``salt.train.trainer.step_seed``), so the RNG states saved here are a second line of defence.
+``salt.train.stepping.step_seed``), so the RNG states saved here are a second line of defence.
 """
 
 from __future__ import annotations
@@ -86,8 +86,8 @@ def save_checkpoint(
     step: int,
     *,
     model_state: dict[str, torch.Tensor],
-    optimizer: Any,
-    scheduler: Any,
+    optimizer_state: dict[str, Any],
+    scheduler_state: dict[str, Any],
     state: dict[str, Any],
     extra: dict[str, Any] | None = None,
     keep: int = 2,
@@ -98,7 +98,8 @@ def save_checkpoint(
         root: ``DIR/checkpoints``.
         step: number of completed training steps (the resume point).
         model_state: ``state_dict`` of the unwrapped model.
-        optimizer, scheduler: objects with ``state_dict()``.
+        optimizer_state, scheduler_state: their ``state_dict()`` (FSDP / DeepSpeed: a pointer to the
+            sharded Accelerate state, ``{"accelerate_state": DIR}``).
         state: JSON-serialisable trainer counters (``step`` is added).
         extra: picklable objects restored verbatim by :func:`load_checkpoint`.
         keep: how many checkpoints to keep (>= 1).
@@ -111,8 +112,8 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{final.name}-"))
     try:
         torch.save({k: v.detach().cpu() for k, v in model_state.items()}, tmp / "model.pt")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+        torch.save(scheduler_state, tmp / "scheduler.pt")
         torch.save(rng_state(), tmp / "rng.pt")
         torch.save(extra or {}, tmp / "extra.pt")
         (tmp / "state.json").write_text(json.dumps({**state, "step": int(step)}, indent=1))

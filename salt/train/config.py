@@ -53,12 +53,6 @@ class ModelConfig:
     mixed_precision: str = _f("auto", "Compute precision of the forward passes (Accelerate autocast): auto = bf16 on "
                               "CUDA unless `accelerate launch` set it, no on CPU | no | bf16 | fp16.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass (saves memory).")
-    warmup_if_missing: dict | None = _f(
-        None,
-        "If set and model.path does not exist, build the model first with `salt.train.sft` using "
-        "this dict as its config (the toy warm-up); its output dir must be the parent of model.path "
-        "(sft writes DIR/final). null = a missing model.path is an error.",
-    )
 
 
 @dataclass
@@ -722,12 +716,11 @@ def _validate(cfg: RunConfig, check_paths: bool, check_devices: bool = True) -> 
             )
     if check_paths:
         mp = Path(cfg.model.path)
-        if not (mp / "config.json").is_file() and cfg.model.warmup_if_missing is None:
+        if not (mp / "config.json").is_file():
             what = "does not exist" if not mp.exists() else "has no config.json"
             raise ConfigError(
-                f"model.path = '{mp}' {what}; point model.path at a Hugging Face model dir (e.g. the "
-                "output of `salt sft ... --out DIR`, then DIR/final) or set model.warmup_if_missing "
-                "to an sft config so the trainer builds it"
+                f"model.path = '{mp}' {what}; build the model first (`salt sft --out DIR`, or the "
+                "workflow's warmup_sft rule) and point model.path at DIR/final, or at another Hugging Face model dir"
             )
         for key, value in (("data.train", cfg.data.train), ("data.eval", cfg.data.eval)):
             if value is None or str(value).startswith("toy:"):

@@ -85,13 +85,14 @@ def test_zero_gram_published_and_fallback():
 def test_run_config_switch_reaches_the_decomposition():
     """algorithm.salt.zero_gram (and the other SaltConfig keys) travel from the run config to decompose."""
     from salt.train.config import from_dict
-    from salt.train.trainer import UpdateSpec, salt_coefficients
+    from salt.train.gram import salt_coefficients
+    from salt.train.update import UpdateSettings
 
     A = torch.tensor(ADV[:8], dtype=torch.float64)
     gids = torch.arange(8) // 4
     for zero_gram, want in (("published", A.clamp_min(0.0)), ("fallback", A)):
         cfg = from_dict({"algorithm": {"salt": {"enabled": True, "scope": "micro", "gram": "dense", "zero_gram": zero_gram}}})
-        spec = UpdateSpec.from_config(cfg)
+        spec = UpdateSettings.from_config(cfg)
         assert (spec.scope, spec.gram) == ("micro", "dense")
         coef, _ = salt_coefficients(torch.zeros(8, 8, dtype=torch.float64), A, gids, spec, seed=0)
         torch.testing.assert_close(coef, want)

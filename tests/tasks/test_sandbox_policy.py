@@ -134,7 +134,7 @@ def test_salt_evaluate_on_a_code_benchmark_stops_before_the_model(mbpp_data, tmp
 
 
 def _code_run_config(tmp_path: Path, data: Path) -> Path:
-    cfg = {"model": {"path": str(tmp_path / "model" / "final"), "warmup_if_missing": {"steps": 1}},
+    cfg = {"model": {"path": str(tmp_path / "model" / "final")},
            "data": {"train": str(data)}, "tracking": {"enabled": False}, "train": {"steps": 1}}
     path = tmp_path / "code.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -148,7 +148,7 @@ def test_salt_train_on_a_code_task_stops_before_the_model(mbpp_data, tmp_path):
     assert "salt train: code sandbox: isolation missing" in res.stderr
     for way in WAYS_OUT:
         assert way in res.stderr
-    assert not (tmp_path / "model").exists()  # the warm-up model was not built
+    assert "model.path" not in res.stderr  # the sandbox is checked before the model
     assert not (tmp_path / "run").exists()
 
 
@@ -157,28 +157,24 @@ def test_train_entry_points_check_first_and_the_opt_in_passes(no_bwrap, mbpp_dat
     from salt.train.config import ConfigError, flatten, from_dict, load_run_config, save_resolved
 
     reached = []
-
-    def fake_ensure_model(cfg):
-        reached.append("ensure_model")
-        raise ConfigError("stop here: the sandbox check passed")
-
-    monkeypatch.setattr(trainer, "ensure_model", fake_ensure_model)
     monkeypatch.setattr(trainer.Trainer, "setup", lambda self: reached.append("setup") or 1 / 0)
-    config = _code_run_config(tmp_path, mbpp_data)
+    config = _code_run_config(tmp_path, mbpp_data)  # its model.path does not exist
     out = str(tmp_path / "run")
     assert trainer.cli_main(["--config", str(config), "--out", out]) == 2
-    assert "isolation missing" in capsys.readouterr().err and reached == []
-    cfg = load_run_config(config)
+    assert "isolation missing" in capsys.readouterr().err
+    cfg = load_run_config(config, check_paths=False)
     with pytest.raises(SandboxIsolationError):
         trainer.train(cfg, out)
     with pytest.raises(SandboxIsolationError):
         trainer.Trainer(cfg, out).run()
     assert reached == []
-    # opted in: the check passes and the job goes on to the model
+    # opted in: the check passes and the job goes on to the model (missing here)
     assert trainer.cli_main(["--config", str(config), "--out", out, "--set", "sandbox.allow_unisolated=true"]) == 2
-    assert "stop here" in capsys.readouterr().err and reached == ["ensure_model"]
+    assert "config error: model.path" in capsys.readouterr().err
     sandbox.allow_unisolated(False)
-    cfg = load_run_config(config, ["sandbox.allow_unisolated=true"])
+    cfg = load_run_config(config, ["sandbox.allow_unisolated=true"], check_paths=False)
+    with pytest.raises(ConfigError, match="model.path"):
+        trainer.train(cfg, out)
     with pytest.raises(ZeroDivisionError):
         trainer.Trainer(cfg, out).run()
     assert reached[-1] == "setup"

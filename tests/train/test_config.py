@@ -95,11 +95,11 @@ def test_bad_config_names_the_key_and_the_fix(tmp_path, model_dir, sections, nee
 
 def test_missing_model_path(tmp_path):
     path = _write(tmp_path, {"model": {"path": str(tmp_path / "nope")}, "data": {"train": "toy:train"}})
-    with pytest.raises(ConfigError, match=r"model.path .* does not exist.*warmup_if_missing"):
+    with pytest.raises(ConfigError, match=r"model.path .* does not exist.*salt sft.*warmup_sft rule"):
         load_run_config(path)
-    # with a warm-up config the missing path is fine (the trainer builds it)
-    cfg = load_run_config(path, ["model.warmup_if_missing={steps: 1}"])
-    assert cfg.model.warmup_if_missing == {"steps": 1}
+    # an RL job no longer builds its own warm-up model: the key is gone
+    with pytest.raises(ConfigError, match="warmup_if_missing"):
+        load_run_config(path, ["model.warmup_if_missing={steps: 1}"], check_paths=False)
 
 
 def test_vllm_without_gpu(tmp_path, model_dir, monkeypatch):

@@ -57,7 +57,7 @@ def _one_step(policy_dir: str, tb, case: str, accelerator=None):
     from transformers import AutoModelForCausalLM
 
     from salt.train.config import from_dict
-    from salt.train.trainer import UpdateSpec, make_optimizer, update_minibatch
+    from salt.train.update import UpdateSettings, make_optimizer, update_minibatch
     from salt.utils import deep_merge
 
     # SGD without clipping: the parameter change is the gradient itself, so any scaling error shows
@@ -69,7 +69,7 @@ def _one_step(policy_dir: str, tb, case: str, accelerator=None):
         model, opt, sched = accelerator.prepare(model, opt, sched)
         assert isinstance(model, torch.nn.parallel.DistributedDataParallel)
     coefs: list = []
-    metrics = update_minibatch(model, opt, sched, tb, UpdateSpec.from_config(cfg), seed=7, coef_out=coefs,
+    metrics = update_minibatch(model, opt, sched, tb, UpdateSettings.from_config(cfg), seed=7, coef_out=coefs,
                                accelerator=accelerator)
     bare = accelerator.unwrap_model(model) if accelerator is not None else model
     params = torch.cat([p.detach().flatten() for p in bare.parameters()])
@@ -152,8 +152,8 @@ def _initial_params(policy_dir) -> list[torch.Tensor]:
     return [p.detach() for p in AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32).parameters()]
 
 
-def test_dist_kind_zero_stage_and_full_state_fallback(policy):  # noqa: F811
-    """The CPU-side pieces of the FSDP / DeepSpeed routing: which engine, which ZeRO stage, and the
+def test_strategy_zero_stage_and_full_state_fallback(policy):  # noqa: F811
+    """The CPU-side pieces of the FSDP / DeepSpeed routing: which strategy, which ZeRO stage, and the
     full-weights view (every rank) for DDP / one process (the unwrapped model's own state dict)."""
     from types import SimpleNamespace
 
@@ -161,32 +161,33 @@ def test_dist_kind_zero_stage_and_full_state_fallback(policy):  # noqa: F811
     from accelerate.utils import DistributedType
     from transformers import AutoModelForCausalLM
 
-    from salt.train.trainer import _StateView, _zero_stage, dist_kind, gather_full_state
+    from salt.train.strategy import strategy_for, zero_stage
 
     def fake(dt, ds_config=None):
         plugin = None if ds_config is None else SimpleNamespace(deepspeed_config=ds_config)
         return SimpleNamespace(distributed_type=dt, state=SimpleNamespace(deepspeed_plugin=plugin))
 
-    assert dist_kind(None) == "none"
-    assert dist_kind(fake(DistributedType.NO)) == "none"
-    assert dist_kind(fake(DistributedType.MULTI_CPU)) == dist_kind(fake(DistributedType.MULTI_GPU)) == "ddp"
-    assert dist_kind(fake(DistributedType.FSDP)) == "fsdp"
-    assert dist_kind(fake(DistributedType.DEEPSPEED)) == "deepspeed"
+    kind = lambda acc: strategy_for(acc).kind  # noqa: E731
+    assert kind(None) == "none"
+    assert kind(fake(DistributedType.NO)) == "none"
+    assert kind(fake(DistributedType.MULTI_CPU)) == kind(fake(DistributedType.MULTI_GPU)) == "ddp"
+    assert kind(fake(DistributedType.FSDP)) == "fsdp"
+    assert kind(fake(DistributedType.DEEPSPEED)) == "deepspeed"
     with pytest.raises(ValueError, match="config/accelerate"):
-        dist_kind(fake(DistributedType.XLA))
-    assert _zero_stage(fake(DistributedType.MULTI_GPU)) == 0
-    assert _zero_stage(fake(DistributedType.DEEPSPEED, {"zero_optimization": {"stage": 3}})) == 3
-    assert _zero_stage(fake(DistributedType.DEEPSPEED, {"zero_optimization": {"stage": 2}})) == 2
+        strategy_for(fake(DistributedType.XLA))
+    assert zero_stage(fake(DistributedType.MULTI_GPU)) == 0
+    assert zero_stage(fake(DistributedType.DEEPSPEED, {"zero_optimization": {"stage": 3}})) == 3
+    assert zero_stage(fake(DistributedType.DEEPSPEED, {"zero_optimization": {"stage": 2}})) == 2
 
     acc = Accelerator(cpu=True)
     model = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32)
-    full = gather_full_state(acc, model)
+    full = strategy_for(acc).full_state_every_rank(model)
     ref = model.state_dict()
     assert list(full) == list(ref) and all(torch.equal(full[k], ref[k]) for k in ref)
-    # what the vLLM backend receives under FSDP / ZeRO-3: a plain object exposing that dict
+    # what the vLLM backend receives under FSDP / ZeRO-3: that full state dict
     from salt.rollout.vllm import weights_to_sync
 
-    names = dict(weights_to_sync(_StateView(full)))
+    names = dict(weights_to_sync(full))
     assert "model.embed_tokens.weight" in names and torch.equal(names["lm_head.weight"], ref["lm_head.weight"])
 
 
@@ -195,19 +196,23 @@ def test_sharded_guards(policy, tmp_path):  # noqa: F811
     from types import SimpleNamespace
 
     from salt.train.config import ConfigError, from_dict
+    from salt.train.strategy import DDP, FSDP, DeepSpeed, Single
     from salt.train.trainer import Trainer
+
+    strategies = {"none": Single, "ddp": DDP, "fsdp": FSDP, "deepspeed": DeepSpeed}
 
     def trainer(kind: str, stage: int = 0, **sections) -> Trainer:
         t = Trainer(from_dict(run_config(policy, **sections)), tmp_path / "t")
         plugin = SimpleNamespace(deepspeed_config={"zero_optimization": {"stage": stage}}) if stage else None
-        t.accelerator, t.kind, t.world = SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=plugin)), kind, 2
+        t.strategy = strategies[kind](SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=plugin)))
+        t.world = 2
         return t
 
-    assert trainer("fsdp").sharded and trainer("deepspeed", 3).sharded
-    assert not trainer("deepspeed", 2).sharded and not trainer("ddp").sharded and not trainer("none").sharded
-    trainer("fsdp")._check_sharded_hf_generation()  # 4 prompts on 2 ranks: fine
+    assert trainer("fsdp").strategy.sharded and trainer("deepspeed", 3).strategy.sharded
+    assert not any(trainer(*k).strategy.sharded for k in (("deepspeed", 2), ("ddp",), ("none",)))
+    trainer("fsdp").check_sharded_hf_generation()  # 4 prompts on 2 ranks: fine
     with pytest.raises(ConfigError, match="rollout.prompts_per_step = 3"):
-        trainer("fsdp", rollout={"prompts_per_step": 3, "group_size": 4})._check_sharded_hf_generation()
+        trainer("fsdp", rollout={"prompts_per_step": 3, "group_size": 4}).check_sharded_hf_generation()
     with pytest.raises(ConfigError, match="data.eval_limit = 5"):
         trainer("fsdp", data={"eval": "toy:test", "eval_limit": 5},
-                train={"eval_every": 1})._check_sharded_hf_generation()
+                train={"eval_every": 1}).check_sharded_hf_generation()

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from salt.train.trainer import resolve_mixed_precision
+from salt.train.strategy import resolve_mixed_precision
 from tests.train.test_trainer import build_policy, run_config
 
 

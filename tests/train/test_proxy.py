@@ -14,7 +14,7 @@ from tests.train.test_trainer import _tensor_batch, policy  # noqa: F401  (fixtu
 def test_per_sample_lm_head_gradients_match_the_lm_head_gram(policy):  # noqa: F811
     """Autograd one rollout at a time (the proxy's method) reproduces lm_head_gram on the same batch."""
     from salt.algo.geometry import lm_head_gram
-    from salt.train.trainer import policy_forward
+    from salt.train.forward import policy_forward
 
     model, _, _, tb = _tensor_batch(policy, n_prompts=3, n=3, seed=2)
     model.eval()

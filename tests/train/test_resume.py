@@ -96,7 +96,8 @@ def test_checkpoints_are_atomic_pruned_and_restore_rng(tmp_path):
         random.seed(step)
         np.random.seed(step)
         torch.manual_seed(step)
-        save_checkpoint(root, step, model_state=model.state_dict(), optimizer=opt, scheduler=sched,
+        save_checkpoint(root, step, model_state=model.state_dict(), optimizer_state=opt.state_dict(),
+                        scheduler_state=sched.state_dict(),
                         state={"data_position": 10 * step}, extra={"predictor": {"x": step}}, keep=2)
     # a torn write (no COMPLETE marker) and a stale temp dir are never taken for a checkpoint
     (root / "step_000008").mkdir()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from salt.train.config import from_dict
+from salt.train.config import ConfigError, from_dict
 from salt.utils import read_jsonl
 
 
@@ -103,7 +103,7 @@ def _tensor_batch(policy: Path, n_prompts: int = 4, n: int = 4, seed: int = 0):
 
 
 def test_lm_head_input_is_last_hidden_state_and_logprobs_match_sampling(policy):
-    from salt.train.trainer import policy_forward
+    from salt.train.forward import policy_forward
 
     model, _, batch, tb = _tensor_batch(policy)
     model.eval()
@@ -166,7 +166,7 @@ def test_baseline_logs_the_same_diagnostics_and_salt_changes_the_update(policy, 
 
 def test_micro_batching_and_scope_do_not_change_a_global_update(policy):
     """Gradient accumulation over micro-batches equals the one-shot update (global scope)."""
-    from salt.train.trainer import UpdateSpec, make_optimizer, update_minibatch
+    from salt.train.update import UpdateSettings, make_optimizer, update_minibatch
 
     results = []
     for micro in (16, 5):
@@ -174,7 +174,7 @@ def test_micro_batching_and_scope_do_not_change_a_global_update(policy):
         cfg = from_dict(run_config(policy, train={"micro_batch_size": micro, "optimizer": "sgd", "lr": 1.0}))
         tb.old_logp = tb.mask * 0 - 1.0
         opt, sched = make_optimizer(model, cfg, 1)
-        m = update_minibatch(model, opt, sched, tb, UpdateSpec.from_config(cfg), seed=0)
+        m = update_minibatch(model, opt, sched, tb, UpdateSettings.from_config(cfg), seed=0)
         results.append((m, torch.cat([p.detach().flatten() for p in model.parameters()])))
     (m1, p1), (m2, p2) = results
     assert torch.allclose(p1, p2, atol=1e-5)
@@ -186,8 +186,8 @@ def test_micro_batching_and_scope_do_not_change_a_global_update(policy):
 def test_on_policy_update_without_old_logprobs_equals_the_recomputed_one(policy, micro):
     """old_logp None (one epoch, one mini-batch: Trainer.update skips the no-grad forward) gives
     exactly the update made with old log-probs recomputed by compute_logprobs (brute force)."""
-    from salt.train.trainer import compute_logprobs
-    from salt.train.trainer import UpdateSpec, make_optimizer, update_minibatch
+    from salt.train.forward import compute_logprobs
+    from salt.train.update import UpdateSettings, make_optimizer, update_minibatch
 
     results = []
     for recompute in (True, False):
@@ -198,7 +198,7 @@ def test_on_policy_update_without_old_logprobs_equals_the_recomputed_one(policy,
             with torch.no_grad():
                 tb.old_logp = compute_logprobs(model, tb, 1.0, micro)
         opt, sched = make_optimizer(model, cfg, 1)
-        m = update_minibatch(model, opt, sched, tb, UpdateSpec.from_config(cfg), seed=0)
+        m = update_minibatch(model, opt, sched, tb, UpdateSettings.from_config(cfg), seed=0)
         results.append((m, torch.cat([p.detach().flatten() for p in model.parameters()])))
     (m1, p1), (m2, p2) = results
     assert torch.equal(p1, p2)
@@ -273,21 +273,23 @@ def test_tracking_log_every_thins_mlflow_but_not_metrics_jsonl(policy, tmp_path)
         from_dict(run_config(policy, tracking={"log_every": 0})).validate(check_paths=False)
 
 
-def test_warmup_if_missing_builds_the_model_then_trains_on_generated_toy_data(tmp_path):
-    from salt.train.trainer import train
+def test_a_missing_model_stops_the_job_naming_the_key_and_the_fix(tmp_path, capsys):
+    """The warm-up SFT is the workflow's job (rule warmup_sft): an RL job never builds its model."""
+    import yaml
+
+    from salt.train.trainer import cli_main, train
 
     model_path = tmp_path / "models" / "toy" / "final"
-    warmup = {"train": {"steps": 2, "batch_size": 8, "warmup_steps": 1, "log_every": 1},
-              "data": {"train_problems": 30, "test_problems": 6}, "eval": {"samples": 1},
-              "tracking": {"enabled": False}}
-    cfg = run_config(model_path, model={"warmup_if_missing": warmup},
-                     data={"train": "toy:train", "toy_rows": 30, "eval": "toy:test", "eval_limit": 6},
-                     train={"steps": 2, "eval_every": 2})
-    summary = train(from_dict(cfg), tmp_path / "run")
-    assert (model_path / "config.json").is_file()
-    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
-    assert len(rows) == 2 and summary["steps"] == 2
-    assert "eval/accuracy" in rows[1] and "eval/accuracy" not in rows[0]
+    cfg = run_config(model_path, data={"train": "toy:train", "toy_rows": 30})
+    with pytest.raises(ConfigError, match=r"model.path = .*final' does not exist; build the model first "
+                                          r"\(`salt sft --out DIR`, or the workflow's warmup_sft rule\)"):
+        train(from_dict(cfg), tmp_path / "run")
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    assert cli_main(["--config", str(config), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "salt train: config error: model.path" in err and "salt sft" in err
+    assert not model_path.parent.exists() and not (tmp_path / "run").exists()
 
 
 def _load_npz(path: Path) -> dict:
@@ -382,7 +384,7 @@ def _fake_scores(informative: set[str]):
 def _expected_dynamic_sampling(rows: list[dict], seed: int, informative: set[str], P: int, n_draw: int,
                                max_rounds: int) -> tuple[int, list[str]]:
     """Brute force: replay the prompt stream round by round; (rounds, ids trained on)."""
-    from salt.train.trainer import PromptSampler
+    from salt.train.rollouts import PromptSampler
 
     sampler = PromptSampler(rows, seed)
     kept: list[str] = []
@@ -397,7 +399,9 @@ def _expected_dynamic_sampling(rows: list[dict], seed: int, informative: set[str
 def test_dynamic_sampling_gen_batch_factor_fills_the_batch_with_informative_groups(policy, tmp_path, monkeypatch,
                                                                                     factor, max_rounds):
     import salt.tasks.rewards
-    from salt.train.trainer import Trainer, load_rows, step_seed
+    from salt.train.rollouts import load_rows
+    from salt.train.stepping import step_seed
+    from salt.train.trainer import Trainer
 
     P = 4
     cfg = from_dict(run_config(policy, algorithm={"dynamic_sampling": {
@@ -412,7 +416,7 @@ def test_dynamic_sampling_gen_batch_factor_fills_the_batch_with_informative_grou
     batch, m = trainer.collect(0, step_seed(cfg.seed, 0))
     assert m["data/gen_batches"] == rounds
     assert m["data/prompts_generated"] == rounds * n_draw
-    assert trainer.rollouts_generated == rounds * n_draw * 4
+    assert trainer.rollouts.generated == rounds * n_draw * 4
     assert [r["id"] for r in batch.rows] == ids  # the first informative groups, in draw order
     assert m["data/prompts"] == len(ids) == len(batch.rows)
     assert batch.group_ids.tolist() == [g for g in range(len(ids)) for _ in range(4)]

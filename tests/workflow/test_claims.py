@@ -114,7 +114,7 @@ def test_metric_names_are_the_trainers():
     from salt.algo.decomposition import METRIC_KEYS
     from salt.figures import figures
 
-    source = (REPO / "salt" / "train" / "trainer.py").read_text()
+    source = "".join(p.read_text() for p in sorted((REPO / "salt" / "train").glob("*.py")))  # the trainer's files
     names = [aggregate.ACCURACY, aggregate.ROLLOUTS_GENERATED, aggregate.ROLLOUTS_TRAINED, aggregate.STEP_TIME,
              claims.UPDATE_NORM, claims.ClaimsOptions().curve_metric]
     for name in names:
