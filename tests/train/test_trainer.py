@@ -82,7 +82,8 @@ def _strip_time(rows: list[dict]) -> list[dict]:
 
 
 def _tensor_batch(policy: Path, n_prompts: int = 4, n: int = 4, seed: int = 0):
-    """A real rollout batch of the tiny policy, padded, with random advantages."""
+    """(model, the backend's RolloutOutput, a real rollout batch of the tiny policy, padded with random
+    advantages, its TensorBatch)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from salt.rollout import make_backend
@@ -95,24 +96,24 @@ def _tensor_batch(policy: Path, n_prompts: int = 4, n: int = 4, seed: int = 0):
     scores = torch.zeros(len(out.texts))
     batch = RolloutBatch(
         rows=[{} for _ in range(n_prompts)], prompts=[""] * n_prompts, prompt_ids=out.prompt_ids,
-        group_ids=torch.tensor(out.group_ids), completion_ids=out.completion_ids, sample_logprobs=out.logprobs,
+        group_ids=torch.tensor(out.group_ids), completion_ids=out.completion_ids,
         finish_reasons=out.finish_reasons, texts=out.texts, scores=scores, rewards=scores,
         advantages=torch.randn(len(out.texts), generator=torch.Generator().manual_seed(seed)),
     )
-    return model, tok, batch, to_tensors(batch, tok.pad_token_id)
+    return model, out, batch, to_tensors(batch, tok.pad_token_id)
 
 
 def test_lm_head_input_is_last_hidden_state_and_logprobs_match_sampling(policy):
     from salt.train.forward import policy_forward
 
-    model, _, batch, tb = _tensor_batch(policy)
+    model, out, _, tb = _tensor_batch(policy)
     model.eval()
     with torch.no_grad():
         fwd = policy_forward(model, tb, temperature=1.0)
         # the LM head applied to the returned hidden states reproduces the returned logits
         assert torch.allclose(model.lm_head(fwd.hidden), fwd.logits, atol=1e-5)
     # the recomputed log-probs of the sampled tokens equal the sampler's on every response token
-    for i, lps in enumerate(batch.sample_logprobs):
+    for i, lps in enumerate(out.logprobs):
         assert len(lps) == int(tb.mask[i].sum())
         assert torch.allclose(fwd.logp[i, : len(lps)], torch.tensor(lps), atol=1e-4)
 
