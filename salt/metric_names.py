@@ -192,3 +192,8 @@ STEP_PREFIXES = (SALT, GEOM, TRAIN, REWARD, DATA, TIME, EVAL)  # metrics.jsonl n
 CUMULATIVE = (TRAIN_ROLLOUTS, TRAIN_ROLLOUTS_GENERATED)  # running totals: a run's value is its last step's
 FINAL_WINDOW_METRIC = TRAIN_ACCURACY  # the run's "final reward": mean over its last logged steps
 CURVES = (TRAIN_ACCURACY, TRAIN_ACCURACY_GENERATED, REWARD_MEAN, EVAL_ACCURACY)  # per-step curves figures draw
+
+
+def run_mean(metric: str) -> str:
+    """Aggregation's name (a runs.csv column) for a run's mean over its steps of ``metric``."""
+    return "mean:" + metric
