@@ -916,7 +916,7 @@ class Trainer:
             self.backend.sync_weights(self.model)
 
     # --------------------------------------------------------------------------- doors
-    def allocate(self, rows: list[dict], step: int) -> list[int]:
+    def allocate(self, rows: list[dict]) -> list[int]:
         """Allocation door: rollouts per prompt (uniform, or VIP from predicted success)."""
         cfg = self.cfg
         if self.predictor is None:
@@ -1004,7 +1004,7 @@ class Trainer:
         generated_scores: list[torch.Tensor] = []
         while True:
             rows = self.sampler.take(n_draw)
-            counts = self.allocate(rows, step)
+            counts = self.allocate(rows)
             batch = self.shape_rewards(self.generate(rows, counts, step_seed(seed, gen_batches, "gen-batch")))
             gen_batches += 1
             self.rollouts_generated += len(batch)
