@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
@@ -245,7 +245,6 @@ def _clipped_surrogate(
 # Registered losses: fn(cfg, logp, log_ratio, adv, mask) -> TokenLoss
 #   logp (B, T) current log-probs (0 outside the mask), log_ratio (B, T) clamped logp - old_logp
 #   (0 outside the mask), adv (B, T) token advantages, mask (B, T) bool.
-LossFn = Callable[[LossConfig, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], TokenLoss]
 
 
 def _ratio_clip_loss(cfg: LossConfig, logp, log_ratio, adv, mask) -> TokenLoss:
