@@ -309,6 +309,31 @@ def start_run(tracking_cfg: Any = None, *, run_name: str | None = None, out_dir:
     return run
 
 
+def open_run(tracking_uri: str, run_id: str, experiment: str = "") -> TrackedRun:
+    """Reopen an existing run by id, its status left as it is (e.g. to attach artifacts to it)."""
+    return _reopen({"mlflow_run_id": run_id, "tracking_uri": tracking_uri, "experiment": experiment}, resume=False)
+
+
+def find_or_create_run(experiment: str, match_tags: Mapping[str, str], *, uri: str | None = None,
+                       run_name: str | None = None, tags: Mapping[str, str] | None = None) -> TrackedRun:
+    """The run of ``experiment`` whose tags include ``match_tags``, else a new FINISHED run tagged with
+    ``match_tags`` and ``tags``. Looking the run up first means a rerun never duplicates it. The
+    experiment opens on the runs table in ``mlflow ui`` (:data:`EXPERIMENT_KIND_TAG`)."""
+    uri = resolve_uri(uri)
+    client = _client(uri)
+    exp_id = get_or_create_experiment(experiment, client=client)
+    with_retry(client.set_experiment_tag, exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND_ML)
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in match_tags.items())
+    found = with_retry(client.search_runs, [exp_id], filter_string=query, max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+    else:
+        all_tags = {str(k): str(v) for k, v in {**match_tags, **(tags or {})}.items()}
+        run_id = with_retry(client.create_run, exp_id, run_name=run_name, tags=all_tags).info.run_id
+        with_retry(client.set_terminated, run_id, "FINISHED")
+    return TrackedRun(run_id, uri, experiment, exp_id, client)
+
+
 def attach_to_run(out_dir: str | os.PathLike) -> TrackedRun | None:
     """Reopen the run recorded in ``out_dir/run.json`` (e.g. to add evaluation metrics); None if absent.
 

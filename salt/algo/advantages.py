@@ -128,19 +128,3 @@ def compute_advantages(
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
     return fn(group_stats(rewards, group_ids), float(eps))
-
-
-def token_advantages(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Broadcast per-rollout advantages over the response mask.
-
-    Args:
-        advantages: (B,).
-        mask: (B, T) response mask (bool or 0/1).
-    Returns:
-        (B, T) with A_i on response tokens and 0 elsewhere.
-    """
-    if advantages.dim() != 1 or mask.dim() != 2 or mask.shape[0] != advantages.shape[0]:
-        raise ValueError(
-            f"expected advantages (B,) and mask (B, T), got {tuple(advantages.shape)} and {tuple(mask.shape)}"
-        )
-    return advantages[:, None] * mask.to(advantages.dtype)  # (B, T)

@@ -280,14 +280,6 @@ def published_objective(
     return float((var + (PUBLISHED_GAMMA[rule] if gamma is None else gamma) * np.log(q) * nn).sum())
 
 
-def allocation_objective(
-    p: torch.Tensor | Sequence[float], n: torch.Tensor | Sequence[int], rule: str = "rloo"
-) -> float:
-    """The objective sum_j cost(a_j, n_j) that :func:`allocate_rollouts` minimises."""
-    probs = torch.as_tensor(p, dtype=torch.float64).numpy()
-    return float(rollout_cost(probs * (1.0 - probs), np.asarray(n), rule).sum())
-
-
 # ---------------------------------------------------------------------------------------------
 # success predictor
 

@@ -137,7 +137,7 @@ def decompose(gram: torch.Tensor, advantages: torch.Tensor, cfg: SaltConfig | No
     evals, evecs = eig  # ascending
     B = A.numel()
     pr = participation_ratio(K)  # step 1
-    k = _choose_k(pr, B, cfg)  # step 2
+    k = choose_k(pr, B, cfg)  # step 2
     if cfg.subspace == "top":
         basis = evecs[:, B - k :]  # (B, k) eigenvectors of the k largest eigenvalues
     else:
@@ -205,12 +205,18 @@ def _clamp(x: float, lo: float, hi: float) -> float:
     return float(min(max(x, lo), hi))
 
 
-def _choose_k(pr: float, B: int, cfg: SaltConfig) -> int:
-    """k = clamp(round(rho PR), k_min, min(k_max, B - 1)); k_fixed is only capped to [1, B - 1]."""
+def choose_k(pr: float, B: int, cfg: SaltConfig) -> int:
+    """Step 2: k = clamp(round(rho PR), k_min, min(k_max, B - 1)); k_fixed is only capped at B - 1."""
     upper = max(1, min(cfg.k_max, B - 1))
     if cfg.k_fixed is not None:
         return int(min(cfg.k_fixed, B - 1))
     return int(min(max(round(cfg.rho * pr), cfg.k_min), upper))
+
+
+def subspace_size(gram: torch.Tensor, cfg: SaltConfig | None = None) -> int:
+    """The k :func:`decompose` uses for a non-degenerate ``gram`` (B, B), B >= 2 (steps 1-2)."""
+    K, _ = _prepare(gram, torch.zeros(gram.shape[0], dtype=torch.float64))  # float64, symmetrised
+    return choose_k(participation_ratio(K), K.shape[0], SaltConfig() if cfg is None else cfg)
 
 
 def _random_basis(B: int, k: int, seed: int) -> torch.Tensor:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
@@ -65,16 +65,6 @@ _FIELD_DEFAULTS: dict[str, Any] = {
     "kl_estimator": "k3",
     "entropy_coef": 0.0,
 }
-
-#: Advantage estimator each loss is published with (the trainer's default for ``algorithm.advantage``).
-RECOMMENDED_ADVANTAGE: dict[str, str] = {
-    "grpo": "grpo",
-    "dr_grpo": "dr_grpo",
-    "dapo": "grpo",
-    "cispo": "grpo",
-    "gspo": "grpo",
-}
-
 
 @dataclass
 class LossConfig:
@@ -255,24 +245,17 @@ def _clipped_surrogate(
 # Registered losses: fn(cfg, logp, log_ratio, adv, mask) -> TokenLoss
 #   logp (B, T) current log-probs (0 outside the mask), log_ratio (B, T) clamped logp - old_logp
 #   (0 outside the mask), adv (B, T) token advantages, mask (B, T) bool.
-LossFn = Callable[[LossConfig, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], TokenLoss]
 
 
-@POLICY_LOSSES.register("grpo")
-def _grpo_loss(cfg: LossConfig, logp, log_ratio, adv, mask) -> TokenLoss:
+def _ratio_clip_loss(cfg: LossConfig, logp, log_ratio, adv, mask) -> TokenLoss:
+    """PPO's clipped surrogate on the token ratio rho = exp(log_ratio)."""
     return _clipped_surrogate(torch.exp(log_ratio), adv, cfg.clip_eps_low, cfg.clip_eps_high, cfg.dual_clip_c)
 
 
-@POLICY_LOSSES.register("dr_grpo")
-def _dr_grpo_loss(cfg: LossConfig, logp, log_ratio, adv, mask) -> TokenLoss:
-    # Same per-token objective as grpo; Dr. GRPO differs in aggregation and advantages (config).
-    return _clipped_surrogate(torch.exp(log_ratio), adv, cfg.clip_eps_low, cfg.clip_eps_high, cfg.dual_clip_c)
-
-
-@POLICY_LOSSES.register("dapo")
-def _dapo_loss(cfg: LossConfig, logp, log_ratio, adv, mask) -> TokenLoss:
-    # Clip-higher (asymmetric eps) with token-mean aggregation: both are config defaults.
-    return _clipped_surrogate(torch.exp(log_ratio), adv, cfg.clip_eps_low, cfg.clip_eps_high, cfg.dual_clip_c)
+# One per-token objective, three names: Dr. GRPO differs from GRPO in aggregation and advantages,
+# DAPO in clip-higher (asymmetric eps) and token-mean aggregation, all of them config defaults.
+for _name in ("grpo", "dr_grpo", "dapo"):
+    POLICY_LOSSES.register(_name)(_ratio_clip_loss)
 
 
 @POLICY_LOSSES.register("cispo")

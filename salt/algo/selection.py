@@ -150,15 +150,14 @@ def select_per_group(
         raise ValueError(
             f"rewards and group_ids must both be (B,), got {tuple(rewards.shape)} and {tuple(group_ids.shape)}"
         )
-    fn = SELECTION_RULES.get(rule)
+    SELECTION_RULES.get(rule)  # an unknown rule fails even when no group needs selecting
     kept = []
     for gid in torch.unique(group_ids).tolist():  # ascending group id: deterministic RNG use
         idx = torch.nonzero(group_ids == gid, as_tuple=False).flatten()  # (n_g,)
         if idx.numel() <= m:
             kept.append(idx)
             continue
-        _check(rewards[idx], m)
-        kept.append(idx[fn(rewards[idx], m, generator, **_rule_kwargs(rule, ties)).to(idx.device)])
+        kept.append(idx[select_subset(rule, rewards[idx], m, generator, ties).to(idx.device)])
     if not kept:
         return torch.zeros(0, dtype=torch.long, device=rewards.device)
     return torch.sort(torch.cat(kept)).values

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from salt import metric_names as mn
 from salt.utils import append_jsonl, atomic_write_text, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -69,16 +70,16 @@ def summarise(problem_results: Sequence[Mapping[str, Any]], ks: Sequence[int]) -
         bad = next(r.get("id") for r in problem_results if not r["correct"])
         raise ValueError(f"summarise: problem {bad!r} has no samples")
     n_min = min(ns)
-    out: dict[str, Any] = {"n_problems": len(problem_results), "n": n_min if n_min == max(ns) else ns}
+    out: dict[str, Any] = {mn.N_PROBLEMS: len(problem_results), mn.N_SAMPLES: n_min if n_min == max(ns) else ns}
     ks_used = sorted({int(k) for k in ks if 1 <= int(k) <= n_min})
-    for name in [f"pass@{k}" for k in ks_used] + ["avg@n"]:
+    for name in [mn.pass_at(k) for k in ks_used] + [mn.AVG_AT_N]:
         out[name] = sum(problem_score(r["correct"], name) for r in problem_results) / len(problem_results)
-    out["maj@n"] = sum(maj_at_k(r["extracted"], [bool(c) for c in r["correct"]])
+    out[mn.MAJ_AT_N] = sum(maj_at_k(r["extracted"], [bool(c) for c in r["correct"]])
                        for r in problem_results) / len(problem_results)
     lengths = [int(x) for r in problem_results for x in r["lengths"]]
     reasons = [x for r in problem_results for x in r["finish_reasons"]]
-    out["mean_response_length"] = sum(lengths) / len(lengths) if lengths else 0.0
-    out["truncation_rate"] = sum(1 for x in reasons if x == "length") / len(reasons) if reasons else 0.0
+    out[mn.MEAN_RESPONSE_LENGTH] = sum(lengths) / len(lengths) if lengths else 0.0
+    out[mn.TRUNCATION_RATE] = sum(1 for x in reasons if x == "length") / len(reasons) if reasons else 0.0
     out["ks_skipped"] = sorted({int(k) for k in ks} - set(ks_used))
     return out
 
@@ -89,7 +90,7 @@ def problem_score(correct: Sequence[bool], metric: str) -> float:
     The results table pairs methods on these per-problem scores (``problems.jsonl``)."""
     from salt.eval.metrics import avg_at_k, pass_at_k
 
-    if metric == "avg@n":
+    if metric == mn.AVG_AT_N:
         return avg_at_k([float(bool(c)) for c in correct])
     kind, _, k = metric.partition("@")
     if kind != "pass" or not k.isdigit():
@@ -276,7 +277,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if run is not None:
         from salt import tracking
 
-        metrics = {f"eval/{args.benchmark}/{k}": v for k, v in summary.items()
+        metrics = {mn.eval_benchmark(args.benchmark, k): v for k, v in summary.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
         tracking.log_metrics(run, metrics, step=args.step)
         tracking.log_params(run, {f"eval.{args.benchmark}": {

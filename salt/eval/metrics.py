@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numbers
 from collections import Counter
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 
 def _check_counts(n: int, c: int, k: int) -> None:
@@ -44,11 +44,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     for i in range(n - c + 1, n + 1):
         prod *= 1.0 - k / i
     return 1.0 - prod
-
-
-def pass_at_k_curve(n: int, c: int, ks: Iterable[int]) -> dict[int, float]:
-    """pass@k for every k in ``ks`` (each 1 <= k <= n), as {k: value} in the order given."""
-    return {int(k): pass_at_k(n, c, int(k)) for k in ks}
 
 
 def avg_at_k(correct: Sequence[float]) -> float:

@@ -28,10 +28,10 @@ import argparse
 import csv
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from salt import metric_names as mn
 from salt.eval.evaluate import PROBLEMS_FILE, load_problem_scores
 from salt.figures.claims import claims_markdown, evaluate_claims
 from salt.figures.stats import mean_ci, paired_difference, t_quantile  # noqa: F401 (re-exported)
@@ -39,13 +39,6 @@ from salt.utils import atomic_write_text, iter_jsonl
 
 ID_COLS = ["study", "kind", "model", "task", "method", "label", "G", "prompts_per_step", "seed"]
 
-# Metric names the trainer logs (salt/train/trainer.py, Trainer.step)
-ACCURACY = "train/accuracy"  # fraction of the trained-on rollouts that are correct
-ROLLOUTS_GENERATED = "train/rollouts_generated"  # cumulative rollouts sampled (PODS / DAPO: more than trained on)
-ROLLOUTS_TRAINED = "train/rollouts"  # cumulative rollouts that entered the loss
-STEP_TIME = "time/step"  # seconds of one step
-EVAL_METRIC = re.compile(r"^(pass|avg|maj)@(\d+|n)$|^accuracy$")
-PAIRED_METRIC = re.compile(r"^pass@\d+$|^avg@n$")  # the per-problem scores of problems.jsonl (salt.eval.evaluate)
 FINAL_WINDOW = 3  # "final" training reward = mean over the last FINAL_WINDOW logged steps
 
 
@@ -57,7 +50,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     by_step: dict[int, dict[str, Any]] = {}
     order: list[int] = []
     for i, row in enumerate(iter_jsonl(path)):
-        step = int(row.get("step", i))
+        step = int(row.get(mn.STEP, i))
         if step not in by_step:
             order.append(step)
         by_step[step] = row
@@ -119,20 +112,21 @@ def summarize_run(run: Mapping[str, Any], steps: list[dict[str, Any]]) -> dict[s
     out: dict[str, Any] = {c: run[c] for c in ID_COLS}
     out["steps"] = len(steps)
     keys = set().union(*(s.keys() for s in steps)) if steps else set()
-    tail = [float(s[ACCURACY]) for s in steps if _numeric(s.get(ACCURACY)) is not None][-FINAL_WINDOW:]
+    final = mn.FINAL_WINDOW_METRIC
+    tail = [float(s[final]) for s in steps if _numeric(s.get(final)) is not None][-FINAL_WINDOW:]
     out["final_reward"] = sum(tail) / len(tail) if tail else float("nan")
-    out["rollouts_used"] = _last(steps, ROLLOUTS_GENERATED)  # cumulative: the last step's value
-    out["rollouts_trained"] = _last(steps, ROLLOUTS_TRAINED)
+    out["rollouts_used"] = _last(steps, mn.TRAIN_ROLLOUTS_GENERATED)  # cumulative: the last step's value
+    out["rollouts_trained"] = _last(steps, mn.TRAIN_ROLLOUTS)
     seconds = _benchmark_seconds(run.get("benchmark"))
-    if seconds is None and STEP_TIME in keys:
-        seconds = sum(float(s[STEP_TIME]) for s in steps if _numeric(s.get(STEP_TIME)) is not None)
+    if seconds is None and mn.TIME_STEP in keys:
+        seconds = sum(float(s[mn.TIME_STEP]) for s in steps if _numeric(s.get(mn.TIME_STEP)) is not None)
     out["wall_time_s"] = seconds if seconds is not None else float("nan")
     for key in sorted(keys):
-        if key == "step" or not key.startswith(("salt/", "geom/", "train/", "reward/", "data/", "time/", "eval/")):
+        if key == mn.STEP or not key.startswith(mn.STEP_PREFIXES):
             continue
         vals = [float(s[key]) for s in steps if _numeric(s.get(key)) is not None]
         if vals:
-            out[f"mean:{key}"] = sum(vals) / len(vals)
+            out[mn.run_mean(key)] = sum(vals) / len(vals)
     out["gram_file"] = _gram_dump(Path(run["run_dir"])) or ""
     out["run_dir"] = run["run_dir"]
     return out
@@ -311,8 +305,8 @@ def main(manifest: Mapping[str, Any] | str | Path, out_dir: str | Path) -> dict[
         steps = read_metrics(Path(run["run_dir"]) / "metrics.jsonl")
         for i, s in enumerate(steps):
             row = dict(ids)
-            row["step"] = int(s.get("step", i))
-            row.update({k: float(v) for k, v in s.items() if k != "step" and _numeric(v) is not None})
+            row["step"] = int(s.get(mn.STEP, i))
+            row.update({k: float(v) for k, v in s.items() if k != mn.STEP and _numeric(v) is not None})
             step_rows.append(row)
         run_rows.append(summarize_run(run, steps))
         for bench, path in run.get("evals", {}).items():
@@ -320,12 +314,12 @@ def main(manifest: Mapping[str, Any] | str | Path, out_dir: str | Path) -> dict[
                 raise FileNotFoundError(f"{path} is missing: evaluation of {run['run_dir']} on {bench} did not finish")
             names = []
             for metric, value in _flatten_numeric(json.loads(Path(path).read_text())).items():
-                if EVAL_METRIC.match(metric):
+                if mn.BENCHMARK_METRIC.match(metric):
                     eval_rows.append({**ids, "benchmark": bench, "metric": metric, "value": value})
                     names.append(metric)
             key = (run["study"], run["model"], run["task"], run["method"], run["G"], bench)
             problems.setdefault(key, {})[run["seed"]] = load_problem_scores(
-                Path(path).parent / PROBLEMS_FILE, [m for m in names if PAIRED_METRIC.match(m)])
+                Path(path).parent / PROBLEMS_FILE, [m for m in names if mn.PAIRED_METRIC.match(m)])
     baseline = (manifest.get("figures") or {}).get("baseline", "grpo")
     table = results_table(run_rows, eval_rows, problems=problems, baseline=baseline)
     claims = evaluate_claims(manifest, run_rows, step_rows, problems)

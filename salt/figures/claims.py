@@ -33,6 +33,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from salt import metric_names as mn
 from salt.figures import stats
 from salt.figures.stats import FAILS, HOLDS, INCONCLUSIVE
 
@@ -43,7 +44,7 @@ RULE = (
     "side, and is inconclusive when the interval contains the bound or there are fewer than 2 seeds. A claim "
     "holds when every part holds, does not hold when any part does not hold, and is inconclusive otherwise.")
 
-N_EFF, PR, N_EFF_FINAL, UPDATE_NORM = "salt/n_eff", "salt/participation_ratio", "salt/n_eff_final", "train/update_norm"
+N_EFF, PR, N_EFF_FINAL, UPDATE_NORM = mn.SALT_N_EFF, mn.SALT_PARTICIPATION_RATIO, mn.SALT_N_EFF_FINAL, mn.TRAIN_UPDATE_NORM
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,9 @@ class ClaimsOptions:
     pods: str = "pods"
     fgrpo: str = "fgrpo"
     vip: str = "vip"
-    accuracy: str = "pass@1"
+    accuracy: str = mn.pass_at(1)
     margin: float = 0.02
-    curve_metric: str = "train/accuracy_generated"
+    curve_metric: str = mn.TRAIN_ACCURACY_GENERATED
 
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, Any]) -> "ClaimsOptions":
@@ -105,7 +106,7 @@ class _Study:
         return sorted((g, s) for m, g, s in self.runs if m == method)
 
     def value(self, method: str, G: int, seed: int, key: str) -> float:
-        v = self.runs[(method, G, seed)].get(f"mean:{key}")
+        v = self.runs[(method, G, seed)].get(mn.run_mean(key))
         return float("nan") if v is None else float(v)
 
     def scores(self, method: str, G: int) -> dict[int, dict[str, dict[str, float]]]:

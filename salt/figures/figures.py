@@ -4,7 +4,7 @@ Every figure is drawn from what the runs logged (``results/tables/*.csv``, the G
 batch, ``proxy.json``); nothing is recomputed. A figure whose data is absent from the config (e.g.
 no ablation study) is still written, with a note saying which study or file would fill it.
 
-``salt figures --tables DIR --out DIR [--no-mlflow]`` is the command line.
+``salt figures --tables DIR --out DIR`` is the command line.
 """
 
 from __future__ import annotations
@@ -14,17 +14,20 @@ import json
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from salt import metric_names as mn
 from salt.figures.aggregate import read_csv
-from salt.figures.claims import N_EFF, N_EFF_FINAL, PR, UPDATE_NORM, ClaimsOptions
+from salt.figures.claims import ClaimsOptions
 from salt.figures.stats import moving_average
+
+if TYPE_CHECKING:
+    from salt.algo.decomposition import SaltConfig
 
 FIGURES = ("fig1_gram", "fig2_dynamics", "fig3_ablations", "fig4_residual", "fig5_proxy",
            "fig6_alpha_channels", "fig7_comparison")
-CLIP_FRAC = "train/clip_frac"  # the loss's clip fraction as the trainer logs it (salt/train/trainer.py)
 
 
 class Tables:
@@ -124,42 +127,46 @@ def load_gram(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def cosine_gram(K: np.ndarray) -> np.ndarray:
-    """D^-1/2 K D^-1/2 with zero rows left at zero. K (B, B) -> (B, B)."""
-    d = np.sqrt(np.clip(np.diag(K), 0.0, None))
-    inv = np.where(d > 0, 1.0 / np.where(d > 0, d, 1.0), 0.0)
-    return K * inv[:, None] * inv[None, :]
+    """The algorithm's cosine Gram (:func:`salt.algo.geometry.cosine_gram`) of a numpy K (B, B) -> (B, B)."""
+    import torch
+
+    from salt.algo import geometry
+
+    return geometry.cosine_gram(torch.from_numpy(np.asarray(K, dtype=np.float64))).numpy()
 
 
-SALT_K_KEYS = ("rho", "k_min", "k_max", "k_fixed")
+def salt_config(run_dir: str | Path) -> SaltConfig:
+    """The run's SALT settings (``algorithm.salt`` of its ``config.resolved.yaml``) as the algorithm's
+    :class:`~salt.algo.decomposition.SaltConfig`; its defaults where the file is absent."""
+    from salt.algo.decomposition import SaltConfig
 
-
-def salt_k_options(run_dir: str | Path) -> dict[str, Any]:
-    """The run's ``algorithm.salt`` options that decide k (``config.resolved.yaml``); {} = defaults."""
     path = Path(run_dir) / "config.resolved.yaml"
     if not path.exists():
-        return {}
+        return SaltConfig()
+    import dataclasses
+
     import yaml
 
     salt = ((yaml.safe_load(path.read_text()) or {}).get("algorithm") or {}).get("salt") or {}
-    return {k: salt[k] for k in SALT_K_KEYS if k in salt}
+    names = {f.name for f in dataclasses.fields(SaltConfig)}
+    return SaltConfig(**{k: v for k, v in salt.items() if k in names})
 
 
-def subspace_k(K: np.ndarray, rho: float = 1.0, k_min: int = 1, k_max: int = 64, k_fixed: int | None = None) -> int:
-    """SALT's subspace size for Gram ``K`` (B, B), methods.md 3.4 step 2:
-    k = clamp(round(rho PR), k_min, min(k_max, B - 1)); ``k_fixed`` is only capped at B - 1."""
-    B = K.shape[0]
-    if k_fixed is not None:
-        return int(min(k_fixed, B - 1))
-    pr = float(np.trace(K) ** 2 / (np.sum(K * K) + 1e-10))
-    return int(min(max(round(rho * pr), k_min), max(1, min(k_max, B - 1))))
+def subspace_k(K: np.ndarray, cfg: SaltConfig | None = None) -> int:
+    """SALT's subspace size k for Gram ``K`` (B, B), B >= 2: :func:`salt.algo.decomposition.subspace_size`."""
+    import torch
+
+    from salt.algo.decomposition import subspace_size
+
+    return subspace_size(torch.from_numpy(np.asarray(K, dtype=np.float64)), cfg)
 
 
-def gram_batch(path: str | Path, salt_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def gram_batch(path: str | Path, salt: SaltConfig | None = None) -> dict[str, Any]:
     """One Gram dump, rollouts ordered by prompt group, ready to draw.
 
     Returns ``order`` (B,) (stable sort of ``group_ids``; identity without them), ``gram`` (B, B)
     and ``cosine`` (B, B) in that order, ``eigenvalues`` (B,) of K descending, ``k`` (the subspace
-    size SALT picks for this K with ``salt_options``), ``boundaries`` (first row of each group after
+    size SALT picks for this K with ``salt``, default settings when None), ``boundaries`` (first row of each group after
     the first), and ``advantages`` / ``advantages_final`` / ``rewards`` (B,) in that order or None.
     """
     data = load_gram(path)
@@ -172,7 +179,7 @@ def gram_batch(path: str | Path, salt_options: Mapping[str, Any] | None = None) 
     Ko = K[np.ix_(order, order)]  # (B, B) rows and columns by group
     out: dict[str, Any] = {"order": order, "gram": Ko, "cosine": cosine_gram(Ko),
                            "eigenvalues": np.sort(np.linalg.eigvalsh((K + K.T) / 2))[::-1],
-                           "k": subspace_k(K, **dict(salt_options or {})) if B >= 2 else 0}
+                           "k": subspace_k(K, salt) if B >= 2 else 0}
     g = np.asarray(groups)[order] if groups is not None else None
     out["boundaries"] = [] if g is None else [i for i in range(1, B) if g[i] != g[i - 1]]
     for key in ("advantages", "advantages_final", "rewards"):
@@ -210,7 +217,7 @@ def fig1_gram(t: Tables, fig) -> None:
             _note(ax, f"{t.label(method)}:\nno Gram dump (gram_step_*.npz) with a non-zero advantage\n"
                       "in its run dirs; list more steps in run.train.dump_gram_steps")
             continue
-        b = gram_batch(run["gram_file"], salt_k_options(run["run_dir"]))
+        b = gram_batch(run["gram_file"], salt_config(run["run_dir"]))
         batches[method] = b
         step = Path(run["gram_file"]).stem.rsplit("_", 1)[-1].lstrip("0") or "0"
         im = ax.imshow(b["cosine"], cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
@@ -357,8 +364,8 @@ def fig2_dynamics(t: Tables, fig) -> None:
                      f"{t.label(t.options.get('baseline', 'grpo'))}", fontsize=9)
     else:
         _note(ax, f"no held-out {metric} of the main study (studies.<main>.benchmarks)")
-    for ax, key_of, name in ((axes[2], lambda m: PR, "participation ratio PR of the Gram"),
-                             (axes[3], lambda m: N_EFF_FINAL if _salt_on(m, opts) else N_EFF,
+    for ax, key_of, name in ((axes[2], lambda m: mn.SALT_PARTICIPATION_RATIO, "participation ratio PR of the Gram"),
+                             (axes[3], lambda m: mn.SALT_N_EFF_FINAL if _salt_on(m, opts) else mn.SALT_N_EFF,
                               "signed n_eff of the coefficients the loss used")):
         if pairs and _draw_curves(ax, t, study, G, pairs, key_of, colors):
             ax.set_xlabel("step")
@@ -386,7 +393,7 @@ def fig3_ablations(t: Tables, fig) -> None:
         ax = axes[0]
         for m in methods:
             rs = [r for r in rows if r["method"] == m]
-            ax.scatter(_col(rs, "mean:salt/participation_ratio"), _col(rs, "mean:salt/n_eff"), color=colors[m], label=t.label(m), s=30)
+            ax.scatter(_col(rs, mn.run_mean(mn.SALT_PARTICIPATION_RATIO)), _col(rs, mn.run_mean(mn.SALT_N_EFF)), color=colors[m], label=t.label(m), s=30)
         ax.set_xlabel("participation ratio PR (mean over steps)")
         ax.set_ylabel("n_eff (mean over steps)")
         ax.set_title("PR vs n_eff per variant", fontsize=9)
@@ -451,12 +458,12 @@ def fig4_residual(t: Tables, fig) -> None:
         for ax in axes:
             _note(ax, "no G sweep (study of kind 'main' or 'scaling_prompts')")
         return
-    methods = [m for m in t.methods_of(study) if any(r.get("mean:salt/shared_energy_ratio") is not None for r in rows if r["method"] == m)]
+    methods = [m for m in t.methods_of(study) if any(r.get(mn.run_mean(mn.SALT_SHARED_ENERGY_RATIO)) is not None for r in rows if r["method"] == m)]
     colors = _colors(methods)
     ax = axes[0]
     for m in methods:
         rs = [r for r in rows if r["method"] == m]
-        for key, style in (("mean:salt/shared_energy_ratio", "-"), ("mean:salt/residual_energy_ratio", ":")):
+        for key, style in ((mn.run_mean(mn.SALT_SHARED_ENERGY_RATIO), "-"), (mn.run_mean(mn.SALT_RESIDUAL_ENERGY_RATIO), ":")):
             g, mean, half = _by_g(rs, key)
             if len(g):
                 ax.errorbar(g, mean, yerr=half, fmt=style, marker="o", ms=3, capsize=2, color=colors[m],
@@ -468,11 +475,11 @@ def fig4_residual(t: Tables, fig) -> None:
     if methods:
         ax.legend(fontsize=6)
     ax = axes[1]
-    norm_key = f"mean:{UPDATE_NORM}" if any(r.get(f"mean:{UPDATE_NORM}") is not None for r in rows) else None
+    norm_key = mn.run_mean(mn.TRAIN_UPDATE_NORM) if any(r.get(mn.run_mean(mn.TRAIN_UPDATE_NORM)) is not None for r in rows) else None
     drawn = False
     for m in methods:
         rs = [r for r in rows if r["method"] == m]
-        g, bound, _ = _by_g(rs, "mean:salt/residual_bound")
+        g, bound, _ = _by_g(rs, mn.run_mean(mn.SALT_RESIDUAL_BOUND))
         if len(g):
             ax.plot(g, bound, "o-", color=colors[m], label=f"{t.label(m)} residual bound")
             drawn = True
@@ -540,11 +547,11 @@ def fig6_alpha_channels(t: Tables, fig) -> None:
         return
     methods = t.methods_of(study)
     colors = _colors(methods)
-    clip_key = f"mean:{CLIP_FRAC}" if any(r.get(f"mean:{CLIP_FRAC}") is not None for r in rows) else None
+    clip_key = mn.run_mean(mn.TRAIN_CLIP_FRAC) if any(r.get(mn.run_mean(mn.TRAIN_CLIP_FRAC)) is not None for r in rows) else None
     ax = axes[0]
     for m in methods:
         rs = [r for r in rows if r["method"] == m]
-        g, mean, half = _by_g(rs, "mean:salt/alpha")
+        g, mean, half = _by_g(rs, mn.run_mean(mn.SALT_ALPHA))
         if len(g) and "salt" in m:
             ax.errorbar(g, mean, yerr=half, marker="o", capsize=2, color=colors[m], label=f"{t.label(m)} alpha")
         if clip_key:
@@ -558,7 +565,7 @@ def fig6_alpha_channels(t: Tables, fig) -> None:
     for m in methods:
         if "salt" not in m:
             continue
-        g, mean, half = _by_g([r for r in rows if r["method"] == m], "mean:salt/main_contrib_ratio")
+        g, mean, half = _by_g([r for r in rows if r["method"] == m], mn.run_mean(mn.SALT_MAIN_CONTRIB_RATIO))
         if len(g):
             ax.errorbar(g, mean, yerr=half, marker="o", capsize=2, color=colors[m], label=t.label(m))
     ax.set_xscale("log", base=2)
@@ -647,8 +654,8 @@ SIZES = {"fig1_gram": (13, 7.5), "fig2_dynamics": (12, 8), "fig3_ablations": (18
          "fig5_proxy": (11, 4.2), "fig6_alpha_channels": (14, 4.2), "fig7_comparison": (14, 4.2)}
 
 
-def main(tables_dir: str | Path, out_dir: str | Path, log_to_mlflow: bool = False) -> list[Path]:
-    """Draw every figure as PNG and PDF into ``out_dir``; optionally log them to the parent runs."""
+def main(tables_dir: str | Path, out_dir: str | Path) -> list[Path]:
+    """Draw every figure as PNG and PDF into ``out_dir`` (the workflow's report step logs them to MLflow)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -666,10 +673,6 @@ def main(tables_dir: str | Path, out_dir: str | Path, log_to_mlflow: bool = Fals
             fig.savefig(path, dpi=120 if ext == "png" else None)
             written.append(path)
         plt.close(fig)
-    if log_to_mlflow and t.manifest.get("tracking", {}).get("enabled", True):
-        from salt.figures.workflow_io import log_artifacts_to_parents
-
-        log_artifacts_to_parents(list(t.manifest.get("parents", {}).values()), written)
     return written
 
 
@@ -697,7 +700,6 @@ def cli_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="salt figures", description=__doc__.split("\n\n")[0])
     parser.add_argument("--tables", required=True, help="folder written by `salt aggregate`")
     parser.add_argument("--out", help="output folder of the figures")
-    parser.add_argument("--mlflow", action="store_true", help="log the figures to the studies' MLflow parent runs")
     parser.add_argument("--readme-figure", metavar="PNG",
                         help=f"also (or only, without --out) draw {README_FIGURE} to this file, e.g. "
                              "workflow/report/example_fig2_dynamics.png after `make run`")
@@ -705,7 +707,7 @@ def cli_main(argv: list[str]) -> int:
     if not args.out and not args.readme_figure:
         parser.error("give --out DIR, --readme-figure PNG or both")
     if args.out:
-        for path in main(args.tables, args.out, log_to_mlflow=args.mlflow):
+        for path in main(args.tables, args.out):
             print(path)
     if args.readme_figure:
         print(draw_one(args.tables, README_FIGURE, args.readme_figure, dpi=100))

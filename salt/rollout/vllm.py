@@ -25,7 +25,7 @@ the nucleus).
 NOTE: the engine path (``VLLMBackend`` methods that touch ``vllm.LLM``) needs a CUDA GPU and is
 NOT exercised by the CPU test-suite. Its CPU-side logic — :func:`sampling_params_kwargs`,
 :func:`engine_kwargs`, :func:`convert_outputs`, :func:`weights_to_sync`, :func:`batch_weights`,
-the availability checks — is unit-tested in ``tests/train/test_rollout.py`` with plain Python
+the availability checks — is unit-tested in ``tests/rollout/test_rollout.py`` with plain Python
 objects shaped like vLLM's ``RequestOutput`` / ``CompletionOutput`` / ``Logprob``.
 """
 

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from salt.algo.advantages import ADVANTAGE_ESTIMATORS, compute_advantages, group_stats, token_advantages
+from salt.algo.advantages import ADVANTAGE_ESTIMATORS, compute_advantages, group_stats
 
 
 def loop_advantages(rewards, group_ids, estimator, eps):
@@ -103,11 +103,3 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="NaN or inf"):
         compute_advantages(torch.tensor([0.0, float("nan")]), torch.zeros(2, dtype=torch.long))
 
-
-def test_token_advantages_broadcasts_over_mask():
-    adv = torch.tensor([2.0, -1.0])
-    mask = torch.tensor([[1, 1, 0], [0, 1, 1]], dtype=torch.bool)
-    out = token_advantages(adv, mask)
-    assert torch.equal(out, torch.tensor([[2.0, 2.0, 0.0], [0.0, -1.0, -1.0]]))
-    with pytest.raises(ValueError, match="expected advantages"):
-        token_advantages(adv, mask[:1])

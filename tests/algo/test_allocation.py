@@ -13,12 +13,17 @@ from salt.algo import allocation
 from salt.algo.allocation import (
     SuccessPredictor,
     allocate_rollouts,
-    allocation_objective,
     embed_prompts,
     hash_embed,
     rollout_cost,
     uniform_allocation,
 )
+
+
+def allocation_objective(p, n, rule):
+    """The objective sum_j cost(a_j, n_j) that allocate_rollouts minimises."""
+    probs = torch.as_tensor(p, dtype=torch.float64).numpy()
+    return float(rollout_cost(probs * (1.0 - probs), np.asarray(n), rule).sum())
 
 
 def brute_force(p, budget, lower, upper, rule):

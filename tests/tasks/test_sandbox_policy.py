@@ -18,7 +18,7 @@ import yaml
 from salt.tasks import sandbox
 from salt.tasks.sandbox import SandboxIsolationError, run_tests
 from tests.tasks.conftest import check_clean
-from tests.tasks.test_evaluate import trained_dir  # noqa: F401 (a fixture: tiny model + MLflow run)
+from tests.eval.test_evaluate import trained_dir  # noqa: F401 (a fixture: tiny model + MLflow run)
 
 REPO = Path(__file__).resolve().parents[2]
 FIX = REPO / "tests" / "fixtures" / "mbpp_sanitized_sample.jsonl"

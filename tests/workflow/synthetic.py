@@ -1,6 +1,6 @@
 """Synthetic run folders shaped like the trainer's and evaluator's outputs (for aggregate/figures/report).
 
-Metric names are the trainer's (salt/train/trainer.py); evaluations write ``problems.jsonl`` (one
+Metric names come from :mod:`salt.metric_names` (the names the trainer logs); evaluations write ``problems.jsonl`` (one
 line per problem id with the n sample correctnesses) and the ``metrics.json`` that
 ``salt.eval.evaluate.summarise`` computes from it, as ``salt evaluate`` does.
 
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from salt import metric_names as mn
 from salt.eval.evaluate import PROBLEMS_FILE, summarise
 
 STUDIES = {
@@ -71,22 +72,22 @@ def step_line(step: int, method: str, G: int, P: int, seed: int, rng: np.random.
     """One metrics.jsonl line with the trainer's metric names."""
     acc = 0.1 * step + 0.05 * seed + (0.1 if "salt" in method else 0.0)
     line = {
-        "step": step,
-        "train/accuracy": acc,
-        "train/accuracy_generated": acc,
-        "salt/participation_ratio": 2.0 + G * 0.5 + rng.random(),
-        "salt/n_eff": 0.5 + rng.random(),
-        "salt/n_eff_final": 0.8 + rng.random(),
-        "salt/alpha": 0.4 + 0.01 * G,
-        "salt/shared_energy_ratio": 0.7,
-        "salt/residual_energy_ratio": 0.3,
-        "salt/residual_bound": 0.01 * G,
-        "salt/main_contrib_ratio": 0.8,
-        "train/update_norm": 0.5,
-        "train/clip_frac": 0.05,
-        "train/rollouts_generated": float(G * P * (step + 1)),
-        "train/rollouts": float(G * P * (step + 1)),
-        "time/step": 0.5,
+        mn.STEP: step,
+        mn.TRAIN_ACCURACY: acc,
+        mn.TRAIN_ACCURACY_GENERATED: acc,
+        mn.SALT_PARTICIPATION_RATIO: 2.0 + G * 0.5 + rng.random(),
+        mn.SALT_N_EFF: 0.5 + rng.random(),
+        mn.SALT_N_EFF_FINAL: 0.8 + rng.random(),
+        mn.SALT_ALPHA: 0.4 + 0.01 * G,
+        mn.SALT_SHARED_ENERGY_RATIO: 0.7,
+        mn.SALT_RESIDUAL_ENERGY_RATIO: 0.3,
+        mn.SALT_RESIDUAL_BOUND: 0.01 * G,
+        mn.SALT_MAIN_CONTRIB_RATIO: 0.8,
+        mn.TRAIN_UPDATE_NORM: 0.5,
+        mn.TRAIN_CLIP_FRAC: 0.05,
+        mn.TRAIN_ROLLOUTS_GENERATED: float(G * P * (step + 1)),
+        mn.TRAIN_ROLLOUTS: float(G * P * (step + 1)),
+        mn.TIME_STEP: 0.5,
         "note": "text is ignored",
     }
     line.update(over)
@@ -108,7 +109,7 @@ def make_runs(root: Path, steps: int = 6, duplicate_step: bool = True, gram: boo
                     run_dir.mkdir(parents=True)
                     lines = [step_line(step, method, G, P, seed, rng) for step in range(steps)]
                     if duplicate_step:  # a resumed run logs its last step again: the later row must win
-                        lines.append({**lines[-1], "train/accuracy": 0.99})
+                        lines.append({**lines[-1], mn.TRAIN_ACCURACY: 0.99})
                     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
                     if gram and method in ("grpo", "grpo_salt") and study == "main" and seed == 0:
                         for step_no in (1, steps):  # Figure 1 draws the latest dump with non-zero advantages

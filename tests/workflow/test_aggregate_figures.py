@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from salt.algo.decomposition import SaltConfig
 from salt.figures import aggregate, figures, report
 from tests.workflow.synthetic import STUDIES, make_runs, write_gram_dump
 
@@ -206,22 +207,35 @@ def test_study_tables(tmp_path):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("opts", [{}, {"rho": 0.5, "k_max": 3}, {"k_fixed": 5}, {"k_min": 4}])
-def test_subspace_k_matches_decompose(seed, opts):
+def test_figure_gram_numbers_are_the_algorithms(tmp_path, seed, opts):
+    """Figure 1's k and cosine Gram are the algorithm's: the run's SaltConfig read back from its
+    config.resolved.yaml, decompose's k, geometry's cosine Gram."""
     import torch
+    import yaml
 
     from salt.algo.decomposition import SaltConfig, decompose
+    from salt.algo.geometry import cosine_gram
 
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(8, 3 + seed))
     K = X @ X.T / 8
     A = rng.normal(size=8)
-    assert figures.subspace_k(K, **opts) == decompose(torch.from_numpy(K), torch.from_numpy(A), SaltConfig(**opts)).k
+    run = {"algorithm": {"salt": {"enabled": True, "scope": "global", "gram": "auto", **opts}}}
+    (tmp_path / "config.resolved.yaml").write_text(yaml.safe_dump(run))
+    cfg = figures.salt_config(tmp_path)
+    assert cfg == SaltConfig(**opts)
+    assert figures.subspace_k(K, cfg) == decompose(torch.from_numpy(K), torch.from_numpy(A), SaltConfig(**opts)).k
+    np.savez(tmp_path / "gram_step_0001.npz", gram=K, advantages=A)
+    b = figures.gram_batch(tmp_path / "gram_step_0001.npz", cfg)
+    assert b["k"] == decompose(torch.from_numpy(K), torch.from_numpy(A), SaltConfig(**opts)).k
+    assert np.array_equal(b["cosine"], cosine_gram(torch.from_numpy(K)).numpy())
+    assert figures.salt_config(tmp_path / "absent") == SaltConfig()
 
 
 def test_gram_batch_orders_by_group(tmp_path):
     rng = np.random.default_rng(3)
     raw = write_gram_dump(tmp_path / "gram_step_0002.npz", G=4, P=3, rng=rng, salt=True)
-    b = figures.gram_batch(tmp_path / "gram_step_0002.npz", {"rho": 1.0})
+    b = figures.gram_batch(tmp_path / "gram_step_0002.npz", SaltConfig(rho=1.0))
     g = raw["group_ids"][b["order"]]
     assert list(g) == sorted(g) and b["boundaries"] == [4, 8]
     for i in range(12):  # brute force: entry (i, j) of the ordered Gram is the raw entry of the same rollouts

@@ -1,12 +1,25 @@
-"""Run-config files and the study's MLflow parent run (idempotent: never duplicated)."""
+"""The workflow's glue (workflow/scripts/workflow_io.py): run-config files and the study's MLflow
+parent run (idempotent: never duplicated)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import yaml
 
-from salt.figures import workflow_io
+
+def _script_module(name: str):
+    """A module of workflow/scripts (standalone scripts beside the rules, not a package)."""
+    path = Path(__file__).resolve().parents[2] / "workflow" / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+workflow_io = _script_module("workflow_io")
 
 
 def test_write_run_config_fills_parent_id(tmp_path):

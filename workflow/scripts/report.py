@@ -1,5 +1,5 @@
 """Build results/report.html (salt.figures.report.main), then attach each study's table, the figures,
-the claims and the report to the study's MLflow parent run (salt.figures.workflow_io.log_study_artifacts)."""
+the claims and the report to the study's MLflow parent run (workflow_io.log_study_artifacts, beside this script)."""
 
 import json
 import sys
@@ -8,9 +8,10 @@ from pathlib import Path
 sys.stderr = open(snakemake.log[0], "w")  # noqa: F821
 REPO = Path(snakemake.scriptdir).parents[1]  # noqa: F821
 sys.path.insert(0, str(REPO))  # the repository (salt may not be installed)
+sys.path.append(str(snakemake.scriptdir))  # workflow_io.py, the workflow's glue  # noqa: F821
 
 from salt.figures.report import main  # noqa: E402
-from salt.figures.workflow_io import log_study_artifacts  # noqa: E402
+from workflow_io import log_study_artifacts  # noqa: E402
 
 main(  # noqa: F821
     figures=list(snakemake.input.png),  # noqa: F821

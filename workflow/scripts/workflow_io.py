@@ -1,7 +1,9 @@
-"""Small I/O steps of the workflow: run-config files and the MLflow parent run of each study.
+"""The workflow's glue (imported by the scripts beside it): run-config files, the MLflow parent run
+of each study and the artifacts attached to it.
 
-MLflow goes through :mod:`salt.tracking` (SQLite URI made absolute, retries on a locked
-database), so parallel Snakemake jobs and two workflows sharing one database lose nothing.
+MLflow goes through the public functions of :mod:`salt.tracking` (SQLite URI made absolute,
+retries on a locked database), so parallel Snakemake jobs and two workflows sharing one database
+lose nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from typing import Any, Mapping
 
 import yaml
 
-from salt.tracking import EXPERIMENT_KIND_ML, EXPERIMENT_KIND_TAG
 from salt.utils import atomic_write_text
 
 PARENT_TAG = "salt.parent"
@@ -39,19 +40,10 @@ def ensure_parent_run(tracking: Mapping[str, Any], study: Mapping[str, Any], out
     record: dict[str, Any] = {"study": study["name"], "mlflow_run_id": None, "tracking_uri": None,
                               "experiment": tracking.get("experiment")}
     if tracking.get("enabled", True):
-        uri = tr.resolve_uri(tracking.get("uri"))
-        client = tr._client(uri)
-        exp_id = tr.get_or_create_experiment(tracking["experiment"], client=client)
-        tr.with_retry(client.set_experiment_tag, exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND_ML)
-        query = f"tags.`{PARENT_TAG}` = 'true' and tags.`{STUDY_TAG}` = '{study['name']}'"
-        found = tr.with_retry(client.search_runs, [exp_id], filter_string=query, max_results=1)
-        if found:
-            run_id = found[0].info.run_id
-        else:
-            tags = {PARENT_TAG: "true", STUDY_TAG: study["name"], "salt.study_kind": study.get("kind", "")}
-            run_id = tr.with_retry(client.create_run, exp_id, run_name=study["name"], tags=tags).info.run_id
-            tr.with_retry(client.set_terminated, run_id, "FINISHED")
-        record.update(mlflow_run_id=run_id, tracking_uri=uri, experiment_id=exp_id)
+        run = tr.find_or_create_run(tracking["experiment"], {PARENT_TAG: "true", STUDY_TAG: study["name"]},
+                                    uri=tracking.get("uri"), run_name=study["name"],
+                                    tags={"salt.study_kind": study.get("kind", "")})
+        record.update(mlflow_run_id=run.run_id, tracking_uri=run.tracking_uri, experiment_id=run.experiment_id)
     atomic_write_text(out_json, json.dumps(record, indent=2) + "\n")
     return record
 
@@ -65,9 +57,9 @@ def log_artifacts_to_parents(parent_jsons: list[str | Path], files: list[str | P
         record = json.loads(Path(path).read_text())
         if not record.get("mlflow_run_id"):
             continue
-        client = tr._client(record["tracking_uri"])
+        run = tr.open_run(record["tracking_uri"], record["mlflow_run_id"])
         for file in files:
-            tr.with_retry(client.log_artifact, record["mlflow_run_id"], str(file), artifact_path)
+            tr.log_artifacts(run, file, artifact_path)
         touched += 1
     return touched
 

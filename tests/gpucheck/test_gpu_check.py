@@ -16,7 +16,7 @@ import pytest
 
 from salt.gpucheck import plan, runner
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------------------------------ the plan

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from salt.eval.metrics import avg_at_k, maj_at_k, majority_answer, pass_at_k, pass_at_k_curve
+from salt.eval.metrics import avg_at_k, maj_at_k, majority_answer, pass_at_k
 
 
 def brute_pass_at_k(n, c, k):
@@ -43,13 +43,6 @@ def test_pass_at_k_errors():
         pass_at_k(4, 5, 1)
     with pytest.raises(ValueError, match="must be an integer"):
         pass_at_k(4.0, 1, 1)
-
-
-def test_curve():
-    curve = pass_at_k_curve(8, 2, [1, 2, 4, 8])
-    assert list(curve) == [1, 2, 4, 8]
-    assert curve[8] == 1.0 and curve[1] == pytest.approx(0.25)
-    assert all(curve[a] <= curve[b] for a, b in [(1, 2), (2, 4), (4, 8)])
 
 
 def test_avg_at_k():
