@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from salt import metric_names as mn
 from salt.algo.decomposition import SaltConfig, decompose
 from salt.algo.geometry import choose_method, gram_from_features, group_geometry, lm_head_gram, rollout_features
 from salt.train.collectives import all_gather_rows, sum_over_ranks, world
@@ -53,7 +54,7 @@ def with_err_bound(gm: dict, info: dict) -> dict:
     """gm plus ``geom/gram_err_bound`` (the Gram backend's relative Frobenius error bound: 0 for
     exact/dense; the count sketch has no bound and logs none)."""
     b = info.get("err_bound", float("nan"))
-    return {**gm, "geom/gram_err_bound": float(b)} if math.isfinite(b) else gm
+    return {**gm, mn.GEOM_GRAM_ERR_BOUND: float(b)} if math.isfinite(b) else gm
 
 
 def salt_coefficients(K: torch.Tensor | None, advantages: torch.Tensor, group_ids: torch.Tensor,

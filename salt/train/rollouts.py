@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from salt import metric_names as mn
 from salt.algo.allocation import SuccessPredictor, allocate_rollouts, embed_prompts, published_allocation
 from salt.algo.dapo import dynamic_sampling_keep, overlong_penalty
 from salt.tasks import rewards
@@ -208,10 +209,10 @@ class RolloutCollector:
             batch = kept[0]
         all_scores = torch.cat(generated_scores)
         metrics = {
-            "data/gen_batches": float(gen_batches),
-            "data/prompts": float(len(batch.rows)),
-            "data/prompts_generated": float(gen_batches * n_draw),
-            "train/accuracy_generated": float((all_scores >= 1.0).float().mean()) if all_scores.numel() else 0.0,
+            mn.DATA_GEN_BATCHES: float(gen_batches),
+            mn.DATA_PROMPTS: float(len(batch.rows)),
+            mn.DATA_PROMPTS_GENERATED: float(gen_batches * n_draw),
+            mn.TRAIN_ACCURACY_GENERATED: float((all_scores >= 1.0).float().mean()) if all_scores.numel() else 0.0,
         }
         return batch, metrics
 
@@ -224,4 +225,4 @@ class RolloutCollector:
         res = rewards.score_batch(rows, out.texts)
         t = torch.tensor([sum(float(r.reward >= 1.0) for r in res), len(res)], dtype=torch.float64)
         sum_over_ranks(t)
-        return {"eval/accuracy": float(t[0] / max(t[1], 1.0))}
+        return {mn.EVAL_ACCURACY: float(t[0] / max(t[1], 1.0))}

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from salt import metric_names as mn
 from salt import tracking
 from salt.train.batch import RolloutBatch
 from salt.train.checkpoint import (checkpoint_name, latest_checkpoint, list_checkpoints, load_checkpoint,
@@ -134,7 +135,7 @@ class RunTracking:
         )
 
     def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
-        tracking.log_metrics(self.run, {k: v for k, v in metrics.items() if k != "step"}, step=step)
+        tracking.log_metrics(self.run, {k: v for k, v in metrics.items() if k != mn.STEP}, step=step)
 
     def finish(self, summary: dict[str, Any]) -> None:
         tracking.log_artifacts(self.run, self.out / "config.resolved.yaml")

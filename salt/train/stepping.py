@@ -7,8 +7,7 @@ import hashlib
 import time
 from typing import Iterator, Sequence
 
-TIMING_PREFIX = "time/"
-
+from salt import metric_names as mn
 
 def step_seed(seed: int, step: int, purpose: str = "") -> int:
     """A 62-bit seed derived from (seed, step, purpose): the only source of randomness of a step."""
@@ -17,18 +16,21 @@ def step_seed(seed: int, step: int, purpose: str = "") -> int:
 
 
 class Timer:
-    """Accumulates wall time per key (``time/<key>``)."""
+    """Accumulates wall time per stage of a step under ``time/<stage>`` (:data:`salt.metric_names.TIME_STAGES`)."""
 
     def __init__(self) -> None:
         self.t: dict[str, float] = {}
 
     @contextlib.contextmanager
-    def __call__(self, key: str) -> Iterator[None]:
+    def __call__(self, stage: str) -> Iterator[None]:
+        if stage not in mn.TIME_STAGES:
+            raise ValueError(f"timer stage {stage!r} is not in salt.metric_names.TIME_STAGES; add it there")
+        key = mn.time_of(stage)
         t0 = time.perf_counter()
         try:
             yield
         finally:
-            self.t[TIMING_PREFIX + key] = self.t.get(TIMING_PREFIX + key, 0.0) + time.perf_counter() - t0
+            self.t[key] = self.t.get(key, 0.0) + time.perf_counter() - t0
 
 
 def mean_metrics(items: Sequence[dict[str, float]]) -> dict[str, float]:

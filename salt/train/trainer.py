@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from salt import metric_names as mn
 from salt import rollout
 from salt.algo.advantages import compute_advantages
 from salt.algo.focal import focal_weights
@@ -53,7 +54,7 @@ from salt.train.config import ConfigError, RunConfig, describe, load_run_config,
 from salt.train.forward import compute_logprobs
 from salt.train.gram import write_gram_dump
 from salt.train.rollouts import RolloutCollector, gen_batch_prompts, load_rows
-from salt.train.stepping import TIMING_PREFIX, Timer, mean_metrics, step_seed
+from salt.train.stepping import Timer, mean_metrics, step_seed
 from salt.train.strategy import GradientStrategy, master_dtype, resolve_mixed_precision, strategy_for
 from salt.train.update import UpdateSettings, make_optimizer, update_minibatch
 from salt.utils import append_jsonl, read_jsonl, seed_everything
@@ -227,17 +228,17 @@ class Trainer:
         """The rollout-level part of the step's metrics line."""
         lengths = batch.lengths.float()
         return {
-            "step": step + 1,
-            "reward/mean": float(batch.rewards.mean()),
-            "reward/std": float(batch.rewards.std()) if len(batch) > 1 else 0.0,
-            "train/accuracy": float((batch.scores >= 1.0).float().mean()),
-            "train/response_length": float(lengths.mean()),
-            "train/response_length_max": float(lengths.max()),
-            "train/truncated_frac": float(sum(r == "length" for r in batch.finish_reasons) / len(batch)),
-            "train/advantage_abs_mean": float(batch.advantages.abs().mean()),
-            "train/rollouts": float(self.rollouts_used),
-            "train/rollouts_generated": float(self.rollouts.generated),
-            "train/group_size_mean": float(len(batch) / max(1, len(batch.rows))),
+            mn.STEP: step + 1,
+            mn.REWARD_MEAN: float(batch.rewards.mean()),
+            mn.REWARD_STD: float(batch.rewards.std()) if len(batch) > 1 else 0.0,
+            mn.TRAIN_ACCURACY: float((batch.scores >= 1.0).float().mean()),
+            mn.TRAIN_RESPONSE_LENGTH: float(lengths.mean()),
+            mn.TRAIN_RESPONSE_LENGTH_MAX: float(lengths.max()),
+            mn.TRAIN_TRUNCATED_FRAC: float(sum(r == "length" for r in batch.finish_reasons) / len(batch)),
+            mn.TRAIN_ADVANTAGE_ABS_MEAN: float(batch.advantages.abs().mean()),
+            mn.TRAIN_ROLLOUTS: float(self.rollouts_used),
+            mn.TRAIN_ROLLOUTS_GENERATED: float(self.rollouts.generated),
+            mn.TRAIN_GROUP_SIZE_MEAN: float(len(batch) / max(1, len(batch.rows))),
         }
 
     # ---------------------------------------------------------------------------- step
@@ -252,7 +253,7 @@ class Trainer:
         batch = self.coefficients(batch)
         self.rollouts_used += len(batch)
         train_metrics = self.update(batch, seed, step)
-        self.timer.t["time/step"] = time.perf_counter() - t0
+        self.timer.t[mn.TIME_STEP] = time.perf_counter() - t0
         metrics = {**self.step_metrics(step, batch), **data_metrics, **train_metrics}
         if self.eval_rows and self.cfg.train.eval_every and (step + 1) % self.cfg.train.eval_every == 0:
             with self.timer("eval"):
@@ -300,8 +301,8 @@ class Trainer:
                 if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0 and step + 1 < cfg.train.steps:
                     run_io.save_run_checkpoint(self, step + 1)
                 if bar is not None:
-                    bar.set_postfix(reward=f"{last['reward/mean']:.3f}", acc=f"{last['train/accuracy']:.3f}",
-                                    step_s=f"{last['time/step']:.2f}")
+                    bar.set_postfix(reward=f"{last[mn.REWARD_MEAN]:.3f}", acc=f"{last[mn.TRAIN_ACCURACY]:.3f}",
+                                    step_s=f"{last[mn.TIME_STEP]:.2f}")
                     bar.update(1)
             failed = False
         finally:
@@ -310,7 +311,7 @@ class Trainer:
             if failed and tracker is not None:
                 tracker.fail()
         summary = {"steps": cfg.train.steps, "out_dir": str(self.out), "wall_time_s": time.perf_counter() - t_run,
-                   **{k: v for k, v in last.items() if not k.startswith(TIMING_PREFIX)}}
+                   **{k: v for k, v in last.items() if not k.startswith(mn.TIME)}}
         run_io.save_final(self)
         if self.is_main:
             if tracker is not None:

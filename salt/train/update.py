@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from salt import metric_names as mn
 from salt.algo.losses import LossConfig, compute_policy_loss
 from salt.train.batch import TensorBatch
 from salt.train.collectives import max_over_ranks, rank_slice, sum_over_ranks, world
@@ -119,7 +120,7 @@ class _Passes:
         """Pass ``i``: the policy loss of ``part`` with coefficients ``coef``, scaled by its share."""
         loss, m = self._policy_loss(part, fwd, coef)
         w = _loss_weight(part.mask, self.settings.loss_cfg.agg_mode)
-        m["loss"] = float(loss.detach())
+        m[mn.LOSS] = float(loss.detach())
         self.losses.append((w, float(part.mask.sum()), m))
         with self.timer("backward"):
             self.strategy.backward(self.model, loss * (w / self.total_weight * self.strategy.grad_scale), i == self.n - 1)
@@ -202,7 +203,7 @@ def _reduce_metrics(losses: list[tuple[float, float, dict[str, float]]], geo: li
     loss normaliser, maxima by max, every other metric (a masked token mean) by its token count;
     Gram metrics averaged over Grams (and ranks, for scope ``micro``)."""
     keys = sorted({k for _, _, m in losses for k in m})
-    by_loss_weight = {"loss", "pg_loss"}
+    by_loss_weight = set(mn.LOSS_WEIGHTED_KEYS)
     buf = torch.zeros(len(keys) + 2, dtype=torch.float64)
     for w, ntok, m in losses:
         buf[-2] += w
@@ -210,11 +211,11 @@ def _reduce_metrics(losses: list[tuple[float, float, dict[str, float]]], geo: li
         for j, k in enumerate(keys):
             buf[j] += (w if k in by_loss_weight else ntok) * m.get(k, 0.0)
     sum_over_ranks(buf)
-    metrics = {f"train/{k}": float(buf[j] / (buf[-2] if k in by_loss_weight else buf[-1]).clamp_min(1e-12))
+    metrics = {mn.train(k): float(buf[j] / (buf[-2] if k in by_loss_weight else buf[-1]).clamp_min(1e-12))
                for j, k in enumerate(keys)}
     for k in [k for k in keys if k.endswith("_max")]:
         mx = torch.tensor([max(m.get(k, float("-inf")) for _, _, m in losses)], dtype=torch.float64)
-        metrics[f"train/{k}"] = float(max_over_ranks(mx))
+        metrics[mn.train(k)] = float(max_over_ranks(mx))
     if scope == "micro" and world()[0] > 1 and geo:
         gkeys = sorted(geo[0])
         g = torch.tensor([sum(m[k] for m in geo) for k in gkeys] + [len(geo)], dtype=torch.float64)
@@ -268,6 +269,6 @@ def update_minibatch(model: Any, optimizer: Any, scheduler: Any, mb: TensorBatch
         max_norm = settings.max_grad_norm if settings.max_grad_norm > 0 else float("inf")
         norm = strategy.step(model, optimizer, scheduler, max_norm, passes.by_hand)
     metrics = _reduce_metrics(passes.losses, geo, settings.scope)
-    metrics["train/update_norm"] = float(norm)
-    metrics["train/lr"] = float(scheduler.get_last_lr()[0])
+    metrics[mn.TRAIN_UPDATE_NORM] = float(norm)
+    metrics[mn.TRAIN_LR] = float(scheduler.get_last_lr()[0])
     return metrics

@@ -1,4 +1,4 @@
-"""The training loop on a tiny policy: forward layout, determinism, every door, MLflow logging."""
+"""The training loop on a tiny policy: forward layout, determinism, every stage, MLflow logging."""
 
 from __future__ import annotations
 
