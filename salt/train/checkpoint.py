@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from salt.utils import atomic_write_text
+
 COMPLETE = "COMPLETE"
 PREFIX = "step_"
 
@@ -176,6 +178,4 @@ def truncate_jsonl(path: str | os.PathLike, lines: int) -> None:
             kept.append(line)
     if len(kept) < lines:
         raise ValueError(f"{path} has {len(kept)} complete lines, the checkpoint expects {lines}; the run dir is damaged")
-    from salt.utils import atomic_write_text
-
     atomic_write_text(path, "".join(kept))

@@ -16,6 +16,8 @@ from typing import Iterable
 
 import torch
 
+from salt.tasks.toy import format_target, generate_problems
+
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 # Every character the toy task can produce, plus a little headroom (space, newline, letters for
 # free text); a corpus may add more characters.
@@ -31,8 +33,6 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
 
 
 def _default_corpus() -> list[str]:
-    from salt.tasks.toy import format_target, generate_problems
-
     rows = generate_problems(300, "train", seed=0)
     return [BASE_ALPHABET] + [r["prompt"] + format_target(r) for r in rows]
 
