@@ -552,7 +552,7 @@ def sharded_vs_plain(name: str, path: Path, root: Path, expected: str) -> dict:
     if trainer.strategy.kind != expected:
         return make_result(name, status="error", reason=f"the trainer runs as {trainer.strategy.kind!r}, not {expected!r}: "
                            "start this check with `accelerate launch --config_file config/accelerate/...`")
-    batch, _ = trainer.collect(0, 0)
+    batch, _ = trainer.collect(0)
     batch = trainer.coefficients(trainer.select(batch, 0))
     tb = to_tensors(batch, trainer.pad_id)
     dev = trainer.device

@@ -76,7 +76,173 @@ class Trainer:
         self.out = Path(out_dir)
         self.timer = Timer()
 
-    # -------------------------------------------------------------------------- set-up
+    # ---------------------------------------------------------------------------- step
+    def step(self, step: int) -> dict[str, Any]:
+        """One policy iteration; returns the metrics line of this step."""
+        seed = step_seed(self.cfg.seed, step)
+        seed_everything(seed % (2**31))
+        self.timer = Timer()
+        t0 = time.perf_counter()
+        batch, data_metrics = self.collect(seed)
+        batch = self.select(batch, seed)
+        batch = self.coefficients(batch)
+        self.rollouts_used += len(batch)
+        train_metrics = self.update(batch, seed, step)
+        self.timer.t[mn.TIME_STEP] = time.perf_counter() - t0
+        return self.metrics(step, seed, batch, {**data_metrics, **train_metrics})
+
+    # -------------------------------------------------------------------------- stages
+    def collect(self, seed: int) -> tuple[RolloutBatch, dict[str, float]]:
+        """Rollouts of this step (:meth:`salt.train.rollouts.RolloutCollector.collect`)."""
+        return self.rollouts.collect(seed, self.timer)
+
+    def select(self, batch: RolloutBatch, seed: int) -> RolloutBatch:
+        """Keep all (identity) or PODS: keep ``group_size`` of ``n`` per prompt."""
+        sel = self.cfg.algorithm.selection
+        if sel.rule == "none":
+            return batch
+        g = torch.Generator().manual_seed(step_seed(seed, 0, "select"))
+        idx = select_per_group(sel.rule, batch.rewards, batch.group_ids, self.cfg.rollout.group_size, generator=g,
+                               ties=sel.ties)
+        return batch.select(idx)
+
+    def coefficients(self, batch: RolloutBatch) -> RolloutBatch:
+        """Batch-level coefficients: group advantages, then F-GRPO focal weights (identity: 1)."""
+        a = self.cfg.algorithm
+        eps = a.advantage_eps if a.advantage_eps is not None else (1e-4 if a.selection.rule != "none" else 1e-6)
+        adv = compute_advantages(batch.rewards, batch.group_ids, a.advantage, eps)
+        if a.focal.enabled:
+            adv = adv * focal_weights(batch.scores, batch.group_ids, a.focal.gamma, a.focal.success_threshold)
+        batch.advantages = adv
+        return batch
+
+    def mini_batches(self, batch: RolloutBatch) -> list[torch.Tensor]:
+        """Row indices of each optimizer mini-batch: the prompts split into equal chunks."""
+        n_groups = len(batch.rows)
+        k = min(self.cfg.num_mini_batches, n_groups)
+        chunks = [c for c in torch.arange(n_groups).tensor_split(k) if c.numel()]
+        return [torch.nonzero(torch.isin(batch.group_ids, c)).flatten() for c in chunks]
+
+    def update(self, batch: RolloutBatch, seed: int, step: int | None = None) -> dict[str, float]:
+        """Old log-probs, then ``ppo_epochs`` x mini-batches of :func:`update_minibatch`.
+
+        When ``step + 1`` is in ``train.dump_gram_steps``, the first mini-batch's Gram is written
+        to ``OUT/gram_step_NNNN.npz`` (:func:`salt.train.gram.write_gram_dump`, rank 0)."""
+        cfg = self.cfg
+        tb = to_tensors(batch, self.pad_id)
+        self.backend.sleep()  # vllm: free the KV cache for the training phase (no-op for hf)
+        minis = self.mini_batches(batch)
+        # One epoch, one mini-batch, one process: the policy that sampled the batch is the one
+        # being updated, so its old log-probs are the training forward's own (detached); the
+        # separate no-grad forward would recompute the same numbers (tested in test_trainer.py).
+        on_policy = cfg.train.ppo_epochs == 1 and len(minis) == 1 and not self.strategy.wrapped
+        with self.timer("old_logprobs"):
+            if not on_policy:
+                tb.old_logp = compute_logprobs(self.model, tb.to(self.device), cfg.rollout.temperature,
+                                               cfg.train.micro_batch_size).cpu()
+            if self.ref_model is not None:
+                tb.ref_logp = compute_logprobs(self.ref_model, tb.to(self.device), cfg.rollout.temperature,
+                                               cfg.train.micro_batch_size).cpu()
+        metrics = []
+        dump = step is not None and (step + 1) in cfg.train.dump_gram_steps
+        for epoch in range(cfg.train.ppo_epochs):
+            for i, idx in enumerate(minis):
+                gram_out: dict | None = {} if (dump and epoch == 0 and i == 0) else None
+                metrics.append(update_minibatch(self.model, self.optimizer, self.scheduler, tb.index(idx),
+                                                self.settings, step_seed(seed, epoch * 1000 + i, "gram"), self.timer,
+                                                accelerator=self.accelerator, gram_out=gram_out))
+                if gram_out and self.is_main:  # empty when the Gram is off (no SALT, no diagnostics)
+                    rows = idx[gram_out["positions"]]  # (B,) rows of the rollout batch
+                    write_gram_dump(self.out / f"gram_step_{step + 1:04d}.npz", gram_out, batch.rewards[rows])
+        self.backend.wake_up()
+        self.sync_rollout_weights()  # vllm: push the new weights; hf: no-op
+        return mean_metrics(metrics)
+
+    def metrics(self, step: int, seed: int, batch: RolloutBatch, stage_metrics: dict[str, float]) -> dict[str, Any]:
+        """The step's metrics line: the batch trained on, the counters, the stages' metrics, the greedy
+        eval every ``train.eval_every`` steps and the timings; rank 0 dumps the samples."""
+        lengths = batch.lengths.float()
+        metrics = {
+            mn.STEP: step + 1,
+            mn.REWARD_MEAN: float(batch.rewards.mean()),
+            mn.REWARD_STD: float(batch.rewards.std()) if len(batch) > 1 else 0.0,
+            mn.TRAIN_ACCURACY: float((batch.scores >= 1.0).float().mean()),
+            mn.TRAIN_RESPONSE_LENGTH: float(lengths.mean()),
+            mn.TRAIN_RESPONSE_LENGTH_MAX: float(lengths.max()),
+            mn.TRAIN_TRUNCATED_FRAC: float(sum(r == "length" for r in batch.finish_reasons) / len(batch)),
+            mn.TRAIN_ADVANTAGE_ABS_MEAN: float(batch.advantages.abs().mean()),
+            mn.TRAIN_ROLLOUTS: float(self.rollouts_used),
+            mn.TRAIN_ROLLOUTS_GENERATED: float(self.rollouts.generated),
+            mn.TRAIN_GROUP_SIZE_MEAN: float(len(batch) / max(1, len(batch.rows))),
+            **stage_metrics,
+        }
+        t = self.cfg.train
+        if self.eval_rows and t.eval_every and (step + 1) % t.eval_every == 0:
+            with self.timer("eval"):
+                metrics.update(self.rollouts.greedy_accuracy(self.eval_rows, seed))
+        metrics.update(self.timer.t)
+        if t.log_samples_every and (step + 1) % t.log_samples_every == 0 and self.is_main:
+            run_io.write_samples(self.out, step + 1, batch)
+        return metrics
+
+    # ------------------------------------------------------------------------------ run
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        done = self.out / "DONE"
+        if done.is_file():
+            return json.loads(done.read_text() or "{}")
+        check_sandbox(cfg)
+        self.setup()
+        if self.is_main:
+            save_resolved(cfg, self.out)
+        start = self.maybe_resume()
+        tracker = run_io.RunTracking(cfg, self.out) if (cfg.tracking.enabled and self.is_main) else None
+        if tracker is not None:
+            tracker.start()
+        bar = self._progress(start)
+        last: dict[str, Any] = {}
+        t_run = time.perf_counter()
+        failed = True
+        try:
+            for step in range(start, cfg.train.steps):
+                last = self.step(step)
+                if self.is_main:
+                    append_jsonl(self.out / "metrics.jsonl", last)
+                    self.metrics_lines += 1
+                    log_now = (step + 1) % cfg.tracking.log_every == 0 or step + 1 == cfg.train.steps
+                    if tracker is not None and log_now:
+                        tracker.log_metrics(last, step + 1)
+                if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0 and step + 1 < cfg.train.steps:
+                    run_io.save_run_checkpoint(self, step + 1)
+                if bar is not None:
+                    bar.set_postfix(reward=f"{last[mn.REWARD_MEAN]:.3f}", acc=f"{last[mn.TRAIN_ACCURACY]:.3f}",
+                                    step_s=f"{last[mn.TIME_STEP]:.2f}")
+                    bar.update(1)
+            failed = False
+        finally:
+            if bar is not None:
+                bar.close()
+            if failed and tracker is not None:
+                tracker.fail()
+        summary = {"steps": cfg.train.steps, "out_dir": str(self.out), "wall_time_s": time.perf_counter() - t_run,
+                   **{k: v for k, v in last.items() if not k.startswith(mn.TIME)}}
+        run_io.save_final(self)
+        if self.is_main:
+            if tracker is not None:
+                tracker.finish(summary)
+            run_io.write_done(self.out, summary)
+        self.backend.close()
+        return summary
+
+    def _progress(self, start: int) -> Any:
+        if not (self.cfg.train.progress and self.is_main and sys.stderr.isatty()):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.cfg.train.steps, initial=start, file=sys.stderr, desc="salt train", unit="step")
+
+    # ------------------------------------------------------------ set-up, weights, resume
     def setup(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -157,175 +323,12 @@ class Trainer:
         else:
             self.backend.sync_weights(self.model)
 
-    # -------------------------------------------------------------------------- stages
-    def collect(self, step: int, seed: int) -> tuple[RolloutBatch, dict[str, float]]:
-        """Rollouts of this step (:meth:`salt.train.rollouts.RolloutCollector.collect`)."""
-        return self.rollouts.collect(seed, self.timer)
-
-    def select(self, batch: RolloutBatch, seed: int) -> RolloutBatch:
-        """Keep all (identity) or PODS: keep ``group_size`` of ``n`` per prompt."""
-        sel = self.cfg.algorithm.selection
-        if sel.rule == "none":
-            return batch
-        g = torch.Generator().manual_seed(step_seed(seed, 0, "select"))
-        idx = select_per_group(sel.rule, batch.rewards, batch.group_ids, self.cfg.rollout.group_size, generator=g,
-                               ties=sel.ties)
-        return batch.select(idx)
-
-    def coefficients(self, batch: RolloutBatch) -> RolloutBatch:
-        """Batch-level coefficients: group advantages, then F-GRPO focal weights (identity: 1)."""
-        a = self.cfg.algorithm
-        eps = a.advantage_eps if a.advantage_eps is not None else (1e-4 if a.selection.rule != "none" else 1e-6)
-        adv = compute_advantages(batch.rewards, batch.group_ids, a.advantage, eps)
-        if a.focal.enabled:
-            adv = adv * focal_weights(batch.scores, batch.group_ids, a.focal.gamma, a.focal.success_threshold)
-        batch.advantages = adv
-        return batch
-
-    def mini_batches(self, batch: RolloutBatch) -> list[torch.Tensor]:
-        """Row indices of each optimizer mini-batch: the prompts split into equal chunks."""
-        n_groups = len(batch.rows)
-        k = min(self.cfg.num_mini_batches, n_groups)
-        chunks = [c for c in torch.arange(n_groups).tensor_split(k) if c.numel()]
-        return [torch.nonzero(torch.isin(batch.group_ids, c)).flatten() for c in chunks]
-
-    def update(self, batch: RolloutBatch, seed: int, step: int | None = None) -> dict[str, float]:
-        """Old log-probs, then ``ppo_epochs`` x mini-batches of :func:`update_minibatch`.
-
-        When ``step + 1`` is in ``train.dump_gram_steps``, the first mini-batch's Gram is written
-        to ``OUT/gram_step_NNNN.npz`` (:func:`salt.train.gram.write_gram_dump`, rank 0)."""
-        cfg = self.cfg
-        tb = to_tensors(batch, self.pad_id)
-        self.backend.sleep()  # vllm: free the KV cache for the training phase (no-op for hf)
-        minis = self.mini_batches(batch)
-        # One epoch, one mini-batch, one process: the policy that sampled the batch is the one
-        # being updated, so its old log-probs are the training forward's own (detached); the
-        # separate no-grad forward would recompute the same numbers (tested in test_trainer.py).
-        on_policy = cfg.train.ppo_epochs == 1 and len(minis) == 1 and not self.strategy.wrapped
-        with self.timer("old_logprobs"):
-            if not on_policy:
-                tb.old_logp = compute_logprobs(self.model, tb.to(self.device), cfg.rollout.temperature,
-                                               cfg.train.micro_batch_size).cpu()
-            if self.ref_model is not None:
-                tb.ref_logp = compute_logprobs(self.ref_model, tb.to(self.device), cfg.rollout.temperature,
-                                               cfg.train.micro_batch_size).cpu()
-        metrics = []
-        dump = step is not None and (step + 1) in cfg.train.dump_gram_steps
-        for epoch in range(cfg.train.ppo_epochs):
-            for i, idx in enumerate(minis):
-                gram_out: dict | None = {} if (dump and epoch == 0 and i == 0) else None
-                metrics.append(update_minibatch(self.model, self.optimizer, self.scheduler, tb.index(idx),
-                                                self.settings, step_seed(seed, epoch * 1000 + i, "gram"), self.timer,
-                                                accelerator=self.accelerator, gram_out=gram_out))
-                if gram_out and self.is_main:  # empty when the Gram is off (no SALT, no diagnostics)
-                    rows = idx[gram_out["positions"]]  # (B,) rows of the rollout batch
-                    write_gram_dump(self.out / f"gram_step_{step + 1:04d}.npz", gram_out, batch.rewards[rows])
-        self.backend.wake_up()
-        self.sync_rollout_weights()  # vllm: push the new weights; hf: no-op
-        return mean_metrics(metrics)
-
-    def step_metrics(self, step: int, batch: RolloutBatch) -> dict[str, Any]:
-        """The rollout-level part of the step's metrics line."""
-        lengths = batch.lengths.float()
-        return {
-            mn.STEP: step + 1,
-            mn.REWARD_MEAN: float(batch.rewards.mean()),
-            mn.REWARD_STD: float(batch.rewards.std()) if len(batch) > 1 else 0.0,
-            mn.TRAIN_ACCURACY: float((batch.scores >= 1.0).float().mean()),
-            mn.TRAIN_RESPONSE_LENGTH: float(lengths.mean()),
-            mn.TRAIN_RESPONSE_LENGTH_MAX: float(lengths.max()),
-            mn.TRAIN_TRUNCATED_FRAC: float(sum(r == "length" for r in batch.finish_reasons) / len(batch)),
-            mn.TRAIN_ADVANTAGE_ABS_MEAN: float(batch.advantages.abs().mean()),
-            mn.TRAIN_ROLLOUTS: float(self.rollouts_used),
-            mn.TRAIN_ROLLOUTS_GENERATED: float(self.rollouts.generated),
-            mn.TRAIN_GROUP_SIZE_MEAN: float(len(batch) / max(1, len(batch.rows))),
-        }
-
-    # ---------------------------------------------------------------------------- step
-    def step(self, step: int) -> dict[str, Any]:
-        """One policy iteration; returns the metrics line of this step."""
-        seed = step_seed(self.cfg.seed, step)
-        seed_everything(seed % (2**31))
-        self.timer = Timer()
-        t0 = time.perf_counter()
-        batch, data_metrics = self.collect(step, seed)
-        batch = self.select(batch, seed)
-        batch = self.coefficients(batch)
-        self.rollouts_used += len(batch)
-        train_metrics = self.update(batch, seed, step)
-        self.timer.t[mn.TIME_STEP] = time.perf_counter() - t0
-        metrics = {**self.step_metrics(step, batch), **data_metrics, **train_metrics}
-        if self.eval_rows and self.cfg.train.eval_every and (step + 1) % self.cfg.train.eval_every == 0:
-            with self.timer("eval"):
-                metrics.update(self.rollouts.greedy_accuracy(self.eval_rows, seed))
-        metrics.update(self.timer.t)
-        if self.cfg.train.log_samples_every and (step + 1) % self.cfg.train.log_samples_every == 0 and self.is_main:
-            run_io.write_samples(self.out, step + 1, batch)
-        return metrics
-
     def maybe_resume(self) -> int:
         """Restore the newest complete checkpoint; returns the number of completed steps."""
         start = run_io.resume_run(self)
         if start:
             self.sync_rollout_weights()
         return start
-
-    # ------------------------------------------------------------------------------ run
-    def run(self) -> dict[str, Any]:
-        cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        done = self.out / "DONE"
-        if done.is_file():
-            return json.loads(done.read_text() or "{}")
-        check_sandbox(cfg)
-        self.setup()
-        if self.is_main:
-            save_resolved(cfg, self.out)
-        start = self.maybe_resume()
-        tracker = run_io.RunTracking(cfg, self.out) if (cfg.tracking.enabled and self.is_main) else None
-        if tracker is not None:
-            tracker.start()
-        bar = self._progress(start)
-        last: dict[str, Any] = {}
-        t_run = time.perf_counter()
-        failed = True
-        try:
-            for step in range(start, cfg.train.steps):
-                last = self.step(step)
-                if self.is_main:
-                    append_jsonl(self.out / "metrics.jsonl", last)
-                    self.metrics_lines += 1
-                    log_now = (step + 1) % cfg.tracking.log_every == 0 or step + 1 == cfg.train.steps
-                    if tracker is not None and log_now:
-                        tracker.log_metrics(last, step + 1)
-                if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0 and step + 1 < cfg.train.steps:
-                    run_io.save_run_checkpoint(self, step + 1)
-                if bar is not None:
-                    bar.set_postfix(reward=f"{last[mn.REWARD_MEAN]:.3f}", acc=f"{last[mn.TRAIN_ACCURACY]:.3f}",
-                                    step_s=f"{last[mn.TIME_STEP]:.2f}")
-                    bar.update(1)
-            failed = False
-        finally:
-            if bar is not None:
-                bar.close()
-            if failed and tracker is not None:
-                tracker.fail()
-        summary = {"steps": cfg.train.steps, "out_dir": str(self.out), "wall_time_s": time.perf_counter() - t_run,
-                   **{k: v for k, v in last.items() if not k.startswith(mn.TIME)}}
-        run_io.save_final(self)
-        if self.is_main:
-            if tracker is not None:
-                tracker.finish(summary)
-            run_io.write_done(self.out, summary)
-        self.backend.close()
-        return summary
-
-    def _progress(self, start: int) -> Any:
-        if not (self.cfg.train.progress and self.is_main and sys.stderr.isatty()):
-            return None
-        from tqdm import tqdm
-
-        return tqdm(total=self.cfg.train.steps, initial=start, file=sys.stderr, desc="salt train", unit="step")
 
 
 def train(cfg: RunConfig, out_dir: str | os.PathLike) -> dict[str, Any]:

@@ -414,7 +414,7 @@ def test_dynamic_sampling_gen_batch_factor_fills_the_batch_with_informative_grou
     rounds, ids = _expected_dynamic_sampling(rows, cfg.seed, informative, P, n_draw, max_rounds)
     trainer = Trainer(cfg, tmp_path / "run")
     trainer.setup()
-    batch, m = trainer.collect(0, step_seed(cfg.seed, 0))
+    batch, m = trainer.collect(step_seed(cfg.seed, 0))
     assert m["data/gen_batches"] == rounds
     assert m["data/prompts_generated"] == rounds * n_draw
     assert trainer.rollouts.generated == rounds * n_draw * 4
