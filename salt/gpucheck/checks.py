@@ -562,7 +562,7 @@ def sharded_vs_plain(name: str, path: Path, root: Path, expected: str) -> dict:
     p_before, s_before = flat_state(plain.state_dict()), flat_state(_full_params(trainer))
     m_plain = update_minibatch(plain, p_opt, p_sched, tb, trainer.settings, seed=0)
     m_shard = update_minibatch(trainer.model, trainer.optimizer, trainer.scheduler, tb, trainer.settings, seed=0,
-                               accelerator=trainer.accelerator)
+                               strategy=trainer.strategy)
     d_plain = flat_state(plain.state_dict()) - p_before
     d_shard = flat_state(_full_params(trainer)) - s_before
     numbers: dict[str, Any] = {"update_s": time.perf_counter() - t0, "update_norm_plain": float(d_plain.norm()),

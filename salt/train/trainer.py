@@ -150,7 +150,7 @@ class Trainer:
                 gram_out: dict | None = {} if (dump and epoch == 0 and i == 0) else None
                 metrics.append(update_minibatch(self.model, self.optimizer, self.scheduler, tb.index(idx),
                                                 self.settings, step_seed(seed, epoch * 1000 + i, "gram"), self.timer,
-                                                accelerator=self.accelerator, gram_out=gram_out))
+                                                strategy=self.strategy, gram_out=gram_out))
                 if gram_out and self.is_main:  # empty when the Gram is off (no SALT, no diagnostics)
                     rows = idx[gram_out["positions"]]  # (B,) rows of the rollout batch
                     write_gram_dump(self.out / f"gram_step_{step + 1:04d}.npz", gram_out, batch.rewards[rows])

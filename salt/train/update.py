@@ -24,7 +24,7 @@ from salt.train.config import RunConfig
 from salt.train.forward import ForwardOut, micro_slices, policy_forward
 from salt.train.gram import gram_record, lm_gram, salt_coefficients, with_err_bound
 from salt.train.stepping import Timer, mean_metrics
-from salt.train.strategy import GradientStrategy, strategy_for
+from salt.train.strategy import GradientStrategy, Single
 
 
 @dataclass
@@ -228,11 +228,11 @@ def _reduce_metrics(losses: list[tuple[float, float, dict[str, float]]], geo: li
 
 def update_minibatch(model: Any, optimizer: Any, scheduler: Any, mb: TensorBatch, settings: UpdateSettings,
                      seed: int, timer: Timer | None = None, coef_out: list | None = None,
-                     accelerator: Any = None, gram_out: dict | None = None) -> dict[str, float]:
+                     strategy: GradientStrategy | None = None, gram_out: dict | None = None) -> dict[str, float]:
     """One optimizer step on the GLOBAL mini-batch ``mb`` (every rank passes the same ``mb``).
 
-    With an ``accelerator`` other than one process, ``model``, ``optimizer`` and ``scheduler``
-    must be the objects returned by ``accelerator.prepare`` (:func:`salt.train.strategy.strategy_for`).
+    ``strategy`` (default: one process, the model as is) says how the ranks' gradients meet; for a
+    wrapped one, ``model``, ``optimizer`` and ``scheduler`` are what its ``prepare`` returned.
 
     ``coef_out``, when given, receives the coefficients that went to the loss: for scope
     ``global`` one (len(mb),) tensor for the whole mini-batch, for ``micro`` one per micro-batch.
@@ -248,7 +248,7 @@ def update_minibatch(model: Any, optimizer: Any, scheduler: Any, mb: TensorBatch
         ``geom/*`` (means over Grams), ``train/update_norm`` (pre-clip gradient norm).
     """
     timer = timer or Timer()
-    strategy = strategy_for(accelerator)
+    strategy = strategy or Single()
     W, rank = world()
     device = next(model.parameters()).device
     local = mb.index(rank_slice(len(mb), W, rank)).to(device)

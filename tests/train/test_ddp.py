@@ -57,6 +57,7 @@ def _one_step(policy_dir: str, tb, case: str, accelerator=None):
     from transformers import AutoModelForCausalLM
 
     from salt.train.config import from_dict
+    from salt.train.strategy import strategy_for
     from salt.train.update import UpdateSettings, make_optimizer, update_minibatch
     from salt.utils import deep_merge
 
@@ -70,7 +71,7 @@ def _one_step(policy_dir: str, tb, case: str, accelerator=None):
         assert isinstance(model, torch.nn.parallel.DistributedDataParallel)
     coefs: list = []
     metrics = update_minibatch(model, opt, sched, tb, UpdateSettings.from_config(cfg), seed=7, coef_out=coefs,
-                               accelerator=accelerator)
+                               strategy=strategy_for(accelerator))
     bare = accelerator.unwrap_model(model) if accelerator is not None else model
     params = torch.cat([p.detach().flatten() for p in bare.parameters()])
     return torch.cat(coefs), params, metrics
