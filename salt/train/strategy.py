@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import DistributedType
 
 from salt.train.collectives import reduce_gradients, world
 
@@ -191,7 +192,7 @@ class _ShardedCheckpoint:
         if rel:
             self.accelerator.load_state(str(path.parent / rel))
         else:
-            GradientStrategy.load_checkpoint(self, ck, path, model, optimizer, scheduler)  # type: ignore[arg-type]
+            super().load_checkpoint(ck, path, model, optimizer, scheduler)  # type: ignore[misc]
 
 
 class FSDP(_ShardedCheckpoint, DDP):
@@ -273,8 +274,6 @@ def strategy_for(accelerator: Any) -> GradientStrategy:
     """The strategy of a model that goes (or went) through ``accelerator.prepare``."""
     if accelerator is None:
         return Single(None)
-    from accelerate.utils import DistributedType
-
     dt = accelerator.distributed_type
     if dt == DistributedType.NO:
         return Single(accelerator)
