@@ -38,17 +38,13 @@ from dataclasses import dataclass, field
 import torch
 
 from salt.algo.geometry import effective_sample_size, participation_ratio
+from salt.metric_names import SALT_METRICS
 
 SUBSPACES = ("top", "random")
 CHANNELS = ("both", "shared_only", "residual_only")
 ZERO_GRAM = ("fallback", "published")
 
-METRIC_KEYS = (
-    "salt/participation_ratio", "salt/n_eff", "salt/alpha", "salt/k", "salt/eig_max",
-    "salt/eig_min", "salt/eig_ratio", "salt/main_contrib_ratio", "salt/exp_contrib_ratio",
-    "salt/positive_adv_ratio", "salt/shared_energy_ratio", "salt/residual_energy_ratio",
-    "salt/residual_bound", "salt/n_eff_final", "salt/pr_final", "salt/fallback",
-)
+METRIC_KEYS = SALT_METRICS  # every key of SaltResult.metrics (salt.metric_names)
 
 
 @dataclass

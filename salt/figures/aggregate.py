@@ -29,7 +29,7 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from salt import metric_names as mn
 from salt.eval.evaluate import PROBLEMS_FILE, load_problem_scores
