@@ -119,6 +119,14 @@ _NO_CHECKS = {"choices": None, "ge": None, "gt": None, "le": None, "lt": None, "
               "items": {}, "keys": None, "key_pattern": None, "check": None, "hint": ""}
 
 
+def option_like(cls: type, name: str, default: Any = MISSING, **changes: Any) -> Any:
+    """The option ``name`` of section ``cls`` (its help and checks), with another default or checks:
+    one key declared once and used in two configs (``benchmarks.*.n`` is ``salt evaluate --n``)."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    meta = {**f.metadata, **changes}
+    return option(default_of(f) if default is MISSING else default, **meta)
+
+
 def _copy(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _copy(v) for k, v in value.items()}
@@ -321,6 +329,40 @@ def load(cls: type, data: Any, path: str = "") -> Any:
     return check(build(cls, data, path), path)
 
 
+# ------------------------------------------------------------------------------- command lines
+
+
+def add_arguments(parser: Any, cls: type) -> None:
+    """One ``--flag`` per field of ``cls`` (``max_new_tokens`` -> ``--max-new-tokens``): help and
+    default from the declaration; a bool that defaults to false is a switch; a field without a
+    default is a required flag. Values are checked by :func:`load` after parsing (:func:`parse_args`)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        tp = hints[f.name]
+        inner = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+        default = default_of(f)
+        help_text = f.metadata.get("help", "")
+        if inner[0] is bool and default is False:
+            parser.add_argument(flag, dest=f.name, action="store_true", help=help_text)
+        elif default is MISSING:
+            parser.add_argument(flag, dest=f.name, type=inner[0], required=True, help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, type=inner[0], default=default, help=help_text)
+
+
+def parse_args(parser: Any, cls: type, argv: list[str] | None) -> Any:
+    """``cls`` from the command line: argparse reads the flags, :func:`load` checks them; a bad value
+    raises :class:`ConfigError` with the checker's message, naming the flag (``--n = 0 must be >= 1``)."""
+    values = vars(parser.parse_args(argv))
+    try:
+        return load(cls, values)
+    except ConfigError as exc:
+        flags = {f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(cls)}
+        message = re.sub(r"config key '(\w+)'", lambda m: flags.get(m.group(1), m.group(1)), str(exc))
+        raise ConfigError(message) from exc
+
+
 # ----------------------------------------------------------------------------- views of a section
 
 
@@ -452,5 +494,5 @@ def _constraints(out: dict[str, Any], meta: Mapping[str, Any]) -> None:
         out["minItems" if out.get("type") == "array" else "minProperties"] = meta["min_items"]
 
 
-__all__ = ["ConfigError", "build", "check", "check_choice", "default_of", "describe", "fields_of", "json_schema", "load",
-           "names_of", "option", "section", "to_dict"]
+__all__ = ["ConfigError", "add_arguments", "build", "check", "check_choice", "default_of", "describe", "fields_of",
+           "json_schema", "load", "names_of", "option", "option_like", "parse_args", "section", "to_dict"]
