@@ -476,8 +476,8 @@ def _field_schema(tp: Any, f: dataclasses.Field, refs: Mapping[type, str]) -> di
         out["properties"] = {k: {} for k in _allowed(meta["keys"])}
         out["additionalProperties"] = False
     default = default_of(f)
-    if default is not MISSING and not (dataclasses.is_dataclass(tp) and "$ref" not in out):
-        out["default"] = to_dict(default) if not dataclasses.is_dataclass(default) else {}
+    if default is not MISSING:  # a section's default: {} (each of its keys has its own)
+        out["default"] = {} if dataclasses.is_dataclass(default) else to_dict(default)
     out["description"] = meta.get("help", "")
     return out
 

@@ -6,8 +6,6 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
-from snakemake.utils import validate
 
 # Jobs run `python -m salt.cli ...` from this checkout (also inside --sdm conda environments, where
 # salt is not installed): shell rules get the repository on PYTHONPATH, scripts add it to sys.path.
@@ -26,52 +24,20 @@ from salt.utils import deep_merge  # noqa: E402
 # ---------------------------------------------------------------- validation
 
 
-def _unknown_keys(instance, schema, where, defs):
-    """Yield (dotted key, allowed keys) for keys the schema does not allow (additionalProperties: false)."""
-    if "$ref" in schema:
-        schema = defs[schema["$ref"].split("/")[-1]]
-    if not isinstance(instance, dict) or schema.get("type") not in ("object", None):
-        return
-    props = schema.get("properties", {})
-    extra = schema.get("additionalProperties", True)
-    for key, value in instance.items():
-        dotted = f"{where}.{key}" if where else str(key)
-        if key in props:
-            yield from _unknown_keys(value, props[key], dotted, defs)
-        elif extra is False:
-            yield dotted, sorted(props)
-        elif isinstance(extra, dict):
-            yield from _unknown_keys(value, extra, dotted, defs)
-
-
 def _check_config(cfg):
-    """Validate ``cfg`` in place (defaults filled); raise ValueError naming the key and the fix."""
-    schema_path = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
-    schema = yaml.safe_load(schema_path.read_text())
-    bad = list(_unknown_keys(cfg, schema, "", schema.get("definitions", {})))
-    if bad:
-        lines = [f"  '{key}' is not a config key; allowed here: {', '.join(allowed)}" for key, allowed in bad]
-        raise ValueError("config error (see workflow/schemas/config.schema.yaml):\n" + "\n".join(lines))
-    validate(cfg, schema=str(schema_path), set_default=True)
-    _fill_nested_defaults(cfg, schema)
+    """Check ``cfg`` against its declarations (salt/workflow_config.py) and fill every default, in
+    place; raise ValueError naming the key path, the bad value and the fix."""
+    from salt.workflow_config import load_workflow_config
+
+    try:
+        resolved = load_workflow_config(cfg)
+    except ValueError as exc:
+        raise ValueError(f"config error (every key: salt/workflow_config.py, or workflow/schemas/config.schema.yaml):\n"
+                         f"  {exc}") from None
+    cfg.clear()
+    cfg.update(resolved)
     _check_results_dir(cfg)
     _check_references(cfg)
-
-
-def _fill_nested_defaults(cfg, schema):
-    """Apply the defaults of the map entries (datasets.*, studies.*, ...) that jsonschema may skip."""
-    defs = schema["definitions"]
-    maps = {"datasets": "dataset", "models": "model", "tasks": "task", "benchmarks": "benchmark",
-            "methods": "method", "studies": "study"}
-    for key, def_name in maps.items():
-        for entry in cfg.get(key, {}).values():
-            for prop, spec in defs[def_name]["properties"].items():
-                if prop not in entry and "default" in spec:
-                    entry[prop] = copy.deepcopy(spec["default"])
-    for section in ("light", "data", "sft", "train", "evaluate", "proxy"):
-        res = cfg["compute"].setdefault(section, {})
-        for prop, spec in defs["resources"]["properties"].items():
-            res.setdefault(prop, copy.deepcopy(spec["default"]))
 
 
 # Folders of results_dir that are not studies (a study named like one of them would mix outputs).
