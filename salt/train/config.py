@@ -1,15 +1,19 @@
 """The run config of one training job: nested dataclasses, loaded from YAML + ``--set`` overrides.
 
-Every key, its default and its help live here, once, in the field metadata (``help``).
-``load_run_config(path, overrides)`` reads the YAML file, deep-merges ``--set a.b=c`` overrides
-into it, builds :class:`RunConfig` (unknown keys are errors naming the key path and the valid
-keys) and runs the cross-field checks, whose errors say how to fix the value. The resolved config
-is written next to the run's outputs as ``config.resolved.yaml`` (:func:`save_resolved`).
+Declared with :mod:`salt.config_spec` (the mechanism shared by ``salt sft``, ``salt evaluate`` and
+the workflow): every key, its type, default, help and own checks live here, once, in the field
+declarations; allowed values are read from the registries that own them. ``load_run_config(path,
+overrides)`` reads the YAML file, deep-merges ``--set a.b=c`` overrides into it, builds
+:class:`RunConfig` (unknown keys are errors naming the key path and the valid keys), runs each
+field's checks and then the cross-field checks, whose errors say how to fix the value. The
+resolved config is written next to the run's outputs as ``config.resolved.yaml``
+(:func:`save_resolved`).
 
-Two sections are open-ended because they forward to the algorithm library:
-``algorithm.loss`` (``name`` plus any :class:`salt.algo.losses.LossConfig` field) and
-``algorithm.salt`` (the trainer-side keys below plus any :class:`salt.algo.decomposition.SaltConfig`
-field). Their extra keys are checked against those dataclasses' fields.
+Two sections are open-ended because they forward to the algorithm library: ``algorithm.loss``
+(the :class:`salt.algo.losses.LossConfig` fields, ``name`` included) and ``algorithm.salt``
+(:class:`SaltTrainConfig`: the trainer-side keys plus any :class:`salt.algo.decomposition.SaltConfig`
+field, written flat). Their keys are checked against those dataclasses' fields, their values by
+the dataclasses themselves.
 """
 
 from __future__ import annotations
