@@ -27,6 +27,7 @@ from typing import Any, Mapping
 from salt import config_spec as spec
 from salt.config_spec import ConfigError, fields_of, names_of
 from salt.config_spec import option, section
+from salt.rollout.vllm import VllmOptions
 from salt.utils import atomic_write_text, deep_merge, parse_set_overrides
 
 
@@ -74,14 +75,6 @@ class DataConfig:
 
 
 @dataclass
-class VllmConfig:
-    gpu_memory_utilization: float = option(0.5, "Fraction of GPU memory vLLM may take (colocated).")
-    tensor_parallel_size: int = option(1, "vLLM tensor parallel size.")
-    enable_sleep_mode: bool = option(True, "Free vLLM's KV cache / weights between generation phases.")
-    max_model_len: int | None = option(None, "vLLM max sequence length (None = the model's).")
-
-
-@dataclass
 class RolloutConfig:
     backend: str = option("hf", "hf (batched generate, the CPU default) | vllm (GPU only).",
                           choices=names_of("salt.rollout:BACKENDS"))
@@ -90,7 +83,7 @@ class RolloutConfig:
     max_new_tokens: int = option(16, "Maximum completion length in tokens.", gt=0)
     temperature: float = option(1.0, "Sampling temperature (also used for the LM-head Gram features).", gt=0)
     top_p: float = option(1.0, "Nucleus sampling threshold.", gt=0, le=1)
-    vllm: VllmConfig = section(VllmConfig, "Options of the vllm backend.")
+    vllm: VllmOptions = section(VllmOptions, "Options of the vllm backend (salt.rollout.vllm).")
 
 
 @dataclass
