@@ -148,6 +148,14 @@ def _extra(cls: type) -> tuple[str, fields_of] | None:
     return getattr(cls, "__extra__", None)
 
 
+def _did_you_mean(given: Any, valid: Any) -> str:
+    import difflib
+
+    names = [str(v) for v in valid]
+    close = difflib.get_close_matches(str(given), names, n=1) if isinstance(given, str) else []
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
 def _join(path: str, key: Any) -> str:
     return f"{path}.{key}" if path else str(key)
 
@@ -175,7 +183,7 @@ def build(cls: type, data: Any, path: str = "") -> Any:
                 extra[key] = value
                 continue
             raise ConfigError(f"unknown config key '{key_path}'; valid keys under '{path or '<root>'}': "
-                              f"{', '.join(own)}")
+                              f"{', '.join(own)}{_did_you_mean(key, own)}")
         kwargs[key] = _convert(value, hints[key], key_path, fields[key].metadata)
     if extra_spec is not None:
         name, valid = extra_spec
@@ -184,7 +192,7 @@ def build(cls: type, data: Any, path: str = "") -> Any:
         if bad:
             raise ConfigError(
                 f"unknown config key '{_join(path, bad[0])}'; valid keys under '{path}': {', '.join(own)} "
-                f"and the {valid.owner} fields {', '.join(sorted(allowed))}")
+                f"and the {valid.owner} fields {', '.join(sorted(allowed))}{_did_you_mean(bad[0], own + list(allowed))}")
         kwargs[name] = extra
     missing = [n for n, f in fields.items() if n not in kwargs and default_of(f) is MISSING]
     if missing:
@@ -241,7 +249,7 @@ def _convert(value: Any, tp: Any, key: str, meta: Mapping[str, Any] | None = Non
             if bad:
                 owner = f"the {valid.owner} fields " if isinstance(valid, fields_of) else ""
                 raise ConfigError(f"unknown config key '{key}.{bad[0]}'; valid keys under '{key}': "
-                                  f"{owner}{', '.join(sorted(allowed))}")
+                                  f"{owner}{', '.join(sorted(allowed))}{_did_you_mean(bad[0], allowed)}")
         if len(args) == 2:
             out = {k: _convert(v, args[1], f"{key}.{k}") for k, v in out.items()}
         return out
@@ -311,7 +319,7 @@ def check_choice(value: Any, choices: Any, key: str, hint: str = "") -> None:
     allowed = _allowed(choices)
     if value not in allowed:
         raise ConfigError(f"config key '{key}' = {value!r} is not allowed; use one of "
-                          f"{', '.join(map(str, allowed))}{hint}")
+                          f"{', '.join(map(str, allowed))}{hint}{_did_you_mean(value, allowed)}")
 
 
 def describe_bounds(bounds: Mapping[str, float]) -> str:

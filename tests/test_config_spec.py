@@ -47,7 +47,8 @@ def test_defaults_types_and_round_trip():
 
 
 @pytest.mark.parametrize("data, needles", [
-    ({"name": "x", "inner": {"sise": 1}}, ["unknown config key 'inner.sise'", "valid keys under 'inner': size, kind"]),
+    ({"name": "x", "inner": {"sise": 1}},
+     ["unknown config key 'inner.sise'", "valid keys under 'inner': size, kind", "did you mean 'size'?"]),
     ({"name": "x", "by_key": {"ab": {"kin": "a"}}}, ["'by_key.ab.kin'", "size, kind"]),
     ({"name": "x", "loss": {"clip": 1}}, ["'loss.clip'", "LossConfig", "clip_eps_high"]),
     ({"name": "x", "salt": {"rhoo": 1}}, ["'salt.rhoo'", "enabled", "SaltConfig", "k_max"]),
