@@ -115,8 +115,7 @@ def section(cls: type, help: str) -> Any:
     return field(default_factory=cls, metadata={**_NO_CHECKS, "help": help})
 
 
-_NO_CHECKS = {"choices": None, "ge": None, "gt": None, "le": None, "lt": None, "pattern": None, "min_items": None,
-              "items": {}, "keys": None, "key_pattern": None, "check": None, "hint": ""}
+_NO_CHECKS = dict(option().metadata)  # every check off
 
 
 def option_like(cls: type, name: str, default: Any = MISSING, **changes: Any) -> Any:
@@ -259,7 +258,8 @@ def _convert(value: Any, tp: Any, key: str, meta: Mapping[str, Any] | None = Non
         if args:
             return [_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
         return list(value)
-    return value
+    raise TypeError(f"config key '{key}': the declaration's type {tp!r} is not one salt.config_spec reads "
+                    "(bool, int, float, str, list, dict, a section, X | None)")
 
 
 # ---------------------------------------------------------------------------------------- check

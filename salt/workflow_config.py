@@ -193,7 +193,7 @@ class Claims:
     fgrpo: str = option("fgrpo", "The F-GRPO method (claim d).")
     vip: str = option("vip", "The VIP method, compared with the baseline's uniform allocation (claim e).")
     accuracy: str = option("pass@1", "Held-out metric of claims b and e and of Figure 2's accuracy panel.",
-                           pattern=r"^(pass@[0-9]+|avg@n)$")
+                           pattern=r"^(pass@[0-9]+|avg@n)$", hint="write pass@<k> or avg@n")
     margin: float = option(0.02, "Non-inferiority margin of \"SALT does not lose accuracy\" (claim b), in accuracy "
                            "units.", ge=0)
     curve_metric: str = option(
@@ -234,7 +234,8 @@ class WorkflowConfig:
         "(config.yaml: results, smoke.yaml: results/smoke, paper.yaml: results/paper) so that several configs can run "
         "in one checkout without touching each other's files; they may still share one MLflow database "
         "(tracking.uri). A study may not be named like a folder the workflow writes here (data, models, proxy, "
-        "tables, figures, logs, benchmarks, mlartifacts).", pattern=r"\S")
+        "tables, figures, logs, benchmarks, mlartifacts).", pattern=r"\S",
+        hint="a folder path such as results or results/smoke")
     tracking: Tracking = section(Tracking, "MLflow tracking.")
     compute: Compute = section(Compute, "Where and how jobs run.")
     slurm: Slurm = section(Slurm, "SLURM site settings (profiles/slurm).")

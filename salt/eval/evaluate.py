@@ -352,4 +352,5 @@ def cli_main(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["EvaluateConfig", "cli_main", "evaluate", "load_done", "load_problem_scores", "problem_score", "resolve_model_dir", "summarise"]
+__all__ = ["EvaluateConfig", "cli_main", "evaluate", "load_done", "load_problem_scores", "problem_score",
+           "resolve_model_dir", "summarise"]
