@@ -20,10 +20,12 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from salt import config_spec as spec
-from salt.config_spec import names_of, option, option_like, section
+from salt.config_spec import ConfigError, names_of, option, option_like, section
 from salt.eval.evaluate import EvaluateConfig
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # keys of datasets, models, tasks, ... (they become folder names)
+# Folders of results_dir that are not studies (a study named like one of them would mix outputs).
+RESERVED_DIRS = {"data", "models", "proxy", "tables", "figures", "logs", "benchmarks", "mlartifacts", "mlflow-server"}
 
 
 @dataclass(kw_only=True)
@@ -233,8 +235,8 @@ class WorkflowConfig:
         "data, models, runs, eval, tables, figures, report.html, logs, benchmarks. Give each config its own "
         "(config.yaml: results, smoke.yaml: results/smoke, paper.yaml: results/paper) so that several configs can run "
         "in one checkout without touching each other's files; they may still share one MLflow database "
-        "(tracking.uri). A study may not be named like a folder the workflow writes here (data, models, proxy, "
-        "tables, figures, logs, benchmarks, mlartifacts).", pattern=r"\S",
+        "(tracking.uri). A study may not be named like a folder the workflow writes here "
+        f"({', '.join(sorted(RESERVED_DIRS))}).", pattern=r"\S",
         hint="a folder path such as results or results/smoke")
     tracking: Tracking = section(Tracking, "MLflow tracking.")
     compute: Compute = section(Compute, "Where and how jobs run.")
@@ -261,8 +263,68 @@ DEFINITIONS = {"resources": Resources, "dataset": Dataset, "model": Model, "task
 
 
 def load_workflow_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The Snakemake config checked and completed with every default, as plain dicts."""
-    return spec.to_dict(spec.load(WorkflowConfig, config))
+    """The Snakemake config checked (each key, then the keys that name other keys) and completed
+    with every default, as plain dicts."""
+    cfg = spec.to_dict(spec.load(WorkflowConfig, config))
+    cfg["results_dir"] = _results_dir(cfg["results_dir"])
+    _check_references(cfg)
+    return cfg
+
+
+def _results_dir(raw: str) -> str:
+    """``results_dir`` without a trailing slash; it must name a folder and hold no wildcards."""
+    raw = raw.strip()
+    path = raw.rstrip("/") or raw
+    if not path or any(c in path for c in "{}*?[]") or any(c.isspace() for c in path):
+        raise ConfigError(f"results_dir={raw!r} must be a folder path without spaces, wildcards or braces "
+                          "(e.g. results or results/smoke)")
+    return path
+
+
+def _check_references(cfg: dict[str, Any]) -> None:
+    """Keys that name other keys (datasets, models, tasks, methods, benchmarks) and the grid's arithmetic."""
+    errors = []
+
+    def need(kind: str, name: str, where: str) -> None:
+        if name not in cfg[kind]:
+            errors.append(f"  {where}: '{name}' is not a key of `{kind}` (known: {', '.join(cfg[kind]) or 'none'})")
+
+    for name, task in cfg["tasks"].items():
+        need("datasets", task["train"], f"tasks.{name}.train")
+        if task["eval"]:
+            need("datasets", task["eval"], f"tasks.{name}.eval")
+    for name, bench in cfg["benchmarks"].items():
+        need("datasets", bench["dataset"], f"benchmarks.{name}.dataset")
+        if max(bench["ks"]) > bench["n"]:
+            errors.append(f"  benchmarks.{name}.ks: k={max(bench['ks'])} needs n >= k (n={bench['n']}); raise n or drop k")
+    for name, study in cfg["studies"].items():
+        for kind in ("models", "tasks", "methods", "benchmarks"):
+            for item in study[kind]:
+                need(kind, item, f"studies.{name}.{kind}")
+        fixed_p, budget = study["prompts_per_step"], study["rollout_budget"]
+        if (fixed_p is None) == (budget is None):
+            errors.append(f"  studies.{name}: set exactly one of prompts_per_step (fixed P) and rollout_budget (fixed P x G)")
+        if budget is not None:
+            for g in study["group_sizes"]:
+                if budget % g:
+                    errors.append(f"  studies.{name}.rollout_budget={budget} is not divisible by G={g} (group_sizes)")
+    proxy = cfg["proxy"]
+    if proxy["enabled"] and proxy["models"]:
+        for model in proxy["models"]:
+            need("models", model, "proxy.models")
+        if not proxy["dataset"]:
+            errors.append("  proxy.dataset: needed when proxy.models is not empty (a key of `datasets`)")
+        else:
+            need("datasets", proxy["dataset"], "proxy.dataset")
+    reserved = sorted(set(cfg["studies"]) & RESERVED_DIRS)
+    if reserved:
+        errors.append(f"  studies: {', '.join(reserved)} would share a folder with other outputs under results_dir "
+                      f"({', '.join(sorted(RESERVED_DIRS))} are taken); rename the study")
+    if cfg["compute"]["launcher"] == "accelerate" and not cfg["compute"]["accelerate_config"]:
+        errors.append("  compute.accelerate_config: needed when compute.launcher is accelerate "
+                      "(e.g. config/accelerate/multi_gpu.yaml)")
+    if errors:
+        raise ConfigError("keys that name other keys:\n" + "\n".join(errors))
 
 
 def schema_text() -> str:

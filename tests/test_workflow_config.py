@@ -31,3 +31,18 @@ def test_the_schema_accepts_every_config_and_rejects_an_unknown_key():
         assert "group_size" in str(exc)
     else:
         raise AssertionError("the schema accepted an unknown key")
+
+
+def test_keys_that_name_other_keys_are_checked():
+    import pytest
+
+    from salt.config_spec import ConfigError
+    from salt.workflow_config import load_workflow_config
+
+    cfg = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+    cfg["studies"]["main"]["methods"].append("nope")
+    cfg["results_dir"] = "results/smoke/"
+    with pytest.raises(ConfigError, match="studies.main.methods: 'nope' is not a key of `methods` \\(known: grpo"):
+        load_workflow_config(cfg)
+    cfg["studies"]["main"]["methods"].pop()
+    assert load_workflow_config(cfg)["results_dir"] == "results/smoke"

@@ -36,66 +36,6 @@ def _check_config(cfg):
                          f"  {exc}") from None
     cfg.clear()
     cfg.update(resolved)
-    _check_results_dir(cfg)
-    _check_references(cfg)
-
-
-# Folders of results_dir that are not studies (a study named like one of them would mix outputs).
-RESERVED_DIRS = {"data", "models", "proxy", "tables", "figures", "logs", "benchmarks", "mlartifacts", "mlflow-server"}
-
-
-def _check_results_dir(cfg):
-    """Normalise ``results_dir`` (no trailing slash); it must name a folder and hold no wildcards."""
-    raw = str(cfg["results_dir"]).strip()
-    path = raw.rstrip("/") or raw
-    if not path or any(c in path for c in "{}*?[]") or any(c.isspace() for c in path):
-        raise ValueError(f"config error: results_dir={raw!r} must be a folder path without spaces, wildcards or braces "
-                         "(e.g. results or results/smoke)")
-    cfg["results_dir"] = path
-
-
-def _check_references(cfg):
-    errors = []
-
-    def need(kind, name, where):
-        if name not in cfg.get(kind, {}):
-            errors.append(f"  {where}: '{name}' is not a key of `{kind}` (known: {', '.join(cfg.get(kind, {})) or 'none'})")
-
-    for name, task in cfg["tasks"].items():
-        need("datasets", task["train"], f"tasks.{name}.train")
-        if task.get("eval"):
-            need("datasets", task["eval"], f"tasks.{name}.eval")
-    for name, bench in cfg["benchmarks"].items():
-        need("datasets", bench["dataset"], f"benchmarks.{name}.dataset")
-        if max(bench["ks"]) > bench["n"]:
-            errors.append(f"  benchmarks.{name}.ks: k={max(bench['ks'])} needs n >= k (n={bench['n']}); raise n or drop k")
-    for name, study in cfg["studies"].items():
-        for kind, key in (("models", "models"), ("tasks", "tasks"), ("methods", "methods"), ("benchmarks", "benchmarks")):
-            for item in study.get(key, []):
-                need(kind, item, f"studies.{name}.{key}")
-        fixed_p, budget = study.get("prompts_per_step"), study.get("rollout_budget")
-        if (fixed_p is None) == (budget is None):
-            errors.append(f"  studies.{name}: set exactly one of prompts_per_step (fixed P) and rollout_budget (fixed P x G)")
-        if budget is not None:
-            for g in study["group_sizes"]:
-                if budget % g:
-                    errors.append(f"  studies.{name}.rollout_budget={budget} is not divisible by G={g} (group_sizes)")
-    proxy = cfg["proxy"]
-    if proxy["enabled"] and proxy["models"]:
-        for model in proxy["models"]:
-            need("models", model, "proxy.models")
-        if not proxy["dataset"]:
-            errors.append("  proxy.dataset: needed when proxy.models is not empty (a key of `datasets`)")
-        else:
-            need("datasets", proxy["dataset"], "proxy.dataset")
-    reserved = sorted(set(cfg["studies"]) & RESERVED_DIRS)
-    if reserved:
-        errors.append(f"  studies: {', '.join(reserved)} would share a folder with other outputs under results_dir "
-                      f"({', '.join(sorted(RESERVED_DIRS))} are taken); rename the study")
-    if cfg["compute"]["launcher"] == "accelerate" and not cfg["compute"]["accelerate_config"]:
-        errors.append("  compute.accelerate_config: needed when compute.launcher is accelerate (e.g. config/accelerate/multi_gpu.yaml)")
-    if errors:
-        raise ValueError("config error:\n" + "\n".join(errors))
 
 
 _check_config(config)
