@@ -1,8 +1,8 @@
 """The workflow's config (``config/*.yaml``), declared with :mod:`salt.config_spec`.
 
 ``workflow/rules/common.smk`` loads the Snakemake config through :func:`load_workflow_config`
-(types, defaults, allowed values, unknown keys; errors name the key path and the fix) before any
-job is planned. Keys under ``run``, ``models.*.run``, ``tasks.*.run``, ``studies.*.run`` and
+(types, defaults, allowed values, unknown keys, then the keys that name other keys; errors name
+the key path and the fix) before any job is planned. Keys under ``run``, ``models.*.run``, ``tasks.*.run``, ``studies.*.run`` and
 ``methods.*.run`` are run-config override dicts (:class:`salt.train.config.RunConfig`), checked by
 building the run config of every job of the grid.
 
