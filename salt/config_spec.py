@@ -351,6 +351,8 @@ def add_arguments(parser: Any, cls: type) -> None:
         inner = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
         default = default_of(f)
         help_text = f.metadata.get("help", "")
+        if f.metadata.get("choices") is not None:
+            help_text += f" (one of: {', '.join(map(str, _allowed(f.metadata['choices'])))})"
         if inner[0] is bool and default is False:
             parser.add_argument(flag, dest=f.name, action="store_true", help=help_text)
         elif default is MISSING:
