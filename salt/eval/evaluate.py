@@ -31,10 +31,13 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from salt import metric_names as mn
+from salt import config_spec as spec
+from salt.config_spec import ConfigError, names_of, option
 from salt.utils import append_jsonl, atomic_write_text, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -179,7 +182,7 @@ def load_model(model_dir: Path, backend: str):
     return model, tokenizer
 
 
-def _open_tracking(args: argparse.Namespace, run_dir: Path | None, out_dir: Path):
+def _open_tracking(args: EvaluateConfig, run_dir: Path | None, out_dir: Path):
     if args.no_tracking:
         return None
     from salt import tracking
@@ -195,7 +198,7 @@ def _open_tracking(args: argparse.Namespace, run_dir: Path | None, out_dir: Path
 # the command
 
 
-def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+def evaluate(args: EvaluateConfig) -> dict[str, Any]:
     from salt.rollout import make_backend
     from salt.tasks.prompts import build_prompt
     from salt.tasks.rewards import check_code_sandbox, score_batch
@@ -212,9 +215,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     ids = [r.get("id") for r in rows]
     if len(set(ids)) != len(ids):
         raise ValueError(f"--data {args.data}: duplicate ids; prepare it with 'salt prepare-data'")
-    ks = [int(k) for k in str(args.ks).split(",") if k.strip()]
-    if any(k < 1 for k in ks):
-        raise ValueError(f"--ks {args.ks}: every k must be >= 1")
+    ks = [int(k) for k in str(args.ks).split(",") if k.strip()]  # checked by EvaluateConfig
     problems_path = out_dir / PROBLEMS_FILE
     done = load_done(problems_path)
     for rid, rec in done.items():
@@ -291,43 +292,56 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def _check_ks(value: str, key: str) -> None:
+    parts = [k.strip() for k in str(value).split(",") if k.strip()]
+    if not parts or not all(k.isdigit() and int(k) >= 1 for k in parts):
+        raise ConfigError(f"config key '{key}' = {value!r}: give comma-separated k >= 1 of pass@k, e.g. 1,4,16")
+
+
+@dataclass
+class EvaluateConfig:
+    """``salt evaluate``: one model on one benchmark (each key is a command-line flag)."""
+
+    model: str = option(help="training output dir (uses final/) or HF model dir")
+    benchmark: str = option(help="benchmark name (metric namespace), e.g. math500")
+    data: str = option(help="prepared rows (DIR/data.jsonl from salt prepare-data)")
+    out: str = option(help="output dir: problems.jsonl + metrics.json")
+    n: int = option(4, "samples per problem (pass@k needs n >= k)", ge=1)
+    temperature: float = option(1.0, "sampling temperature", ge=0)
+    top_p: float = option(1.0, "nucleus sampling threshold", gt=0, le=1)
+    max_new_tokens: int = option(512, "maximum response length in tokens", ge=1)
+    ks: str = option("1,4,16", "comma-separated k of pass@k (k > n are skipped)", check=_check_ks)
+    batch_size: int = option(8, "problems per generate call", ge=1)
+    gen_batch_size: int | None = option(None, "hf backend: max rollouts per model.generate", ge=1)
+    backend: str = option("hf", "generation backend", choices=names_of("salt.rollout:BACKENDS"))
+    seed: int = option(0, "sampling seed")
+    limit: int | None = option(None, "evaluate the first N problems only (0 or unset: all)", ge=0)
+    system_prompt: str | None = option(None, "system prompt of every problem")
+    workers: int = option(2, "math verifier processes / concurrent sandboxes", ge=1)
+    timeout_s: float = option(5.0, "deadline per math comparison", gt=0)
+    code_timeout_s: float = option(10.0, "deadline per program", gt=0)
+    step: int = option(0, "MLflow step the metrics are logged at", ge=0)
+    allow_unisolated: bool = option(
+        False, "code benchmarks: run programs in the code sandbox's weaker fallback when bubblewrap is "
+        "missing (default: stop at start-up; see salt.tasks.sandbox)")
+    tracking_uri: str | None = option(None, "MLflow URI for a new run (default: salt.tracking's)")
+    no_tracking: bool = option(False, "do not log to MLflow")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="salt evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="training output dir (uses final/) or HF model dir")
-    p.add_argument("--benchmark", required=True, help="benchmark name (metric namespace), e.g. math500")
-    p.add_argument("--data", required=True, help="prepared rows (DIR/data.jsonl from salt prepare-data)")
-    p.add_argument("--out", required=True, help="output dir: problems.jsonl + metrics.json")
-    p.add_argument("--n", type=int, default=4, help="samples per problem")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--ks", default="1,4,16", help="comma-separated k of pass@k (k > n are skipped)")
-    p.add_argument("--batch-size", type=int, default=8, help="problems per generate call")
-    p.add_argument("--gen-batch-size", type=int, default=None, help="hf backend: max rollouts per model.generate")
-    p.add_argument("--backend", choices=("hf", "vllm"), default="hf")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, default=None, help="evaluate the first N problems only")
-    p.add_argument("--system-prompt", default=None)
-    p.add_argument("--workers", type=int, default=2, help="math verifier processes / concurrent sandboxes")
-    p.add_argument("--timeout-s", type=float, default=5.0, help="deadline per math comparison")
-    p.add_argument("--code-timeout-s", type=float, default=10.0, help="deadline per program")
-    p.add_argument("--step", type=int, default=0, help="MLflow step the metrics are logged at")
-    p.add_argument("--allow-unisolated", action="store_true",
-                   help="code benchmarks: run programs in the code sandbox's weaker fallback when bubblewrap is "
-                        "missing (default: stop at start-up; see salt.tasks.sandbox)")
-    p.add_argument("--tracking-uri", default=None, help="MLflow URI for a new run (default: salt.tracking's)")
-    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    spec.add_arguments(p, EvaluateConfig)
     return p
 
 
 def cli_main(argv: list[str]) -> int:
     from salt.tasks.sandbox import SandboxIsolationError
 
-    args = _parser().parse_args(argv)
-    for name in ("n", "batch_size", "max_new_tokens"):
-        if getattr(args, name) < 1:
-            print(f"salt evaluate: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
-            return 2
+    try:
+        args = spec.parse_args(_parser(), EvaluateConfig, argv)
+    except ConfigError as exc:
+        print(f"salt evaluate: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         summary = evaluate(args)
@@ -339,4 +353,5 @@ def cli_main(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["cli_main", "evaluate", "load_done", "load_problem_scores", "problem_score", "resolve_model_dir", "summarise"]
+__all__ = ["EvaluateConfig", "cli_main", "evaluate", "load_done", "load_problem_scores", "problem_score",
+           "resolve_model_dir", "summarise"]

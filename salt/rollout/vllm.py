@@ -32,28 +32,39 @@ objects shaped like vLLM's ``RequestOutput`` / ``CompletionOutput`` / ``Logprob`
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
+from salt import config_spec as spec
+from salt.config_spec import option
 from salt.rollout.base import RolloutBackend, RolloutOutput, cfg_get, check_generate_args, cut_at_eos
 from salt.rollout.hf import eos_token_ids, unwrap_model
 
 INSTALL_HINT = "vLLM is not installed: `pip install .[vllm]` (or set rollout.backend: hf)"
 EXTENSION_CLS = "salt.rollout.vllm.WeightLoaderExtension"
-VLLM_DEFAULTS: dict[str, Any] = {
-    "gpu_memory_utilization": 0.5,  # share of GPU memory the engine may take (weights + KV cache)
-    "tensor_parallel_size": 1,
-    "enable_sleep_mode": True,  # release memory between generation and training
-    "sleep_level": 1,  # 1: offload weights to CPU + drop KV cache; 2: drop both (weights re-synced anyway)
-    "max_model_len": None,  # null: the model's context length
-    "logprobs_mode": "processed_logprobs",  # log-probs after temperature scaling
-    "dtype": "auto",  # engine dtype; "auto" follows the checkpoint (bf16 for most models)
-    "enforce_eager": False,  # true: no CUDA graphs (slower, less memory, faster start)
-    "sync_chunk_mb": 512,  # weights are pushed in batches of at most this many MB
-    "model": None,  # path the engine loads; null: the trainer model's name_or_path
-}
+
+
+@dataclass
+class VllmOptions:
+    """``rollout.vllm``: the engine options of the vLLM backend (declared with salt.config_spec)."""
+
+    gpu_memory_utilization: float = option(0.5, "Share of GPU memory the engine may take (weights + KV cache; "
+                                           "colocated with training).", gt=0, le=1)
+    tensor_parallel_size: int = option(1, "vLLM tensor parallel size.", ge=1)
+    enable_sleep_mode: bool = option(True, "Release vLLM's memory between generation and training.")
+    sleep_level: int = option(1, "1: offload weights to CPU + drop the KV cache; 2: drop both (the weights are "
+                              "re-synced anyway).", choices=(1, 2))
+    max_model_len: int | None = option(None, "vLLM max sequence length (null: the model's context length).", ge=1)
+    logprobs_mode: str = option("processed_logprobs", "vLLM logprobs_mode (processed: after temperature scaling).")
+    dtype: str = option("auto", "Engine dtype; auto follows the checkpoint (bf16 for most models).")
+    enforce_eager: bool = option(False, "true: no CUDA graphs (slower, less memory, faster start).")
+    sync_chunk_mb: int = option(512, "Weights are pushed to the engine in batches of at most this many MB.", ge=1)
+    model: str | None = option(None, "Path the engine loads; null: the trainer model's name_or_path.")
+
+
+VLLM_DEFAULTS: dict[str, Any] = spec.to_dict(VllmOptions())
 
 
 def require_vllm() -> Any:
@@ -78,23 +89,12 @@ def check_available() -> None:
 
 
 def vllm_options(rollout_cfg: Any) -> dict[str, Any]:
-    """``rollout.vllm`` merged over :data:`VLLM_DEFAULTS`; unknown keys raise naming the valid ones."""
+    """``rollout.vllm`` as a plain dict with every default (:class:`VllmOptions`); unknown keys and bad
+    values raise :class:`salt.config_spec.ConfigError` naming the key."""
     given = cfg_get(rollout_cfg, "vllm") or {}
     if is_dataclass(given):
-        given = asdict(given)
-    if not isinstance(given, dict):
-        raise ValueError(f"rollout.vllm must be a mapping of engine options, got {type(given).__name__}")
-    unknown = sorted(set(given) - set(VLLM_DEFAULTS))
-    if unknown:
-        raise ValueError(f"rollout.vllm: unknown key(s) {unknown}; valid keys: {sorted(VLLM_DEFAULTS)}")
-    opts = {**VLLM_DEFAULTS, **given}
-    if not 0.0 < float(opts["gpu_memory_utilization"]) <= 1.0:
-        raise ValueError(f"rollout.vllm.gpu_memory_utilization must be in (0, 1], got {opts['gpu_memory_utilization']}")
-    if int(opts["tensor_parallel_size"]) < 1:
-        raise ValueError(f"rollout.vllm.tensor_parallel_size must be >= 1, got {opts['tensor_parallel_size']}")
-    if int(opts["sleep_level"]) not in (1, 2):
-        raise ValueError(f"rollout.vllm.sleep_level must be 1 or 2, got {opts['sleep_level']}")
-    return opts
+        return spec.to_dict(spec.check(given, "rollout.vllm"))
+    return spec.to_dict(spec.load(VllmOptions, given, "rollout.vllm"))
 
 
 def engine_kwargs(model_path: str, opts: dict[str, Any], seed: int = 0) -> dict[str, Any]:

@@ -22,81 +22,89 @@ import math
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
+from salt import config_spec as spec
+from salt.config_spec import ConfigError, names_of, option, section
+from salt.train.config import TrackingConfig
 from salt.utils import atomic_write_text, deep_merge, parse_set_overrides, seed_everything
 
-DEFAULTS: dict[str, Any] = {
-    "seed": 0,  # model init, batch order and sampled evaluation
-    "model": {
-        "path": None,  # HF model dir to fine-tune; null = build the toy tokenizer + random toy model
-        "size": "tiny",  # toy model size when path is null: tiny | small
-        "max_position_embeddings": 64,  # toy model context length (prompt + completion)
-    },
-    "data": {
-        "train_problems": 1150,  # distinct toy warm-up problems (split 'train', data seed = seed)
-        "test_problems": 300,  # toy test problems for the accuracy (split 'test', data seed 0)
-        "levels": [1],  # difficulty levels, round-robin
-        # demonstrations per problem from each solver of salt.tasks.toy.SOLVERS (replaced, not merged)
-        "mixture": {"correct": 2, "plus_one": 1, "swap": 1, "sign": 1},
-    },
-    "train": {
-        "steps": 6000,  # optimizer steps (about 2 minutes on one core)
-        "batch_size": 64,  # sequences per step
-        "lr": 1.0e-3,  # AdamW peak learning rate
-        "weight_decay": 0.01,
-        "warmup_steps": 20,  # linear warm-up, then cosine decay to 10% of lr
-        "max_grad_norm": 1.0,
-        "log_every": 50,
-    },
-    "eval": {
-        "max_new_tokens": 6,  # toy answers are at most 4 characters + EOS
-        "samples": 8,  # rollouts per test problem at T=1 for the sampled pass@1 and pass@k
-        "batch_size": 512,  # rollouts per generate call
-    },
-    "tracking": {"enabled": True, "uri": "sqlite:///results/mlflow.db", "experiment": "salt-sft",
-                 "run_name": None, "parent_run_id": None, "tags": {}},
-}
+@dataclass
+class SftModelConfig:
+    path: str | None = option(None, "HF model dir to fine-tune; null = build the toy tokenizer + a random toy model.")
+    size: str = option("tiny", "Toy model size when path is null.", choices=names_of("salt.train.toy_model:MODEL_SIZES"))
+    max_position_embeddings: int = option(64, "Toy model context length (prompt + completion).", ge=1)
 
 
-def _check_keys(cfg: Mapping[str, Any], ref: Mapping[str, Any], prefix: str = "") -> None:
-    for key, value in cfg.items():
-        name = f"{prefix}{key}"
-        if key not in ref:
-            raise ValueError(f"sft config: unknown key '{name}'; valid keys here: {sorted(ref)}")
-        if isinstance(ref[key], dict) and key not in ("tags", "mixture"):
-            if not isinstance(value, Mapping):
-                raise ValueError(f"sft config: '{name}' must be a mapping with keys {sorted(ref[key])}")
-            _check_keys(value, ref[key], name + ".")
-
-
-def resolve_config(cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Defaults deep-merged with ``cfg``; unknown keys and bad values raise naming the key."""
-    cfg = dict(cfg or {})
-    _check_keys(cfg, DEFAULTS)
-    out = deep_merge(DEFAULTS, cfg)
-    if isinstance(cfg.get("data"), Mapping) and "mixture" in cfg["data"]:
-        out["data"]["mixture"] = dict(cfg["data"]["mixture"])  # a mixture replaces the default one
+def _mixture(value: Mapping[str, int], key: str) -> None:
     from salt.tasks.toy import check_mixture
 
     try:
-        out["data"]["mixture"] = check_mixture(out["data"]["mixture"])
+        check_mixture(value)
     except ValueError as exc:
-        raise ValueError(f"sft config: data.mixture: {exc}") from exc
-    for key in ("steps", "batch_size"):
-        if int(out["train"][key]) < 1:
-            raise ValueError(f"sft config: train.{key} must be >= 1, got {out['train'][key]}")
-    for key in ("train_problems", "test_problems"):
-        if int(out["data"][key]) < 1:
-            raise ValueError(f"sft config: data.{key} must be >= 1, got {out['data'][key]}")
-    if float(out["train"]["lr"]) <= 0:
-        raise ValueError(f"sft config: train.lr must be > 0, got {out['train']['lr']}")
+        raise ConfigError(f"sft config: {key}: {exc}") from exc
+
+
+@dataclass
+class SftDataConfig:
+    train_problems: int = option(1150, "Distinct toy warm-up problems (split 'train', data seed = seed).", ge=1)
+    test_problems: int = option(300, "Toy test problems for the accuracy (split 'test', data seed 0).", ge=1)
+    levels: list = option([1], "Difficulty levels, round-robin.", min_items=1,
+                          items={"choices": names_of("salt.tasks.toy:LEVELS")})
+    mixture: dict = option({"correct": 2, "plus_one": 1, "swap": 1, "sign": 1},
+                           "Demonstrations per problem from each solver of salt.tasks.toy.SOLVERS (a mixture given "
+                           "replaces this one, it is not merged into it).", check=_mixture)
+
+
+@dataclass
+class SftTrainConfig:
+    steps: int = option(6000, "Optimizer steps (about 2 minutes on one core).", ge=1)
+    batch_size: int = option(64, "Sequences per step.", ge=1)
+    lr: float = option(1.0e-3, "AdamW peak learning rate.", gt=0)
+    weight_decay: float = option(0.01, "AdamW weight decay.", ge=0)
+    warmup_steps: int = option(20, "Linear warm-up steps, then cosine decay to 10% of lr.", ge=0)
+    max_grad_norm: float = option(1.0, "Gradient clipping norm.", gt=0)
+    log_every: int = option(50, "Log the mean loss every K steps.", ge=1)
+
+
+@dataclass
+class SftEvalConfig:
+    max_new_tokens: int = option(6, "Completion length of the evaluation (toy answers: at most 4 characters + EOS).",
+                                 ge=1)
+    samples: int = option(8, "Rollouts per test problem at T=1 for the sampled pass@1 and pass@k.", ge=1)
+    batch_size: int = option(512, "Rollouts per generate call.", ge=1)
+
+
+@dataclass
+class SftTrackingConfig(TrackingConfig):
+    experiment: str = option("salt-sft", "MLflow experiment name.")
+
+
+@dataclass
+class SftConfig:
+    """``salt sft``: the warm-up of the toy model."""
+
+    seed: int = option(0, "Model init, batch order and sampled evaluation.")
+    model: SftModelConfig = section(SftModelConfig, "The model fine-tuned (or built).")
+    data: SftDataConfig = section(SftDataConfig, "The toy problems and demonstrations.")
+    train: SftTrainConfig = section(SftTrainConfig, "Optimisation.")
+    eval: SftEvalConfig = section(SftEvalConfig, "Evaluation on the toy test split.")
+    tracking: SftTrackingConfig = section(SftTrackingConfig, "MLflow.")
+
+
+DEFAULTS: dict[str, Any] = spec.to_dict(SftConfig())  # every key and its default, as a plain dict
+
+
+def resolve_config(cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Defaults filled into ``cfg`` (a plain dict); unknown keys and bad values raise naming the key."""
+    out = spec.to_dict(spec.load(SftConfig, cfg or {}))
     if out["model"]["path"] is not None and not (Path(out["model"]["path"]) / "config.json").is_file():
-        raise ValueError(f"sft config: model.path = '{out['model']['path']}' has no config.json; "
-                         "point it at a Hugging Face model dir or set it to null for the toy model")
+        raise ConfigError(f"sft config: model.path = '{out['model']['path']}' has no config.json; "
+                          "point it at a Hugging Face model dir or set it to null for the toy model")
     return out
 
 
@@ -302,11 +310,17 @@ def load_config_file(path: str | Path | None) -> dict[str, Any]:
 
 def cli_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="salt sft", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="output dir (DIR/final, DIR/metrics.json)")
-    parser.add_argument("--config", default=None, help="YAML file with keys of salt.train.sft.DEFAULTS")
+    parser.add_argument("--out", help="output dir (DIR/final, DIR/metrics.json)")
+    parser.add_argument("--config", default=None, help="YAML file with keys of salt.train.sft.SftConfig")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="override a key, e.g. --set train.steps=100 (repeatable)")
+    parser.add_argument("--help-config", action="store_true", help="list every config key with its default and help")
     args = parser.parse_args(argv)
+    if args.help_config:
+        print(spec.describe(SftConfig))
+        return 0
+    if not args.out:
+        parser.error("--out is required")
     cfg = deep_merge(load_config_file(args.config), parse_set_overrides(args.sets))
     metrics = run_sft(cfg, args.out)
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}, indent=2))

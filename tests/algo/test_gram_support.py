@@ -198,6 +198,9 @@ def test_flush_denormal_state_restored():
 
 
 def test_config_accepts_exactly_the_geometry_backends():
-    from salt.train.config import GRAM_METHODS as CONFIG_FALLBACK
+    from salt.train.config import ConfigError, from_dict
 
-    assert set(CONFIG_FALLBACK) == set(GRAM_METHODS)
+    for method in GRAM_METHODS:
+        from_dict({"algorithm": {"salt": {"gram": method}}}).validate(check_paths=False, check_devices=False)
+    with pytest.raises(ConfigError, match="algorithm.salt.gram"):
+        from_dict({"algorithm": {"salt": {"gram": "bogus"}}}).validate(check_paths=False, check_devices=False)

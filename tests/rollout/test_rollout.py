@@ -245,7 +245,7 @@ def test_vllm_sampling_and_engine_kwargs():
     assert ek["enable_sleep_mode"] is True and ek["seed"] == 4 and ek["worker_extension_cls"] == EXTENSION_CLS
     assert ek["logprobs_mode"] == "processed_logprobs" and ek["generation_config"] == "vllm"
     assert "max_model_len" not in engine_kwargs("/m", vllm_options({}), 0)
-    with pytest.raises(ValueError, match="unknown key"):
+    with pytest.raises(ValueError, match="unknown config key 'rollout.vllm.gpu_mem'; valid keys under 'rollout.vllm'"):
         vllm_options({"vllm": {"gpu_mem": 0.5}})
     with pytest.raises(ValueError, match="gpu_memory_utilization"):
         vllm_options({"vllm": {"gpu_memory_utilization": 1.5}})

@@ -6,8 +6,6 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
-from snakemake.utils import validate
 
 # Jobs run `python -m salt.cli ...` from this checkout (also inside --sdm conda environments, where
 # salt is not installed): shell rules get the repository on PYTHONPATH, scripts add it to sys.path.
@@ -26,110 +24,18 @@ from salt.utils import deep_merge  # noqa: E402
 # ---------------------------------------------------------------- validation
 
 
-def _unknown_keys(instance, schema, where, defs):
-    """Yield (dotted key, allowed keys) for keys the schema does not allow (additionalProperties: false)."""
-    if "$ref" in schema:
-        schema = defs[schema["$ref"].split("/")[-1]]
-    if not isinstance(instance, dict) or schema.get("type") not in ("object", None):
-        return
-    props = schema.get("properties", {})
-    extra = schema.get("additionalProperties", True)
-    for key, value in instance.items():
-        dotted = f"{where}.{key}" if where else str(key)
-        if key in props:
-            yield from _unknown_keys(value, props[key], dotted, defs)
-        elif extra is False:
-            yield dotted, sorted(props)
-        elif isinstance(extra, dict):
-            yield from _unknown_keys(value, extra, dotted, defs)
-
-
 def _check_config(cfg):
-    """Validate ``cfg`` in place (defaults filled); raise ValueError naming the key and the fix."""
-    schema_path = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
-    schema = yaml.safe_load(schema_path.read_text())
-    bad = list(_unknown_keys(cfg, schema, "", schema.get("definitions", {})))
-    if bad:
-        lines = [f"  '{key}' is not a config key; allowed here: {', '.join(allowed)}" for key, allowed in bad]
-        raise ValueError("config error (see workflow/schemas/config.schema.yaml):\n" + "\n".join(lines))
-    validate(cfg, schema=str(schema_path), set_default=True)
-    _fill_nested_defaults(cfg, schema)
-    _check_results_dir(cfg)
-    _check_references(cfg)
+    """Check ``cfg`` against its declarations (salt/workflow_config.py) and fill every default, in
+    place; raise ValueError naming the key path, the bad value and the fix."""
+    from salt.workflow_config import load_workflow_config
 
-
-def _fill_nested_defaults(cfg, schema):
-    """Apply the defaults of the map entries (datasets.*, studies.*, ...) that jsonschema may skip."""
-    defs = schema["definitions"]
-    maps = {"datasets": "dataset", "models": "model", "tasks": "task", "benchmarks": "benchmark",
-            "methods": "method", "studies": "study"}
-    for key, def_name in maps.items():
-        for entry in cfg.get(key, {}).values():
-            for prop, spec in defs[def_name]["properties"].items():
-                if prop not in entry and "default" in spec:
-                    entry[prop] = copy.deepcopy(spec["default"])
-    for section in ("light", "data", "sft", "train", "evaluate", "proxy"):
-        res = cfg["compute"].setdefault(section, {})
-        for prop, spec in defs["resources"]["properties"].items():
-            res.setdefault(prop, copy.deepcopy(spec["default"]))
-
-
-# Folders of results_dir that are not studies (a study named like one of them would mix outputs).
-RESERVED_DIRS = {"data", "models", "proxy", "tables", "figures", "logs", "benchmarks", "mlartifacts", "mlflow-server"}
-
-
-def _check_results_dir(cfg):
-    """Normalise ``results_dir`` (no trailing slash); it must name a folder and hold no wildcards."""
-    raw = str(cfg["results_dir"]).strip()
-    path = raw.rstrip("/") or raw
-    if not path or any(c in path for c in "{}*?[]") or any(c.isspace() for c in path):
-        raise ValueError(f"config error: results_dir={raw!r} must be a folder path without spaces, wildcards or braces "
-                         "(e.g. results or results/smoke)")
-    cfg["results_dir"] = path
-
-
-def _check_references(cfg):
-    errors = []
-
-    def need(kind, name, where):
-        if name not in cfg.get(kind, {}):
-            errors.append(f"  {where}: '{name}' is not a key of `{kind}` (known: {', '.join(cfg.get(kind, {})) or 'none'})")
-
-    for name, task in cfg["tasks"].items():
-        need("datasets", task["train"], f"tasks.{name}.train")
-        if task.get("eval"):
-            need("datasets", task["eval"], f"tasks.{name}.eval")
-    for name, bench in cfg["benchmarks"].items():
-        need("datasets", bench["dataset"], f"benchmarks.{name}.dataset")
-        if max(bench["ks"]) > bench["n"]:
-            errors.append(f"  benchmarks.{name}.ks: k={max(bench['ks'])} needs n >= k (n={bench['n']}); raise n or drop k")
-    for name, study in cfg["studies"].items():
-        for kind, key in (("models", "models"), ("tasks", "tasks"), ("methods", "methods"), ("benchmarks", "benchmarks")):
-            for item in study.get(key, []):
-                need(kind, item, f"studies.{name}.{key}")
-        fixed_p, budget = study.get("prompts_per_step"), study.get("rollout_budget")
-        if (fixed_p is None) == (budget is None):
-            errors.append(f"  studies.{name}: set exactly one of prompts_per_step (fixed P) and rollout_budget (fixed P x G)")
-        if budget is not None:
-            for g in study["group_sizes"]:
-                if budget % g:
-                    errors.append(f"  studies.{name}.rollout_budget={budget} is not divisible by G={g} (group_sizes)")
-    proxy = cfg["proxy"]
-    if proxy["enabled"] and proxy["models"]:
-        for model in proxy["models"]:
-            need("models", model, "proxy.models")
-        if not proxy["dataset"]:
-            errors.append("  proxy.dataset: needed when proxy.models is not empty (a key of `datasets`)")
-        else:
-            need("datasets", proxy["dataset"], "proxy.dataset")
-    reserved = sorted(set(cfg["studies"]) & RESERVED_DIRS)
-    if reserved:
-        errors.append(f"  studies: {', '.join(reserved)} would share a folder with other outputs under results_dir "
-                      f"({', '.join(sorted(RESERVED_DIRS))} are taken); rename the study")
-    if cfg["compute"]["launcher"] == "accelerate" and not cfg["compute"]["accelerate_config"]:
-        errors.append("  compute.accelerate_config: needed when compute.launcher is accelerate (e.g. config/accelerate/multi_gpu.yaml)")
-    if errors:
-        raise ValueError("config error:\n" + "\n".join(errors))
+    try:
+        resolved = load_workflow_config(cfg)
+    except ValueError as exc:
+        raise ValueError(f"config error (every key: salt/workflow_config.py, or workflow/schemas/config.schema.yaml):\n"
+                         f"  {exc}") from None
+    cfg.clear()
+    cfg.update(resolved)
 
 
 _check_config(config)
