@@ -39,9 +39,9 @@ def test_sketch_logs_no_bound(policy, tmp_path):
 
 
 def test_bad_gram_options_name_the_key(policy):
-    from salt.train.config import ConfigError, _validate, from_dict
+    from salt.train.config import ConfigError, from_dict
 
     for key, val in (("gram_tol", -0.1), ("support_eps", 0.0), ("tail_dim", -1)):
         with pytest.raises(ConfigError, match=f"algorithm.salt.{key}"):
-            _validate(from_dict(run_config(policy, algorithm={"salt": {key: val}})), check_paths=False,
-                      check_devices=False)
+            from_dict(run_config(policy, algorithm={"salt": {key: val}})).validate(check_paths=False,
+                                                                                   check_devices=False)
