@@ -372,7 +372,7 @@ def fig2_dynamics(t: Tables, fig) -> None:
             ax.set_title(f"{name} (G={G})", fontsize=9)
             ax.legend(fontsize=7)
         else:
-            _note(ax, f"no curve: '{key_of(pairs[0]) if pairs else PR}' not logged, or no method of "
+            _note(ax, f"no curve: '{key_of(pairs[0] if pairs else '')}' not logged, or no method of "
                       "report.claims.salt_pairs in the main study")
 
 

@@ -32,7 +32,7 @@ objects shaped like vLLM's ``RequestOutput`` / ``CompletionOutput`` / ``Logprob`
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import dataclass, is_dataclass
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch

@@ -551,7 +551,7 @@ def _probe(use_bwrap: bool, drop_user: bool, python: str) -> bool:
         # the standard library must stay importable after the switch (it is not when Python
         # lives under a directory only root may enter, e.g. /root/.pyenv without bwrap)
         code += ("import json, socket, decimal, traceback\nopen('probe.txt', 'w').write('x')\n"
-                 f"print('ok', os.getuid(), sys.version_info[0], int(hasattr(sys, 'addaudithook')))")
+                 "print('ok', os.getuid(), sys.version_info[0], int(hasattr(sys, 'addaudithook')))")
         cmd = [python, "-I", "-S", "-B", "-c", code]
         if use_bwrap:
             cmd = _bwrap_args(workdir, drop_user, python) + cmd

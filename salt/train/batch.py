@@ -17,7 +17,7 @@ positions of the sequence minus the very last one (``logits_to_keep = T + 1``).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 

@@ -27,7 +27,28 @@ from typing import Any, Mapping
 from salt import config_spec as spec
 from salt.config_spec import ConfigError, fields_of, names_of, option, section
 from salt.rollout.vllm import VllmOptions
+from salt.train.config_checks import check_run_config
 from salt.utils import atomic_write_text, deep_merge, parse_set_overrides
+
+
+# ------------------------------------------------------------------------------ field checks
+
+
+def _at_least_one(value: float, key: str) -> None:
+    if not (math.isfinite(value) and value >= 1.0):
+        raise ConfigError(
+            f"config key '{key}' = {value} must be a number >= 1 "
+            "(1 = draw prompts_per_step prompts per generation batch; DAPO's recipe uses 3)"
+        )
+
+
+def _step_numbers(value: list, key: str) -> None:
+    bad = [s for s in value if isinstance(s, bool) or not isinstance(s, int) or s < 1]
+    if bad:
+        raise ConfigError(
+            f"config key '{key}' = {value!r}: every entry must be a 1-based step number (integer >= 1); "
+            f"{bad[0]!r} is not"
+        )
 
 
 # --------------------------------------------------------------------------------------- sections
@@ -325,7 +346,7 @@ class RunConfig:
         the devices the config asks for are visible (vLLM needs a CUDA GPU). Planning hosts (the
         workflow's parse-time check) pass both False; ``salt train`` runs both before any work."""
         spec.check(self)
-        _validate(self, check_paths, check_devices)
+        check_run_config(self, check_paths, check_devices)
         return self
 
 
@@ -389,150 +410,3 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def describe() -> str:
     """Every key with its default and help, one line each (``salt train --help-config``)."""
     return spec.describe(RunConfig)
-
-
-# ------------------------------------------------------------------------------ cross-field checks
-
-
-def _at_least_one(value: float, key: str) -> None:
-    if not (math.isfinite(value) and value >= 1.0):
-        raise ConfigError(
-            f"config key '{key}' = {value} must be a number >= 1 "
-            "(1 = draw prompts_per_step prompts per generation batch; DAPO's recipe uses 3)"
-        )
-
-
-def _step_numbers(value: list, key: str) -> None:
-    bad = [s for s in value if isinstance(s, bool) or not isinstance(s, int) or s < 1]
-    if bad:
-        raise ConfigError(
-            f"config key '{key}' = {value!r}: every entry must be a 1-based step number (integer >= 1); "
-            f"{bad[0]!r} is not"
-        )
-
-
-def _check_library_values(a: AlgorithmConfig) -> None:
-    """The values of the open sections, checked by the library's own dataclasses (messages name the key)."""
-    from salt.algo.decomposition import SaltConfig
-    from salt.algo.losses import LossConfig
-
-    spec.check_choice(a.loss.get("name"), names_of("salt.algo.losses:POLICY_LOSSES"), "algorithm.loss.name")
-    try:
-        LossConfig(**a.loss)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(str(exc)) from exc
-    try:
-        SaltConfig(**a.salt.options)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"algorithm.salt: {exc}") from exc
-
-
-def _validate(cfg: RunConfig, check_paths: bool, check_devices: bool = True) -> None:
-    """The checks that involve more than one key (each field's own checks ran in :func:`spec.check`)."""
-    r, a, t = cfg.rollout, cfg.algorithm, cfg.train
-    if r.group_size < 2 and not a.vip.enabled:
-        raise ConfigError(
-            f"rollout.group_size = {r.group_size}: group-relative advantages need at least 2 rollouts "
-            "per prompt; set rollout.group_size >= 2"
-        )
-    mbp = t.mini_batch_prompts
-    if mbp is not None:
-        if mbp <= 0 or r.prompts_per_step % mbp != 0:
-            divisors = [d for d in range(1, r.prompts_per_step + 1) if r.prompts_per_step % d == 0]
-            raise ConfigError(
-                f"train.mini_batch_prompts = {mbp} does not divide rollout.prompts_per_step = "
-                f"{r.prompts_per_step}; set it to one of {divisors} or null (one mini-batch per step)"
-            )
-    # --- selection (PODS)
-    sel = a.selection
-    if sel.rule != "none":
-        if sel.n is None or sel.n <= r.group_size:
-            raise ConfigError(
-                f"algorithm.selection.rule = {sel.rule} keeps rollout.group_size = {r.group_size} of "
-                f"algorithm.selection.n rollouts per prompt, so selection.n must be > {r.group_size} "
-                f"(got {sel.n}); set algorithm.selection.n (e.g. {4 * r.group_size}) or rule: none"
-            )
-    elif sel.n is not None and sel.n != r.group_size:
-        raise ConfigError(
-            f"algorithm.selection.n = {sel.n} is set but algorithm.selection.rule is 'none'; set a rule "
-            f"({' | '.join(names_of('salt.algo.selection:SELECTION_RULES')())}) or remove selection.n"
-        )
-    # --- VIP
-    vip = a.vip
-    if vip.enabled:
-        if vip.lower < 0 or vip.upper < max(vip.lower, 2):
-            raise ConfigError(
-                f"algorithm.vip.lower = {vip.lower}, upper = {vip.upper}: need 0 <= lower <= upper and upper >= 2"
-            )
-        budget = cfg.vip_budget()
-        lo, hi = r.prompts_per_step * vip.lower, r.prompts_per_step * vip.upper
-        if not (lo <= budget <= hi):
-            raise ConfigError(
-                f"algorithm.vip.budget = {budget} is infeasible for {r.prompts_per_step} prompts with "
-                f"lower = {vip.lower} and upper = {vip.upper}: it must lie in [{lo}, {hi}]; change "
-                "algorithm.vip.budget, lower or upper"
-            )
-        if vip.allocation == "published" and vip.lower < (2 if vip.rule == "rloo" else 3):
-            raise ConfigError(
-                f"algorithm.vip.lower = {vip.lower}: allocation: published needs lower >= "
-                f"{2 if vip.rule == 'rloo' else 3} for rule {vip.rule} (published: 4); raise lower or use allocation: exact"
-            )
-        if vip.gamma is not None and not (math.isfinite(vip.gamma) and vip.gamma >= 0):
-            raise ConfigError(f"algorithm.vip.gamma = {vip.gamma} must be null (published 7e-4 / 4e-4) or a number >= 0")
-        if not 0 < vip.acc_clip < 0.5:
-            raise ConfigError(f"algorithm.vip.acc_clip = {vip.acc_clip} must be in (0, 0.5) (published: 1e-6)")
-        if sel.rule != "none":
-            raise ConfigError(
-                "algorithm.vip.enabled and algorithm.selection.rule both set the rollouts per prompt; "
-                "enable only one of them"
-            )
-        if a.dynamic_sampling.enabled:
-            raise ConfigError(
-                "algorithm.vip.enabled with algorithm.dynamic_sampling.enabled is not supported (the "
-                "refills would ignore the allocation); disable one of them"
-            )
-    # --- overlong
-    if a.overlong.enabled and not (0 < a.overlong.buffer < r.max_new_tokens):
-        raise ConfigError(
-            f"algorithm.overlong.buffer = {a.overlong.buffer} must be in (0, rollout.max_new_tokens = "
-            f"{r.max_new_tokens}); lower the buffer or raise max_new_tokens"
-        )
-    # --- the open sections: names from the registry, values checked by the library's dataclasses
-    _check_library_values(a)
-    if a.advantage_eps is not None and not (a.advantage_eps > 0 and math.isfinite(a.advantage_eps)):
-        raise ConfigError(f"algorithm.advantage_eps = {a.advantage_eps} must be a positive number or null")
-    # --- tracking
-    uri = cfg.tracking.uri
-    if cfg.tracking.enabled and "://" not in uri and not uri.startswith(("databricks", "sqlite:")):
-        raise ConfigError(
-            f"tracking.uri = {uri!r}: MLflow 3 refuses the plain file store; use a database URI such "
-            "as sqlite:///results/mlflow.db (or set tracking.enabled: false)"
-        )
-    # --- devices and paths (before any work)
-    if check_devices and r.backend == "vllm":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                "rollout.backend = vllm needs a CUDA GPU, and none is visible here; set "
-                "rollout.backend: hf (or run on a GPU node)"
-            )
-    if check_paths:
-        mp = Path(cfg.model.path)
-        if not (mp / "config.json").is_file():
-            what = "does not exist" if not mp.exists() else "has no config.json"
-            raise ConfigError(
-                f"model.path = '{mp}' {what}; build the model first (`salt sft --out DIR`, or the "
-                "workflow's warmup_sft rule) and point model.path at DIR/final, or at another Hugging Face model dir"
-            )
-        toy = [f"toy:{split}" for split in names_of("salt.tasks.toy:SPLITS")()]
-        for key, value in (("data.train", cfg.data.train), ("data.eval", cfg.data.eval)):
-            if value is None or str(value).startswith("toy:"):
-                if value is not None and value not in toy:
-                    raise ConfigError(f"{key} = {value!r}: the in-process toy splits are {', '.join(toy)}")
-                continue
-            if not Path(value).is_file():
-                raise ConfigError(
-                    f"{key} = '{value}' does not exist; create it with `salt prepare-data NAME --out DIR` "
-                    "(then DIR/data.jsonl) or use 'toy:rl' / 'toy:train' / 'toy:test'"
-                )
