@@ -48,7 +48,7 @@ def brute_force(p, budget, lower, upper, rule):
 def test_allocation_is_optimal_against_brute_force(p, lower, span, rule, data):
     upper = lower + span
     budget = data.draw(st.integers(len(p) * lower, len(p) * upper))
-    n = allocate_rollouts(torch.tensor(p), budget, lower, upper, rule)
+    n = allocate_rollouts(torch.tensor(p, dtype=torch.float64), budget, lower, upper, rule)
     assert n.dtype == torch.long and n.shape == (len(p),)
     assert int(n.sum()) == budget
     assert int(n.min()) >= lower and int(n.max()) <= upper
