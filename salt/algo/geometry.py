@@ -602,9 +602,10 @@ class _HiddenSide:
                 self.lam[i] = (Xi * Xi).sum()
             a0 += n
         m = min(tok.N, tok.H)
-        if 0 < m <= _GLOBAL_EIG_MAX:
+        if 0 < m <= _GLOBAL_EIG_MAX:  # float64 Gram, float32 eigenvalues widened by their rounding
             Q = X @ X.T if tok.N <= tok.H else X.T @ X
-            self.Lam = float(torch.linalg.eigvalsh(Q)[-1].clamp_min(0.0)) * (1 + 1e-9) + 1e-300
+            top = float(torch.linalg.eigvalsh(Q.float())[-1].clamp_min(0.0))
+            self.Lam = top * (1.0 + 8.0 * m * 2.0**-24) + 2.0**-22 * float(Q.norm()) + 1e-300
         else:
             self.Lam = float((X * X).sum())
         self.qp = self.qn = None
@@ -682,6 +683,7 @@ def _support_gram_impl(src: _LogitSource, *, tol: float, eps: float, tail_dim: i
             info.update(err_bound=0.0, support_size=0, tail_rows=0, tail_mass=0.0)
         return torch.zeros(tok.B, tok.B, dtype=torch.float64, device=dev)
     t_c, v_c, p_c, eps_t, lse, sq_non = _candidates(src, eps, chunk_size)
+    sq_non = sq_non * (1.0 + V * torch.finfo(dt).eps)  # worst-case rounding of its float sums
     # order of entry into U: sampled tokens first, then ids by their largest probability
     level = torch.zeros(V, dtype=dt, device=dev).scatter_reduce_(0, v_c, p_c, "amax")
     level[tok.y] = float("inf")
@@ -729,10 +731,9 @@ def _support_gram_impl(src: _LogitSource, *, tol: float, eps: float, tail_dim: i
         if u >= n_y and tol > 0 and margin * tb <= tol * KU_norm and u < V:  # every e_y is in U
             if tail_dim == 0:
                 break
+            # drawn once and always kept (E[K_hat] = K given U); its norm joins the reported bound
             A, A_norm, r = _tail_sketch(src, acc, perm, inU, lse, tail_dim, V - u, col_cap)
-            if r == V - u or math.sqrt(A_norm**2 + tb**2) <= tol * KU_norm:  # r == V - u: tail exact
-                break
-            A, A_norm, r = None, 0.0, 0  # the sketch came out large: grow U and draw again
+            break
         if max_support is not None and u >= max_support and u < V:
             return None
     if u == V:  # U is the whole vocabulary: nothing left out
