@@ -581,42 +581,65 @@ class _RolloutAcc:
 
 
 class _HiddenSide:
-    """What the tail bound needs of the hidden side x_t = w_t h_t, computed once per Gram.
+    """What the tail bound needs of the hidden side x_t = w_t h_t; the costly parts are computed
+    only when a bound first needs them.
 
-    lam (B,) float64 >= the largest eigenvalue of X_i X_i^T (exact eigenvalue for rollouts of at
-    most _EIG_MAX_TOKENS tokens, else the trace ||X_i||_F^2); Lam >= the largest eigenvalue of
-    X X^T over all N tokens (from the smaller of X X^T and X^T X in float64, else the trace);
-    and, if N^2 <= _PAIR_BOUND_NUMBERS, the positive and negative parts of <x_t, x_s> as (N, N)
-    upper bounds qp, qn (from the accumulator's float32 Gram widened by its worst-case rounding,
-    or in float64) for the pair refinement of :func:`_tail_bound`.
+    lam (B,) float64 >= the largest eigenvalue of X_i X_i^T (exact eigenvalues, batched over the
+    rollouts padded with zero rows, for rollouts of at most _EIG_MAX_TOKENS tokens; else the
+    trace ||X_i||_F^2); :meth:`Lam` >= the largest eigenvalue of X X^T over all N tokens (float64
+    Gram of the smaller side, float32 eigenvalue widened by its rounding; the trace if
+    min(N, H) > _GLOBAL_EIG_MAX); :meth:`pairs` the positive and negative parts of <x_t, x_s> as
+    (N, N) upper bounds (from the accumulator's float32 Gram widened by its worst-case
+    rounding, or in float64) if N^2 <= _PAIR_BOUND_NUMBERS, else None.
     """
 
     def __init__(self, tok: "_Tokens", hh: torch.Tensor | None = None):
-        X = tok.hw.to(torch.float64)
-        self.lam, a0 = torch.zeros(tok.B, dtype=torch.float64, device=X.device), 0
-        for i, n in enumerate(tok.counts):
-            Xi = X[a0 : a0 + n]
-            if 0 < n <= _EIG_MAX_TOKENS:
-                self.lam[i] = torch.linalg.eigvalsh(Xi @ Xi.T)[-1].clamp_min(0.0) * (1 + 1e-9) + 1e-300
-            else:
-                self.lam[i] = (Xi * Xi).sum()
-            a0 += n
-        m = min(tok.N, tok.H)
-        if 0 < m <= _GLOBAL_EIG_MAX:  # float64 Gram, float32 eigenvalues widened by their rounding
-            Q = X @ X.T if tok.N <= tok.H else X.T @ X
-            top = float(torch.linalg.eigvalsh(Q.float())[-1].clamp_min(0.0))
-            self.Lam = top * (1.0 + 8.0 * m * 2.0**-24) + 2.0**-22 * float(Q.norm()) + 1e-300
+        self.tok, self.hh, self._Lam, self._pairs = tok, hh, None, False
+        X = self.X = tok.hw.to(torch.float64)
+        B, counts = tok.B, tok.counts
+        self.lam = torch.zeros(B, dtype=torch.float64, device=X.device)
+        nmax = max(counts) if counts else 0
+        if 0 < nmax <= _EIG_MAX_TOKENS and B * nmax * nmax <= _PAIR_BOUND_NUMBERS:
+            pad = torch.zeros(B, nmax, X.shape[1], dtype=torch.float64, device=X.device)  # (B, n_max, H)
+            col = torch.arange(tok.N, device=X.device) - torch.tensor([0] + counts[:-1], device=X.device).cumsum(0)[tok.r]
+            pad[tok.r, col] = X
+            ev = torch.linalg.eigvalsh(pad @ pad.transpose(1, 2))[:, -1]  # zero rows change no eigenvalue > 0
+            self.lam = ev.clamp_min(0.0) * (1 + 1e-9) + 1e-300
         else:
-            self.Lam = float((X * X).sum())
-        self.qp = self.qn = None
-        if tok.N * tok.N <= _PAIR_BOUND_NUMBERS:
-            if hh is not None and hh.dtype != torch.float64:  # widen by the worst-case rounding of
-                nrm = X.norm(dim=1)  # a length-H dot product in that dtype
-                slack = (nrm[:, None] * nrm[None, :]).mul_(tok.H * 2.0 * torch.finfo(hh.dtype).eps)
-                Q = hh.double()
+            a0 = 0
+            for i, n in enumerate(counts):
+                Xi = X[a0 : a0 + n]
+                if 0 < n <= _EIG_MAX_TOKENS:
+                    self.lam[i] = torch.linalg.eigvalsh(Xi @ Xi.T)[-1].clamp_min(0.0) * (1 + 1e-9) + 1e-300
+                else:
+                    self.lam[i] = (Xi * Xi).sum()
+                a0 += n
+
+    def Lam(self) -> float:
+        if self._Lam is None:
+            tok, X = self.tok, self.X
+            m = min(tok.N, tok.H)
+            if 0 < m <= _GLOBAL_EIG_MAX:
+                Q = X @ X.T if tok.N <= tok.H else X.T @ X
+                top = float(torch.linalg.eigvalsh(Q.float())[-1].clamp_min(0.0))
+                self._Lam = top * (1.0 + 8.0 * m * 2.0**-24) + 2.0**-22 * float(Q.norm()) + 1e-300
             else:
-                Q, slack = (hh if hh is not None else X @ X.T), 0.0
-            self.qp, self.qn = Q.clamp_min(0.0).add_(slack), Q.neg().clamp_min_(0.0).add_(slack)
+                self._Lam = float((X * X).sum())
+        return self._Lam
+
+    def pairs(self):
+        if self._pairs is False:
+            tok, X, hh = self.tok, self.X, self.hh
+            self._pairs = None
+            if tok.N * tok.N <= _PAIR_BOUND_NUMBERS:
+                if hh is not None and hh.dtype != torch.float64:  # widen by the worst-case rounding
+                    nrm = X.norm(dim=1)  # of a length-H dot product in that dtype
+                    slack = (nrm[:, None] * nrm[None, :]).mul_(tok.H * 2.0 * torch.finfo(hh.dtype).eps)
+                    Q = hh.double()
+                else:
+                    Q, slack = (hh if hh is not None else X @ X.T), 0.0
+                self._pairs = (Q.clamp_min(0.0).add_(slack), Q.neg().clamp_min_(0.0).add_(slack))
+        return self._pairs
 
 
 def _tail_bound(tok: "_Tokens", tau, mu, beta, hs: _HiddenSide, onehot, need: float = 0.0) -> float:
@@ -628,22 +651,28 @@ def _tail_bound(tok: "_Tokens", tau, mu, beta, hs: _HiddenSide, onehot, need: fl
       tr(S) <= sum_i d_i,  d_i = lam_i b_i^2 >= ||T_i||_F^2,  b_i^2 = sum_{t in i} beta_t^2;
       lambda_max(S) = max_{|c|=1} sum_v ||X^T (c_r o p_v)||^2 <= Lam max_i b_i^2
     (p_v the column of tail probabilities of vocabulary id v over the tokens, c_r c spread to
-    the tokens). With the pair refinement (when the cheap bound is within 4x of ``need``):
+    the tokens). With the pair refinement (when the bound is within 4x of ``need``):
     S_ij = sum_{t in i, s in j} G_ts Q_ts with 0 <= G_ts <= ov_ts, so
     -sum ov Q^- <= S_ij <= sum ov Q^+, which tightens d_i and bounds |S_ij| directly; then
-    ||S||_F <= min(sqrt(lambda_max tr), ||C||_F) with C the entrywise bounds.
+    ||S||_F <= min(sqrt(lambda_max tr), ||C||_F) with C the entrywise bounds. The costly parts
+    are skipped when they are not needed or unlikely to decide: tr(S) alone when it is <= need
+    or above 4 sqrt(B) need (sqrt(lambda_max tr) >= tr / sqrt(B) whatever Lam is; the pair
+    refinement seldom gains 4x more). Every value returned is an upper bound.
     """
     b2 = onehot @ (beta * beta)  # (B,)
     d = hs.lam * b2  # (B,) >= S_ii
     tr = float(d.sum())
-    op = min(hs.Lam * float(b2.max()) if b2.numel() else 0.0, tr)
+    if tr <= need or tr > 4.0 * need * math.sqrt(max(tok.B, 1)):
+        return tr
+    op = min(hs.Lam() * float(b2.max()), tr)
     bound = math.sqrt(op * tr)
-    if hs.qp is None or bound <= need or bound > 4.0 * need:
+    if bound <= need or bound > 4.0 * need or hs.pairs() is None:
         return bound
+    qp, qn = hs.pairs()
     ov = torch.minimum(torch.minimum(beta[:, None] * beta[None, :], mu[:, None] * tau[None, :]),
                        tau[:, None] * mu[None, :])
-    pos = onehot @ (ov * hs.qp) @ onehot.T  # (B, B) >= S_ij
-    neg = onehot @ ov.mul_(hs.qn) @ onehot.T  # (B, B) >= -S_ij
+    pos = onehot @ (ov * qp) @ onehot.T  # (B, B) >= S_ij
+    neg = onehot @ ov.mul_(qn) @ onehot.T  # (B, B) >= -S_ij
     d = torch.minimum(d, pos.diagonal())
     C = torch.minimum(torch.sqrt(d[:, None] * d[None, :]), torch.maximum(pos, neg))
     C.diagonal().copy_(d)
