@@ -597,8 +597,8 @@ class _HiddenSide:
 
     lam (B,) float64 >= the largest eigenvalue of X_i X_i^T (exact eigenvalues, batched over the
     rollouts padded with zero rows, for rollouts of at most _EIG_MAX_TOKENS tokens; else the
-    trace ||X_i||_F^2); :meth:`Lam` >= the largest eigenvalue of X X^T over all N tokens (float32
-    Gram of the smaller side and its eigenvalue, widened by their worst-case rounding; the trace if
+    trace ||X_i||_F^2); :meth:`Lam` >= the largest eigenvalue of X X^T over all N tokens (float64
+    Gram of the smaller side, float32 eigenvalue widened by its rounding; the trace if
     min(N, H) > _GLOBAL_EIG_MAX); :meth:`pairs` the positive and negative parts of <x_t, x_s> as
     (N, N) upper bounds (from the accumulator's float32 Gram widened by its worst-case
     rounding, or in float64) if N^2 <= _PAIR_BOUND_NUMBERS, else None.
@@ -630,13 +630,10 @@ class _HiddenSide:
         if self._Lam is None:
             tok, X = self.tok, self.X
             m = min(tok.N, tok.H)
-            if 0 < m <= _GLOBAL_EIG_MAX:  # float32 Gram and eigenvalue, widened by their rounding:
-                Xf = tok.hw.float()  # |Q - fl(Q)| <= gamma_n |X|^T |X| entrywise, n the inner size
-                Q = Xf @ Xf.T if tok.N <= tok.H else Xf.T @ Xf
-                inner = tok.H if tok.N <= tok.H else tok.N
-                top = float(torch.linalg.eigvalsh(Q)[-1].clamp_min(0.0))
-                slack = 2.0 * inner * 2.0**-24 * float((X * X).sum()) + 8.0 * m * 2.0**-24 * float(Q.norm())
-                self._Lam = top + slack + 1e-300
+            if 0 < m <= _GLOBAL_EIG_MAX:  # float64 Gram (a float32 one would need a slack of
+                Q = X @ X.T if tok.N <= tok.H else X.T @ X  # N 2^-24 ||X||_F^2: 11% at case b)
+                top = float(torch.linalg.eigvalsh(Q.float())[-1].clamp_min(0.0))  # float32 eigenvalue,
+                self._Lam = top * (1.0 + 8.0 * m * 2.0**-24) + 2.0**-22 * float(Q.norm()) + 1e-300  # widened
             else:
                 self._Lam = float((X * X).sum())
         return self._Lam
