@@ -397,7 +397,7 @@ def _sketch_features(
 # tail sketch's Gram (PSD, or 0 without a sketch), ||K_hat - K||_F <= sqrt(||A||_F^2 + tb^2)
 # <= err_bound ||K^U||_F (||K||_F >= ||K^U||_F because K - K^U is PSD). ``err_bound`` is this
 # relative bound; the brute-force tests check it against the exact S on random, shared and
-# anisotropic inputs (bound / truth 1.0-17 there, 2-6 on the benchmark batches).
+# anisotropic inputs (bound / truth 1.0-17 there, 1.8-9 on the benchmark batches).
 #
 # Cost: one softmax pass over the N x V logits (block by block) plus a group max (groups of
 # 64 ids) to find the candidates, then the N x (u + r) gathered columns, 2 N (u + r) H for the
