@@ -204,3 +204,71 @@ def test_config_accepts_exactly_the_geometry_backends():
         from_dict({"algorithm": {"salt": {"gram": method}}}).validate(check_paths=False, check_devices=False)
     with pytest.raises(ConfigError, match="algorithm.salt.gram"):
         from_dict({"algorithm": {"salt": {"gram": "bogus"}}}).validate(check_paths=False, check_devices=False)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("common", [0.0, 3.0])
+@pytest.mark.parametrize("shared", [0.0, 0.9])
+def test_tail_bound_brute_force(seed, common, shared):
+    """The tail bound against the exact ||T T^T||_F for random non-negative tails (independent or
+    sharing one direction) and isotropic or anisotropic hidden states (a common mean direction),
+    ragged rollouts; with and without the pair refinement."""
+    from salt.algo import geometry
+
+    g = torch.Generator().manual_seed(seed)
+    B, H, Vt = 5, 7, 60
+    counts = torch.randint(1, 12, (B,), generator=g).tolist()
+    N = sum(counts)
+    X = torch.randn(N, H, generator=g, dtype=torch.float64) + common * torch.randn(1, H, generator=g, dtype=torch.float64)
+    base = torch.rand(1, Vt, generator=g, dtype=torch.float64) ** 4
+    P = (shared * base + (1 - shared) * torch.rand(N, Vt, generator=g, dtype=torch.float64) ** 6)
+    P = P * (torch.rand(N, 1, generator=g, dtype=torch.float64) * 0.2 / P.sum(1, keepdim=True))  # tail mass <= 0.2
+    r = torch.repeat_interleave(torch.arange(B), torch.tensor(counts))
+    onehot = torch.zeros(B, N, dtype=torch.float64)
+    onehot[r, torch.arange(N)] = 1.0
+    S = onehot @ ((P @ P.T) * (X @ X.T)) @ onehot.T
+    truth = float(S.norm())
+
+    class Tok:
+        pass
+
+    tok = Tok()
+    tok.B, tok.N, tok.H, tok.counts, tok.r, tok.hw = B, N, H, counts, r, X
+    tau, mu, beta = P.sum(1), P.amax(1), P.norm(dim=1)
+    hs = geometry._HiddenSide(tok)
+    for need in (0.0, truth, 10 * truth):  # refinement skipped, used, skipped
+        bound = geometry._tail_bound(tok, tau, mu, beta, hs, onehot, need=need)
+        assert truth <= bound * (1 + 1e-9)
+    hs._pairs = None  # the cheap bound alone
+    assert truth <= geometry._tail_bound(tok, tau, mu, beta, hs, onehot) * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("common", [0.0, 4.0])
+def test_bound_holds_with_anisotropic_hidden_states(common):
+    """Hidden states with a strong common direction (as a real LM's): the bound still holds."""
+    for seed in range(4):
+        h, W, b, z, y, mask = batch(6, 10, 500, 8, 6.0, seed=seed, zipf=1.0)
+        g = torch.Generator().manual_seed(100 + seed)
+        h = h + common * torch.randn(1, 1, 8, generator=g, dtype=h.dtype)
+        z = h @ W.T + b
+        dense = lm_head_gram(h, z, y, mask, method="dense")
+        for tol, tail_dim in ((1e-3, 0), (3e-2, 0), (3e-2, 16)):
+            info = {}
+            K = lm_head_gram(h, z, y, mask, method="support", tol=tol, tail_dim=tail_dim, support_eps=1e-3,
+                             seed=seed, info=info)
+            assert rel(K, dense) <= info["err_bound"] * (1 + 1e-9) + 1e-12
+            if tail_dim == 0 and info["support_size"] < 500:
+                assert info["err_bound"] <= tol
+
+
+def test_valid_row_gather_matches_generic(monkeypatch):
+    """Gathering the support columns run by run of valid rows gives the same numbers."""
+    from salt.algo import geometry
+
+    h, W, b, z, y, mask = batch(4, 12, 300, 5, 3.0, seed=18, zipf=1.0, dtype=torch.float32)
+    mask = (torch.arange(12)[None, :] < torch.tensor([[12], [5], [9], [1]])).float()  # prefix masks: 4 runs
+    kw = dict(method="support", tol=1e-3, tail_dim=8, seed=1)
+    K1 = lm_head_gram(h, z, y, mask, **kw)
+    monkeypatch.setattr(geometry._Tokens, "runs", lambda self: None)
+    K2 = lm_head_gram(h, z, y, mask, **kw)
+    assert torch.equal(K1, K2)
