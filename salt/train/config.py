@@ -300,7 +300,7 @@ class RunConfig:
     model: ModelConfig = section(ModelConfig, "Policy model.")
     data: DataConfig = section(DataConfig, "Training and evaluation data.")
     rollout: RolloutConfig = section(RolloutConfig, "Generation.")
-    algorithm: AlgorithmConfig = section(AlgorithmConfig, "Advantages, losses and the method doors.")
+    algorithm: AlgorithmConfig = section(AlgorithmConfig, "Advantages, losses, SALT and the method switches (PODS, F-GRPO, DAPO, VIP).")
     train: TrainConfig = section(TrainConfig, "Optimisation, checkpoints, logging.")
     tracking: RunTrackingConfig = section(RunTrackingConfig, "MLflow.")
     sandbox: SandboxConfig = section(SandboxConfig, "Code sandbox policy (code tasks only).")

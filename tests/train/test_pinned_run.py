@@ -5,7 +5,7 @@ on the code before the trainer was split into one file per job (issue 12). A ref
 code must leave every number where it was; a change that means to alter what training computes
 regenerates the file in the same commit and says why.
 
-Each case runs 3 steps of the tiny policy of ``test_trainer`` through a different set of doors:
+Each case runs 3 steps of the tiny policy of ``test_trainer`` through a different set of code paths:
 global and micro SALT scope, exact / support / sketch Grams, several epochs and mini-batches with
 gradient accumulation, DAPO dynamic sampling and overlong shaping, PODS selection, F-GRPO, VIP,
 every policy loss, a KL term, and baselines with diagnostics on and off. Besides every metric
