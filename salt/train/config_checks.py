@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from salt import config_spec as spec
+from salt.algo.decomposition import SaltConfig
+from salt.algo.losses import LossConfig
 from salt.config_spec import ConfigError, names_of
 
 if TYPE_CHECKING:
@@ -22,9 +24,6 @@ if TYPE_CHECKING:
 
 def _check_library_values(a: "AlgorithmConfig") -> None:
     """The values of the open sections, checked by the library's own dataclasses (messages name the key)."""
-    from salt.algo.decomposition import SaltConfig
-    from salt.algo.losses import LossConfig
-
     spec.check_choice(a.loss.get("name"), names_of("salt.algo.losses:POLICY_LOSSES"), "algorithm.loss.name")
     try:
         LossConfig(**a.loss)

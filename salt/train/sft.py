@@ -29,9 +29,16 @@ from typing import Any, Mapping
 import torch
 
 from salt import config_spec as spec
+from salt import tracking
 from salt.config_spec import ConfigError, names_of, option, section
+from salt.eval.metrics import pass_at_k
+from salt.rollout.hf import HFBackend
+from salt.tasks.prompts import build_prompt
+from salt.tasks.toy import check_mixture, demonstrations, format_target, generate_problems, toy_reward
 from salt.train.config import TrackingConfig
+from salt.train.toy_model import build_toy_model, train_toy_tokenizer
 from salt.utils import atomic_write_text, deep_merge, parse_set_overrides, seed_everything
+
 
 @dataclass
 class SftModelConfig:
@@ -41,7 +48,6 @@ class SftModelConfig:
 
 
 def _mixture(value: Mapping[str, int], key: str) -> None:
-    from salt.tasks.toy import check_mixture
 
     try:
         check_mixture(value)
@@ -116,7 +122,6 @@ def load_or_build(cfg: Mapping[str, Any]):
         tok = AutoTokenizer.from_pretrained(cfg["model"]["path"])
         model = AutoModelForCausalLM.from_pretrained(cfg["model"]["path"], dtype=torch.float32)
         return model, tok
-    from salt.train.toy_model import build_toy_model, train_toy_tokenizer
 
     tok = train_toy_tokenizer(None)
     model = build_toy_model(tok, cfg["model"]["size"], seed=int(cfg["seed"]),
@@ -126,8 +131,6 @@ def load_or_build(cfg: Mapping[str, Any]):
 
 def encode_examples(rows: list[dict], tokenizer) -> list[tuple[list[int], int]]:
     """Per row ``(ids, n_prompt)``: ids = prompt ids + target ids + EOS; the loss starts at ``n_prompt``."""
-    from salt.tasks.prompts import build_prompt
-    from salt.tasks.toy import format_target
 
     out = []
     for row in rows:
@@ -162,10 +165,6 @@ def evaluate_toy(model, tokenizer, rows: list[dict], max_new_tokens: int, sample
                  batch_size: int | None = None) -> dict[str, float]:
     """Greedy pass@1, sampled (T=1) pass@1 (mean over ``samples`` rollouts) overall and per level,
     and the unbiased sampled pass@k for k = 2, 4, ... up to ``samples``."""
-    from salt.eval.metrics import pass_at_k
-    from salt.rollout.hf import HFBackend
-    from salt.tasks.prompts import build_prompt
-    from salt.tasks.toy import toy_reward
 
     backend = HFBackend(model, tokenizer, batch_size=batch_size)
     prompts = [build_prompt(r, tokenizer) for r in rows]
@@ -211,7 +210,6 @@ def run_sft(cfg: Mapping[str, Any] | None, out_dir: str | Path) -> dict[str, Any
 def _run_sft(cfg: Mapping[str, Any] | None, out_dir: str | Path) -> dict[str, Any]:
     import yaml
 
-    from salt.tasks.toy import demonstrations, generate_problems
 
     cfg = resolve_config(cfg)
     out = Path(out_dir)
@@ -230,7 +228,6 @@ def _run_sft(cfg: Mapping[str, Any] | None, out_dir: str | Path) -> dict[str, An
         raise ValueError(f"sft: prompt + eval.max_new_tokens = {longest} tokens exceeds the model's "
                          f"max_position_embeddings ({limit}); raise model.max_position_embeddings")
 
-    from salt import tracking
 
     run = tracking.start_run(cfg["tracking"], run_name=cfg["tracking"]["run_name"] or f"sft-{out.name}",
                              out_dir=out, params=cfg, tags={"stage": "sft"})
