@@ -158,23 +158,28 @@ def run_case(args, entropy) -> dict:
     # forward and estimator interleaved, repeat by repeat (a shared machine's load hits both alike)
     (t_fwd, t_sup), (_, K) = best_of_interleaved(
         [lambda: torch.matmul(hflat, W.T, out=out),
-         lambda: lm_head_gram(hidden, logits, tokens, mask, 1.0, "auto", seed=args.seed, tol=args.tol,
-                              tail_dim=args.tail_dim, info=info)],
+         lambda: lm_head_gram(hidden, logits, tokens, mask, 1.0, args.method, seed=args.seed, tol=args.tol,
+                              tail_dim=args.tail_dim, sparse_samples=args.samples, info=info)],
         args.repeats, ("forward", "support"))
     t_fwd_v, _ = best_of(lambda: torch.matmul(hval, W.T, out=out_v), 1)
     del out, out_v
     info_s = {}
     _reset_peak()
     base = _status_kib("VmRSS")
+    stream_method = "sparse" if info["method"] == "sparse" else "support"
     t_str, Ks = best_of(lambda: streaming_lm_head_gram(hidden, W, tokens, mask, 1.0, bias=bias, seed=args.seed,
-                                                       tol=args.tol, tail_dim=args.tail_dim, info=info_s), 1, "stream")
+                                                       tol=args.tol, tail_dim=args.tail_dim, info=info_s,
+                                                       method=stream_method, sparse_samples=args.samples),
+                        1, "stream")
     peak_extra = (_status_kib("VmHWM") - base) / 1024
     peak_total = _status_kib("VmHWM") / 1024
     A = grpo_adv(rewards)
     row0 = {"entropy_target": entropy, "entropy": ent, "scale": s, "N_valid": int(valid.sum()),
             "t_forward": t_fwd, "t_forward_valid": t_fwd_v, "t_support": t_sup, "t_stream": t_str,
             "method": info["method"], "err_bound": info["err_bound"], "support_size": info.get("support_size"),
-            "tail_mass": info.get("tail_mass"), "stream_peak_extra_mib": peak_extra,
+            "tail_mass": info.get("tail_mass"), "err_kind": info.get("err_kind", "deterministic"),
+            "sparse_entries": info.get("sparse_entries"), "samples": info.get("tail_rows"),
+            "stream_err_bound": info_s.get("err_bound"), "stream_peak_extra_mib": peak_extra,
             "stream_peak_total_mib": peak_total, "cpu_forward": CPU["forward"], "cpu_support": CPU["support"],
             "cpu_stream": CPU["stream"]}
     if args.no_reference:
@@ -218,6 +223,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tol", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tail-dim", dest="tail_dim", type=int, default=256, help="support: tail sketch rows (0: none)")
+    ap.add_argument("--method", default="auto", help="lm_head_gram method timed against the forward (auto, sparse, support)")
+    ap.add_argument("--samples", type=int, default=1024, help="sparse: ids sampled for the correction (sparse_samples)")
     ap.add_argument("--sketch", action="store_true", help="also the count sketch with 256 buckets")
     ap.add_argument("--no-reference", dest="no_reference", action="store_true",
                     help="skip the float64 reference (cost and bound only; case b's reference takes minutes)")
