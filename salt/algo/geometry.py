@@ -53,6 +53,7 @@ no logging. Inputs are never modified; gradients never flow (h and z are detache
 from __future__ import annotations
 
 import math
+import warnings
 from functools import lru_cache
 
 import torch
@@ -887,8 +888,11 @@ def _sparse_gram_impl(src: _LogitSource, *, eps: float, samples: int, seed: int,
     onehot = torch.zeros(B, N, dtype=torch.float64, device=dev)
     onehot[tok.r, torch.arange(N, device=dev)] = 1.0
     # exact part K^S: sparse token-pair product
-    Ds = torch.sparse_coo_tensor(torch.stack([t_s, v_s]), d_s, (N, V), device=dev).coalesce().to_sparse_csr()
-    M = torch.sparse.mm(Ds, Ds.to_sparse_coo().t().to_sparse_csr()).to_dense()  # (N, N) <D^S_t, D^S_s>
+    Ds = torch.sparse_coo_tensor(torch.stack([t_s, v_s]), d_s, (N, V), device=dev, is_coalesced=True,
+                                 check_invariants=False)  # (t, v) sorted and unique
+    with warnings.catch_warnings():  # torch's note that its sparse CSR kernels are in beta
+        warnings.simplefilter("ignore", UserWarning)
+        M = torch.sparse.mm(Ds, Ds.t()).to_dense()  # (N, N) <D^S_t, D^S_s>
     M = M.mul_(tok.hw @ tok.hw.T).to(torch.float64)
     KS = onehot @ M @ onehot.T
     del M
@@ -906,11 +910,11 @@ def _sparse_gram_impl(src: _LogitSource, *, eps: float, samples: int, seed: int,
             if k <= 0 or rest <= 0:
                 break
             pi = torch.where(full, torch.ones_like(b), b * (k / rest))
-            new = pi >= 1.0
+            new = pi >= 1.0 - 1e-9
             if bool((new & ~full).sum() == 0):
                 break
             full |= new
-        pi = pi.clamp_(max=1.0)
+        pi = torch.where(full | (pi >= 1.0 - 1e-9), torch.ones_like(pi), pi)
     gen = torch.Generator(device="cpu").manual_seed(int(seed) + 104729)
     uni = torch.rand(V, generator=gen, dtype=torch.float64).to(dev)
     ids = torch.nonzero(uni < pi, as_tuple=False).squeeze(1)  # ascending
@@ -1087,6 +1091,17 @@ def lm_head_gram(
         info.clear()
         info.update(method=method, err_bound=float("nan") if method == "sketch" else 0.0)
     K = None
+    if auto and method == "support" and sparse_samples > 0:  # the sparse estimator first, if its
+        sp: dict = {}  # error estimate meets tol; else the support estimator (deterministic bound)
+        K = _sparse_gram(_LogitSource(tok, inv_t), eps=support_eps, samples=sparse_samples, seed=seed,
+                         chunk_size=chunk_size, info=sp)
+        if sp["err_bound"] <= tol:
+            method = "sparse"
+            if info is not None:
+                info.clear()
+                info.update(method="sparse", **sp)
+        else:
+            K = None
     if method == "support":
         cap = _support_cap(tok, chunk_size) if auto else None
         K = _support_gram(_LogitSource(tok, inv_t), tol=tol, eps=support_eps, tail_dim=tail_dim,
@@ -1096,7 +1111,7 @@ def lm_head_gram(
             if info is not None:
                 info.clear()
                 info.update(method="exact", err_bound=0.0)
-    if method == "sparse":
+    if method == "sparse" and K is None:
         K = _sparse_gram(_LogitSource(tok, inv_t), eps=support_eps, samples=sparse_samples, seed=seed,
                          chunk_size=chunk_size, info=info)
     if method == "exact":
@@ -1107,6 +1122,8 @@ def lm_head_gram(
     elif method == "sketch":
         F = _sketch_features(tok, inv_t, sketch_dim, sketch_hidden_dim, seed, chunk_size)
         K = F @ F.T
+    if info is not None:  # what err_bound is: a bound, an estimate (sparse), or nothing (sketch)
+        info.setdefault("err_kind", "none" if method == "sketch" else "deterministic")
     return _normalise(K, tok.B, normalizer, dtype)
 
 
@@ -1161,6 +1178,8 @@ def streaming_lm_head_gram(
     else:
         K = _support_gram(src, tol=tol, eps=support_eps, tail_dim=tail_dim, seed=seed, chunk_size=chunk_size,
                           info=info)
+        if info is not None:
+            info["err_kind"] = "deterministic"
     return _normalise(K, tok.B, normalizer, dtype)
 
 
