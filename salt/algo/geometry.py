@@ -43,8 +43,12 @@ Backends of :func:`lm_head_gram`:
 * ``support`` exact on the vocabulary ids that carry the probability mass (shared by the
   batch), an unbiased sample of the tail, and a deterministic bound on the relative error that
   it holds below ``tol`` (see the section "support" below).
-* ``auto``   exact when :func:`gram_cost` says it costs at most twice the support estimator,
-  else support. Never the count sketch (its error has no bound).
+* ``sparse`` exact entries on each token's own candidates, an unbiased importance-sampled
+  correction for the rest, and a probabilistic error estimate (``info["err_kind"] =
+  "probabilistic"``; see the section "sparse" below).
+* ``auto``   exact when :func:`gram_cost` says it costs at most twice the support estimator;
+  else sparse if its error estimate is at most ``tol``, else support. Never the count sketch
+  (its error has no bound). ``info["err_kind"]`` says whether ``err_bound`` is a bound.
 
 All functions are pure: no global RNG (sketches use a ``torch.Generator`` seeded by ``seed``),
 no logging. Inputs are never modified; gradients never flow (h and z are detached).
@@ -1061,7 +1065,8 @@ def lm_head_gram(
         mask: (B, T) response mask m (bool or numbers; only mask != 0 positions count and the
             value multiplies d_it).
         temperature: sampling temperature T (> 0); the softmax is of z / T.
-        method: "dense" | "exact" | "sketch" | "support" | "auto" (see the module docstring).
+        method: "dense" | "exact" | "sketch" | "support" | "sparse" | "auto" (see the module
+            docstring).
         chunk_size: tokens per block of ``exact`` (peak extra memory about
             1.25 * chunk_size * V numbers); the sketch streams cache-sized blocks of at most
             chunk_size tokens.
@@ -1073,10 +1078,15 @@ def lm_head_gram(
             candidates by probability, then the other ids) until it is met (0: all of V, exact).
         support_eps: ``support``: probability above which an id is a position's candidate.
         tail_dim: ``support``: r vocabulary rows sampled from the tail (0: drop the tail).
+        sparse_samples: ``sparse`` (and ``auto``, which skips sparse if 0): expected number of
+            vocabulary ids sampled for the correction.
         info: if a dict, filled with ``method`` (the backend run), ``err_bound`` (bound on
             ||K_hat - K||_F / ||K||_F: 0 for dense/exact, the support bound, NaN for the
-            count sketch, which has none) and, for ``support``, ``support_size``,
-            ``tail_rows``, ``tail_mass`` (mean over tokens of the mass outside the support).
+            count sketch, which has none; for ``sparse`` a probabilistic estimate, not a bound),
+            ``err_kind`` ("deterministic", "probabilistic" or "none") and, for ``support`` and
+            ``sparse``, ``support_size`` (sparse: the union of the S_t), ``tail_rows`` (sparse:
+            the sampled ids), ``tail_mass`` (mean over tokens of the mass outside the support);
+            ``sparse`` also ``sparse_entries`` (sum of |S_t|) and ``err_parts``.
 
     Returns:
         (B, B) symmetric, float64 if hidden or logits are float64, else float32.
