@@ -158,23 +158,28 @@ def run_case(args, entropy) -> dict:
     # forward and estimator interleaved, repeat by repeat (a shared machine's load hits both alike)
     (t_fwd, t_sup), (_, K) = best_of_interleaved(
         [lambda: torch.matmul(hflat, W.T, out=out),
-         lambda: lm_head_gram(hidden, logits, tokens, mask, 1.0, "auto", seed=args.seed, tol=args.tol,
-                              tail_dim=args.tail_dim, info=info)],
+         lambda: lm_head_gram(hidden, logits, tokens, mask, 1.0, args.method, seed=args.seed, tol=args.tol,
+                              tail_dim=args.tail_dim, sparse_samples=args.samples, info=info)],
         args.repeats, ("forward", "support"))
     t_fwd_v, _ = best_of(lambda: torch.matmul(hval, W.T, out=out_v), 1)
     del out, out_v
     info_s = {}
     _reset_peak()
     base = _status_kib("VmRSS")
+    stream_method = "sparse" if info["method"] == "sparse" else "support"
     t_str, Ks = best_of(lambda: streaming_lm_head_gram(hidden, W, tokens, mask, 1.0, bias=bias, seed=args.seed,
-                                                       tol=args.tol, tail_dim=args.tail_dim, info=info_s), 1, "stream")
+                                                       tol=args.tol, tail_dim=args.tail_dim, info=info_s,
+                                                       method=stream_method, sparse_samples=args.samples),
+                        1, "stream")
     peak_extra = (_status_kib("VmHWM") - base) / 1024
     peak_total = _status_kib("VmHWM") / 1024
     A = grpo_adv(rewards)
     row0 = {"entropy_target": entropy, "entropy": ent, "scale": s, "N_valid": int(valid.sum()),
             "t_forward": t_fwd, "t_forward_valid": t_fwd_v, "t_support": t_sup, "t_stream": t_str,
             "method": info["method"], "err_bound": info["err_bound"], "support_size": info.get("support_size"),
-            "tail_mass": info.get("tail_mass"), "stream_peak_extra_mib": peak_extra,
+            "tail_mass": info.get("tail_mass"), "err_kind": info.get("err_kind", "deterministic"),
+            "sparse_entries": info.get("sparse_entries"), "samples": info.get("tail_rows"),
+            "stream_err_bound": info_s.get("err_bound"), "stream_peak_extra_mib": peak_extra,
             "stream_peak_total_mib": peak_total, "cpu_forward": CPU["forward"], "cpu_support": CPU["support"],
             "cpu_stream": CPU["stream"]}
     if args.no_reference:
@@ -187,6 +192,25 @@ def run_case(args, entropy) -> dict:
         row[f"err_{name}"] = float((Kx.double() - ref).norm() / ref.norm())
         row[f"coef_{name}"] = float((r.advantages - r_ref.advantages).abs().max() / A.abs().max())
         row[f"k_{name}"] = r.k
+    if args.coverage:  # the sparse estimate against the truth over sampling seeds, same batch
+        # two truths: the float64 reference (from float64 logits) and the exact Gram of the given
+        # float32 logits in float64 (the estimator's own error; the estimate does not cover the
+        # rounding of the float32 logits themselves)
+        ref32 = lm_head_gram(hidden.double(), logits.double(), tokens, mask, 1.0, "exact")
+        row["err_exact_given_logits"] = float((ref32 - ref).norm() / ref.norm())
+        for tag, truth in (("", ref), ("_given", ref32)):
+            hits, ratios, errs = 0, [], []
+            for sd in range(args.coverage):
+                ic = {}
+                Kx = lm_head_gram(hidden, logits, tokens, mask, 1.0, "sparse", seed=1000 + sd,
+                                  sparse_samples=args.samples, info=ic)
+                e = float((Kx.double() - truth).norm() / truth.norm())
+                hits += e <= ic["err_bound"]
+                ratios.append(ic["err_bound"] / e)
+                errs.append(e)
+            ratios.sort()
+            row.update({f"cov{tag}_hits": hits, "cov_trials": args.coverage, f"cov{tag}_ratio_min": ratios[0],
+                        f"cov{tag}_ratio_median": ratios[len(ratios) // 2], f"cov{tag}_err_max": max(errs)})
     if args.sketch:
         Kc = lm_head_gram(hidden, logits, tokens, mask, 1.0, "sketch", sketch_dim=256, seed=args.seed)
         r = decompose(Kc.double(), A, SaltConfig())
@@ -201,8 +225,11 @@ def table_row(r: dict) -> str:
     err = (f"{r['err_support']:.1e} | {r['coef_support']:.1e} | {r['k_support']} ({r['k_ref']})"
            if "k_ref" in r else "- | - | -")
     u = r["support_size"] if r["support_size"] is not None else f"{r['method']}"
+    if r["method"] == "sparse":  # mean |S_t| per token, the union of the S_t, sampled ids
+        u = f"sparse: {r['sparse_entries'] / r['N_valid']:.1f} / {r['support_size']} / {r['samples']}"
     tm = f"{r['tail_mass']:.1e}" if r["tail_mass"] is not None else "-"
-    return (f"| {r['entropy_target']} ({r['entropy']:.2f}) | {r['N_valid']} | {u} | {tm} | {r['err_bound']:.1e} | {err} "
+    kind = "est." if r.get("err_kind") == "probabilistic" else "bound"
+    return (f"| {r['entropy_target']} ({r['entropy']:.2f}) | {r['N_valid']} | {u} | {tm} | {r['err_bound']:.1e} {kind} | {err} "
             f"| {r['t_forward']:.3f} | {r['t_support']:.3f} | {100 * r['t_support'] / r['t_forward']:.1f}%, "
             f"{100 * r['cpu_support'] / r['cpu_forward']:.1f}% | {r['t_stream']:.3f} | "
             f"{100 * r['t_stream'] / r['t_forward']:.0f}%, {100 * r['cpu_stream'] / r['cpu_forward']:.0f}% "
@@ -218,18 +245,26 @@ def main(argv=None) -> int:
     ap.add_argument("--tol", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tail-dim", dest="tail_dim", type=int, default=256, help="support: tail sketch rows (0: none)")
+    ap.add_argument("--method", default="auto", help="lm_head_gram method timed against the forward (auto, sparse, support)")
+    ap.add_argument("--samples", type=int, default=1024, help="sparse: ids sampled for the correction (sparse_samples)")
+    ap.add_argument("--coverage", type=int, default=0,
+                    help="sparse: this many sampling seeds on each batch, true error vs the estimate (needs the reference)")
     ap.add_argument("--sketch", action="store_true", help="also the count sketch with 256 buckets")
     ap.add_argument("--no-reference", dest="no_reference", action="store_true",
                     help="skip the float64 reference (cost and bound only; case b's reference takes minutes)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--table", default=None, help="only print the table of a saved --json file")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"case {args.case}: {CASES[args.case]} threads={args.threads} tol={args.tol} tail_dim={args.tail_dim} "
           f"load={os.getloadavg()} {time.strftime('%Y-%m-%d %H:%M:%S')}")
     rows = []
-    hdr = ("| entropy (nats) | N valid | support ids u (or backend) | tail mass | bound | rel. err | coef err / max|A| | k (ref) "
+    if args.table:  # re-print the table of a saved --json file
+        rows = json.load(open(args.table))
+        args.entropies = ""
+    hdr = ("| entropy (nats) | N valid | support ids u (or backend; sparse: mean size of S_t / union / sampled ids) | tail mass | bound or estimate | rel. err | coef err / max|A| | k (ref) "
            "| forward s | auto s | auto / forward (wall, CPU) | stream s | stream / forward (wall, CPU) | stream peak extra MiB |")
-    for e in args.entropies.split(","):
+    for e in filter(None, args.entropies.split(",")):
         r = run_case(args, e)
         rows.append(r)
         print(json.dumps(r), flush=True)

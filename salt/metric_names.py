@@ -115,7 +115,7 @@ GEOM_PR_IN = "geom/pr_in"  # mean participation ratio of a group's sub-Gram
 GEOM_R_OUT = "geom/r_out"  # mean positive cosine between prompt-mean features
 GEOM_N_EFF_OUT = "geom/n_eff_out"  # effective sample size of the prompt-mean signed updates
 GEOM_METRICS = (GEOM_R_IN, GEOM_N_EFF_IN, GEOM_PR_IN, GEOM_R_OUT, GEOM_N_EFF_OUT)  # group_geometry()'s keys
-GEOM_GRAM_ERR_BOUND = "geom/gram_err_bound"  # the Gram backend's relative Frobenius error bound (none for sketch)
+GEOM_GRAM_ERR_BOUND = "geom/gram_err_bound"  # the Gram backend's relative Frobenius error bound (none for sketch; for sparse, also when auto picks it, a probabilistic estimate: info["err_kind"])
 
 # ------------------------------------------------------------------------------------ time/
 TIME = "time/"

@@ -43,8 +43,12 @@ Backends of :func:`lm_head_gram`:
 * ``support`` exact on the vocabulary ids that carry the probability mass (shared by the
   batch), an unbiased sample of the tail, and a deterministic bound on the relative error that
   it holds below ``tol`` (see the section "support" below).
-* ``auto``   exact when :func:`gram_cost` says it costs at most twice the support estimator,
-  else support. Never the count sketch (its error has no bound).
+* ``sparse`` exact entries on each token's own candidates, an unbiased importance-sampled
+  correction for the rest, and a probabilistic error estimate (``info["err_kind"] =
+  "probabilistic"``; see the section "sparse" below).
+* ``auto``   exact when :func:`gram_cost` says it costs at most twice the support estimator;
+  else sparse if its error estimate is at most ``tol``, else support. Never the count sketch
+  (its error has no bound). ``info["err_kind"]`` says whether ``err_bound`` is a bound.
 
 All functions are pure: no global RNG (sketches use a ``torch.Generator`` seeded by ``seed``),
 no logging. Inputs are never modified; gradients never flow (h and z are detached).
@@ -53,11 +57,12 @@ no logging. Inputs are never modified; gradients never flow (h and z are detache
 from __future__ import annotations
 
 import math
+import warnings
 from functools import lru_cache
 
 import torch
 
-GRAM_METHODS = ("dense", "exact", "sketch", "support", "auto")
+GRAM_METHODS = ("dense", "exact", "sketch", "support", "sparse", "auto")
 FEATURE_METHODS = ("dense", "sketch")
 
 DEFAULT_CHUNK_SIZE = 512
@@ -478,7 +483,7 @@ def _probs(z: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
     return z.sub_(lse[:, None]).clamp_min_(floor).exp_()
 
 
-def _candidates(src: _LogitSource, eps: float, chunk: int):
+def _candidates(src: _LogitSource, eps: float, chunk: int, group_weights: torch.Tensor | None = None):
     """One pass over the logits in token blocks: every (t, v) with p_tv > eps_t.
 
     eps_t = eps unless position t has more than _MAX_GROUPS_PER_TOKEN groups of 64 ids whose
@@ -486,6 +491,8 @@ def _candidates(src: _LogitSource, eps: float, chunk: int):
     groups). Every id left out of t's candidates has p_tv <= eps_t. Returns t (n,), v (n,),
     p (n,), eps_t (N,), lse (N,) (log normaliser of z_t / T: p_tv = exp(z_tv / T - lse_t)) and
     sq (N,) float64 >= the sum of p_tv^2 over the ids that are not t's candidates.
+    With ``group_weights`` (N,) c_t also returns R (B, G) float64, R[i, g] = sum_{t in i} c_t
+    min(eps_t, max_{v in group g} p_tv) (>= c_t p_tv summed over i's tokens for every non-candidate v).
     """
     tok = src.tok
     N, V, dev, dt = tok.N, tok.V, tok.hw.device, tok.dtype
@@ -496,6 +503,7 @@ def _candidates(src: _LogitSource, eps: float, chunk: int):
     offs = torch.arange(g, device=dev)
     ts, vs, ps, eps_t, lse = [], [], [], torch.empty(N, dtype=dt, device=dev), torch.empty(N, dtype=dt, device=dev)
     sq = torch.empty(N, dtype=torch.float64, device=dev)
+    Rg = None if group_weights is None else torch.zeros(tok.B, G, dtype=torch.float64, device=dev)
     for a0 in range(0, N, c):
         a1 = min(a0 + c, N)
         n = a1 - a0
@@ -511,6 +519,9 @@ def _candidates(src: _LogitSource, eps: float, chunk: int):
             kth = gm[many].topk(_MAX_GROUPS_PER_TOKEN + 1, dim=1).values[:, -1]
             thr[many] = torch.maximum(thr[many], kth)
         eps_t[a0:a1] = thr
+        if Rg is not None:  # per rollout and group: sum_t c_t min(eps_t, group max)
+            gw = torch.minimum(gm, thr[:, None]).to(torch.float64).mul_(group_weights[a0:a1, None])
+            Rg.index_add_(0, tok.r[a0:a1], gw)
         # log normaliser from the largest entry of each row (its group is the top group)
         top_g = gm.argmax(1)  # (n,)
         ids = (top_g[:, None] * g + offs).clamp_max(V - 1)  # (n, g)
@@ -539,7 +550,8 @@ def _candidates(src: _LogitSource, eps: float, chunk: int):
         sq[a0:a1] = (torch.linalg.vector_norm(p, dim=1).to(torch.float64) ** 2
                      - thr.to(torch.float64) ** 2 * cnt.to(torch.float64)).clamp_min(0.0)
     cat = lambda xs, d: torch.cat(xs) if xs else torch.empty(0, dtype=d, device=dev)  # noqa: E731
-    return cat(ts, torch.long), cat(vs, torch.long), cat(ps, dt), eps_t, lse, sq
+    out = (cat(ts, torch.long), cat(vs, torch.long), cat(ps, dt), eps_t, lse, sq)
+    return out if Rg is None else out + (Rg,)
 
 
 class _RolloutAcc:
@@ -802,6 +814,168 @@ def _tail_sketch(src: _LogitSource, acc: _RolloutAcc, perm, inU, lse, tail_dim: 
     return A, float(A.norm()), r
 
 
+# --------------------------------------------------------------------------------------
+# sparse: exact entries on each token's own candidates, an importance-sampled correction
+# --------------------------------------------------------------------------------------
+#
+# Every token's d_t = w_t (p_t - e_{y_t}) splits into D^S_t, its entries on S_t (the ids with
+# p_tv > eps_t, plus y_t) and D^R_t, the rest (0 <= D^R_tv = p_tv <= eps_t). Per vocabulary id v,
+# Y_v (B x H) with rows Y_v,i = sum_{t in i} d_tv x_t, so K = sum_v Y_v Y_v^T, and likewise
+# K^S = sum_v Y^S_v Y^S_v^T from D^S alone. K^S is computed exactly and sparsely in the token-pair
+# form K^S_ij = sum_{t in i, s in j} <D^S_t, D^S_s> <x_t, x_s> (a sparse N x V times V x N
+# product and one N x N hidden Gram). The rest, Delta = K - K^S = sum_v Z_v with
+# Z_v = Y_v Y_v^T - Y^S_v Y^S_v^T, is estimated by Poisson sampling of ids: v is kept with
+# probability pi_v = min(1, c b_v) (c such that sum pi = r), independently, and
+# Delta_hat = sum_{v kept} Z_v / pi_v, so E[K_hat] = K exactly (K_hat = K^S + Delta_hat).
+# b_v >= ||Z_v||_F is a deterministic per-id bound: ||Y^S_v||_F <= a_v = sum_t |D^S_tv| ||x_t||,
+# ||Y^R_v||_F <= R = (sum_i (sum_{t in i} eps_t ||x_t||)^2)^1/2 and Z_v = Y^R Y^S^T + Y^S Y^R^T +
+# Y^R Y^R^T, so b_v = 2 a_v R + R^2. Ids whose bound is large are kept with certainty.
+#
+# Error estimate (probabilistic, not a bound): E||Delta_hat - Delta||_F^2 = sum_v (1 - pi_v) /
+# pi_v ||Z_v||_F^2, estimated without bias by s^2 = sum_{v kept} (1 - pi_v) / pi_v^2 ||Z_v||_F^2;
+# the reported value is err = (3 s + m) / ||K_hat||_F with m = max_{v kept, pi_v < 1} ||Z_v||_F /
+# pi_v (the largest single term, a guard against a variance estimate from few terms). Its
+# coverage (true error <= err) is measured in tests/algo/test_gram_sparse.py over many seeds and
+# batch kinds; info["err_kind"] = "probabilistic".
+
+DEFAULT_SPARSE_SAMPLES = 1024
+STREAMING_METHODS = ("support", "sparse")
+_SPARSE_Z = 3.0
+# Allowance for the float rounding of the estimator's own arithmetic (float32 pair products and
+# features), in units of the compute dtype's eps: measured 0.47-0.72 eps against the float64
+# exact Gram of the same float32 logits on the case (a) 0.3-nat batches (benchmarks/README.md).
+_SPARSE_ROUNDING = 4.0
+
+
+def _sparse_gram(src: _LogitSource, **kw) -> torch.Tensor:
+    """:func:`_sparse_gram_impl` with denormals flushed on CPU (as :func:`_support_gram`)."""
+    if src.tok.hw.device.type != "cpu":
+        return _sparse_gram_impl(src, **kw)
+    was_on = float(torch.tensor([1e-39], dtype=torch.float32).mul(1.0)[0]) == 0.0
+    torch.set_flush_denormal(True)
+    try:
+        return _sparse_gram_impl(src, **kw)
+    finally:
+        torch.set_flush_denormal(was_on)
+
+
+def _sparse_entries(src: _LogitSource, t_c, v_c, p_c, lse):
+    """COO entries (t, v, D^S_tv) sorted by (t, v): the candidates plus (t, y_t), with -1 at y_t."""
+    tok = src.tok
+    N, V, dev = tok.N, tok.V, tok.hw.device
+    key = t_c * V + v_c
+    key, o = torch.sort(key)
+    val = p_c[o].clone()
+    rows = torch.arange(N, device=dev)
+    key_y = rows * V + tok.y
+    pos = torch.searchsorted(key, key_y).clamp_max(max(key.numel() - 1, 0))
+    hit = (key[pos] == key_y) if key.numel() else torch.zeros(N, dtype=torch.bool, device=dev)
+    val[pos[hit]] -= 1.0
+    miss = ~hit
+    z = src.at(rows[miss], tok.y[miss])
+    py = torch.exp(z - lse[miss]).to(val.dtype) - 1.0
+    key = torch.cat([key, key_y[miss]])
+    val = torch.cat([val, py])
+    key, o = torch.sort(key)
+    val = val[o]
+    return torch.div(key, V, rounding_mode="floor"), key % V, val
+
+
+def _sparse_gram_impl(src: _LogitSource, *, eps: float, samples: int, seed: int, chunk_size: int,
+                      info: dict | None) -> torch.Tensor:
+    """Unnormalised (B, B) float64 Gram of the sparse estimator (see the section above)."""
+    tok = src.tok
+    N, V, B, dev, dt = tok.N, tok.V, tok.B, tok.hw.device, tok.dtype
+    if N == 0:
+        if info is not None:
+            info.update(err_bound=0.0, err_kind="probabilistic", support_size=0, tail_rows=0, tail_mass=0.0)
+        return torch.zeros(B, B, dtype=torch.float64, device=dev)
+    xn = tok.hw.norm(dim=1).to(torch.float64)  # (N,)
+    t_c, v_c, p_c, eps_t, lse, _, Rg = _candidates(src, eps, chunk_size, group_weights=xn * (1.0 + 1e-6))
+    t_s, v_s, d_s = _sparse_entries(src, t_c, v_c, p_c, lse)
+    onehot = torch.zeros(B, N, dtype=torch.float64, device=dev)
+    onehot[tok.r, torch.arange(N, device=dev)] = 1.0
+    # exact part K^S: sparse token-pair product
+    Ds = torch.sparse_coo_tensor(torch.stack([t_s, v_s]), d_s, (N, V), device=dev, is_coalesced=True,
+                                 check_invariants=False)  # (t, v) sorted and unique
+    with warnings.catch_warnings():  # torch's note that its sparse CSR kernels are in beta
+        warnings.simplefilter("ignore", UserWarning)
+        M = torch.sparse.mm(Ds, Ds.t()).to_dense()  # (N, N) <D^S_t, D^S_s>
+    M = M.mul_(tok.hw @ tok.hw.T).to(torch.float64)
+    KS = onehot @ M @ onehot.T
+    del M
+    # per-id bounds b_v >= ||Z_v||_F
+    a = torch.zeros(V, dtype=torch.float64, device=dev).index_add_(0, v_s, d_s.abs().to(torch.float64) * xn[t_s])
+    Rv = Rg.norm(dim=0).repeat_interleave(_GROUP)[:V]  # (V,) >= ||Y^R_v||_F, per group of 64 ids
+    b = 2.0 * a * Rv + Rv * Rv  # (V,) >= ||Z_v||_F
+    r = min(int(samples), V)
+    pi = torch.zeros(V, dtype=torch.float64, device=dev)
+    if r > 0 and float(b.sum()) > 0:
+        full = torch.zeros(V, dtype=torch.bool, device=dev)
+        for _ in range(20):  # pi_v = min(1, c b_v) with sum pi = r (the capped ids taken whole)
+            rest = float(b[~full].sum())
+            k = r - int(full.sum())
+            if k <= 0 or rest <= 0:
+                break
+            pi = torch.where(full, torch.ones_like(b), b * (k / rest))
+            new = pi >= 1.0 - 1e-9
+            if bool((new & ~full).sum() == 0):
+                break
+            full |= new
+        pi = torch.where(full | (pi >= 1.0 - 1e-9), torch.ones_like(pi), pi)
+    gen = torch.Generator(device="cpu").manual_seed(int(seed) + 104729)
+    uni = torch.rand(V, generator=gen, dtype=torch.float64).to(dev)
+    ids = torch.nonzero(uni < pi, as_tuple=False).squeeze(1)  # ascending
+    Delta = torch.zeros(B, B, dtype=torch.float64, device=dev)
+    s2, mx = 0.0, 0.0
+    bounds = [0] + list(torch.tensor(tok.counts).cumsum(0).tolist())
+    col = torch.full((V,), -1, dtype=torch.long, device=dev)
+    step = max(1, min(256, _COLUMN_BLOCK_NUMBERS // N))
+    for c0 in range(0, ids.numel(), step):
+        sid = ids[c0 : c0 + step]
+        m = sid.numel()
+        P = _probs(src.cols(sid), lse)  # (N, m) full p on the sampled ids
+        col[sid] = torch.arange(m, device=dev)
+        sel = torch.nonzero(col[v_s] >= 0, as_tuple=False).squeeze(1)  # entries of D^S on the sampled ids
+        ts, cs = t_s[sel], col[v_s[sel]]
+        P[ts, cs] = 0.0  # P is now D^R on these ids
+        col[sid] = -1
+        FS = torch.zeros(B * m, tok.H, dtype=dt, device=dev)  # Y^S_v from the sparse entries
+        FS.index_add_(0, tok.r[ts] * m + cs, tok.hw[ts] * d_s[sel, None])
+        FS = FS.view(B, m, tok.H).transpose(0, 1)  # (m, B, H)
+        FR = torch.empty(B, m, tok.H, dtype=dt, device=dev)  # Y^R_v, per rollout
+        for i in range(B):
+            lo, hi = bounds[i], bounds[i + 1]
+            torch.matmul(P[lo:hi].T, tok.hw[lo:hi], out=FR[i])
+        FR = FR.transpose(0, 1)  # (m, B, H)
+        C = torch.bmm(FR, FS.transpose(1, 2))  # (m, B, B) Y^R_v Y^S_v^T
+        Z = torch.bmm(FR, FR.transpose(1, 2)).add_(C).add_(C.transpose(1, 2)).to(torch.float64)  # Z_v
+        w = pi[sid]
+        Delta += (Z / w[:, None, None]).sum(0)
+        zn = Z.flatten(1).norm(dim=1)  # (m,)
+        s2 += float(((1.0 - w) / (w * w) * zn * zn).sum())
+        part = w < 1.0
+        if bool(part.any()):
+            mx = max(mx, float((zn[part] / w[part]).max()))
+    part = (pi > 0) & (pi < 1.0)
+    if bool(part.any()):  # every sampled term's ||Z_v|| / pi_v is at most this (b_v / pi_v)
+        mx = max(mx, float((b[part] / pi[part]).max()))
+    elif bool((pi == 0).any()) and float(b[pi == 0].sum()) > 0:  # no sample: the deterministic sum
+        mx = float(b[pi == 0].sum())
+    K = KS + Delta
+    Kn = float(K.norm())
+    err = (_SPARSE_Z * math.sqrt(s2) + mx) / Kn if Kn > 0 else (0.0 if s2 == 0 and mx == 0 else float("inf"))
+    if bool(((b > 0) & (pi < 1.0)).any()):  # something is estimated (else K_hat = K up to rounding,
+        err += _SPARSE_ROUNDING * torch.finfo(dt).eps  # as for exact): plus the estimator's own rounding
+    if info is not None:
+        info.update(err_bound=err, err_kind="probabilistic", support_size=int(torch.unique(v_s).numel()),
+                    sparse_entries=int(d_s.numel()), tail_rows=int(ids.numel()),
+                    tail_mass=float((1.0 - torch.zeros(N, dtype=torch.float64, device=dev).index_add_(
+                        0, t_s, (d_s + (v_s == tok.y[t_s]).to(d_s.dtype)).to(torch.float64))).clamp_min(0).mean()),
+                    err_parts=(math.sqrt(s2), mx, Kn))
+    return K
+
+
 def gram_cost(
     n_tokens: int, vocab: int, hidden: int, batch: int, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
     sketch_dim: int = DEFAULT_SKETCH_DIM, sketch_hidden_dim: int | None = None,
@@ -879,6 +1053,7 @@ def lm_head_gram(
     tol: float = DEFAULT_GRAM_TOL,
     support_eps: float = DEFAULT_SUPPORT_EPS,
     tail_dim: int = DEFAULT_TAIL_DIM,
+    sparse_samples: int = DEFAULT_SPARSE_SAMPLES,
     info: dict | None = None,
 ) -> torch.Tensor:
     """Gram of per-rollout LM-head gradients, K = G G^T / B (methods.md 3.2).
@@ -890,7 +1065,8 @@ def lm_head_gram(
         mask: (B, T) response mask m (bool or numbers; only mask != 0 positions count and the
             value multiplies d_it).
         temperature: sampling temperature T (> 0); the softmax is of z / T.
-        method: "dense" | "exact" | "sketch" | "support" | "auto" (see the module docstring).
+        method: "dense" | "exact" | "sketch" | "support" | "sparse" | "auto" (see the module
+            docstring).
         chunk_size: tokens per block of ``exact`` (peak extra memory about
             1.25 * chunk_size * V numbers); the sketch streams cache-sized blocks of at most
             chunk_size tokens.
@@ -902,10 +1078,15 @@ def lm_head_gram(
             candidates by probability, then the other ids) until it is met (0: all of V, exact).
         support_eps: ``support``: probability above which an id is a position's candidate.
         tail_dim: ``support``: r vocabulary rows sampled from the tail (0: drop the tail).
+        sparse_samples: ``sparse`` (and ``auto``, which skips sparse if 0): expected number of
+            vocabulary ids sampled for the correction.
         info: if a dict, filled with ``method`` (the backend run), ``err_bound`` (bound on
             ||K_hat - K||_F / ||K||_F: 0 for dense/exact, the support bound, NaN for the
-            count sketch, which has none) and, for ``support``, ``support_size``,
-            ``tail_rows``, ``tail_mass`` (mean over tokens of the mass outside the support).
+            count sketch, which has none; for ``sparse`` a probabilistic estimate, not a bound),
+            ``err_kind`` ("deterministic", "probabilistic" or "none") and, for ``support`` and
+            ``sparse``, ``support_size`` (sparse: the union of the S_t), ``tail_rows`` (sparse:
+            the sampled ids), ``tail_mass`` (mean over tokens of the mass outside the support);
+            ``sparse`` also ``sparse_entries`` (sum of |S_t|) and ``err_parts``.
 
     Returns:
         (B, B) symmetric, float64 if hidden or logits are float64, else float32.
@@ -926,6 +1107,17 @@ def lm_head_gram(
         info.clear()
         info.update(method=method, err_bound=float("nan") if method == "sketch" else 0.0)
     K = None
+    if auto and method == "support" and sparse_samples > 0:  # the sparse estimator first, if its
+        sp: dict = {}  # error estimate meets tol; else the support estimator (deterministic bound)
+        K = _sparse_gram(_LogitSource(tok, inv_t), eps=support_eps, samples=sparse_samples, seed=seed,
+                         chunk_size=chunk_size, info=sp)
+        if sp["err_bound"] <= tol:
+            method = "sparse"
+            if info is not None:
+                info.clear()
+                info.update(method="sparse", **sp)
+        else:
+            K = None
     if method == "support":
         cap = _support_cap(tok, chunk_size) if auto else None
         K = _support_gram(_LogitSource(tok, inv_t), tol=tol, eps=support_eps, tail_dim=tail_dim,
@@ -935,6 +1127,9 @@ def lm_head_gram(
             if info is not None:
                 info.clear()
                 info.update(method="exact", err_bound=0.0)
+    if method == "sparse" and K is None:
+        K = _sparse_gram(_LogitSource(tok, inv_t), eps=support_eps, samples=sparse_samples, seed=seed,
+                         chunk_size=chunk_size, info=info)
     if method == "exact":
         K = _exact_gram(tok, inv_t, chunk_size)
     elif method == "dense":
@@ -943,6 +1138,8 @@ def lm_head_gram(
     elif method == "sketch":
         F = _sketch_features(tok, inv_t, sketch_dim, sketch_hidden_dim, seed, chunk_size)
         K = F @ F.T
+    if info is not None:  # what err_bound is: a bound, an estimate (sparse), or nothing (sketch)
+        info.setdefault("err_kind", "none" if method == "sketch" else "deterministic")
     return _normalise(K, tok.B, normalizer, dtype)
 
 
@@ -960,9 +1157,12 @@ def streaming_lm_head_gram(
     tol: float = DEFAULT_GRAM_TOL,
     support_eps: float = DEFAULT_SUPPORT_EPS,
     tail_dim: int = DEFAULT_TAIL_DIM,
+    method: str = "support",
+    sparse_samples: int = DEFAULT_SPARSE_SAMPLES,
     info: dict | None = None,
 ) -> torch.Tensor:
-    """The ``support`` Gram from the hidden states and the LM-head weight, never the logits.
+    """The ``support`` (or ``sparse``) Gram from the hidden states and the LM-head weight, never
+    the logits.
 
     The logits z = h W^T (+ bias) of the valid tokens are made in blocks of at most
     ``chunk_size`` tokens for the candidate pass, and only on the support's and the tail
@@ -975,6 +1175,7 @@ def streaming_lm_head_gram(
                          f"hidden {tuple(hidden.shape)}")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"bias must be (V,) = ({weight.shape[0]},), got {tuple(bias.shape)}")
+    _check_method(method, STREAMING_METHODS)
     B, T, H = hidden.shape
     shape_only = torch.empty((), dtype=hidden.dtype, device=hidden.device).expand(B, T, weight.shape[0])  # no data
     _check_inputs(hidden, shape_only, tokens, mask, temperature)
@@ -986,9 +1187,15 @@ def streaming_lm_head_gram(
     b = None if bias is None else bias.detach().to(dtype)
     if info is not None:
         info.clear()
-        info.update(method="support", err_bound=0.0)
-    K = _support_gram(_LogitSource(tok, 1.0 / float(temperature), W, b, h), tol=tol, eps=support_eps,
-                      tail_dim=tail_dim, seed=seed, chunk_size=chunk_size, info=info)
+        info.update(method=method, err_bound=0.0)
+    src = _LogitSource(tok, 1.0 / float(temperature), W, b, h)
+    if method == "sparse":
+        K = _sparse_gram(src, eps=support_eps, samples=sparse_samples, seed=seed, chunk_size=chunk_size, info=info)
+    else:
+        K = _support_gram(src, tol=tol, eps=support_eps, tail_dim=tail_dim, seed=seed, chunk_size=chunk_size,
+                          info=info)
+        if info is not None:
+            info["err_kind"] = "deterministic"
     return _normalise(K, tok.B, normalizer, dtype)
 
 

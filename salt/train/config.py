@@ -112,8 +112,8 @@ class SaltTrainConfig:
     diagnostics: bool = option(
         True, "Run the Gram + decomposition even when SALT is off, to log salt/* and geom/*."
     )
-    gram: str = option("auto", "Gram backend (methods.md 3.2; auto = exact or support, whichever is cheaper, with "
-                       "the error bound held below gram_tol).", choices=names_of("salt.algo.geometry:GRAM_METHODS"))
+    gram: str = option("auto", "Gram backend (methods.md 3.2; auto = exact if cheap, else sparse if its probabilistic "
+                       "error estimate is below gram_tol, else support with its error bound held below gram_tol).", choices=names_of("salt.algo.geometry:GRAM_METHODS"))
     scope: str = option(
         "global",
         "global: one Gram per optimizer mini-batch, gathered across data-parallel ranks | "
@@ -122,8 +122,10 @@ class SaltTrainConfig:
     )
     chunk_size: int = option(4096, "Token chunk of the exact Gram (bounds its peak memory).", gt=0)
     sketch_dim: int = option(256, "Vocabulary sketch dimension of the sketch Gram.", gt=0)
-    gram_tol: float = option(1e-3, "support Gram: relative Frobenius error bound to reach (0: exact).", ge=0, lt=1)
-    support_eps: float = option(1e-6, "support Gram: probability above which an id is a position's candidate.",
+    gram_tol: float = option(1e-3, "support Gram: relative Frobenius error bound to reach (0: exact); auto: the "
+                             "largest error estimate of the sparse Gram it accepts.", ge=0, lt=1)
+    support_eps: float = option(1e-6, "support and sparse Gram: probability above which an id is a position's "
+                                "candidate.",
                                 gt=0, lt=1)
     tail_dim: int = option(256, "support Gram: vocabulary rows sampled from the tail (0: drop the tail).", ge=0)
     options: dict = option(

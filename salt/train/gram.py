@@ -39,7 +39,7 @@ def lm_gram(hidden: torch.Tensor, logits: torch.Tensor, tokens: torch.Tensor, ma
     lm = "auto" if settings.gram == "auto" else method  # auto may still switch support -> exact on the batch
     if not gather or W == 1:
         return lm_head_gram(hidden, logits, tokens, mask, settings.temperature, lm, info=info, **kw)
-    if method in ("exact", "support"):  # token-level inputs (support: one shared vocabulary set)
+    if method in ("exact", "support", "sparse"):  # token-level inputs (support: one shared vocabulary set)
         return lm_head_gram(all_gather_rows(hidden), all_gather_rows(logits), all_gather_rows(tokens),
                             all_gather_rows(mask), settings.temperature, lm, info=info, **kw)
     if info is not None:
