@@ -1015,9 +1015,11 @@ def _support_cap(tok: "_Tokens", chunk_size: int) -> int:
 
 
 def choose_method(n_tokens: int, vocab: int, hidden: int, batch: int, **kw) -> str:
-    """``auto``'s rule: 'exact' (no error at all) unless its :func:`gram_cost` exceeds twice the
-    support estimator's, else 'support' (whose error bound is held below ``tol``). Never the
-    count sketch: its error is not bounded (percent level at a few hundred buckets)."""
+    """``auto``'s first choice: 'exact' (no error at all) unless its :func:`gram_cost` exceeds twice
+    the support estimator's, else 'support'. On 'support', :func:`lm_head_gram` first tries the
+    sparse estimator and keeps it when its error estimate is <= ``tol``, else runs 'support' (its
+    deterministic bound held below ``tol``). Never the count sketch: its error is not bounded
+    (percent level at a few hundred buckets)."""
     kw = {k: v for k, v in kw.items() if k in ("chunk_size", "sketch_dim", "sketch_hidden_dim", "tail_dim")}
     cost = gram_cost(n_tokens, vocab, hidden, batch, **kw)
     return "exact" if cost["exact"] <= 2.0 * cost["support"] else "support"

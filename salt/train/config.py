@@ -113,7 +113,8 @@ class SaltTrainConfig:
         True, "Run the Gram + decomposition even when SALT is off, to log salt/* and geom/*."
     )
     gram: str = option("auto", "Gram backend (methods.md 3.2; auto = exact if cheap, else sparse if its probabilistic "
-                       "error estimate is below gram_tol, else support with its error bound held below gram_tol).", choices=names_of("salt.algo.geometry:GRAM_METHODS"))
+                       "error estimate is below gram_tol, else support with its error bound held below gram_tol).",
+                       choices=names_of("salt.algo.geometry:GRAM_METHODS"))
     scope: str = option(
         "global",
         "global: one Gram per optimizer mini-batch, gathered across data-parallel ranks | "
@@ -128,6 +129,8 @@ class SaltTrainConfig:
                                 "candidate.",
                                 gt=0, lt=1)
     tail_dim: int = option(256, "support Gram: vocabulary rows sampled from the tail (0: drop the tail).", ge=0)
+    sparse_samples: int = option(1024, "sparse Gram: vocabulary ids sampled to estimate what each position's own "
+                                 "candidates leave out (0: auto skips the sparse Gram).", ge=0)
     options: dict = option(
         {},
         "Any other SaltConfig field (rho, k_min, k_max, alpha_min, alpha_max, alpha_fixed, "

@@ -43,7 +43,7 @@ class UpdateSettings:
     chunk_size: int
     sketch_dim: int
     salt_options: dict = field(default_factory=dict)
-    gram_options: dict = field(default_factory=dict)  # tol, support_eps, tail_dim of the support Gram
+    gram_options: dict = field(default_factory=dict)  # tol, support_eps, tail_dim, sparse_samples
 
     @staticmethod
     def from_config(cfg: RunConfig) -> "UpdateSettings":
@@ -56,7 +56,8 @@ class UpdateSettings:
             max_grad_norm=cfg.train.max_grad_norm, salt_enabled=s.enabled, salt_diagnostics=s.diagnostics,
             gram=s.gram, scope=s.scope, chunk_size=s.chunk_size, sketch_dim=s.sketch_dim,
             salt_options=dict(s.options),
-            gram_options=dict(tol=s.gram_tol, support_eps=s.support_eps, tail_dim=s.tail_dim),
+            gram_options=dict(tol=s.gram_tol, support_eps=s.support_eps, tail_dim=s.tail_dim,
+                              sparse_samples=s.sparse_samples),
         )
 
 

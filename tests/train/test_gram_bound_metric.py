@@ -47,3 +47,14 @@ def test_bad_gram_options_name_the_key(policy):
         with pytest.raises(ConfigError, match=f"algorithm.salt.{key}"):
             from_dict(run_config(policy, algorithm={"salt": {key: val}})).validate(check_paths=False,
                                                                                    check_devices=False)
+
+
+def test_sparse_samples_reaches_the_estimator(policy, tmp_path):
+    """algorithm.salt.sparse_samples is the sparse Gram's sample size: a different size gives a
+    different (probabilistic) error estimate on the same first batch."""
+    bounds = []
+    for n in (8, 512):
+        cfg = run_config(policy, algorithm={"salt": {"gram": "sparse", "support_eps": 0.05, "sparse_samples": n}},
+                         train={"steps": 1})
+        bounds.append(_train(cfg, tmp_path / f"run{n}")[0]["geom/gram_err_bound"])
+    assert bounds[0] != bounds[1]
