@@ -433,6 +433,7 @@ class _LogitSource:
 
     def __init__(self, tok: "_Tokens", inv_t: float, weight=None, bias=None, h=None):
         self.tok, self.inv_t, self.weight, self.bias, self.h = tok, inv_t, weight, bias, h
+        self.memo: dict = {}  # (eps, chunk) -> the last _candidates result (auto: sparse, then support)
 
     def block(self, out: torch.Tensor, a0: int, a1: int) -> torch.Tensor:
         """softmax(z_t / T) of valid tokens a0..a1-1 written into ``out`` (a1 - a0, V)."""
@@ -484,6 +485,18 @@ def _probs(z: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
 
 
 def _candidates(src: _LogitSource, eps: float, chunk: int, group_weights: torch.Tensor | None = None):
+    """:func:`_candidate_pass`, remembered on ``src``: when ``auto`` falls back from the sparse
+    to the support estimator on the same logits, the pass is not repeated (its first six outputs
+    do not depend on ``group_weights``)."""
+    hit = src.memo.get((eps, chunk))
+    if hit is not None and (group_weights is None or len(hit) == 7):
+        return hit[:6] if group_weights is None else hit
+    out = _candidate_pass(src, eps, chunk, group_weights)
+    src.memo = {(eps, chunk): out}
+    return out
+
+
+def _candidate_pass(src: _LogitSource, eps: float, chunk: int, group_weights: torch.Tensor | None = None):
     """One pass over the logits in token blocks: every (t, v) with p_tv > eps_t.
 
     eps_t = eps unless position t has more than _MAX_GROUPS_PER_TOKEN groups of 64 ids whose
@@ -839,6 +852,13 @@ def _tail_sketch(src: _LogitSource, acc: _RolloutAcc, perm, inU, lse, tail_dim: 
 # batch kinds; info["err_kind"] = "probabilistic".
 
 DEFAULT_SPARSE_SAMPLES = 1024
+# auto, when the sparse estimate misses tol by more than this factor and exact costs at most
+# _EXACT_AFTER_SPARSE x the support estimator's nominal cost (gram_cost): exact directly. Measured
+# at 3 nats (benchmarks/README.md): support grew toward its cap first and cost 180% (case a) and
+# 149% (case b) of the LM-head forward; exact alone costs 65% and 102%. A cost rule only: every
+# path auto can take reports an error figure <= tol (exact: 0).
+_SPARSE_FAR = 2.0
+_EXACT_AFTER_SPARSE = 16.0
 STREAMING_METHODS = ("support", "sparse")
 _SPARSE_Z = 3.0
 # Allowance for the float rounding of the estimator's own arithmetic (float32 pair products and
@@ -1109,9 +1129,10 @@ def lm_head_gram(
         info.clear()
         info.update(method=method, err_bound=float("nan") if method == "sketch" else 0.0)
     K = None
+    src = _LogitSource(tok, inv_t)  # shared by the estimators below (one candidate pass)
     if auto and method == "support" and sparse_samples > 0:  # the sparse estimator first, if its
         sp: dict = {}  # error estimate meets tol; else the support estimator (deterministic bound)
-        K = _sparse_gram(_LogitSource(tok, inv_t), eps=support_eps, samples=sparse_samples, seed=seed,
+        K = _sparse_gram(src, eps=support_eps, samples=sparse_samples, seed=seed,
                          chunk_size=chunk_size, info=sp)
         if sp["err_bound"] <= tol:
             method = "sparse"
@@ -1120,9 +1141,17 @@ def lm_head_gram(
                 info.update(method="sparse", **sp)
         else:
             K = None
+            cost = gram_cost(tok.N, tok.V, tok.H, tok.B, chunk_size=chunk_size)
+            if sp["err_bound"] > _SPARSE_FAR * tol and cost["exact"] <= _EXACT_AFTER_SPARSE * cost["support"]:
+                # the mass is spread far beyond the candidates (high entropy): the support would grow
+                # toward its cap (as much work as exact) before falling back, so go to exact now
+                method = "exact"
+                if info is not None:
+                    info.clear()
+                    info.update(method="exact", err_bound=0.0)
     if method == "support":
         cap = _support_cap(tok, chunk_size) if auto else None
-        K = _support_gram(_LogitSource(tok, inv_t), tol=tol, eps=support_eps, tail_dim=tail_dim,
+        K = _support_gram(src, tol=tol, eps=support_eps, tail_dim=tail_dim,
                           seed=seed, chunk_size=chunk_size, info=info, max_support=cap)
         if K is None:  # the batch needs nearly all of V: exact is cheaper from here
             method = "exact"
@@ -1130,7 +1159,7 @@ def lm_head_gram(
                 info.clear()
                 info.update(method="exact", err_bound=0.0)
     if method == "sparse" and K is None:
-        K = _sparse_gram(_LogitSource(tok, inv_t), eps=support_eps, samples=sparse_samples, seed=seed,
+        K = _sparse_gram(src, eps=support_eps, samples=sparse_samples, seed=seed,
                          chunk_size=chunk_size, info=info)
     if method == "exact":
         K = _exact_gram(tok, inv_t, chunk_size)

@@ -240,11 +240,18 @@ def test_auto_chooses_by_cost():
         lm_head_gram(h, z, y, mask, method="auto", sketch_dim=2),
         lm_head_gram(h, z, y, mask, method="exact", sketch_dim=2),
     )
-    # a wide vocabulary with many tokens: auto agrees with the support estimator (same seed)
+    # a wide vocabulary with many tokens: auto's cost rule says support; on this batch (random
+    # logits, mass spread far beyond the candidates) the sparse estimate misses tol by far, so
+    # auto runs the exact Gram, and its result is the method's it reports (same seed)
     h, _, z, y, mask = make_batch(2, 200, 3000, 2, dtype=torch.float32, seed=15, frac=1.0)
     assert choose_method(int(mask.sum()), 3000, 2, 2, sketch_dim=16) == "support"
+    info: dict = {}
+    K = lm_head_gram(h, z, y, mask, method="auto", sketch_dim=16, seed=1, info=info)
+    assert info["method"] == "exact"
+    assert torch.equal(K, lm_head_gram(h, z, y, mask, method="exact", sketch_dim=16, seed=1))
+    # without the sparse estimator auto keeps the support estimator's result
     assert torch.equal(
-        lm_head_gram(h, z, y, mask, method="auto", sketch_dim=16, seed=1),
+        lm_head_gram(h, z, y, mask, method="auto", sketch_dim=16, seed=1, sparse_samples=0),
         lm_head_gram(h, z, y, mask, method="support", sketch_dim=16, seed=1),
     )
 

@@ -132,3 +132,29 @@ def test_auto_uses_sparse_only_when_its_estimate_meets_tol(monkeypatch):
     K = lm_head_gram(h, z, y, mask, method="auto", tol=1e-9, support_eps=1e-3, sparse_samples=64, info=info)
     assert info["method"] in ("support", "exact") and info["err_kind"] == "deterministic"
     assert rel(K, dense) <= info["err_bound"] + 1e-12
+
+
+def test_auto_skips_the_support_estimator_when_sparse_misses_far_and_exact_is_affordable(monkeypatch):
+    """A sparse estimate far above tol (mass spread beyond the candidates): auto goes to exact at
+    once when exact costs at most _EXACT_AFTER_SPARSE x the support's nominal cost, and still
+    tries the support estimator when exact is dearer than that (as at 7B scale)."""
+    from salt.algo import geometry
+
+    h, W, b, z, y, mask = batch(4, 30, 800, 6, 6.0, seed=21, zipf=1.0, frac=1.0)
+    dense = lm_head_gram(h, z, y, mask, method="dense")
+    monkeypatch.setattr(geometry, "choose_method", lambda *a, **k: "support")
+    calls = []
+
+    def support(*a, **k):
+        calls.append(1)
+        return None  # as when the support reaches its cap: auto falls back to exact
+
+    monkeypatch.setattr(geometry, "_support_gram", support)
+    info = {}
+    K = lm_head_gram(h, z, y, mask, method="auto", tol=1e-9, support_eps=1e-3, sparse_samples=64, info=info)
+    assert calls == [] and info["method"] == "exact" and info["err_bound"] == 0.0
+    assert info["err_kind"] == "deterministic" and rel(K, dense) <= 1e-6
+    monkeypatch.setattr(geometry, "gram_cost", lambda *a, **k: {"exact": 100.0, "support": 1.0, "sketch": 1.0})
+    info = {}
+    K = lm_head_gram(h, z, y, mask, method="auto", tol=1e-9, support_eps=1e-3, sparse_samples=64, info=info)
+    assert calls == [1] and info["method"] == "exact" and rel(K, dense) <= 1e-6
