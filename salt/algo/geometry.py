@@ -722,18 +722,23 @@ def _vocab_permutation(seed: int, V: int) -> torch.Tensor:
     return torch.randperm(V, generator=gen)
 
 
-def _support_gram(src: _LogitSource, **kw) -> torch.Tensor | None:
-    """:func:`_support_gram_impl` with denormal floats flushed to zero on CPU (a softmax of
-    peaked logits is about 2x faster; the values flushed are below 1.2e-38, far below
-    rounding). The caller's flush-to-zero state is restored afterwards."""
-    if src.tok.hw.device.type != "cpu":
-        return _support_gram_impl(src, **kw)
-    was_on = float(torch.tensor([1e-39], dtype=torch.float32).mul(1.0)[0]) == 0.0
-    torch.set_flush_denormal(True)
-    try:
-        return _support_gram_impl(src, **kw)
-    finally:
-        torch.set_flush_denormal(was_on)
+def _flushing_denormals(impl):
+    """``impl(src, **kw)`` with denormal floats flushed to zero on CPU (a softmax of peaked
+    logits is about 2x faster; the values flushed are below 1.2e-38, far below rounding). The
+    caller's flush-to-zero state is restored afterwards."""
+
+    def run(src: _LogitSource, **kw):
+        if src.tok.hw.device.type != "cpu":
+            return impl(src, **kw)
+        was_on = float(torch.tensor([1e-39], dtype=torch.float32).mul(1.0)[0]) == 0.0
+        torch.set_flush_denormal(True)
+        try:
+            return impl(src, **kw)
+        finally:
+            torch.set_flush_denormal(was_on)
+
+    run.__doc__ = f":func:`{impl.__name__}` with denormals flushed on CPU (:func:`_flushing_denormals`)."
+    return run
 
 
 def _support_gram_impl(src: _LogitSource, *, tol: float, eps: float, tail_dim: int, seed: int,
@@ -813,6 +818,9 @@ def _support_gram_impl(src: _LogitSource, *, tol: float, eps: float, tail_dim: i
     return acc.K
 
 
+_support_gram = _flushing_denormals(_support_gram_impl)
+
+
 def _tail_sketch(src: _LogitSource, acc: _RolloutAcc, perm, inU, lse, tail_dim: int, rest: int, col_cap: int):
     """The tail Gram estimated from r = min(tail_dim, rest) ids drawn uniformly without
     replacement from V \\ U (the first r ids of the seeded permutation outside U), each column
@@ -865,18 +873,6 @@ _SPARSE_Z = 3.0
 # features), in units of the compute dtype's eps: measured 0.47-0.72 eps against the float64
 # exact Gram of the same float32 logits on the case (a) 0.3-nat batches (benchmarks/README.md).
 _SPARSE_ROUNDING = 4.0
-
-
-def _sparse_gram(src: _LogitSource, **kw) -> torch.Tensor:
-    """:func:`_sparse_gram_impl` with denormals flushed on CPU (as :func:`_support_gram`)."""
-    if src.tok.hw.device.type != "cpu":
-        return _sparse_gram_impl(src, **kw)
-    was_on = float(torch.tensor([1e-39], dtype=torch.float32).mul(1.0)[0]) == 0.0
-    torch.set_flush_denormal(True)
-    try:
-        return _sparse_gram_impl(src, **kw)
-    finally:
-        torch.set_flush_denormal(was_on)
 
 
 def _sparse_entries(src: _LogitSource, t_c, v_c, p_c, lse):
@@ -994,6 +990,9 @@ def _sparse_gram_impl(src: _LogitSource, *, eps: float, samples: int, seed: int,
                         0, t_s, (d_s + (v_s == tok.y[t_s]).to(d_s.dtype)).to(torch.float64))).clamp_min(0).mean()),
                     err_parts=(math.sqrt(s2), mx, Kn))
     return K
+
+
+_sparse_gram = _flushing_denormals(_sparse_gram_impl)
 
 
 def gram_cost(
