@@ -413,15 +413,13 @@ def describe(cls: type, prefix: str = "") -> str:
 # ------------------------------------------------------------------------------------ JSON schema
 
 
-def json_schema(cls: type, title: str = "", definitions: Mapping[str, type] | None = None) -> dict[str, Any]:
+def json_schema(cls: type, definitions: Mapping[str, type] | None = None) -> dict[str, Any]:
     """A JSON schema (draft 2020-12) of ``cls``: types, defaults, descriptions, enums and bounds.
 
     ``definitions``: name -> section class written once under ``definitions`` and referenced.
     """
     refs = {c: name for name, c in (definitions or {}).items()}
     out: dict[str, Any] = {"$schema": "https://json-schema.org/draft/2020-12/schema"}
-    if title:
-        out["description"] = title
     body = _object_schema(cls, refs)
     out.update({k: v for k, v in body.items() if k not in ("properties", "required")})
     if refs:  # written before the properties that use them

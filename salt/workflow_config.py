@@ -22,6 +22,10 @@ from typing import Any, Mapping
 from salt import config_spec as spec
 from salt.config_spec import ConfigError, names_of, option, option_like, section
 from salt.eval.evaluate import EvaluateConfig
+from salt.figures.claims import ClaimsOptions
+from salt.train.config import SandboxConfig, TrackingConfig
+
+_CLAIMS = ClaimsOptions()  # the claims' defaults live with the claims
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # keys of datasets, models, tasks, ... (they become folder names)
 # Folders of results_dir that are not studies (a study named like one of them would mix outputs).
@@ -121,10 +125,12 @@ class Study:
 class Tracking:
     """MLflow tracking."""
 
-    enabled: bool = option(True, "Log to MLflow (parent run per study, nested run per training job).")
-    uri: str = option("sqlite:///results/mlflow.db", "Tracking URI (relative SQLite paths are relative to the "
-                      "working directory). Several workflows may share one DB.")
-    experiment: str = option("salt", "MLflow experiment of this config (one per config).")
+    enabled: bool = option_like(TrackingConfig, "enabled",
+                                help="Log to MLflow (parent run per study, nested run per training job).")
+    uri: str = option_like(TrackingConfig, "uri", help="Tracking URI (relative SQLite paths are relative to the "
+                           "working directory). Several workflows may share one DB.")
+    experiment: str = option_like(TrackingConfig, "experiment",
+                                  help="MLflow experiment of this config (one per config).")
 
 
 @dataclass(kw_only=True)
@@ -186,20 +192,19 @@ class Figures:
 @dataclass(kw_only=True)
 class Claims:
     """How the report's claims section measures the published claims on the first study of kind main
-    (salt/figures/claims.py, whose ClaimsOptions holds the same defaults; the baseline is
-    figures.baseline, curves are smoothed with figures.smooth)."""
+    (salt/figures/claims.py; the defaults are its ClaimsOptions'; the baseline is figures.baseline,
+    curves are smoothed with figures.smooth)."""
 
-    salt_pairs: dict[str, str] = option({"grpo_salt": "grpo", "dapo_salt": "dapo"},
-                                        "SALT method -> the method it adds SALT to (claim b).")
-    pods: str = option("pods", "The PODS method (claim c).")
-    fgrpo: str = option("fgrpo", "The F-GRPO method (claim d).")
-    vip: str = option("vip", "The VIP method, compared with the baseline's uniform allocation (claim e).")
-    accuracy: str = option("pass@1", "Held-out metric of claims b and e and of Figure 2's accuracy panel.",
+    salt_pairs: dict[str, str] = option(dict(_CLAIMS.salt_pairs), "SALT method -> the method it adds SALT to (claim b).")
+    pods: str = option(_CLAIMS.pods, "The PODS method (claim c).")
+    fgrpo: str = option(_CLAIMS.fgrpo, "The F-GRPO method (claim d).")
+    vip: str = option(_CLAIMS.vip, "The VIP method, compared with the baseline's uniform allocation (claim e).")
+    accuracy: str = option(_CLAIMS.accuracy, "Held-out metric of claims b and e and of Figure 2's accuracy panel.",
                            pattern=r"^(pass@[0-9]+|avg@n)$", hint="write pass@<k> or avg@n")
-    margin: float = option(0.02, "Non-inferiority margin of \"SALT does not lose accuracy\" (claim b), in accuracy "
+    margin: float = option(_CLAIMS.margin, "Non-inferiority margin of \"SALT does not lose accuracy\" (claim b), in accuracy "
                            "units.", ge=0)
     curve_metric: str = option(
-        "train/accuracy_generated", "Logged per-step metric of the accuracy curves (claim c, Figure 2): the default "
+        _CLAIMS.curve_metric, "Logged per-step metric of the accuracy curves (claim c, Figure 2): the default "
         "is the accuracy of every sampled rollout on the RL prompts (PODS: before its down-selection).")
 
 
@@ -215,8 +220,8 @@ class Report:
 class Sandbox:
     """Code sandbox policy (salt/tasks/sandbox.py), for code tasks and benchmarks (MBPP, HumanEval)."""
 
-    allow_unisolated: bool = option(
-        False, "Allow the code sandbox's weaker fallback when bubblewrap is missing or refused (own session and "
+    allow_unisolated: bool = option_like(
+        SandboxConfig, "allow_unisolated", help="Allow the code sandbox's weaker fallback when bubblewrap is missing or refused (own session and "
         "supervisor, limits, an unprivileged uid as root, an audit-hook guard; not a security boundary). false = "
         "code training and evaluation jobs stop at start-up with what is missing. true is written into every run "
         "config (sandbox.allow_unisolated), passed as `salt evaluate --allow-unisolated`, and stated in the report.")

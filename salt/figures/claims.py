@@ -49,7 +49,7 @@ N_EFF, PR, N_EFF_FINAL, UPDATE_NORM = mn.SALT_N_EFF, mn.SALT_PARTICIPATION_RATIO
 
 @dataclass(frozen=True)
 class ClaimsOptions:
-    """``report.claims`` of the config (workflow/schemas/config.schema.yaml holds the same defaults)."""
+    """``report.claims`` of the config; its defaults are the workflow config's (salt.workflow_config.Claims)."""
 
     salt_pairs: Mapping[str, str] = field(default_factory=lambda: {"grpo_salt": "grpo", "dapo_salt": "dapo"})
     pods: str = "pods"

@@ -64,7 +64,6 @@ class VllmOptions:
     model: str | None = option(None, "Path the engine loads; null: the trainer model's name_or_path.")
 
 
-VLLM_DEFAULTS: dict[str, Any] = spec.to_dict(VllmOptions())
 
 
 def require_vllm() -> Any:

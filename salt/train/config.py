@@ -170,7 +170,7 @@ class DynamicSamplingConfig:
         "Each generation batch draws ceil(factor * rollout.prompts_per_step) prompts (DAPO's recipe: "
         "3); groups with non-constant rewards are kept, in order, until prompts_per_step are filled "
         "(extra ones are discarded). Must be >= 1.",
-        check=lambda v, key: _at_least_one(v, key),
+        check=_at_least_one,
     )
 
 
@@ -266,7 +266,7 @@ class TrainConfig:
         "arrays gram (B, B) float64, advantages, advantages_final (the loss's coefficients), "
         "group_ids, rewards; with scope micro the first micro-batch's). Needs the Gram: SALT on or "
         "algorithm.salt.diagnostics: true; nothing is written otherwise.",
-        check=lambda v, key: _step_numbers(v, key),
+        check=_step_numbers,
     )
 
 

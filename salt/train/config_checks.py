@@ -142,5 +142,5 @@ def check_run_config(cfg: "RunConfig", check_paths: bool, check_devices: bool = 
             if not Path(value).is_file():
                 raise ConfigError(
                     f"{key} = '{value}' does not exist; create it with `salt prepare-data NAME --out DIR` "
-                    "(then DIR/data.jsonl) or use 'toy:rl' / 'toy:train' / 'toy:test'"
+                    f"(then DIR/data.jsonl) or use {' / '.join(repr(t) for t in toy)}"
                 )

@@ -34,7 +34,7 @@ from salt.config_spec import ConfigError, names_of, option, section
 from salt.eval.metrics import pass_at_k
 from salt.rollout.hf import HFBackend
 from salt.tasks.prompts import build_prompt
-from salt.tasks.toy import check_mixture, demonstrations, format_target, generate_problems, toy_reward
+from salt.tasks.toy import DEFAULT_MIXTURE, check_mixture, demonstrations, format_target, generate_problems, toy_reward
 from salt.train.config import TrackingConfig
 from salt.train.toy_model import build_toy_model, train_toy_tokenizer
 from salt.utils import atomic_write_text, deep_merge, parse_set_overrides, seed_everything
@@ -61,7 +61,7 @@ class SftDataConfig:
     test_problems: int = option(300, "Toy test problems for the accuracy (split 'test', data seed 0).", ge=1)
     levels: list = option([1], "Difficulty levels, round-robin.", min_items=1,
                           items={"choices": names_of("salt.tasks.toy:LEVELS")})
-    mixture: dict = option({"correct": 2, "plus_one": 1, "swap": 1, "sign": 1},
+    mixture: dict = option(DEFAULT_MIXTURE,
                            "Demonstrations per problem from each solver of salt.tasks.toy.SOLVERS (a mixture given "
                            "replaces this one, it is not merged into it).", check=_mixture)
 
