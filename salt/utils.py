@@ -6,6 +6,7 @@ import copy
 import json
 import os
 import random
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
@@ -138,3 +139,13 @@ def append_jsonl(path: str | os.PathLike, row: Mapping[str, Any]) -> None:
         fh.write(json.dumps(row, ensure_ascii=False) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def git_commit(repo: str | os.PathLike | None = None) -> str | None:
+    """The commit checked out at ``repo`` (default: this package's checkout), or None outside git."""
+    try:
+        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo or Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout.strip() or None if res.returncode == 0 else None

@@ -62,6 +62,8 @@ from functools import lru_cache
 
 import torch
 
+from salt import metric_names as mn
+
 GRAM_METHODS = ("dense", "exact", "sketch", "support", "sparse", "auto")
 FEATURE_METHODS = ("dense", "sketch")
 
@@ -1334,7 +1336,7 @@ def group_geometry(K: torch.Tensor, group_ids: torch.Tensor, advantages: torch.T
             f"row of the Gram {tuple(K.shape)}"
         )
     if not torch.isfinite(K).all() or not torch.isfinite(A).all():
-        return {k: 0.0 for k in ("geom/r_in", "geom/n_eff_in", "geom/pr_in", "geom/r_out", "geom/n_eff_out")}
+        return {k: 0.0 for k in mn.GEOM_METRICS}
     C = cosine_gram(K)
     uniq, inverse = torch.unique(ids, return_inverse=True)
     r_in, n_in, pr_in = [], [], []
@@ -1359,9 +1361,9 @@ def group_geometry(K: torch.Tensor, group_ids: torch.Tensor, advantages: torch.T
     n_eff_out = effective_sample_size(K_upd, ones) if float(torch.trace(K_upd)) > 0 else 0.0
     mean = lambda xs: float(sum(xs) / len(xs)) if xs else 0.0  # noqa: E731
     return {
-        "geom/r_in": mean(r_in),
-        "geom/n_eff_in": mean(n_in),
-        "geom/pr_in": mean(pr_in),
-        "geom/r_out": _mean_positive_offdiag(cosine_gram(K_mean)),
-        "geom/n_eff_out": n_eff_out,
+        mn.GEOM_R_IN: mean(r_in),
+        mn.GEOM_N_EFF_IN: mean(n_in),
+        mn.GEOM_PR_IN: mean(pr_in),
+        mn.GEOM_R_OUT: _mean_positive_offdiag(cosine_gram(K_mean)),
+        mn.GEOM_N_EFF_OUT: n_eff_out,
     }

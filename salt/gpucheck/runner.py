@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from salt.gpucheck import plan
+from salt.utils import git_commit
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -174,14 +175,6 @@ def run_check(spec: plan.CheckSpec, argv: Sequence[str], budget: Budget, logs: P
     return {**res, **base, "seconds": o.seconds, "timeout_s": timeout}
 
 
-def _git_commit() -> str | None:
-    try:
-        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return res.stdout.strip() or None if res.returncode == 0 else None
-
-
 def run_all(checks: Sequence[plan.CheckSpec], python: str, out: Path, steps: Sequence[plan.SetupStep],
             venv: Path | None, budget: Budget | None = None,
             argv_of: Callable[[plan.CheckSpec, Path], list[str]] | None = None) -> dict[str, Any]:
@@ -221,7 +214,7 @@ def run_all(checks: Sequence[plan.CheckSpec], python: str, out: Path, steps: Seq
         print(f"salt gpu-check: {spec.name}: {res['status']} ({res.get('seconds', 0.0):.0f} s)"
               + (f" - {res['reason'][:200]}" if res.get("reason") else ""), file=sys.stderr, flush=True)
     report = {"status": plan.overall_status(results), "budget_s": budget.total_s, "wall_s": budget.elapsed(),
-              "git_commit": _git_commit(),
+              "git_commit": git_commit(REPO),
               "environment": by_name.get("toy_model", {}).get("environment", {}),
               "setup": setup, "checks": results}
     plan.write_report(report, out)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +22,7 @@ from salt.train.checkpoint import (checkpoint_name, latest_checkpoint, list_chec
                                    save_checkpoint, set_rng_state, truncate_jsonl)
 from salt.train.collectives import barrier
 from salt.train.config import RunConfig, flatten
-from salt.utils import atomic_write_text, write_jsonl_atomic
+from salt.utils import atomic_write_text, git_commit, write_jsonl_atomic
 
 if TYPE_CHECKING:
     from salt.train.trainer import Trainer
@@ -108,15 +107,6 @@ def save_final(t: "Trainer") -> None:
 def write_done(out: Path, summary: dict[str, Any]) -> None:
     """``OUT/DONE`` (the run's summary), written last."""
     atomic_write_text(out / "DONE", json.dumps(summary, indent=1, default=float))
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 class RunTracking:

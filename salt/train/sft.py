@@ -29,6 +29,7 @@ from typing import Any, Mapping
 import torch
 
 from salt import config_spec as spec
+from salt import metric_names as mn
 from salt import tracking
 from salt.config_spec import ConfigError, names_of, option, section
 from salt.eval.metrics import pass_at_k
@@ -173,16 +174,16 @@ def evaluate_toy(model, tokenizer, rows: list[dict], max_new_tokens: int, sample
     g = [toy_reward(r["answer"], t) for r, t in zip(rows, greedy.texts)]
     s = [sum(toy_reward(r["answer"], sampled.texts[j * samples + k]) for k in range(samples)) / samples
          for j, r in enumerate(rows)]
-    metrics = {"eval/pass@1_greedy": sum(g) / len(g), "eval/pass@1_t1": sum(s) / len(s),
-               "eval/stop_rate_greedy": sum(f == "stop" for f in greedy.finish_reasons) / len(rows)}
+    metrics = {mn.EVAL_PASS1_GREEDY: sum(g) / len(g), mn.eval_pass_at_t1(1): sum(s) / len(s),
+               mn.EVAL_STOP_RATE_GREEDY: sum(f == "stop" for f in greedy.finish_reasons) / len(rows)}
     k = 2
     while k <= samples:
-        metrics[f"eval/pass@{k}_t1"] = sum(pass_at_k(samples, round(x * samples), k) for x in s) / len(s)
+        metrics[mn.eval_pass_at_t1(k)] = sum(pass_at_k(samples, round(x * samples), k) for x in s) / len(s)
         k *= 2
     for level in sorted({r["meta"]["difficulty"] for r in rows}):
         idx = [i for i, r in enumerate(rows) if r["meta"]["difficulty"] == level]
-        metrics[f"eval/pass@1_greedy_level{level}"] = sum(g[i] for i in idx) / len(idx)
-        metrics[f"eval/pass@1_t1_level{level}"] = sum(s[i] for i in idx) / len(idx)
+        metrics[mn.eval_pass1_greedy_level(level)] = sum(g[i] for i in idx) / len(idx)
+        metrics[mn.eval_pass1_t1_level(level)] = sum(s[i] for i in idx) / len(idx)
     return metrics
 
 
@@ -260,8 +261,8 @@ def _run_sft(cfg: Mapping[str, Any] | None, out_dir: str | Path) -> dict[str, An
             losses.append(float(loss.detach()))
             if (step + 1) % int(tcfg["log_every"]) == 0 or step + 1 == steps:
                 window = losses[-int(tcfg["log_every"]):]
-                tracking.log_metrics(run, {"sft/loss": sum(window) / len(window), "sft/grad_norm": float(grad_norm),
-                                           "sft/lr": sched.get_last_lr()[0]}, step=step + 1)
+                tracking.log_metrics(run, {mn.SFT_LOSS: sum(window) / len(window), mn.SFT_GRAD_NORM: float(grad_norm),
+                                           mn.SFT_LR: sched.get_last_lr()[0]}, step=step + 1)
                 print(f"sft step {step + 1}/{steps} loss {sum(window) / len(window):.4f} "
                       f"({time.time() - t0:.1f}s)", file=sys.stderr, flush=True)
         train_time = time.time() - t0
@@ -269,8 +270,8 @@ def _run_sft(cfg: Mapping[str, Any] | None, out_dir: str | Path) -> dict[str, An
         ecfg = cfg["eval"]
         metrics: dict[str, Any] = evaluate_toy(model, tok, test_rows, int(ecfg["max_new_tokens"]),
                                                int(ecfg["samples"]), seed, int(ecfg["batch_size"]))
-        metrics.update({"sft/final_loss": losses[-1], "sft/train_seconds": train_time,
-                        "sft/total_seconds": time.time() - t0, "sft/steps": steps,
+        metrics.update({mn.SFT_FINAL_LOSS: losses[-1], mn.SFT_TRAIN_SECONDS: train_time,
+                        mn.SFT_TOTAL_SECONDS: time.time() - t0, mn.SFT_STEPS: steps,
                         "test_problems": len(test_rows), "train_problems": len(train_rows),
                         "train_demonstrations": len(examples)})
         tmp = out / "final.tmp"
@@ -282,7 +283,7 @@ def _run_sft(cfg: Mapping[str, Any] | None, out_dir: str | Path) -> dict[str, An
             shutil.rmtree(out / "final")
         tmp.rename(out / "final")
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-        tracking.log_metrics(run, {k: v for k, v in metrics.items() if k.startswith(("eval/", "sft/"))}, step=steps)
+        tracking.log_metrics(run, {k: v for k, v in metrics.items() if k.startswith((mn.EVAL, mn.SFT))}, step=steps)
         tracking.log_artifacts(run, out / "metrics.json")
         tracking.end_run(run)
     except BaseException:

@@ -137,11 +137,12 @@ class Trainer:
         # separate no-grad forward would recompute the same numbers (tested in test_trainer.py).
         on_policy = cfg.train.ppo_epochs == 1 and len(minis) == 1 and not self.strategy.wrapped
         with self.timer("old_logprobs"):
+            dev_tb = tb.to(self.device) if not on_policy or self.ref_model is not None else None  # one copy
             if not on_policy:
-                tb.old_logp = compute_logprobs(self.model, tb.to(self.device), cfg.rollout.temperature,
+                tb.old_logp = compute_logprobs(self.model, dev_tb, cfg.rollout.temperature,
                                                cfg.train.micro_batch_size).cpu()
             if self.ref_model is not None:
-                tb.ref_logp = compute_logprobs(self.ref_model, tb.to(self.device), cfg.rollout.temperature,
+                tb.ref_logp = compute_logprobs(self.ref_model, dev_tb, cfg.rollout.temperature,
                                                cfg.train.micro_batch_size).cpu()
         metrics = []
         dump = step is not None and (step + 1) in cfg.train.dump_gram_steps

@@ -137,6 +137,25 @@ class _Passes:
             self.strategy.backward(self.model, loss * 0.0, i == self.n - 1)
 
 
+def _salt(p: _Passes, hidden: torch.Tensor, logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
+          rows: TensorBatch, positions: torch.Tensor, seed: int, gather: bool, geo: list,
+          coef_out: list | None, gram_out: dict | None) -> torch.Tensor:
+    """The Gram of one scope's unit (gathered over ranks when ``gather``), SALT's coefficients for
+    ``rows`` (the rollouts of that Gram: the whole mini-batch or one micro-batch), and their records:
+    geometry metrics into ``geo``, the coefficients into ``coef_out``, the first Gram into ``gram_out``
+    (``positions``: the rows of the mini-batch it covers)."""
+    with p.timer("gram"):
+        K = lm_gram(hidden, logits, tokens, mask, p.settings, seed, gather=gather, info=(ginfo := {}))
+    with p.timer("decompose"):
+        coef, gm = salt_coefficients(K, rows.advantages.to(K.device), rows.group_ids.to(K.device), p.settings, seed)
+    geo.append(with_err_bound(gm, ginfo))
+    if coef_out is not None:
+        coef_out.append(coef.detach().cpu())
+    if gram_out is not None and not gram_out:
+        gram_out.update(gram_record(K, positions, rows.advantages, coef, rows.group_ids))
+    return coef
+
+
 def _global_scope(p: _Passes, mb: TensorBatch, seed: int, diagnostics: bool, geo: list,
                   coef_out: list | None, gram_out: dict | None) -> None:
     """Scope ``global``: all forwards first, one Gram over the whole mini-batch, then the backwards."""
@@ -151,17 +170,9 @@ def _global_scope(p: _Passes, mb: TensorBatch, seed: int, diagnostics: bool, geo
             (outs if k < len(micros) else pads).append(o)
     coef = local.advantages
     if diagnostics:
-        with p.timer("gram"):
-            K = lm_gram(torch.cat([o.hidden for o in outs]), torch.cat([o.logits for o in outs]),
-                        local.tokens, local.mask, p.settings, seed, gather=True, info=(ginfo := {}))
-        with p.timer("decompose"):
-            coef_all, gm = salt_coefficients(K, mb.advantages.to(K.device), mb.group_ids.to(K.device), p.settings, seed)
-        geo.append(with_err_bound(gm, ginfo))
+        coef_all = _salt(p, torch.cat([o.hidden for o in outs]), torch.cat([o.logits for o in outs]), local.tokens,
+                         local.mask, mb, torch.arange(len(mb)), seed, True, geo, coef_out, gram_out)
         coef = coef_all[rank_slice(len(mb), W, rank)].to(local.advantages.dtype)
-        if coef_out is not None:
-            coef_out.append(coef_all.detach().cpu())
-        if gram_out is not None and not gram_out:
-            gram_out.update(gram_record(K, torch.arange(len(mb)), mb.advantages, coef_all, mb.group_ids))
     for i, (s, o) in enumerate(zip(micros, outs)):
         with p.sync(i):
             p.backward(local.index(s), o, coef[s], i)
@@ -181,17 +192,9 @@ def _micro_scope(p: _Passes, mb: TensorBatch, seed: int, diagnostics: bool, geo:
                 o = p.forward(part, diagnostics)
             coef = part.advantages
             if diagnostics:
-                with p.timer("gram"):
-                    K = lm_gram(o.hidden, o.logits, part.tokens, part.mask, p.settings, seed, gather=False,
-                                info=(ginfo := {}))
-                with p.timer("decompose"):
-                    coef, gm = salt_coefficients(K, part.advantages, part.group_ids, p.settings, seed)
-                geo.append(with_err_bound(gm, ginfo))
-                if coef_out is not None:
-                    coef_out.append(coef.detach().cpu())
-                if gram_out is not None and not gram_out:
-                    pos = torch.arange(s.start, s.stop) + rank_slice(len(mb), W, rank).start  # (b,) rows of mb
-                    gram_out.update(gram_record(K, pos, part.advantages, coef, part.group_ids))
+                pos = torch.arange(s.start, s.stop) + rank_slice(len(mb), W, rank).start  # (b,) rows of mb
+                coef = _salt(p, o.hidden, o.logits, part.tokens, part.mask, part, pos, seed, False, geo, coef_out,
+                             gram_out)
             p.backward(part, o, coef, i)
     for j in range(p.n_pad):
         with p.sync(len(p.micros) + j):
