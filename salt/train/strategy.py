@@ -13,8 +13,11 @@ hand). ``DDP`` (``ddp``): ``MULTI_CPU`` / ``MULTI_GPU`` / ``MULTI_*``. ``FSDP`` 
 or v2. ``DeepSpeed`` (``deepspeed``): ZeRO 1-3. The wrapped engines AVERAGE gradients over ranks,
 so the update pre-scales the loss by :attr:`GradientStrategy.grad_scale` (the world size), and
 every rank runs the same number of passes (:attr:`even_passes`: FSDP all-gathers, ZeRO-3 fetches
-and DDP buffer broadcasts are collectives). Accelerate enables FSDP and DeepSpeed on GPUs only:
-those classes are not exercised by the CPU test-suite.
+and DDP buffer broadcasts are collectives).
+
+FSDP runs on CPU too (gloo): Accelerate turns its FSDP plugin on only for accelerator devices, so
+:func:`make_accelerator` turns it back on when ``accelerate launch`` asked for FSDP on a CPU-only
+machine (``tests/train/test_fsdp.py``). DeepSpeed is not exercised by the CPU test-suite.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.utils import DistributedType
+from accelerate import Accelerator
+from accelerate.state import PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
 from salt.train.collectives import reduce_gradients, world
 
@@ -43,6 +48,32 @@ def resolve_mixed_precision(setting: str) -> str | None:
     if os.environ.get("ACCELERATE_MIXED_PRECISION"):
         return None
     return "bf16" if torch.cuda.is_available() else "no"
+
+
+def fsdp_requested() -> bool:
+    """``accelerate launch`` was given an FSDP config (it sets ``ACCELERATE_USE_FSDP`` for its workers)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def make_accelerator(mixed_precision: str | None) -> Accelerator:
+    """The run's Accelerator (CPU when there is no GPU; the scheduler is stepped by the trainer).
+
+    Accelerate (1.16) enables FSDP only for accelerator devices: launched with
+    ``config/accelerate/fsdp.yaml`` on a CPU-only machine it does not fail, it silently falls back
+    to ``MULTI_CPU`` (DDP, full replicas) and drops the FSDP plugin. ``fully_shard`` runs on CPU
+    over gloo, so the plugin (read from the launcher's ``FSDP_*`` variables, as Accelerate does) is
+    switched back on here exactly as Accelerate does for a GPU: same state fields, same
+    ``accelerator.prepare`` path (``fsdp2_prepare_model``)."""
+    acc = Accelerator(cpu=not torch.cuda.is_available(), step_scheduler_with_optimizer=False,
+                      mixed_precision=mixed_precision)
+    if acc.distributed_type == DistributedType.MULTI_CPU and fsdp_requested():
+        plugin = FullyShardedDataParallelPlugin()
+        if acc.mixed_precision != "no":
+            plugin.set_mixed_precision(acc.mixed_precision)
+        acc.state.fsdp_plugin = plugin
+        acc.state.distributed_type = DistributedType.FSDP
+        PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    return acc
 
 
 def zero_stage(accelerator: Any) -> int:

@@ -23,8 +23,8 @@ starts N processes; every rank generates its share of the prompts, the rollout b
 all-gathered, and each optimizer mini-batch is split into contiguous per-rank slices. How the
 ranks' gradients meet (none / DDP / FSDP / DeepSpeed) is one :mod:`salt.train.strategy` chosen at
 set-up. With ``algorithm.salt.scope: global`` the Gram is built from features gathered from all
-ranks (identical for 1 or N processes). DDP is tested on CPU (gloo, ``tests/train/test_ddp.py``);
-Accelerate enables FSDP and DeepSpeed on GPUs only.
+ranks (identical for 1 or N processes). DDP and FSDP are tested on CPU (gloo, ``tests/train/test_ddp.py``,
+``tests/train/test_fsdp.py``); DeepSpeed only on GPUs.
 """
 
 from __future__ import annotations
@@ -38,8 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
-
 from salt import metric_names as mn
 from salt import rollout
 from salt.algo.advantages import compute_advantages
@@ -55,7 +53,8 @@ from salt.train.forward import compute_logprobs
 from salt.train.gram import write_gram_dump
 from salt.train.rollouts import RolloutCollector, gen_batch_prompts, load_rows
 from salt.train.stepping import Timer, mean_metrics, step_seed
-from salt.train.strategy import GradientStrategy, master_dtype, resolve_mixed_precision, strategy_for
+from salt.train.strategy import (GradientStrategy, make_accelerator, master_dtype, resolve_mixed_precision,
+                                 strategy_for)
 from salt.train.update import UpdateSettings, make_optimizer, update_minibatch
 from salt.utils import append_jsonl, read_jsonl, seed_everything
 
@@ -249,8 +248,7 @@ class Trainer:
 
         cfg = self.cfg
         # the scheduler is stepped once per optimizer step on every rank (no num_processes multiple)
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), step_scheduler_with_optimizer=False,
-                                       mixed_precision=resolve_mixed_precision(cfg.model.mixed_precision))
+        self.accelerator = make_accelerator(resolve_mixed_precision(cfg.model.mixed_precision))
         self.strategy: GradientStrategy = strategy_for(self.accelerator)
         self.device = self.accelerator.device
         if self.device.type == "cpu" and cfg.train.num_threads > 0:

@@ -22,8 +22,9 @@ token-mean scaling matters. The unprepared path (a raw model in a process group,
 by hand) is checked too, and the whole training loop runs on the 2 ranks (split generation,
 gathered batch, DDP checkpoint in the single-process format, final save).
 
-FSDP and DeepSpeed are not exercised here (no GPU; DeepSpeed is not installed); their code path in
-``update_minibatch`` / ``Trainer`` is written against Accelerate's and DeepSpeed's public API.
+FSDP runs for real on CPU in ``tests/train/test_fsdp.py`` (``accelerate launch`` with
+``config/accelerate/fsdp.yaml``). DeepSpeed is not exercised (not installed; GPU only); its code path
+in ``update_minibatch`` / ``Trainer`` is written against Accelerate's and DeepSpeed's public API.
 """
 
 from __future__ import annotations
