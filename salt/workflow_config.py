@@ -42,6 +42,10 @@ class Resources:
     runtime: int = option(30, "Wall-clock limit per job in minutes.", ge=1)
     threads: int = option(1, "CPU threads per job (also OMP_NUM_THREADS / torch threads).", ge=1)
     slurm_partition: str | None = option(None, "SLURM partition for this kind of job; null = the profile's default.")
+    nodes: int = option(
+        1, "Machines of one job (compute.train only): N > 1 = one SLURM job of N nodes, one `accelerate launch` "
+        "per node through srun (python -m salt.train.multinode), needs compute.launcher: accelerate and a SLURM "
+        "profile; gpu, mem_mb and threads are per node.", ge=1)
 
 
 @dataclass(kw_only=True)
@@ -328,6 +332,13 @@ def _check_references(cfg: dict[str, Any]) -> None:
     if cfg["compute"]["launcher"] == "accelerate" and not cfg["compute"]["accelerate_config"]:
         errors.append("  compute.accelerate_config: needed when compute.launcher is accelerate "
                       "(e.g. config/accelerate/multi_gpu.yaml)")
+    for kind in ("light", "data", "sft", "evaluate", "proxy"):
+        if cfg["compute"][kind]["nodes"] != 1:
+            errors.append(f"  compute.{kind}.nodes={cfg['compute'][kind]['nodes']}: only training jobs run on "
+                          "several nodes (compute.train.nodes); set it to 1")
+    if cfg["compute"]["train"]["nodes"] > 1 and cfg["compute"]["launcher"] != "accelerate":
+        errors.append(f"  compute.train.nodes={cfg['compute']['train']['nodes']} needs compute.launcher: accelerate "
+                      "(and compute.accelerate_config, e.g. config/accelerate/ddp.yaml)")
     if errors:
         raise ConfigError("keys that name other keys:\n" + "\n".join(errors))
 

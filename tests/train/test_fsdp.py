@@ -77,7 +77,7 @@ def _steps(policy_dir: str, batches: list, case: str, acc=None) -> dict:
     opt, sched = make_optimizer(model, cfg, STEPS)
     strategy = strategy_for(acc)
     model, opt, sched = strategy.prepare(model, opt, sched, cfg.train)
-    if acc is not None:
+    if strategy.sharded:
         _assert_sharded(model)
     out: dict = {"coef": [], "metrics": [], "state": []}
     for i, tb in enumerate(batches):
@@ -104,7 +104,8 @@ def _assert_sharded(model) -> None:
 
 
 def main(argv: list[str]) -> None:
-    """One rank of ``accelerate launch -m tests.train.test_fsdp POLICY BATCHES OUT``."""
+    """One rank of ``accelerate launch -m tests.train.test_fsdp POLICY BATCHES OUT KIND``: KIND ``fsdp``
+    (FSDP2; the loop is also resumed) or ``ddp`` (``MULTI_CPU``; ``tests/train/test_multinode.py``)."""
     import torch.distributed as dist
     from accelerate.utils import DistributedType
 
@@ -112,11 +113,12 @@ def main(argv: list[str]) -> None:
     from salt.train.strategy import make_accelerator
     from salt.train.trainer import train
 
-    policy_dir, batch_file, out = argv[0], argv[1], Path(argv[2])
+    policy_dir, batch_file, out, kind = argv[0], argv[1], Path(argv[2]), argv[3]
     torch.set_num_threads(1)
     acc = make_accelerator(None)
-    assert acc.distributed_type == DistributedType.FSDP and acc.is_fsdp2 and acc.num_processes == 2
-    assert dist.get_backend() == "gloo"
+    expected = {"fsdp": DistributedType.FSDP, "ddp": DistributedType.MULTI_CPU}[kind]
+    assert acc.distributed_type == expected and acc.num_processes == 2, (acc.distributed_type, acc.num_processes)
+    assert acc.is_fsdp2 == (kind == "fsdp") and dist.get_backend() == "gloo"
     rank = acc.process_index
     batches = torch.load(batch_file, weights_only=False)
     results = {}
@@ -125,16 +127,16 @@ def main(argv: list[str]) -> None:
         results[case] = _steps(policy_dir, batches, case, make_accelerator(None))
         results[case]["seconds"] = time.perf_counter() - t0
     torch.save(results, out / f"rank{rank}.pt")
-    # the training loop, then a resume from its step-1 checkpoint in a copy of its directory
     cfg = from_dict(run_config(Path(policy_dir), **LOOP))
     train(cfg, out / "loop")
-    if rank == 0:
-        shutil.copytree(out / "loop", out / "resumed")
-        for rel in ("DONE", "final", "checkpoints/step_000002", "checkpoints/accelerate/step_000002"):
-            p = out / "resumed" / rel
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
-    dist.barrier()
-    train(cfg, out / "resumed")
+    if kind == "fsdp":  # resume from the step-1 checkpoint in a copy of the loop's directory
+        if rank == 0:
+            shutil.copytree(out / "loop", out / "resumed")
+            for rel in ("DONE", "final", "checkpoints/step_000002", "checkpoints/accelerate/step_000002"):
+                p = out / "resumed" / rel
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        dist.barrier()
+        train(cfg, out / "resumed")
     dist.destroy_process_group()
 
 
@@ -155,20 +157,13 @@ def _max_diff(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def test_fsdp_two_processes_equal_one_process(policy, tmp_path):  # noqa: F811
-    batches = _batches(policy)
-    torch.save(batches, tmp_path / "batches.pt")
-    t0 = time.perf_counter()
-    res = subprocess.run(launch_cmd("fsdp.yaml", "tests.train.test_fsdp", [str(policy), str(tmp_path / "batches.pt"),
-                                                                           str(tmp_path)]),
-                         cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=1200)
-    assert res.returncode == 0, res.stderr[-4000:]
-    launched_s = time.perf_counter() - t0
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+def check_against_one_process(policy, batches: list, ranks: list[dict]) -> dict:  # noqa: F811
+    """The workers' 3 steps (``ranks``: rank 0's and rank 1's results of :func:`_steps`) against one
+    process on the same batches; returns the max weight difference per case and step."""
     from transformers import AutoModelForCausalLM
 
     init = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32).state_dict()
-    report = {"launch_seconds": round(launched_s, 1)}
+    report = {}
     for case in CASES:
         one = _steps(str(policy), batches, case)
         r0, r1 = ranks[0][case], ranks[1][case]
@@ -191,10 +186,24 @@ def test_fsdp_two_processes_equal_one_process(policy, tmp_path):  # noqa: F811
             assert all(m["train/update_norm"] > 0 for m in one["metrics"])
         else:  # clipping is active: the pre-clip norm exceeds max_grad_norm
             assert min(m["train/update_norm"] for m in one["metrics"]) > CASES[case]["train"]["max_grad_norm"]
-        # the rank-0 save view (accelerator.get_state_dict) equals the every-rank gather
         assert list(r0["state"][-1]) == list(one["state"][-1]), "the gather must keep the model's own names and order"
+        # the rank-0 save view (accelerator.get_state_dict) equals the every-rank gather
         assert _max_diff(r0["saved"], r0["state"][-1]) == 0.0
         report[case] = {"max_abs_diff_per_step": diffs, "worker_seconds": round(r0["seconds"], 1)}
+    return report
+
+
+def test_fsdp_two_processes_equal_one_process(policy, tmp_path):  # noqa: F811
+    batches = _batches(policy)
+    torch.save(batches, tmp_path / "batches.pt")
+    t0 = time.perf_counter()
+    res = subprocess.run(launch_cmd("fsdp.yaml", "tests.train.test_fsdp", [str(policy), str(tmp_path / "batches.pt"),
+                                                                           str(tmp_path), "fsdp"]),
+                         cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, res.stderr[-4000:]
+    report = {"launch_seconds": round(time.perf_counter() - t0, 1)}
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    report.update(check_against_one_process(policy, batches, ranks))
     print(json.dumps(report))
 
     from safetensors.torch import load_file
@@ -202,6 +211,7 @@ def test_fsdp_two_processes_equal_one_process(policy, tmp_path):  # noqa: F811
     from salt.train.checkpoint import load_checkpoint
     from salt.utils import read_jsonl
 
+    init = load_file(Path(policy) / "model.safetensors")
     loop, resumed = tmp_path / "loop", tmp_path / "resumed"
     a, b = read_jsonl(loop / "metrics.jsonl"), read_jsonl(resumed / "metrics.jsonl")
     assert [r["step"] for r in a] == [1, 2, 3] and a[-1]["train/rollouts"] == 3 * 16

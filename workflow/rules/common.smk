@@ -210,10 +210,18 @@ def _quote(text):
 
 
 def train_launcher(w):
+    """How `salt train` starts. compute.train.nodes = N > 1: srun runs one salt.train.multinode per node
+    (the job has N nodes and N tasks, resources_of), each execs `accelerate launch` with its machine rank,
+    the machine count and the rendezvous host taken from SLURM's environment."""
     c = config["compute"]
-    if c["launcher"] == "accelerate":
-        return f"accelerate launch --config_file {_quote(c['accelerate_config'])} -m salt.cli train"
-    return "python -m salt.cli train"
+    if c["launcher"] != "accelerate":
+        return "python -m salt.cli train"
+    launch = f"--config_file {_quote(c['accelerate_config'])} -m salt.cli train"
+    nodes = c["train"]["nodes"]
+    if nodes > 1:
+        per_node = c["train"]["gpu"] or 1
+        return f"srun --kill-on-bad-exit=1 python -m salt.train.multinode --processes-per-node {per_node} -- {launch}"
+    return f"accelerate launch {launch}"
 
 
 def eval_args(w):
@@ -313,6 +321,15 @@ def resources_of(kind):
         out["slurm_partition"] = partition
     if site.get("account"):
         out["slurm_account"] = site["account"]
+    if r["nodes"] > 1:
+        # one SLURM job of N nodes with N tasks (sbatch --nodes=N --ntasks=N: one per node); `mpi` tells
+        # the SLURM plugin that the rule's shell calls srun itself (train_launcher)
+        out.update(nodes=r["nodes"], tasks=r["nodes"], mpi="srun")
+        if r["gpu"]:  # --gpus counts GPUs over the whole job; --gres=gpu:N is per node
+            out["gres"] = f"gpu:{r['gpu_model'] + ':' if r['gpu_model'] else ''}{r['gpu']}"
+            out["tasks_per_gpu"] = 0  # the plugin would otherwise pass --ntasks-per-gpu=<tasks>
+            for key in ("gpu", "gpu_model"):
+                out.pop(key, None)
     return out
 
 
@@ -327,6 +344,12 @@ def tracking_uri_shared_file():
 
 
 onstart:
+    if config["compute"]["train"]["nodes"] > 1 and not workflow.non_local_exec:
+        from snakemake.exceptions import WorkflowError
+
+        raise WorkflowError(
+            f"compute.train.nodes={config['compute']['train']['nodes']}: a training job across several nodes "
+            "runs under SLURM only (--profile profiles/slurm); set compute.train.nodes: 1 to run here")
     # Jobs on cluster nodes must not share one SQLite file (over a network file system runs get
     # lost or corrupted): with a remote executor (SLURM) they log to an MLflow tracking server.
     if workflow.non_local_exec and tracking_uri_shared_file():
