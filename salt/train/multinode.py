@@ -1,16 +1,17 @@
 """One ``accelerate launch`` per machine of a multi-node training job, its machine settings read from
 SLURM's environment.
 
-The ``train`` rule of a job with ``compute.train.nodes = N > 1`` asks SLURM for N nodes and one task
-per node and runs, inside that allocation::
+The ``train`` rule of a job with ``compute.train.nodes = N > 1`` asks SLURM for N nodes and N tasks
+(one per node) and runs, inside that allocation::
 
-    srun --ntasks-per-node=1 --kill-on-bad-exit=1 python -m salt.train.multinode \\
+    srun --nodes=N --ntasks=N --cpus-per-task=T --kill-on-bad-exit=1 python -m salt.train.multinode \\
         --processes-per-node K -- --config_file config/accelerate/ddp.yaml -m salt.cli train --config ... --out ...
 
 Each task (one per node) then execs ``accelerate launch`` with ``--num_machines`` (the step's task
 count, ``SLURM_STEP_NUM_TASKS`` / ``SLURM_NTASKS``), ``--machine_rank`` (``SLURM_PROCID``: with one
 task per node, the node's index), ``--main_process_ip`` (the first host of ``SLURM_STEP_NODELIST``
-/ ``SLURM_JOB_NODELIST``, expanded by ``scontrol show hostnames``: task 0 runs there),
+/ ``SLURM_JOB_NODELIST``, expanded by ``scontrol show hostnames``: task 0 runs there; its SLURM
+``NodeAddr`` when the node's name does not resolve),
 ``--main_process_port`` (29500 + ``SLURM_JOB_ID`` mod 20000 unless given: the same on every node,
 different for jobs sharing a node) and ``--num_processes`` = K x N (Accelerate counts processes
 over all machines). Several tasks on ONE node (``SLURM_NNODES = 1``) stand in for several
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -50,6 +52,25 @@ def scontrol_hostnames(nodelist: str) -> list[str]:
     return res.stdout.split()
 
 
+def scontrol_node_addr(node: str) -> str:
+    """The address SLURM reaches ``node`` at (its ``NodeAddr``; a node's name need not resolve)."""
+    res = subprocess.run(["scontrol", "show", "node", "-o", node], capture_output=True, text=True, timeout=60)
+    for field in res.stdout.split():
+        if field.startswith("NodeAddr="):
+            return field.split("=", 1)[1]
+    raise RuntimeError(f"SLURM node {node!r} does not resolve and `scontrol show node {node}` gives no NodeAddr: "
+                       f"{res.stderr.strip() or res.stdout.strip()[:200]}")
+
+
+def resolvable_host(host: str, node_addr: Callable[[str], str] = scontrol_node_addr) -> str:
+    """``host`` when its name resolves, else SLURM's ``NodeAddr`` for it (a node named apart from its host)."""
+    try:
+        socket.getaddrinfo(host, None)
+        return host
+    except OSError:
+        return node_addr(host)
+
+
 def _int_env(env: Mapping[str, str], *names: str) -> int:
     for name in names:
         value = env.get(name)
@@ -59,27 +80,29 @@ def _int_env(env: Mapping[str, str], *names: str) -> int:
             except ValueError:
                 raise ValueError(f"{name}={value!r} is not an integer") from None
     raise ValueError(f"{' / '.join(names)} not set: `python -m salt.train.multinode` must run inside a SLURM job "
-                     "step, one task per node (srun --ntasks-per-node=1 ...)")
+                     "step, one task per node (srun --nodes=N --ntasks=N ...)")
 
 
 def machines_from_slurm(env: Mapping[str, str], port: int | None = None,
-                        hostnames: Callable[[str], list[str]] = scontrol_hostnames) -> Machines:
+                        hostnames: Callable[[str], list[str]] = scontrol_hostnames,
+                        address: Callable[[str], str] = resolvable_host) -> Machines:
     """This task's :class:`Machines` from a SLURM job step's environment (module doc).
 
     A node list without ``[`` or ``,`` is a single host name and is used as is; any other is
-    expanded by ``hostnames`` (``scontrol show hostnames``)."""
+    expanded by ``hostnames`` (``scontrol show hostnames``). The first host goes through ``address``
+    (its name if it resolves, else SLURM's ``NodeAddr``)."""
     tasks = _int_env(env, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS")
     rank = _int_env(env, "SLURM_PROCID")
     nodes = _int_env(env, "SLURM_STEP_NUM_NODES", "SLURM_NNODES")
     if nodes > 1 and tasks != nodes:
         raise ValueError(f"{tasks} tasks on {nodes} nodes: one launcher per node is needed "
-                         "(srun --ntasks-per-node=1, sbatch --nodes=N --ntasks=N)")
+                         "(sbatch and srun --nodes=N --ntasks=N)")
     if not 0 <= rank < tasks:
         raise ValueError(f"SLURM_PROCID={rank} is outside the step's {tasks} tasks")
     nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
     if not nodelist:
         raise ValueError("SLURM_STEP_NODELIST / SLURM_JOB_NODELIST not set: run inside a SLURM job step")
-    first = nodelist if not any(c in nodelist for c in "[,") else hostnames(nodelist)[0]
+    first = address(nodelist if not any(c in nodelist for c in "[,") else hostnames(nodelist)[0])
     if port is None:
         port = 29500 + _int_env(env, "SLURM_JOB_ID") % 20000
     if not 0 < port < 65536:

@@ -7,7 +7,7 @@ environment ``srun`` gives each task), each one machine of one process, rendezvo
 gloo, ``config/accelerate/ddp.yaml``. Their 3 optimizer steps on fixed mini-batches equal one process
 within 1e-5 (the worker and the comparison of ``tests/train/test_fsdp.py``), and their training loop
 equals, number for number, the same loop launched as ONE machine with two processes. The same job
-through the CI's single-node SLURM is ``tests/workflow/test_slurm_multinode.py``.
+through the CI's single-node SLURM is in ``tests/workflow/test_slurm_dag.py``.
 """
 
 from __future__ import annotations
@@ -36,15 +36,23 @@ def test_machines_from_a_three_node_step():
         seen.append(nodelist)
         return ["gpu07", "gpu08", "gpu09"]
 
-    m = machines_from_slurm(STEP_ENV, hostnames=hostnames)
+    m = machines_from_slurm(STEP_ENV, hostnames=hostnames, address=lambda h: h)
     assert m == Machines(num_machines=3, machine_rank=2, main_process_ip="gpu07", main_process_port=29500 + 4711)
     assert seen == ["gpu[07-09]"]
     # a single host name is used as is; the step's variables win over the job's; an explicit port wins
     env = {"SLURM_JOB_ID": "99", "SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": "0",
            "SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "big[1-4]", "SLURM_STEP_NODELIST": "salt-node"}
-    assert machines_from_slurm(env, port=31000, hostnames=lambda n: pytest.fail("no expansion needed")) == \
-        Machines(2, 0, "salt-node", 31000)
+    assert machines_from_slurm(env, port=31000, hostnames=lambda n: pytest.fail("no expansion needed"),
+                               address=lambda h: h) == Machines(2, 0, "salt-node", 31000)
+    env["SLURM_STEP_NODELIST"] = "localhost"
     assert machines_from_slurm({**env, "SLURM_JOB_ID": "20001"}).main_process_port == 29501
+
+
+def test_a_node_name_that_does_not_resolve_goes_to_its_slurm_address():
+    from salt.train.multinode import resolvable_host
+
+    assert resolvable_host("localhost", node_addr=lambda h: pytest.fail("localhost resolves")) == "localhost"
+    assert resolvable_host("no-such-host.invalid", node_addr=lambda h: f"addr-of-{h}") == "addr-of-no-such-host.invalid"
 
 
 @pytest.mark.parametrize("change, message", [
@@ -57,7 +65,7 @@ def test_machines_from_a_three_node_step():
 def test_machines_from_slurm_errors_name_the_fix(change, message):
     env = {k: v for k, v in {**STEP_ENV, **change}.items() if v is not None}
     with pytest.raises(ValueError, match=message):
-        machines_from_slurm(env, hostnames=lambda n: ["gpu07"])
+        machines_from_slurm(env, hostnames=lambda n: ["gpu07"], address=lambda h: h)
 
 
 def test_launch_argv_and_dry_run(monkeypatch, capsys):
@@ -70,14 +78,14 @@ def test_launch_argv_and_dry_run(monkeypatch, capsys):
     assert argv[13:] == ["--config_file", "c.yaml", "-m", "salt.cli", "train", "--out", "o"]
     with pytest.raises(ValueError, match="--machine_rank=0: set by `salt.train.multinode`"):
         launch_argv(m, ["--machine_rank=0", "x.py"], 1)
-    for key, value in {**STEP_ENV, "SLURM_PROCID": "1", "SLURM_STEP_NODELIST": "n0"}.items():
+    for key, value in {**STEP_ENV, "SLURM_PROCID": "1", "SLURM_STEP_NODELIST": "127.0.0.1"}.items():
         monkeypatch.setenv(key, value)
     assert main(["--processes-per-node", "1", "--dry-run", "--", "--config_file", "c.yaml", "t.py"]) == 0
     out = capsys.readouterr()
-    assert "--machine_rank 1 --main_process_ip n0" in out.out and "machine 2 of 3" in out.err
+    assert "--machine_rank 1 --main_process_ip 127.0.0.1" in out.out and "machine 2 of 3" in out.err
     monkeypatch.delenv("SLURM_PROCID")
     assert main(["--processes-per-node", "1", "--", "t.py"]) == 2
-    assert "srun --ntasks-per-node=1" in capsys.readouterr().err
+    assert "srun --nodes=N --ntasks=N" in capsys.readouterr().err
 
 
 def _two_machines(module_args: list[str], job_id: int, timeout: float = 1200) -> list[subprocess.CompletedProcess]:

@@ -35,9 +35,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tests.slurm import local_slurm
+from tests.train.test_ddp import _free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SNAKEFILE = REPO / "workflow" / "Snakefile"
@@ -207,6 +209,96 @@ def test_smoke_dag_through_local_slurm(tmp_path, local_cluster, tracking_server)
         arts = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "figures")}
         assert figures <= arts, (run.info.run_name, sorted(figures - arts))
     assert (store / "mlflow.db").exists() and any((store / "artifacts").rglob("*.png"))
+
+
+MULTINODE_TARGET = "main/runs/toy/toy/grpo_salt/G4/seed0"
+
+
+def _nodes_config(path: Path, nodes: int = 2) -> Path:
+    """compute.train.nodes through the project's DDP config (tracking off: no server needed)."""
+    path.write_text(yaml.safe_dump({
+        "compute": {"launcher": "accelerate", "accelerate_config": str(REPO / "config" / "accelerate" / "ddp.yaml"),
+                    "train": {"nodes": nodes}},
+        "tracking": {"enabled": False}}))
+    return path
+
+
+@pytest.mark.slow
+def test_two_node_training_job_through_local_slurm(tmp_path, local_cluster):
+    """compute.train.nodes: 2 through profiles/local-slurm. The cluster has one node, so the job is
+    submitted with `--set-resources train:nodes=1`: one SLURM job of 2 tasks on that node, srun
+    starts one salt.train.multinode per task, and the two tasks stand in for two machines (their
+    rendezvous host is the node's NodeAddr: its name `salt-node` does not resolve). The run equals,
+    number for number, the same run config launched as one machine with two processes."""
+    from safetensors.torch import load_file
+
+    from salt.utils import read_jsonl
+
+    state, slurm_env = local_cluster
+    work = tmp_path / "work"
+    work.mkdir()
+    env = _env({"SLURM_CONF": slurm_env["SLURM_CONF"]})
+    results = yaml.safe_load(CONFIG.read_text())["results_dir"]
+    target = f"{results}/{MULTINODE_TARGET}/DONE"
+    start = time.monotonic()
+    res = snakemake(work, target, "--profile", str(PROFILE), "--config", SITE, "--set-resources", "train:nodes=1",
+                    env=env, configfiles=(_nodes_config(work / "nodes.yaml"),), timeout=DAG_TIMEOUT)
+    assert res.returncode == 0, res.stdout[-8000:] + _job_logs(work)
+    print(f"two-node training job through local SLURM: {time.monotonic() - start:.0f} s")
+    submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+)", res.stdout)
+    geometry = {}
+    for job in submitted:
+        out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, env=slurm_env,
+                             timeout=60).stdout
+        geometry[job] = dict(re.findall(r"\b(NumNodes|NumTasks)=(\S+)", out))
+    train_jobs = [j for j, g in geometry.items() if g.get("NumTasks") == "2"]
+    assert len(train_jobs) == 1 and geometry[train_jobs[0]]["NumNodes"] == "1", geometry
+    log = (work / results / "logs" / "train" / f"{MULTINODE_TARGET.replace('/runs/', '/', 1)}.log").read_text()
+    assert "machine 1 of 2, rendezvous 127.0.0.1" in log and "machine 2 of 2, rendezvous 127.0.0.1" in log, log[-3000:]
+    out = work / results / MULTINODE_TARGET
+    ref = tmp_path / "one_machine"
+    cfg = work / results / MULTINODE_TARGET.replace("/runs/", "/configs/", 1)
+    one = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                          str(REPO / "config" / "accelerate" / "ddp.yaml"), "--num_processes", "2",
+                          "--main_process_port", str(_free_port()), "-m", "salt.cli", "train",
+                          "--config", f"{cfg}.yaml", "--out", str(ref)],
+                         cwd=work, env=_env(), capture_output=True, text=True, timeout=900)
+    assert one.returncode == 0, one.stderr[-4000:]
+    a, b = read_jsonl(out / "metrics.jsonl"), read_jsonl(ref / "metrics.jsonl")
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]  # noqa: E731
+    assert len(a) == 3 and strip(a) == strip(b)
+    wa, wb = load_file(out / "final" / "model.safetensors"), load_file(ref / "final" / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_scontrol_expands_node_lists(local_cluster, monkeypatch):
+    """The node-list expansion salt.train.multinode relies on, by the real `scontrol`."""
+    from salt.train.multinode import scontrol_hostnames
+
+    monkeypatch.setenv("SLURM_CONF", local_cluster[1]["SLURM_CONF"])
+    assert scontrol_hostnames("salt-node,gpu[07-08]") == ["salt-node", "gpu07", "gpu08"]
+
+
+def test_multinode_training_rule(tmp_path):
+    """compute.train.nodes: 2 (dry run): one job of 2 nodes and 2 tasks whose shell srun-s the
+    per-node launcher; refused on a local run (no SLURM), and for kinds other than train."""
+    cfg = _nodes_config(tmp_path / "nodes.yaml")
+    res = snakemake(tmp_path, "-n", "-p", configfiles=(cfg,))
+    assert res.returncode == 0, res.stdout[-4000:]
+    blocks = re.findall(r"(?ms)^rule train:\n.*?^\s*resources: ([^\n]*)\nShell command: ([^\n]*)", res.stdout)
+    assert blocks
+    for resources, shell in blocks:
+        assert "nodes=2" in resources and "tasks=2" in resources and "mpi=srun" in resources, resources
+        expected = ("srun --nodes=2 --ntasks=2 --cpus-per-task=1 --kill-on-bad-exit=1 python -m salt.train.multinode "
+                    f"--processes-per-node 1 -- --config_file {REPO / 'config' / 'accelerate' / 'ddp.yaml'} "
+                    "-m salt.cli train --config")
+        assert expected in shell, shell
+    res = snakemake(tmp_path, "--cores", "1", configfiles=(cfg,), timeout=300)
+    assert res.returncode != 0 and "runs under SLURM only (--profile profiles/slurm)" in res.stdout, res.stdout[-3000:]
+    assert not (tmp_path / "results").exists() or not list((tmp_path / "results").rglob("DONE"))
+    (tmp_path / "sft.yaml").write_text("compute:\n  sft: {nodes: 2}\n")
+    res = snakemake(tmp_path, "-n", configfiles=(tmp_path / "sft.yaml",))
+    assert res.returncode != 0 and "compute.sft.nodes=2: only training jobs run on several nodes" in res.stdout
 
 
 def test_site_settings_reach_the_jobs(tmp_path):

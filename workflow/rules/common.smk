@@ -209,18 +209,23 @@ def _quote(text):
     return shlex.quote(str(text))
 
 
-def train_launcher(w):
+def train_launcher(wildcards, resources, threads):
     """How `salt train` starts. compute.train.nodes = N > 1: srun runs one salt.train.multinode per node
     (the job has N nodes and N tasks, resources_of), each execs `accelerate launch` with its machine rank,
-    the machine count and the rendezvous host taken from SLURM's environment."""
+    the machine count and the rendezvous host taken from SLURM's environment. The step's geometry is
+    given to srun explicitly: the SLURM plugin's job step drops the allocation's SLURM_* variables, and
+    the job's own resources (`--set-resources train:nodes=...` included) are what it was granted."""
     c = config["compute"]
     if c["launcher"] != "accelerate":
         return "python -m salt.cli train"
     launch = f"--config_file {_quote(c['accelerate_config'])} -m salt.cli train"
-    nodes = c["train"]["nodes"]
-    if nodes > 1:
-        per_node = c["train"]["gpu"] or 1
-        return f"srun --kill-on-bad-exit=1 python -m salt.train.multinode --processes-per-node {per_node} -- {launch}"
+    if c["train"]["nodes"] > 1:
+        gpu = c["train"]["gpu"]
+        step = f"--nodes={resources.nodes} --ntasks={resources.tasks} --cpus-per-task={threads}"
+        if gpu:
+            step += f" --gres={resources.gres}"
+        return (f"srun {step} --kill-on-bad-exit=1 python -m salt.train.multinode --processes-per-node {gpu or 1} "
+                f"-- {launch}")
     return f"accelerate launch {launch}"
 
 
