@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from salt import metric_names as mn
-from salt.eval.evaluate import PROBLEMS_FILE, load_problem_scores
+from salt.eval.evaluate import PROBLEMS_FILE, load_problem_samples, load_problem_scores
 from salt.figures.claims import claims_markdown, evaluate_claims
 from salt.figures.stats import mean_ci, paired_difference, t_quantile  # noqa: F401 (re-exported)
 from salt.utils import atomic_write_text, iter_jsonl
@@ -110,6 +110,7 @@ def _last(steps: list[dict[str, Any]], key: str) -> float:
 def summarize_run(run: Mapping[str, Any], steps: list[dict[str, Any]]) -> dict[str, Any]:
     """One runs.csv row: final accuracy, means over steps of every numeric metric, rollouts and time."""
     out: dict[str, Any] = {c: run[c] for c in ID_COLS}
+    out["warmup"] = int(run["warmup"]) if run.get("warmup") is not None else int(run["seed"])
     out["steps"] = len(steps)
     keys = set().union(*(s.keys() for s in steps)) if steps else set()
     final = mn.FINAL_WINDOW_METRIC
@@ -300,6 +301,7 @@ def main(manifest: Mapping[str, Any] | str | Path, out_dir: str | Path) -> dict[
     out.mkdir(parents=True, exist_ok=True)
     step_rows, run_rows, eval_rows = [], [], []
     problems: ProblemScores = {}
+    samples: dict = {}  # same keys: {seed: {problem id: n samples}}
     for run in manifest["runs"]:
         ids = {c: run[c] for c in ID_COLS}
         steps = read_metrics(Path(run["run_dir"]) / "metrics.jsonl")
@@ -320,9 +322,10 @@ def main(manifest: Mapping[str, Any] | str | Path, out_dir: str | Path) -> dict[
             key = (run["study"], run["model"], run["task"], run["method"], run["G"], bench)
             problems.setdefault(key, {})[run["seed"]] = load_problem_scores(
                 Path(path).parent / PROBLEMS_FILE, [m for m in names if mn.PAIRED_METRIC.match(m)])
+            samples.setdefault(key, {})[run["seed"]] = load_problem_samples(Path(path).parent / PROBLEMS_FILE)
     baseline = (manifest.get("figures") or {}).get("baseline", "grpo")
     table = results_table(run_rows, eval_rows, problems=problems, baseline=baseline)
-    claims = evaluate_claims(manifest, run_rows, step_rows, problems)
+    claims = evaluate_claims(manifest, run_rows, step_rows, problems, samples)
     paths = {name: out / f"{name}.csv" for name in ("steps", "runs", "evals", "results")}
     write_csv(paths["steps"], step_rows, ID_COLS + ["step"])
     write_csv(paths["runs"], run_rows, ID_COLS + ["steps", "final_reward", "rollouts_used", "wall_time_s"])
