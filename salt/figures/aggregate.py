@@ -261,6 +261,40 @@ def markdown_training_table(table: list[dict[str, Any]]) -> str:
             f"{FINAL_WINDOW} logged steps), mean ± half-width of the 95% t-interval over seeds.\n")
 
 
+def warmup_rows(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per (model, warm-up seed): the warm-up SFT's own held-out evaluation (its metrics.json:
+    greedy pass@1, sampled pass@1 and pass@k at T = 1), the baseline every replicate starts from."""
+    rows = []
+    for model, ws in (manifest.get("warmups") or {}).items():
+        for w, path in ws.items():
+            if not Path(path).exists():
+                raise FileNotFoundError(f"{path} is missing: the warm-up SFT of {model} (seed {w}) did not finish "
+                                        "(see <results_dir>/logs/warmup_sft/)")
+            m = json.loads(Path(path).read_text())
+            rows.append({"model": model, "warmup": int(w),
+                         **{k: float(v) for k, v in m.items() if k.startswith(mn.EVAL) and _numeric(v) is not None
+                            and "_level" not in k}})
+    return rows
+
+
+def markdown_warmups(rows: list[dict[str, Any]]) -> str:
+    """Markdown: each warm-up's held-out scores, then per model the mean and 95% t-interval over warm-ups."""
+    if not rows:
+        return "_No warm-up SFT in this config (every model has a path)._\n"
+    metrics = sorted({k for r in rows for k in r if k.startswith(mn.EVAL)})
+    head = ["model", "warm-up seed"] + metrics
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join([r["model"], str(r["warmup"])] + [_fmt(r.get(m, float("nan"))) for m in metrics]) + " |")
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        cells = [_pm(*mean_ci([r.get(m, float("nan")) for r in mine])[:2]) for m in metrics]
+        lines.append("| " + " | ".join([f"**{model}: mean over {len(mine)}**", ""] + cells) + " |")
+    return ("\n".join(lines) + "\n\nThe warm-up baseline: each warm-up SFT's own evaluation on the held-out split (the "
+            "same problems as the runs' evaluations; salt/train/sft.py). Replicate r of a study trains from warm-up r; "
+            "last line: mean ± half-width of the 95% t-interval over warm-ups.\n")
+
+
 def write_csv(path: str | Path, rows: list[dict[str, Any]], first: Sequence[str] = ()) -> None:
     cols = list(first) + sorted({k for r in rows for k in r} - set(first))
     lines: list[str] = []
@@ -343,6 +377,10 @@ def main(manifest: Mapping[str, Any] | str | Path, out_dir: str | Path) -> dict[
             write_csv(where["csv"], rows, ["study", "model", "task", "method", "label", "G", "seeds"])
             atomic_write_text(where["md"], markdown_training_table(rows))
         paths[f"table_md:{study}"], paths[f"table_csv:{study}"] = Path(where["md"]), Path(where["csv"])
+    warm = warmup_rows(manifest)
+    paths["warmups_csv"], paths["warmups_md"] = out / "warmups.csv", out / "warmups.md"
+    write_csv(paths["warmups_csv"], warm, ["model", "warmup"])
+    atomic_write_text(paths["warmups_md"], markdown_warmups(warm))
     paths["claims_json"], paths["claims_md"] = out / "claims.json", out / "claims.md"
     atomic_write_text(paths["claims_json"], json.dumps(_nan_to_none(claims), indent=1) + "\n")
     atomic_write_text(paths["claims_md"], claims_markdown(claims))

@@ -129,7 +129,7 @@ def test_run_config_is_base_plus_method_plus_wildcards(tmp_path):
     salt = yaml.safe_load((tmp_path / targets[0]).read_text())
     assert salt["rollout"]["group_size"] == 4 and salt["rollout"]["prompts_per_step"] == 2  # budget 8 / G 4
     assert salt["algorithm"]["salt"]["enabled"] is True
-    assert salt["train"]["steps"] == 3 and salt["model"]["path"] == "results/smoke/models/toy/final"
+    assert salt["train"]["steps"] == 3 and salt["model"]["path"] == "results/smoke/models/toy/warmup0/final"
     assert salt["tracking"]["run_name"] == "budget/toy/toy/grpo_salt/G4/seed0"
     assert salt["tracking"]["parent_run_id"] is None
     pods = yaml.safe_load((tmp_path / targets[1]).read_text())

@@ -13,6 +13,7 @@ rule aggregate:
         done=all_train_done(),
         evals=all_eval_metrics(),
         proxy=all_proxy(),
+        warmups=all_warmup_metrics(),
     output:
         steps=R("tables/steps.csv"),
         evals=R("tables/evals.csv"),
@@ -22,6 +23,8 @@ rule aggregate:
         manifest=R("tables/manifest.json"),
         claims_md=R("tables/claims.md"),
         claims_json=report(R("tables/claims.json"), caption="../report/claims.rst", category="Tables"),
+        warmups_md=R("tables/warmups.md"),
+        warmups_csv=R("tables/warmups.csv"),
         study_md=[STUDY_TABLE_MD.format(study=s) for s in config["studies"]],
         study_csv=[STUDY_TABLE_CSV.format(study=s) for s in config["studies"]],
     log:
