@@ -327,12 +327,8 @@ def read_csv(path: str | Path) -> list[dict[str, Any]]:
         return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(fh)]
 
 
-def main(manifest: Mapping[str, Any] | str | Path, out_dir: str | Path) -> dict[str, Path]:
-    """Build every table from the manifest (a dict or a JSON path); returns the written paths."""
-    if not isinstance(manifest, Mapping):
-        manifest = json.loads(Path(manifest).read_text())
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+def load(manifest: Mapping[str, Any]) -> tuple[list, list, list, ProblemScores, dict]:
+    """Read every run of the manifest: (step rows, run rows, eval rows, per-problem scores, samples per problem)."""
     step_rows, run_rows, eval_rows = [], [], []
     problems: ProblemScores = {}
     samples: dict = {}  # same keys: {seed: {problem id: n samples}}
@@ -357,6 +353,16 @@ def main(manifest: Mapping[str, Any] | str | Path, out_dir: str | Path) -> dict[
             problems.setdefault(key, {})[run["seed"]] = load_problem_scores(
                 Path(path).parent / PROBLEMS_FILE, [m for m in names if mn.PAIRED_METRIC.match(m)])
             samples.setdefault(key, {})[run["seed"]] = load_problem_samples(Path(path).parent / PROBLEMS_FILE)
+    return step_rows, run_rows, eval_rows, problems, samples
+
+
+def main(manifest: Mapping[str, Any] | str | Path, out_dir: str | Path) -> dict[str, Path]:
+    """Build every table from the manifest (a dict or a JSON path); returns the written paths."""
+    if not isinstance(manifest, Mapping):
+        manifest = json.loads(Path(manifest).read_text())
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    step_rows, run_rows, eval_rows, problems, samples = load(manifest)
     baseline = (manifest.get("figures") or {}).get("baseline", "grpo")
     table = results_table(run_rows, eval_rows, problems=problems, baseline=baseline)
     claims = evaluate_claims(manifest, run_rows, step_rows, problems, samples)
@@ -382,21 +388,21 @@ def main(manifest: Mapping[str, Any] | str | Path, out_dir: str | Path) -> dict[
     write_csv(paths["warmups_csv"], warm, ["model", "warmup"])
     atomic_write_text(paths["warmups_md"], markdown_warmups(warm))
     paths["claims_json"], paths["claims_md"] = out / "claims.json", out / "claims.md"
-    atomic_write_text(paths["claims_json"], json.dumps(_nan_to_none(claims), indent=1) + "\n")
+    atomic_write_text(paths["claims_json"], json.dumps(nan_to_none(claims), indent=1) + "\n")
     atomic_write_text(paths["claims_md"], claims_markdown(claims))
     paths["manifest"] = out / "manifest.json"
     atomic_write_text(paths["manifest"], json.dumps(manifest, indent=1) + "\n")
     return paths
 
 
-def _nan_to_none(x: Any) -> Any:
+def nan_to_none(x: Any) -> Any:
     """NaN -> None (null) throughout, so that the JSON is strict."""
     if isinstance(x, float) and math.isnan(x):
         return None
     if isinstance(x, Mapping):
-        return {k: _nan_to_none(v) for k, v in x.items()}
+        return {k: nan_to_none(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_nan_to_none(v) for v in x]
+        return [nan_to_none(v) for v in x]
     return x
 
 

@@ -2,6 +2,7 @@ localrules:
     mlflow_parent,
     make_run_config,
     aggregate,
+    replication,
     figures,
     report,
 
@@ -43,6 +44,30 @@ rule aggregate:
         "../scripts/aggregate.py"
 
 
+rule replication:
+    """The claims on two disjoint halves of the main study's replicates (each its own warm-up and RL seed),
+    compared claim by claim with the power figures (salt.figures.replication; `salt replicate`)."""
+    input:
+        manifest=rules.aggregate.output.manifest,
+        claims=rules.aggregate.output.claims_json,
+    output:
+        json=R("tables/replication.json"),
+        md=R("tables/replication.md"),
+    log:
+        R("logs/replication.log"),
+    benchmark:
+        R("benchmarks/replication.tsv")
+    params:
+        out=lambda w, output: str(Path(output.json).parent),
+    threads: threads_of("light")
+    resources:
+        **resources_of("light"),
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m salt.cli replicate --manifest {input.manifest} --out {params.out} > {log} 2>&1"
+
+
 rule figures:
     """Figures 1-7 (PNG + PDF) from the aggregated tables."""
     input:
@@ -82,6 +107,9 @@ rule report:
         table_csv=rules.aggregate.output.table_csv,
         claims_md=rules.aggregate.output.claims_md,
         claims_json=rules.aggregate.output.claims_json,
+        replication_md=rules.replication.output.md,
+        replication_json=rules.replication.output.json,
+        warmups_md=rules.aggregate.output.warmups_md,
         study_md=rules.aggregate.output.study_md,
         study_csv=rules.aggregate.output.study_csv,
         manifest=rules.aggregate.output.manifest,
