@@ -31,6 +31,8 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from salt import metric_names as mn
 from salt.eval.evaluate import PROBLEMS_FILE, load_problem_samples, load_problem_scores
 from salt.figures.claims import claims_markdown, evaluate_claims
@@ -161,6 +163,10 @@ def results_table(runs_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any
             mean, half, _ = mean_ci(list(g["metrics"][metric].values()), level)
             row[f"{metric}_mean"] = mean
             row[f"{metric}_ci95"] = half
+        if problems is not None and key in problems:  # the evaluation's own interval (problems and samples)
+            for metric in sorted({m for per in problems[key].values() for m in per}, key=_metric_order):
+                row[f"{metric}_ci95_problems"] = problem_interval([v[metric] for v in problems[key].values()
+                                                                   if metric in v], level)
         base_key = (study, model, task, baseline, G, bench)
         if problems is not None and baseline and method != baseline and key in problems and base_key in problems:
             mine, base = problems[key], problems[base_key]
@@ -177,6 +183,16 @@ def results_table(runs_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any
         row["final_train_reward"] = mean_ci([r["final_reward"] for r in runs])[0]
         table.append(row)
     return table
+
+
+def problem_interval(per_seed: Sequence[Mapping[str, float]], level: float = 0.95) -> float:
+    """Half-width of the interval of the mean over seeds of the per-seed mean over problems that the evaluation
+    alone (problem and sampling noise, not training) gives: t_{P-1} sqrt(sum_s var_s / P_s) / S; NaN without 2 problems."""
+    parts = [list(d.values()) for d in per_seed if len(d) > 1]
+    if not parts:
+        return float("nan")
+    var = sum(float(np.var(x, ddof=1)) / len(x) for x in parts)
+    return t_quantile(level, min(len(x) for x in parts) - 1) * math.sqrt(var) / len(parts)
 
 
 def _metric_order(name: str) -> tuple:

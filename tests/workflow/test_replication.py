@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from salt.cli import main as salt_main
 from salt.figures import aggregate, claims, power, replication
 from tests.workflow.synthetic import MAIN_ALL, make_runs, rewrite_metric
 
+REPO = Path(__file__).resolve().parents[2]
 FOUR = {"main": (*MAIN_ALL["main"][:3], [0, 1, 2, 3], *MAIN_ALL["main"][4:])}
 
 
@@ -129,3 +131,42 @@ def test_cli_fills_the_readme_block(tmp_path, capsys):
     bare.write_text("no markers\n")
     with pytest.raises(ValueError, match="no generated claims block"):
         replication.fill_readme(bare, "x")
+
+
+def test_replicate_config_keeps_the_claims_study_on_disjoint_seeds():
+    import yaml
+
+    from salt.figures.replicate_config import replicate_config
+    base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    cfg = replicate_config(base, [7, 4, 5, 6])
+    assert list(cfg["studies"]) == ["main"] and cfg["studies"]["main"]["seeds"] == [4, 5, 6, 7]
+    assert cfg["studies"]["main"]["methods"] == base["studies"]["main"]["methods"]
+    assert cfg["results_dir"] == "results/replicate" and cfg["tracking"]["experiment"] == "salt-default-replicate"
+    assert cfg["proxy"]["enabled"] is False and base["studies"]["main"]["seeds"] == [0, 1, 2, 3]  # base untouched
+    with pytest.raises(ValueError, match=r"disjoint from the base study's \[0, 1, 2, 3\]"):
+        replicate_config(base, [3, 4])
+    from salt.workflow_config import load_workflow_config
+
+    load_workflow_config(cfg)  # a valid workflow config
+
+
+def test_mlflow_ui_url_finds_the_experiment_in_the_store(tmp_path):
+    import importlib.util
+    import sqlite3
+
+    spec = importlib.util.spec_from_file_location("mlflow_ui", REPO / "workflow" / "scripts" / "mlflow_ui.py")
+    ui = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ui)
+    db = tmp_path / "mlflow.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE experiments (experiment_id INTEGER, name TEXT, lifecycle_stage TEXT)")
+    con.executemany("INSERT INTO experiments VALUES (?, ?, 'active')", [(0, "Default"), (3, "salt-default")])
+    con.commit()
+    con.close()
+    assert ui.experiment_id(db, "salt-default") == "3"
+    assert ui.runs_url("127.0.0.1", 5001, "3") == "http://127.0.0.1:5001/#/experiments/3/runs?workflowType=machine_learning"
+    assert ui.default_experiment() == "salt-default"
+    with pytest.raises(SystemExit, match="no experiment named 'nope'.*Default, salt-default"):
+        ui.experiment_id(db, "nope")
+    with pytest.raises(SystemExit, match="no MLflow store here"):
+        ui.experiment_id(tmp_path / "missing.db", "x")
