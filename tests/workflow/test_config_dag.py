@@ -49,10 +49,14 @@ def test_default_config_grid(tmp_path):
     main = cfg["studies"]["main"]
     for method in ("grpo", "grpo_salt", "dapo", "dapo_salt", "pods", "fgrpo"):
         assert method in main["methods"]
-    assert len(main["group_sizes"]) >= 3 and len(main["seeds"]) >= 2
+    # docs/design.md: a G sweep of two values four-fold apart and 4 replicates, each its own warm-up
+    assert len(main["group_sizes"]) >= 2 and max(main["group_sizes"]) >= 4 * min(main["group_sizes"])
+    assert len(main["seeds"]) >= 4
     expected = sum(len(s["methods"]) * len(s["group_sizes"]) * len(s.get("seeds", [0])) for s in cfg["studies"].values())
     assert counts["train"] == expected == counts["make_run_config"]
     assert counts["mlflow_parent"] == len(cfg["studies"])
+    seeds = {seed for s in cfg["studies"].values() for seed in s.get("seeds", [0])} | {0}  # 0: proxy validation
+    assert counts["warmup_sft"] == len(seeds)  # one warm-up SFT per replicate seed
     for rule in ("prepare_data", "warmup_sft", "evaluate", "validate_proxy", "aggregate", "figures", "report"):
         assert counts.get(rule, 0) >= 1, rule
 
