@@ -166,8 +166,8 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 # experiment (mlflow/server/js: ExperimentKind.CUSTOM_MODEL_DEVELOPMENT, tag key "mlflow.experimentKind").
 # MLflow 3.17's UI no longer lands by this tag: it follows the browser's GenAI / classic-ML switch
 # (localStorage "mlflow.workflowType", default GenAI; URL parameter workflowType=machine_learning), so
-# `make ui` (workflow/scripts/mlflow_ui.py) prints a runs-table URL that sets it; the tag is kept for
-# older 3.x UIs and for the experiment's own record.
+# `make ui` (workflow/scripts/mlflow_ui.py) prints a runs-table URL with that parameter; the tag is kept
+# for older 3.x UIs and for the experiment's own record.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND_ML = "custom_model_development"
 

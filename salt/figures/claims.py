@@ -96,6 +96,8 @@ def power_reading(p: Mapping[str, Any]) -> str:
     if p["verdict"] == FAILS:
         return "the opposite of the claim is detected"
     dist = (est - p["bound"]) if p["side"] == ">" else (p["bound"] - est)
+    if mde == 0:
+        return "no spread between the replicates and the estimate on the bound: nothing to detect"
     if dist >= mde:
         return f"the estimate is beyond the MDE {mde:.3g} yet inconclusive (a noisy draw)"
     return (f"an effect of {mde:.3g} or more (from the bound) would be detected 80% of the time; the estimate "

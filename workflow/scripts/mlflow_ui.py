@@ -1,11 +1,11 @@
 """`make ui`: start `mlflow ui` on a local SQLite store and print the URL of the default study's runs table.
 
-MLflow 3.x opens an experiment on the GenAI overview (traces, "Detect issues") whatever the
-experiment's ``mlflow.experimentKind`` tag says: the UI takes the kind from the user's workflow
-type (the sidebar's GenAI / classic ML switch, kept in the browser's localStorage under
-``mlflow.workflowType``, default GenAI), which the URL parameter ``workflowType`` sets. The URL
-printed here is therefore ``#/experiments/<id>/runs?workflowType=machine_learning``: the runs table,
-and the browser remembers the classic ML view for the next visits.
+MLflow 3.17 opens an experiment on the GenAI overview (traces, "Detect issues") whatever the
+experiment's ``mlflow.experimentKind`` tag says: the UI takes the kind from its sidebar switch
+"GenAI / Model training" (the workflow type, localStorage ``mlflow.workflowType``, default GenAI),
+which the URL parameter ``workflowType`` overrides for the page. The URL printed here is therefore
+``#/experiments/<id>/runs?workflowType=machine_learning``: the runs table in the Model training view
+(checked in headless Chromium; a later visit without the parameter is on the GenAI overview again).
 
     python workflow/scripts/mlflow_ui.py [--store results/mlflow.db] [--experiment NAME] [--port 5000] [--url-only]
 
