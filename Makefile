@@ -51,10 +51,16 @@ UI_EXPERIMENT ?=
 ui: setup
 	$(BIN)/python workflow/scripts/mlflow_ui.py --store results/mlflow.db --port $(UI_PORT) $(if $(UI_EXPERIMENT),--experiment $(UI_EXPERIMENT))
 
-# After `make run`: the claims on two disjoint halves of the replicates (results/tables/replication.md)
-# and the README's generated claims block, from results/tables/claims.json.
+# After `make run`: the README's generated claims block, from results/tables/claims.json, with the
+# replication status against the run of `make replicate` when it exists (disjoint warm-ups and RL seeds),
+# else against the two disjoint halves of the default run's own replicates.
 readme-claims: setup
-	$(BIN)/python -m salt.cli replicate --manifest results/tables/manifest.json --out results/tables --readme README.md
+	@if [ -f results/replicate/tables/claims.json ]; then \
+	  $(BIN)/python -m salt.cli replicate --claims results/tables/claims.json results/replicate/tables/claims.json \
+	    --out results/replicate/tables --readme README.md; \
+	else \
+	  $(BIN)/python -m salt.cli replicate --manifest results/tables/manifest.json --out results/tables --readme README.md; \
+	fi
 
 # The main study again on disjoint seeds (warm-ups and RL seeds REPLICATE_SEEDS) into results/replicate,
 # then its verdicts against results/tables/claims.json (results/replicate/tables/replication.md).
