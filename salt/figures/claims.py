@@ -137,12 +137,13 @@ class _Study:
         ws = {int(r.get("warmup", s) if r.get("warmup") is not None else s) for (_, _, s), r in self.runs.items() if s == seed}
         return ws.pop() if len(ws) == 1 else seed
 
-    def components(self, method: str, base: str | None, metric: str) -> dict[str, Any] | None:
+    def components(self, method: str, base: str | None, metric: str, gs: Sequence[int] | None = None) -> dict[str, Any] | None:
         """Variance components (:func:`salt.figures.power.variance_components`) of the per-problem
         ``metric`` of ``method`` (minus ``base``'s, paired, when given), per G then averaged over G;
-        the sampling variance is known for pass@1 (p(1 - p) / (n - 1) per score), else left NaN."""
+        the sampling variance is known for pass@1 (p(1 - p) / (n - 1) per score), else left NaN. ``gs``: only these G."""
         per_g = []
-        for G in sorted({g for g, _ in self.cells(method)} & ({g for g, _ in self.cells(base)} if base else {g for g, _ in self.cells(method)})):
+        shared_g = {g for g, _ in self.cells(method)} & ({g for g, _ in self.cells(base)} if base else {g for g, _ in self.cells(method)})
+        for G in sorted(shared_g & set(gs) if gs is not None else shared_g):
             a, b = self.scores(method, G), self.scores(base, G) if base else {}
             na, nb = self.n_samples(method, G), self.n_samples(base, G) if base else {}
             rows = []
@@ -343,7 +344,31 @@ def evaluate_claims(manifest: Mapping[str, Any], runs: Sequence[Mapping[str, Any
     comp = st.components(base, None, opts.accuracy) if bench else None
     if comp:
         out["variance_components"] = {"metric": opts.accuracy, "method": base, **comp}
+    split = warmup_seed_split(manifest, runs, steps, problems, samples, st, base, opts.accuracy) if bench else None
+    if split:
+        out["variance_split"] = split
     return out
+
+
+def warmup_seed_split(manifest: Mapping[str, Any], runs, steps, problems, samples, st: _Study, base: str,
+                      metric: str) -> dict[str, Any] | None:
+    """Warm-up vs RL seed: the main study's replicates confound them (each its own warm-up); a study of kind
+    ``seed_variance`` (several RL seeds of the baseline on one warm-up) measures the RL-seed component, and
+    var(warm-up) = var(warm-up + RL seed) of the main study minus it, at the G both ran."""
+    sv = [r for r in manifest["runs"] if r["kind"] == "seed_variance" and r["model"] == st.model and r["task"] == st.task
+          and r["method"] == base]
+    if not sv:
+        return None
+    other = _Study(runs, steps, problems, sv[0]["study"], st.model, st.task, st.benchmark, samples)
+    gs = sorted({g for g, _ in other.cells(base)} & {g for g, _ in st.cells(base)})
+    seed_c = other.components(base, None, metric, gs)
+    main_c = st.components(base, None, metric, gs)
+    if not gs or not seed_c or not main_c:
+        return None
+    return {"study": other.study, "method": base, "metric": metric, "group_sizes": gs,
+            "rl_seeds": seed_c["runs"], "warmups_of_seed_study": seed_c["warmups"], "replicates": main_c["runs"],
+            "var_seed": seed_c["var_seed"], "var_warmup_plus_seed": main_c["var_warmup_plus_seed"],
+            "var_warmup": main_c["var_warmup_plus_seed"] - seed_c["var_seed"]}
 
 
 def _cell(p: Mapping[str, Any]) -> str:
@@ -407,6 +432,7 @@ def components_markdown(result: Mapping[str, Any]) -> str:
         for p in c["parts"]:
             if p.get("components"):
                 rows.append((f"({c['id']}) {p['measure']}", p["components"]))
+    split = result.get("variance_split")
     if not rows:
         return ""
     head = ["score"] + [name for _, name in COMPONENT_NAMES] + ["warm-ups", "runs", "problems"]
@@ -419,6 +445,12 @@ def components_markdown(result: Mapping[str, Any]) -> str:
             v = comp.get(key)
             cells.append("n/a" if v is None or math.isnan(v) else f"{math.copysign(math.sqrt(abs(v)), v):.3g}")
         lines.append("| " + " | ".join([name] + cells + [str(comp["warmups"]), str(comp["runs"]), str(comp["problems"])]) + " |")
+    if split:
+        sd = lambda v: "n/a" if v is None or math.isnan(v) else f"{math.copysign(math.sqrt(abs(v)), v):.3g}"  # noqa: E731
+        lines += ["", f"Warm-up vs RL seed ({split['method']} {split['metric']}, G = {split['group_sizes']}): RL seed "
+                      f"{sd(split['var_seed'])} (study `{split['study']}`: {split['rl_seeds']} RL seeds on one warm-up), "
+                      f"warm-up + RL seed {sd(split['var_warmup_plus_seed'])} ({split['replicates']} replicates), so "
+                      f"warm-up {sd(split['var_warmup'])} (standard deviations)."]
     return "\n".join(lines) + "\n"
 
 

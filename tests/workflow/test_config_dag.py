@@ -55,8 +55,10 @@ def test_default_config_grid(tmp_path):
     expected = sum(len(s["methods"]) * len(s["group_sizes"]) * len(s.get("seeds", [0])) for s in cfg["studies"].values())
     assert counts["train"] == expected == counts["make_run_config"]
     assert counts["mlflow_parent"] == len(cfg["studies"])
-    seeds = {seed for s in cfg["studies"].values() for seed in s.get("seeds", [0])} | {0}  # 0: proxy validation
-    assert counts["warmup_sft"] == len(seeds)  # one warm-up SFT per replicate seed
+    warmups = {s["warmup_seed"] if s.get("warmup_seed") is not None else seed
+               for s in cfg["studies"].values() for seed in s.get("seeds", [0])} | {0}  # 0: proxy validation
+    assert counts["warmup_sft"] == len(warmups) == 4  # one warm-up SFT per replicate seed
+    assert [s["kind"] for s in cfg["studies"].values()].count("seed_variance") == 1  # splits warm-up / RL seed
     for rule in ("prepare_data", "warmup_sft", "evaluate", "validate_proxy", "aggregate", "figures", "report"):
         assert counts.get(rule, 0) >= 1, rule
 

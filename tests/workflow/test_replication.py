@@ -170,3 +170,28 @@ def test_mlflow_ui_url_finds_the_experiment_in_the_store(tmp_path):
         ui.experiment_id(db, "nope")
     with pytest.raises(SystemExit, match="no MLflow store here"):
         ui.experiment_id(tmp_path / "missing.db", "x")
+
+
+def test_seed_variance_study_splits_warmup_and_rl_seed(tmp_path):
+    studies = {**FOUR, "seedvar": ("seed_variance", ["grpo"], [2, 4], [10, 11, 12], 4, None)}
+    manifest = make_runs(tmp_path / "results", studies=studies, gram=False, duplicate_step=False,
+                         evaluated=("main", "seed_variance"))
+    for r in manifest["runs"]:
+        r["warmup"] = 0 if r["study"] == "seedvar" else r["seed"]
+    result = json.loads(aggregate.main(manifest, tmp_path / "tables")["claims_json"].read_text())
+    split = result["variance_split"]
+    assert split["study"] == "seedvar" and split["group_sizes"] == [2, 4]
+    assert split["rl_seeds"] == 3 and split["warmups_of_seed_study"] == 1 and split["replicates"] == 4
+    # brute force: the estimator on the seed study's own runs (one warm-up: all run variance is RL seed), per G
+    _, runs, _, problems, samples = aggregate.load(manifest)
+    per_g = []
+    for G in (2, 4):
+        rows = [{"warmup": 0, "seed": s, "problem": pid, "value": v, "sample_var": None}
+                for s, per in problems[("seedvar", "toy", "toy", "grpo", G, "toy_test")].items()
+                for pid, v in per["pass@1"].items()]
+        per_g.append(power.variance_components(rows).var_seed)
+    assert split["var_seed"] == pytest.approx(float(np.mean(per_g)), rel=1e-9)
+    assert split["var_warmup"] == pytest.approx(split["var_warmup_plus_seed"] - split["var_seed"], rel=1e-9)
+    assert result["variance_components"]["warmups"] == 4  # the main study's replicates, untouched by the split
+    md = (tmp_path / "tables" / "claims.md").read_text()
+    assert "Warm-up vs RL seed (grpo pass@1, G = [2, 4])" in md and "3 RL seeds on one warm-up" in md

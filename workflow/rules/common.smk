@@ -101,10 +101,12 @@ def study_jobs(study):
 JOBS = [job for study in config["studies"] for job in study_jobs(study)]
 
 
-def warmup_of(seed):
-    """The warm-up model of replicate ``seed``: the warm-up is a random factor of the design, so
-    replicate r trains from its own warm-up SFT (SFT seed r) with RL seed r (docs/design.md)."""
-    return int(seed)
+def warmup_of(study, seed):
+    """The warm-up model of a job: the warm-up is a random factor of the design, so replicate r trains
+    from its own warm-up SFT (SFT seed r) with RL seed r (docs/design.md), unless the study fixes
+    `warmup_seed` (a seed_variance study: several RL seeds on one warm-up)."""
+    fixed = config["studies"][study]["warmup_seed"]
+    return int(seed) if fixed is None else int(fixed)
 
 
 def warmup_dir(model, warmup):
@@ -129,7 +131,7 @@ def run_config_dict(study, model, task, method, G, seed):
     G = int(G)
     fixed = {
         "seed": int(seed),
-        "model": {"path": model_path(model, warmup_of(seed))},
+        "model": {"path": model_path(model, warmup_of(study, seed))},
         "data": {"train": data_file(t["train"]), "eval": data_file(t["eval"]) if t["eval"] else None},
         "rollout": {"group_size": G, "prompts_per_step": prompts_per_step(study, G)},
         "tracking": {
@@ -138,7 +140,7 @@ def run_config_dict(study, model, task, method, G, seed):
             "experiment": config["tracking"]["experiment"],
             "run_name": f"{study}/{model}/{task}/{method}/G{G}/seed{seed}",
             "tags": {"study": study, "model": model, "task": task, "method": method,
-                     "group_size": str(G), "seed": str(seed), "warmup": str(warmup_of(seed))},
+                     "group_size": str(G), "seed": str(seed), "warmup": str(warmup_of(study, seed))},
         },
     }
     if m["generate_factor"]:
@@ -179,8 +181,9 @@ def model_input(w):
     warm-up; the proxy validation: warm-up 0); nothing for hub/local models."""
     if config["models"][w.model]["path"]:
         return []
-    seed = dict(w.items()).get("seed", 0)
-    return f"{warmup_dir(w.model, warmup_of(seed))}/metrics.json"
+    wc = dict(w.items())
+    warmup = warmup_of(wc["study"], wc["seed"]) if "seed" in wc else 0
+    return f"{warmup_dir(w.model, warmup)}/metrics.json"
 
 
 def train_data_inputs(w):
@@ -289,7 +292,7 @@ def all_warmups():
     out = {}
     for job in JOBS:
         if not config["models"][job["model"]]["path"]:
-            w = warmup_of(job["seed"])
+            w = warmup_of(job["study"], job["seed"])
             out.setdefault(job["model"], {})[w] = f"{warmup_dir(job['model'], w)}/metrics.json"
     for m in proxy_models():
         if not config["models"][m]["path"]:
@@ -315,7 +318,7 @@ def manifest():
             **job,
             "G": int(job["G"]),
             "seed": int(job["seed"]),
-            "warmup": warmup_of(job["seed"]),
+            "warmup": warmup_of(job["study"], job["seed"]),
             "kind": study["kind"],
             "label": method["label"] or job["method"],
             "prompts_per_step": prompts_per_step(job["study"], job["G"]),
