@@ -13,7 +13,7 @@ SNAKEMAKE_ARGS ?=
 TRACKING_STORE ?= results/mlflow-server
 TRACKING_PORT  ?= 5000
 
-.PHONY: setup run smoke test test-fast clean-results tracking-server tracking-server-stop
+.PHONY: setup run smoke test test-fast clean-results tracking-server tracking-server-stop ui readme-claims replicate
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,32 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Browse the local runs: mlflow ui on results/mlflow.db; prints the URL of the default study's runs table
+# (UI_EXPERIMENT=salt-smoke for the smoke runs, UI_PORT for another port).
+UI_PORT ?= 5000
+UI_EXPERIMENT ?=
+ui: setup
+	$(BIN)/python workflow/scripts/mlflow_ui.py --store results/mlflow.db --port $(UI_PORT) $(if $(UI_EXPERIMENT),--experiment $(UI_EXPERIMENT))
+
+# After `make run`: the README's generated claims block, from results/tables/claims.json, with the
+# replication status against the run of `make replicate` when it exists (disjoint warm-ups and RL seeds),
+# else against the two disjoint halves of the default run's own replicates.
+readme-claims: setup
+	@if [ -f results/replicate/tables/claims.json ]; then \
+	  $(BIN)/python -m salt.cli replicate --claims results/tables/claims.json results/replicate/tables/claims.json \
+	    --out results/replicate/tables --readme README.md; \
+	else \
+	  $(BIN)/python -m salt.cli replicate --manifest results/tables/manifest.json --out results/tables --readme README.md; \
+	fi
+
+# The main study again on disjoint seeds (warm-ups and RL seeds REPLICATE_SEEDS) into results/replicate,
+# then its verdicts against results/tables/claims.json (results/replicate/tables/replication.md).
+REPLICATE_SEEDS ?= 4,5,6,7
+replicate: setup
+	$(BIN)/python -m salt.figures.replicate_config --base config/config.yaml --seeds $(REPLICATE_SEEDS) --out results/replicate/config.yaml
+	$(BIN)/snakemake results/replicate/tables/claims.json --cores $(CORES) --profile profiles/default $(SNAKEMAKE_ARGS) --configfile results/replicate/config.yaml
+	$(BIN)/python -m salt.cli replicate --claims results/tables/claims.json results/replicate/tables/claims.json --out results/replicate/tables
 
 # MLflow tracking server for cluster runs (on the submit host; prints its URI; see README)
 tracking-server: setup

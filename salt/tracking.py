@@ -162,9 +162,12 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-# MLflow 3 opens an experiment without this tag in its GenAI view (traces); "custom_model_development"
-# is the value its UI writes for the classic machine-learning view, which opens on the runs table
-# (mlflow/server/js: ExperimentKind.CUSTOM_MODEL_DEVELOPMENT, tag key "mlflow.experimentKind").
+# "custom_model_development" is the value MLflow's UI writes for the classic machine-learning kind of an
+# experiment (mlflow/server/js: ExperimentKind.CUSTOM_MODEL_DEVELOPMENT, tag key "mlflow.experimentKind").
+# MLflow 3.17's UI no longer lands by this tag: it follows the browser's GenAI / classic-ML switch
+# (localStorage "mlflow.workflowType", default GenAI; URL parameter workflowType=machine_learning), so
+# `make ui` (workflow/scripts/mlflow_ui.py) prints a runs-table URL with that parameter; the tag is kept
+# for older 3.x UIs and for the experiment's own record.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND_ML = "custom_model_development"
 

@@ -111,12 +111,17 @@ class Study:
     kind: str = option(
         "main", "What the figures do with the study: main (method comparison, dynamics, table), scaling_prompts "
         "(G sweep at fixed prompt count), scaling_budget (G sweep at fixed P x G), ablation (SALT variants), "
-        "focal_sweep (F-GRPO gamma).", choices=("main", "scaling_prompts", "scaling_budget", "ablation", "focal_sweep"))
+        "focal_sweep (F-GRPO gamma), seed_variance (RL seeds on one warm-up: the RL-seed variance component of "
+        "the claims, docs/design.md).",
+        choices=("main", "scaling_prompts", "scaling_budget", "ablation", "focal_sweep", "seed_variance"))
     models: list[str] = option(help="Keys of `models`.", min_items=1)
     tasks: list[str] = option(help="Keys of `tasks`.", min_items=1)
     methods: list[str] = option(help="Keys of `methods`.", min_items=1)
     group_sizes: list[int] = option(help="Rollouts per prompt G.", min_items=1, items={"ge": 2})
     seeds: list[int] = option([0], "Training seeds (CIs are over seeds).", min_items=1, items={"ge": 0})
+    warmup_seed: int | None = option(
+        None, "Warm-up SFT seed of every job of the study (models built by the workflow); null = each seed r "
+        "trains from its own warm-up r (the warm-up is a random factor, docs/design.md).", ge=0)
     prompts_per_step: int | None = option(
         None, "Prompts per rollout batch P (fixed prompt count). Exactly one of this and rollout_budget.", ge=1)
     rollout_budget: int | None = option(

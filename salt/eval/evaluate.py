@@ -111,6 +111,11 @@ def load_problem_scores(path: str | os.PathLike, metrics: Sequence[str]) -> dict
     return {m: {str(r["id"]): problem_score(r["correct"], m) for r in recs} for m in metrics}
 
 
+def load_problem_samples(path: str | os.PathLike) -> dict[str, int]:
+    """``{problem id: number of samples}`` from an evaluation's ``problems.jsonl``."""
+    return {str(r["id"]): len(r["correct"]) for r in read_jsonl(Path(path))}
+
+
 def load_done(path: Path) -> dict[str, dict[str, Any]]:
     """Records already in ``problems.jsonl`` by id; a torn last line (crash mid-write) is cut off."""
     if not path.exists():

@@ -31,8 +31,10 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from salt import metric_names as mn
-from salt.eval.evaluate import PROBLEMS_FILE, load_problem_scores
+from salt.eval.evaluate import PROBLEMS_FILE, load_problem_samples, load_problem_scores
 from salt.figures.claims import claims_markdown, evaluate_claims
 from salt.figures.stats import mean_ci, paired_difference, t_quantile  # noqa: F401 (re-exported)
 from salt.utils import atomic_write_text, iter_jsonl
@@ -110,6 +112,7 @@ def _last(steps: list[dict[str, Any]], key: str) -> float:
 def summarize_run(run: Mapping[str, Any], steps: list[dict[str, Any]]) -> dict[str, Any]:
     """One runs.csv row: final accuracy, means over steps of every numeric metric, rollouts and time."""
     out: dict[str, Any] = {c: run[c] for c in ID_COLS}
+    out["warmup"] = int(run["warmup"]) if run.get("warmup") is not None else int(run["seed"])
     out["steps"] = len(steps)
     keys = set().union(*(s.keys() for s in steps)) if steps else set()
     final = mn.FINAL_WINDOW_METRIC
@@ -160,6 +163,10 @@ def results_table(runs_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any
             mean, half, _ = mean_ci(list(g["metrics"][metric].values()), level)
             row[f"{metric}_mean"] = mean
             row[f"{metric}_ci95"] = half
+        if problems is not None and key in problems:  # the evaluation's own interval (problems and samples)
+            for metric in sorted({m for per in problems[key].values() for m in per}, key=_metric_order):
+                row[f"{metric}_ci95_problems"] = problem_interval([v[metric] for v in problems[key].values()
+                                                                   if metric in v], level)
         base_key = (study, model, task, baseline, G, bench)
         if problems is not None and baseline and method != baseline and key in problems and base_key in problems:
             mine, base = problems[key], problems[base_key]
@@ -176,6 +183,16 @@ def results_table(runs_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any
         row["final_train_reward"] = mean_ci([r["final_reward"] for r in runs])[0]
         table.append(row)
     return table
+
+
+def problem_interval(per_seed: Sequence[Mapping[str, float]], level: float = 0.95) -> float:
+    """Half-width of the interval of the mean over seeds of the per-seed mean over problems that the evaluation
+    alone (problem and sampling noise, not training) gives: t_{P-1} sqrt(sum_s var_s / P_s) / S; NaN without 2 problems."""
+    parts = [list(d.values()) for d in per_seed if len(d) > 1]
+    if not parts:
+        return float("nan")
+    var = sum(float(np.var(x, ddof=1)) / len(x) for x in parts)
+    return t_quantile(level, min(len(x) for x in parts) - 1) * math.sqrt(var) / len(parts)
 
 
 def _metric_order(name: str) -> tuple:
@@ -260,6 +277,40 @@ def markdown_training_table(table: list[dict[str, Any]]) -> str:
             f"{FINAL_WINDOW} logged steps), mean ± half-width of the 95% t-interval over seeds.\n")
 
 
+def warmup_rows(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per (model, warm-up seed): the warm-up SFT's own held-out evaluation (its metrics.json:
+    greedy pass@1, sampled pass@1 and pass@k at T = 1), the baseline every replicate starts from."""
+    rows = []
+    for model, ws in (manifest.get("warmups") or {}).items():
+        for w, path in ws.items():
+            if not Path(path).exists():
+                raise FileNotFoundError(f"{path} is missing: the warm-up SFT of {model} (seed {w}) did not finish "
+                                        "(see <results_dir>/logs/warmup_sft/)")
+            m = json.loads(Path(path).read_text())
+            rows.append({"model": model, "warmup": int(w),
+                         **{k: float(v) for k, v in m.items() if k.startswith(mn.EVAL) and _numeric(v) is not None
+                            and "_level" not in k}})
+    return rows
+
+
+def markdown_warmups(rows: list[dict[str, Any]]) -> str:
+    """Markdown: each warm-up's held-out scores, then per model the mean and 95% t-interval over warm-ups."""
+    if not rows:
+        return "_No warm-up SFT in this config (every model has a path)._\n"
+    metrics = sorted({k for r in rows for k in r if k.startswith(mn.EVAL)})
+    head = ["model", "warm-up seed"] + metrics
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join([r["model"], str(r["warmup"])] + [_fmt(r.get(m, float("nan"))) for m in metrics]) + " |")
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        cells = [_pm(*mean_ci([r.get(m, float("nan")) for r in mine])[:2]) for m in metrics]
+        lines.append("| " + " | ".join([f"**{model}: mean over {len(mine)}**", ""] + cells) + " |")
+    return ("\n".join(lines) + "\n\nThe warm-up baseline: each warm-up SFT's own evaluation on the held-out split (the "
+            "same problems as the runs' evaluations; salt/train/sft.py). Replicate r of a study trains from warm-up r; "
+            "last line: mean ± half-width of the 95% t-interval over warm-ups.\n")
+
+
 def write_csv(path: str | Path, rows: list[dict[str, Any]], first: Sequence[str] = ()) -> None:
     cols = list(first) + sorted({k for r in rows for k in r} - set(first))
     lines: list[str] = []
@@ -292,14 +343,11 @@ def read_csv(path: str | Path) -> list[dict[str, Any]]:
         return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(fh)]
 
 
-def main(manifest: Mapping[str, Any] | str | Path, out_dir: str | Path) -> dict[str, Path]:
-    """Build every table from the manifest (a dict or a JSON path); returns the written paths."""
-    if not isinstance(manifest, Mapping):
-        manifest = json.loads(Path(manifest).read_text())
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+def load(manifest: Mapping[str, Any]) -> tuple[list, list, list, ProblemScores, dict]:
+    """Read every run of the manifest: (step rows, run rows, eval rows, per-problem scores, samples per problem)."""
     step_rows, run_rows, eval_rows = [], [], []
     problems: ProblemScores = {}
+    samples: dict = {}  # same keys: {seed: {problem id: n samples}}
     for run in manifest["runs"]:
         ids = {c: run[c] for c in ID_COLS}
         steps = read_metrics(Path(run["run_dir"]) / "metrics.jsonl")
@@ -320,9 +368,20 @@ def main(manifest: Mapping[str, Any] | str | Path, out_dir: str | Path) -> dict[
             key = (run["study"], run["model"], run["task"], run["method"], run["G"], bench)
             problems.setdefault(key, {})[run["seed"]] = load_problem_scores(
                 Path(path).parent / PROBLEMS_FILE, [m for m in names if mn.PAIRED_METRIC.match(m)])
+            samples.setdefault(key, {})[run["seed"]] = load_problem_samples(Path(path).parent / PROBLEMS_FILE)
+    return step_rows, run_rows, eval_rows, problems, samples
+
+
+def main(manifest: Mapping[str, Any] | str | Path, out_dir: str | Path) -> dict[str, Path]:
+    """Build every table from the manifest (a dict or a JSON path); returns the written paths."""
+    if not isinstance(manifest, Mapping):
+        manifest = json.loads(Path(manifest).read_text())
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    step_rows, run_rows, eval_rows, problems, samples = load(manifest)
     baseline = (manifest.get("figures") or {}).get("baseline", "grpo")
     table = results_table(run_rows, eval_rows, problems=problems, baseline=baseline)
-    claims = evaluate_claims(manifest, run_rows, step_rows, problems)
+    claims = evaluate_claims(manifest, run_rows, step_rows, problems, samples)
     paths = {name: out / f"{name}.csv" for name in ("steps", "runs", "evals", "results")}
     write_csv(paths["steps"], step_rows, ID_COLS + ["step"])
     write_csv(paths["runs"], run_rows, ID_COLS + ["steps", "final_reward", "rollouts_used", "wall_time_s"])
@@ -340,22 +399,26 @@ def main(manifest: Mapping[str, Any] | str | Path, out_dir: str | Path) -> dict[
             write_csv(where["csv"], rows, ["study", "model", "task", "method", "label", "G", "seeds"])
             atomic_write_text(where["md"], markdown_training_table(rows))
         paths[f"table_md:{study}"], paths[f"table_csv:{study}"] = Path(where["md"]), Path(where["csv"])
+    warm = warmup_rows(manifest)
+    paths["warmups_csv"], paths["warmups_md"] = out / "warmups.csv", out / "warmups.md"
+    write_csv(paths["warmups_csv"], warm, ["model", "warmup"])
+    atomic_write_text(paths["warmups_md"], markdown_warmups(warm))
     paths["claims_json"], paths["claims_md"] = out / "claims.json", out / "claims.md"
-    atomic_write_text(paths["claims_json"], json.dumps(_nan_to_none(claims), indent=1) + "\n")
+    atomic_write_text(paths["claims_json"], json.dumps(nan_to_none(claims), indent=1) + "\n")
     atomic_write_text(paths["claims_md"], claims_markdown(claims))
     paths["manifest"] = out / "manifest.json"
     atomic_write_text(paths["manifest"], json.dumps(manifest, indent=1) + "\n")
     return paths
 
 
-def _nan_to_none(x: Any) -> Any:
+def nan_to_none(x: Any) -> Any:
     """NaN -> None (null) throughout, so that the JSON is strict."""
     if isinstance(x, float) and math.isnan(x):
         return None
     if isinstance(x, Mapping):
-        return {k: _nan_to_none(v) for k, v in x.items()}
+        return {k: nan_to_none(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_nan_to_none(v) for v in x]
+        return [nan_to_none(v) for v in x]
     return x
 
 

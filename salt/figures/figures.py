@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import numpy as np
 
 from salt import metric_names as mn
+from salt.figures.ablations import fig3_ablations, heldout  # noqa: F401 (Figure 3 lives there)
 from salt.figures.aggregate import read_csv
 from salt.figures.claims import ClaimsOptions
 from salt.figures.stats import moving_average
@@ -381,63 +382,6 @@ def _salt_on(method: str, opts: ClaimsOptions) -> bool:
 
 
 # ------------------------------------------------------------------------- Figure 3
-
-
-def fig3_ablations(t: Tables, fig) -> None:
-    axes = fig.subplots(1, 4)
-    abl = t.studies("ablation")
-    if abl:
-        rows = t.runs_of(abl[0])
-        methods = t.methods_of(abl[0])
-        colors = _colors(methods)
-        ax = axes[0]
-        for m in methods:
-            rs = [r for r in rows if r["method"] == m]
-            ax.scatter(_col(rs, mn.run_mean(mn.SALT_PARTICIPATION_RATIO)), _col(rs, mn.run_mean(mn.SALT_N_EFF)), color=colors[m], label=t.label(m), s=30)
-        ax.set_xlabel("participation ratio PR (mean over steps)")
-        ax.set_ylabel("n_eff (mean over steps)")
-        ax.set_title("PR vs n_eff per variant", fontsize=9)
-        ax.legend(fontsize=6)
-        ax = axes[1]
-        spreads = [_spread([r["final_reward"] for r in rows if r["method"] == m]) for m in methods]
-        ax.barh(range(len(methods)), [sp[0] for sp in spreads], xerr=np.array([sp[1] for sp in spreads]).T,
-                color=[colors[m] for m in methods])
-        ax.set_yticks(range(len(methods)), [t.label(m) for m in methods], fontsize=7)
-        ax.set_xlabel("final training reward")
-        ax.set_title("fixed vs adaptive alpha, ReLU, subspace, channels", fontsize=8)
-    else:
-        _note(axes[0], "no study of kind 'ablation'")
-        _note(axes[1], "no study of kind 'ablation'")
-    ax = axes[2]
-    bud = t.studies("scaling_budget")
-    if bud:
-        rows = t.runs_of(bud[0])
-        methods = t.methods_of(bud[0])
-        colors = _colors(methods)
-        for m in methods:
-            g, mean, half = _by_g([r for r in rows if r["method"] == m], "final_reward")
-            ax.errorbar(g, mean, yerr=half, marker="o", capsize=3, color=colors[m], label=t.label(m))
-        budget = rows[0]["G"] * rows[0]["prompts_per_step"] if rows else "?"
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("G (P = budget / G)")
-        ax.set_ylabel("final training reward")
-        ax.set_title(f"fixed rollout budget P x G = {budget}", fontsize=9)
-        ax.legend(fontsize=7)
-    else:
-        _note(ax, "no study of kind 'scaling_budget'")
-    ax = axes[3]
-    focal = t.studies("focal_sweep")
-    if focal:
-        methods = t.methods_of(focal[0])
-        rows = t.runs_of(focal[0])
-        spreads = [_spread([r["final_reward"] for r in rows if r["method"] == m]) for m in methods]
-        ax.bar(range(len(methods)), [sp[0] for sp in spreads], yerr=np.array([sp[1] for sp in spreads]).T,
-               color=[_colors(methods)[m] for m in methods], capsize=3)
-        ax.set_xticks(range(len(methods)), [t.label(m) for m in methods], fontsize=7, rotation=15)
-        ax.set_ylabel("final training reward")
-        ax.set_title(f"F-GRPO gamma sweep (G={rows[0]['G']})" if rows else "F-GRPO gamma sweep", fontsize=9)
-    else:
-        _note(ax, "no study of kind 'focal_sweep'")
 
 
 # ------------------------------------------------------------------------- Figure 4

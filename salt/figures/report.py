@@ -38,21 +38,28 @@ def _inline(text: str) -> str:
 
 
 def markdown_table_to_html(md: str) -> str:
-    """Pipe tables to <table>; other lines become paragraphs."""
-    rows, extra = [], []
+    """Pipe tables to <table> (each run of consecutive ``|`` lines is one table, in place); other lines
+    become paragraphs."""
+    out, rows = [], []
+
+    def flush() -> None:
+        if rows:
+            head = "".join(f"<th>{_inline(c)}</th>" for c in rows[0])
+            body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            rows.clear()
+
     for line in md.strip().splitlines():
         if line.startswith("|"):
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if all(set(c) <= {"-", ":"} for c in cells):
-                continue
-            rows.append(cells)
-        elif line.strip():
-            extra.append(f"<p>{_inline(line.strip())}</p>")
-    if not rows:
-        return "\n".join(extra)
-    head = "".join(f"<th>{_inline(c)}</th>" for c in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>\n" + "\n".join(extra)
+            if not all(set(c) <= {"-", ":"} for c in cells):
+                rows.append(cells)
+            continue
+        flush()
+        if line.strip():
+            out.append(f"<p>{_inline(line.strip())}</p>")
+    flush()
+    return "\n".join(out) + "\n"
 
 
 STYLE = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}
@@ -71,10 +78,13 @@ def intervals_html() -> str:
 
 def main(figures: Sequence[str | Path], captions_dir: str | Path, table_md: str | Path, manifest: str | Path,
          out: str | Path, title: str = "salt results", claims_md: str | Path | None = None,
-         readme: str | Path | None = None) -> Path:
+         readme: str | Path | None = None, replication_md: str | Path | None = None,
+         warmups_md: str | Path | None = None) -> Path:
     """Write the report to ``out`` and return its path.
 
-    ``claims_md``: the claims section (``claims.md`` of ``salt aggregate``); ``readme``: the
+    ``claims_md``: the claims section (``claims.md`` of ``salt aggregate``), followed by
+    ``replication_md`` (``salt replicate``: the verdicts on two disjoint sets of replicates) and
+    ``warmups_md`` (each warm-up model's held-out scores); ``readme``: the
     repository's README, linked (relative to ``out``) from the toy task paragraph
     (``captions_dir/toy_task.rst``)."""
     captions_dir = Path(captions_dir)
@@ -99,6 +109,10 @@ def main(figures: Sequence[str | Path], captions_dir: str | Path, table_md: str 
         parts += ["<h2>Claims</h2>", "<p>Each published claim measured on these runs, computed by "
                   "<code>salt.figures.claims</code> from the logged metrics and evaluations (never written by hand).</p>",
                   markdown_table_to_html(Path(claims_md).read_text())]
+    if replication_md is not None:
+        parts += ["<h3>Replication</h3>", markdown_table_to_html(Path(replication_md).read_text())]
+    if warmups_md is not None:
+        parts += ["<h3>The warm-up models (one per replicate)</h3>", markdown_table_to_html(Path(warmups_md).read_text())]
     parts += ["<h2>Results table</h2>", markdown_table_to_html(Path(table_md).read_text())]
     evaluated = {r["study"] for r in man["runs"] if r.get("evals")}
     for study in [s for s in studies if s not in evaluated]:  # their final training reward (salt aggregate)

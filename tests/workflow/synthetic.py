@@ -95,8 +95,9 @@ def step_line(step: int, method: str, G: int, P: int, seed: int, rng: np.random.
 
 
 def make_runs(root: Path, steps: int = 6, duplicate_step: bool = True, gram: bool = True, studies=None,
-              effects=None) -> dict:
-    """Write run dirs under ``root`` and return the manifest the workflow would pass to aggregate."""
+              effects=None, evaluated=("main",)) -> dict:
+    """Write run dirs under ``root`` and return the manifest the workflow would pass to aggregate
+    (held-out evaluations for the studies whose kind is in ``evaluated``)."""
     rng = np.random.default_rng(0)
     effects = EFFECTS if effects is None else effects
     runs = []
@@ -117,7 +118,7 @@ def make_runs(root: Path, steps: int = 6, duplicate_step: bool = True, gram: boo
                         write_gram_dump(run_dir / f"gram_step_{steps + 1:04d}.npz", G, P, rng, salt="salt" in method,
                                         zero_adv=True)
                     evals = {}
-                    if kind == "main":
+                    if kind in evaluated:
                         e = root / study / "eval" / method / f"G{G}" / f"seed{seed}" / "toy_test"
                         eff = effects.get(method, 0.0)
                         evals["toy_test"] = str(write_eval(e, seed, eff[seed] if isinstance(eff, dict) else eff))

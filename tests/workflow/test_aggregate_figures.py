@@ -185,6 +185,8 @@ def test_figures_without_optional_data(tmp_path):
 def test_markdown_to_html_table():
     html = report.markdown_table_to_html("| a | b |\n|---|---|\n| 1 | 2 |\n\nnote\n")
     assert "<th>a</th>" in html and "<td>2</td>" in html and "<p>note</p>" in html
+    two = report.markdown_table_to_html("| a |\n|---|\n| 1 |\n\nbetween\n\n| b |\n|---|\n| 2 |\n")
+    assert two.count("<table>") == 2 and two.index("<th>a</th>") < two.index("<p>between</p>") < two.index("<th>b</th>")
 
 
 def test_study_tables(tmp_path):
@@ -328,3 +330,42 @@ def test_fig3_draws_the_gamma_sweep(tables):
     runs = {r["method"]: r["final_reward"] for r in t.runs if r["study"] == "focal"}
     assert [p.get_height() for p in ax.patches] == pytest.approx([runs[m] for m in ("fgrpo_gamma0.5", "fgrpo", "fgrpo_gamma2")])
     plt.close(fig)
+
+
+def test_problem_interval_against_brute_force():
+    rng = np.random.default_rng(3)
+    one = {f"p{i}": float(rng.random()) for i in range(30)}
+    x = np.array(list(one.values()))
+    assert aggregate.problem_interval([one]) == pytest.approx(stats.t.ppf(0.975, 29) * x.std(ddof=1) / np.sqrt(30))
+    two = {f"p{i}": float(rng.random()) for i in range(30)}
+    y = np.array(list(two.values()))
+    se = np.sqrt(x.var(ddof=1) / 30 + y.var(ddof=1) / 30) / 2
+    assert aggregate.problem_interval([one, two]) == pytest.approx(stats.t.ppf(0.975, 29) * se)
+    assert np.isnan(aggregate.problem_interval([{"p": 1.0}]))
+
+
+def test_fig3_uses_held_out_pass1_with_intervals(tmp_path):
+    import matplotlib.pyplot as plt
+
+    studies = {k: v for k, v in STUDIES.items() if k in ("main", "ablation", "focal", "budget")}
+    manifest = make_runs(tmp_path / "results", studies=studies, gram=False,
+                         evaluated=("main", "ablation", "focal_sweep", "scaling_budget"))
+    aggregate.main(manifest, tmp_path / "tables")
+    t, fig = _drawn(tmp_path / "tables", "fig3_ablations")
+    res = {(r["study"], r["method"], int(r["G"])): r for r in t.results}
+    ax = next(a for a in fig.axes if a.get_title().startswith("F-GRPO gamma sweep"))
+    methods = ("fgrpo_gamma0.5", "fgrpo", "fgrpo_gamma2")
+    assert [p.get_height() for p in ax.patches] == pytest.approx([res[("focal", m, 4)]["pass@1_mean"] for m in methods])
+    assert ax.get_ylabel() == "held-out pass@1 (95% interval over problems)"  # one seed: the evaluation's interval
+    segs = [c for c in ax.collections if hasattr(c, "get_segments")]
+    halves = [abs(s[1][1] - s[0][1]) / 2 for s in segs[0].get_segments()]
+    assert halves == pytest.approx([res[("focal", m, 4)]["pass@1_ci95_problems"] for m in methods])
+    assert all(h > 0 for h in halves)
+    abl = next(a for a in fig.axes if a.get_title().startswith("fixed vs adaptive alpha"))
+    assert abl.get_xlabel() == "held-out pass@1 (95% interval over problems)"
+    budget = next(a for a in fig.axes if a.get_title().startswith("fixed rollout budget"))
+    assert budget.get_ylabel() == "held-out pass@1 (95% interval over problems)"
+    plt.close(fig)
+    # with >= 2 seeds the interval is the t-interval over seeds
+    mean, half, over = figures.heldout(t, "main", "grpo", 2)
+    assert over == "seeds" and half == pytest.approx(res[("main", "grpo", 2)]["pass@1_ci95"])

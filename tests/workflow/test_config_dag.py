@@ -49,10 +49,16 @@ def test_default_config_grid(tmp_path):
     main = cfg["studies"]["main"]
     for method in ("grpo", "grpo_salt", "dapo", "dapo_salt", "pods", "fgrpo"):
         assert method in main["methods"]
-    assert len(main["group_sizes"]) >= 3 and len(main["seeds"]) >= 2
+    # docs/design.md: a G sweep of two values four-fold apart and 4 replicates, each its own warm-up
+    assert len(main["group_sizes"]) >= 2 and max(main["group_sizes"]) >= 4 * min(main["group_sizes"])
+    assert len(main["seeds"]) >= 4
     expected = sum(len(s["methods"]) * len(s["group_sizes"]) * len(s.get("seeds", [0])) for s in cfg["studies"].values())
     assert counts["train"] == expected == counts["make_run_config"]
     assert counts["mlflow_parent"] == len(cfg["studies"])
+    warmups = {s["warmup_seed"] if s.get("warmup_seed") is not None else seed
+               for s in cfg["studies"].values() for seed in s.get("seeds", [0])} | {0}  # 0: proxy validation
+    assert counts["warmup_sft"] == len(warmups) == 4  # one warm-up SFT per replicate seed
+    assert [s["kind"] for s in cfg["studies"].values()].count("seed_variance") == 1  # splits warm-up / RL seed
     for rule in ("prepare_data", "warmup_sft", "evaluate", "validate_proxy", "aggregate", "figures", "report"):
         assert counts.get(rule, 0) >= 1, rule
 
@@ -129,7 +135,7 @@ def test_run_config_is_base_plus_method_plus_wildcards(tmp_path):
     salt = yaml.safe_load((tmp_path / targets[0]).read_text())
     assert salt["rollout"]["group_size"] == 4 and salt["rollout"]["prompts_per_step"] == 2  # budget 8 / G 4
     assert salt["algorithm"]["salt"]["enabled"] is True
-    assert salt["train"]["steps"] == 3 and salt["model"]["path"] == "results/smoke/models/toy/final"
+    assert salt["train"]["steps"] == 3 and salt["model"]["path"] == "results/smoke/models/toy/warmup0/final"
     assert salt["tracking"]["run_name"] == "budget/toy/toy/grpo_salt/G4/seed0"
     assert salt["tracking"]["parent_run_id"] is None
     pods = yaml.safe_load((tmp_path / targets[1]).read_text())

@@ -2,6 +2,7 @@ localrules:
     mlflow_parent,
     make_run_config,
     aggregate,
+    replication,
     figures,
     report,
 
@@ -13,6 +14,7 @@ rule aggregate:
         done=all_train_done(),
         evals=all_eval_metrics(),
         proxy=all_proxy(),
+        warmups=all_warmup_metrics(),
     output:
         steps=R("tables/steps.csv"),
         evals=R("tables/evals.csv"),
@@ -22,6 +24,8 @@ rule aggregate:
         manifest=R("tables/manifest.json"),
         claims_md=R("tables/claims.md"),
         claims_json=report(R("tables/claims.json"), caption="../report/claims.rst", category="Tables"),
+        warmups_md=R("tables/warmups.md"),
+        warmups_csv=R("tables/warmups.csv"),
         study_md=[STUDY_TABLE_MD.format(study=s) for s in config["studies"]],
         study_csv=[STUDY_TABLE_CSV.format(study=s) for s in config["studies"]],
     log:
@@ -38,6 +42,30 @@ rule aggregate:
         CONDA_ENV
     script:
         "../scripts/aggregate.py"
+
+
+rule replication:
+    """The claims on two disjoint halves of the main study's replicates (each its own warm-up and RL seed),
+    compared claim by claim with the power figures (salt.figures.replication; `salt replicate`)."""
+    input:
+        manifest=rules.aggregate.output.manifest,
+        claims=rules.aggregate.output.claims_json,
+    output:
+        json=R("tables/replication.json"),
+        md=R("tables/replication.md"),
+    log:
+        R("logs/replication.log"),
+    benchmark:
+        R("benchmarks/replication.tsv")
+    params:
+        out=lambda w, output: str(Path(output.json).parent),
+    threads: threads_of("light")
+    resources:
+        **resources_of("light"),
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m salt.cli replicate --manifest {input.manifest} --out {params.out} > {log} 2>&1"
 
 
 rule figures:
@@ -79,6 +107,9 @@ rule report:
         table_csv=rules.aggregate.output.table_csv,
         claims_md=rules.aggregate.output.claims_md,
         claims_json=rules.aggregate.output.claims_json,
+        replication_md=rules.replication.output.md,
+        replication_json=rules.replication.output.json,
+        warmups_md=rules.aggregate.output.warmups_md,
         study_md=rules.aggregate.output.study_md,
         study_csv=rules.aggregate.output.study_csv,
         manifest=rules.aggregate.output.manifest,

@@ -78,6 +78,7 @@ wildcard_constraints:
     dataset="[A-Za-z0-9][A-Za-z0-9_.-]*",
     G="[0-9]+",
     seed="[0-9]+",
+    warmup="[0-9]+",
 
 # ---------------------------------------------------------------- the grid
 
@@ -100,9 +101,21 @@ def study_jobs(study):
 JOBS = [job for study in config["studies"] for job in study_jobs(study)]
 
 
-def model_path(model):
+def warmup_of(study, seed):
+    """The warm-up model of a job: the warm-up is a random factor of the design, so replicate r trains
+    from its own warm-up SFT (SFT seed r) with RL seed r (docs/design.md), unless the study fixes
+    `warmup_seed` (a seed_variance study: several RL seeds on one warm-up)."""
+    fixed = config["studies"][study]["warmup_seed"]
+    return int(seed) if fixed is None else int(fixed)
+
+
+def warmup_dir(model, warmup):
+    return R(f"models/{model}/warmup{warmup}")
+
+
+def model_path(model, warmup=0):
     path = config["models"][model]["path"]
-    return path if path else R(f"models/{model}/final")
+    return path if path else f"{warmup_dir(model, warmup)}/final"
 
 
 def data_file(dataset):
@@ -118,7 +131,7 @@ def run_config_dict(study, model, task, method, G, seed):
     G = int(G)
     fixed = {
         "seed": int(seed),
-        "model": {"path": model_path(model)},
+        "model": {"path": model_path(model, warmup_of(study, seed))},
         "data": {"train": data_file(t["train"]), "eval": data_file(t["eval"]) if t["eval"] else None},
         "rollout": {"group_size": G, "prompts_per_step": prompts_per_step(study, G)},
         "tracking": {
@@ -127,7 +140,7 @@ def run_config_dict(study, model, task, method, G, seed):
             "experiment": config["tracking"]["experiment"],
             "run_name": f"{study}/{model}/{task}/{method}/G{G}/seed{seed}",
             "tags": {"study": study, "model": model, "task": task, "method": method,
-                     "group_size": str(G), "seed": str(seed)},
+                     "group_size": str(G), "seed": str(seed), "warmup": str(warmup_of(study, seed))},
         },
     }
     if m["generate_factor"]:
@@ -164,10 +177,13 @@ def run_dir(w):
 
 
 def model_input(w):
-    """The warm-up SFT output when the model is built by the workflow; nothing for hub/local models."""
+    """The warm-up SFT output when the model is built by the workflow (a training job: its replicate's
+    warm-up; the proxy validation: warm-up 0); nothing for hub/local models."""
     if config["models"][w.model]["path"]:
         return []
-    return R(f"models/{w.model}/metrics.json")
+    wc = dict(w.items())
+    warmup = warmup_of(wc["study"], wc["seed"]) if "seed" in wc else 0
+    return f"{warmup_dir(w.model, warmup)}/metrics.json"
 
 
 def train_data_inputs(w):
@@ -195,11 +211,13 @@ def sft_args(w):
     m = config["models"][w.model]
     t = config["tracking"]
     args = ["--set", f"tracking.enabled={json.dumps(t['enabled'])}", "--set", f"tracking.uri={t['uri']}",
-            "--set", f"tracking.experiment={t['experiment']}", "--set", f"tracking.run_name=warmup_sft/{w.model}"]
+            "--set", f"tracking.experiment={t['experiment']}",
+            "--set", f"tracking.run_name=warmup_sft/{w.model}/warmup{w.warmup}"]
     if m["sft_config"]:
         args += ["--config", m["sft_config"]]
     for key, value in m["sft_set"].items():
         args += ["--set", f"{key}={json.dumps(value)}"]
+    args += ["--set", f"seed={int(w.warmup)}"]  # last: the wildcard is the SFT seed
     return " ".join(_quote(a) for a in args)
 
 
@@ -281,6 +299,24 @@ def all_proxy():
     return [PROXY_JSON.format(model=m) for m in proxy_models()]
 
 
+def all_warmups():
+    """{model: {warmup seed: the warm-up SFT's metrics.json}} of every model the workflow builds:
+    one warm-up per replicate seed of any study (its own evaluation on the held-out split)."""
+    out = {}
+    for job in JOBS:
+        if not config["models"][job["model"]]["path"]:
+            w = warmup_of(job["study"], job["seed"])
+            out.setdefault(job["model"], {})[w] = f"{warmup_dir(job['model'], w)}/metrics.json"
+    for m in proxy_models():
+        if not config["models"][m]["path"]:
+            out.setdefault(m, {}).setdefault(0, f"{warmup_dir(m, 0)}/metrics.json")
+    return {m: dict(sorted(ws.items())) for m, ws in sorted(out.items())}
+
+
+def all_warmup_metrics():
+    return [path for ws in all_warmups().values() for path in ws.values()]
+
+
 def all_parents():
     return [PARENT_JSON.format(study=s) for s in config["studies"]]
 
@@ -295,6 +331,7 @@ def manifest():
             **job,
             "G": int(job["G"]),
             "seed": int(job["seed"]),
+            "warmup": warmup_of(job["study"], job["seed"]),
             "kind": study["kind"],
             "label": method["label"] or job["method"],
             "prompts_per_step": prompts_per_step(job["study"], job["G"]),
@@ -305,6 +342,7 @@ def manifest():
     return {
         "runs": runs,
         "proxy": {m: PROXY_JSON.format(model=m) for m in proxy_models()},
+        "warmups": {m: {str(w): p for w, p in ws.items()} for m, ws in all_warmups().items()},
         "parents": {s: PARENT_JSON.format(study=s) for s in config["studies"]},
         "study_tables": {s: {"md": STUDY_TABLE_MD.format(study=s), "csv": STUDY_TABLE_CSV.format(study=s)}
                          for s in config["studies"]},

@@ -37,7 +37,7 @@ rule validate_proxy:
     benchmark:
         R("benchmarks/validate_proxy/{model}.tsv")
     params:
-        model=lambda w: model_path(w.model),
+        model=lambda w: model_path(w.model, 0),
         out=lambda w, output: str(Path(output.json).parent),
         args=proxy_args,
     threads: threads_of("proxy")

@@ -1,11 +1,13 @@
 rule warmup_sft:
-    """Warm-up SFT of a toy model (teaches the answer format); only for models without `path`."""
+    """Warm-up SFT of a toy model with SFT seed {warmup} (one per replicate seed: the warm-up is a random
+    factor of the design, docs/design.md); only for models without `path`. Its metrics.json holds its
+    own held-out evaluation (greedy and sampled pass@1, pass@k): the warm-up baseline of its replicate."""
     output:
-        metrics=R("models/{model}/metrics.json"),
+        metrics=R("models/{model}/warmup{warmup}/metrics.json"),
     log:
-        R("logs/warmup_sft/{model}.log"),
+        R("logs/warmup_sft/{model}/warmup{warmup}.log"),
     benchmark:
-        R("benchmarks/warmup_sft/{model}.tsv")
+        R("benchmarks/warmup_sft/{model}/warmup{warmup}.tsv")
     params:
         args=sft_args,
         out=lambda w, output: str(Path(output.metrics).parent),

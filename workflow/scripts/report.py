@@ -22,10 +22,13 @@ main(  # noqa: F821
     title=snakemake.params.title,  # noqa: F821
     claims_md=snakemake.input.claims_md,  # noqa: F821
     readme=REPO / "README.md",
+    replication_md=snakemake.input.replication_md,  # noqa: F821
+    warmups_md=snakemake.input.warmups_md,  # noqa: F821
 )
 log_study_artifacts(
     json.loads(Path(snakemake.input.manifest).read_text()),  # noqa: F821
     figures=list(snakemake.input.png) + list(snakemake.input.pdf),  # noqa: F821
-    claims=[snakemake.input.claims_md, snakemake.input.claims_json],  # noqa: F821
+    claims=[snakemake.input.claims_md, snakemake.input.claims_json, snakemake.input.replication_md,  # noqa: F821
+            snakemake.input.replication_json, snakemake.input.warmups_md],  # noqa: F821
     report_html=snakemake.output.html,  # noqa: F821
 )
