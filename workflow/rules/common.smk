@@ -59,15 +59,7 @@ PARENT_JSON = R("{study}/mlflow_parent.json")
 PROXY_JSON = R("proxy/{model}/proxy.json")
 STUDY_TABLE_MD = R("{study}/table.md")
 STUDY_TABLE_CSV = R("{study}/table.csv")
-FIGURE_NAMES = [
-    "fig1_gram",
-    "fig2_dynamics",
-    "fig3_ablations",
-    "fig4_residual",
-    "fig5_proxy",
-    "fig6_alpha_channels",
-    "fig7_comparison",
-]
+from salt.figures.figures import FIGURES as FIGURE_NAMES  # noqa: E402 - the one list of figures
 
 wildcard_constraints:
     study="[A-Za-z0-9][A-Za-z0-9_.-]*",
