@@ -46,7 +46,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, func_name = COMMANDS[name][0].split(":")
     func = getattr(importlib.import_module(module_name), func_name)
-    code = func(rest)
+    from salt.utils import InputError, report_input_error
+
+    try:
+        code = func(rest)
+    except InputError as exc:  # a bad config, data file or flag: one line (SALT_DEBUG=1: the traceback)
+        return report_input_error(f"salt {name}", exc)
+    except OSError as exc:  # a file that is missing or unreadable
+        if exc.filename is None:
+            raise
+        return report_input_error(f"salt {name}", exc)
     return int(code or 0)
 
 

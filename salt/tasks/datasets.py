@@ -28,19 +28,16 @@ import ast
 import csv
 import gzip
 import hashlib
+import io
 import json
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from salt.utils import atomic_write_text, parse_set_overrides, write_jsonl_atomic
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be prepared; the message names the dataset, the row and the fix."""
+from salt.tasks.rows import DatasetError, validate_rows
+from salt.utils import InputError, atomic_write_text, decode_utf8, parse_set_overrides, report_input_error, write_jsonl_atomic
 
 
 @dataclass
@@ -113,37 +110,55 @@ def _maybe_list(value: Any) -> Any:
     return value
 
 
+def _read_text(path: Path, gz: bool) -> str:
+    with (gzip.open if gz else open)(path, "rb") as fh:
+        data = fh.read()
+    try:
+        return decode_utf8(data, path)
+    except ValueError as exc:
+        raise DatasetError(str(exc)) from None
+
+
 def read_local_file(path: Path) -> list[dict[str, Any]]:
-    """Rows of a local ``.jsonl``/``.json``/``.parquet``/``.csv`` (optionally ``.gz``) file."""
+    """Rows of a local ``.jsonl``/``.json``/``.parquet``/``.csv`` (optionally ``.gz``) file.
+
+    Text that is not UTF-8, bad JSON and a row that is not an object raise :class:`DatasetError`
+    naming ``FILE:LINE``."""
     suffixes = [s.lower() for s in path.suffixes]
-    opener = gzip.open if suffixes and suffixes[-1] == ".gz" else open
-    kind = suffixes[-2] if suffixes and suffixes[-1] == ".gz" and len(suffixes) > 1 else (suffixes[-1] if suffixes else "")
+    gz = bool(suffixes) and suffixes[-1] == ".gz"
+    kind = suffixes[-2] if gz and len(suffixes) > 1 else (suffixes[-1] if suffixes else "")
     if kind in (".jsonl", ".ndjson"):
         rows = []
-        with opener(path, "rt", encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise DatasetError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+        for lineno, line in enumerate(_read_text(path, gz).splitlines(), 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DatasetError(f"{path}:{lineno}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+                if not isinstance(row, dict):
+                    raise DatasetError(f"{path}:{lineno}: each line must be a JSON object, got {type(row).__name__}")
+                rows.append(row)
         return rows
     if kind == ".json":
-        with opener(path, "rt", encoding="utf-8") as fh:
-            data = json.load(fh)
+        try:
+            data = json.loads(_read_text(path, gz))
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})") from None
         if isinstance(data, dict):  # {"rows": [...]} / {"data": [...]} / {"train": [...]}
             lists = [v for v in data.values() if isinstance(v, list)]
             if len(lists) != 1:
                 raise DatasetError(f"{path}: a .json source must be a list of rows or hold exactly one list")
             data = lists[0]
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise DatasetError(f"{path}: a .json source must be a list of JSON objects (rows)")
         return list(data)
     if kind == ".parquet":
         import pyarrow.parquet as pq
 
         return pq.read_table(path).to_pylist()
     if kind == ".csv":
-        with opener(path, "rt", encoding="utf-8", newline="") as fh:
-            return [{k: _maybe_list(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+        text = io.StringIO(_read_text(path, gz), newline="")
+        return [{k: _maybe_list(v) for k, v in row.items()} for row in csv.DictReader(text)]
     raise DatasetError(f"{path}: unsupported file type; use .jsonl, .json, .parquet or .csv (optionally .gz)")
 
 
@@ -202,44 +217,6 @@ def _text(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return str(value).strip()
-
-
-# ---------------------------------------------------------------------------------------------
-# validation
-
-
-def validate_rows(name: str, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Raise :class:`DatasetError` for the first malformed row (id, what is wrong)."""
-    seen: set[str] = set()
-    for i, row in enumerate(rows):
-        rid = row.get("id")
-        where = f"dataset '{name}', row {rid!r} (#{i})"
-        if not isinstance(rid, str) or not rid:
-            raise DatasetError(f"{where}: 'id' must be a non-empty string")
-        if rid in seen:
-            raise DatasetError(f"{where}: duplicate id")
-        seen.add(rid)
-        task = row.get("task")
-        if task not in ("toy", "math", "mcq", "code"):
-            raise DatasetError(f"{where}: unknown task {task!r}")
-        if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-            raise DatasetError(f"{where}: empty prompt")
-        if task in ("toy", "math"):
-            if not isinstance(row.get("answer"), str) or not row["answer"].strip():
-                raise DatasetError(f"{where}: no answer")
-        elif task == "mcq":
-            choices = row.get("choices")
-            if not isinstance(choices, list) or len(choices) < 2 or not all(
-                isinstance(c, str) and c.strip() for c in choices
-            ):
-                raise DatasetError(f"{where}: 'choices' must be a list of >= 2 non-empty strings")
-            letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[: len(choices)]
-            if row.get("answer") not in letters or not row.get("answer"):
-                raise DatasetError(f"{where}: answer {row.get('answer')!r} is not one of {list(letters)}")
-        elif task == "code":
-            tests = row.get("tests")
-            if not isinstance(tests, list) or not tests or not all(isinstance(t, str) and t.strip() for t in tests):
-                raise DatasetError(f"{where}: empty tests (a code row needs a non-empty list of test strings)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -505,9 +482,8 @@ def cli_main(argv: list[str]) -> int:
     try:
         manifest = prepare(args.name, args.out, source=args.source, limit=args.limit, seed=args.seed,
                            options=parse_set_overrides(args.set))
-    except DatasetError as exc:
-        print(f"salt prepare-data: {exc}", file=sys.stderr)
-        return 2
+    except InputError as exc:  # DatasetError, a bad --set value
+        return report_input_error("salt prepare-data", exc)
     print(f"wrote {manifest['rows']} rows to {Path(args.out) / 'data.jsonl'}")
     return 0
 
