@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate-proxy": ("salt.train.proxy:cli_main", "LM-head vs last-block Gram correlation"),
     "aggregate": ("salt.figures.aggregate:cli_main", "collect runs into tables"),
     "figures": ("salt.figures.figures:cli_main", "draw the study's figures"),
+    "check-config": ("salt.workflow_checks:cli_main", "check workflow config files (YAML, keys, paths) before snakemake"),
     "gpu-check": ("salt.gpucheck.runner:cli_main", "verify the GPU paths on one GPU in 10 minutes (--dry-run: plan)"),
 }
 

@@ -24,11 +24,6 @@ an error naming the columns that are there.
 from __future__ import annotations
 
 import argparse
-import ast
-import csv
-import gzip
-import hashlib
-import io
 import json
 import os
 import re
@@ -37,7 +32,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from salt.tasks.rows import DatasetError, validate_rows
-from salt.utils import InputError, atomic_write_text, decode_utf8, parse_set_overrides, report_input_error, write_jsonl_atomic
+from salt.tasks.sources import maybe_list as _maybe_list
+from salt.tasks.sources import read_local_file, sha256_file, source_problem
+from salt.utils import InputError, atomic_write_text, parse_set_overrides, report_input_error, write_jsonl_atomic
 
 
 @dataclass
@@ -86,80 +83,7 @@ def get_builder(name: str) -> Builder:
 
 
 # ---------------------------------------------------------------------------------------------
-# reading sources
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _maybe_list(value: Any) -> Any:
-    """CSV cells holding a list (``"['assert ...']"``) become lists."""
-    if isinstance(value, str) and value.startswith("[") and value.endswith("]"):
-        for parse in (json.loads, ast.literal_eval):
-            try:
-                out = parse(value)
-            except (ValueError, SyntaxError, json.JSONDecodeError):
-                continue
-            if isinstance(out, list):
-                return out
-    return value
-
-
-def _read_text(path: Path, gz: bool) -> str:
-    with (gzip.open if gz else open)(path, "rb") as fh:
-        data = fh.read()
-    try:
-        return decode_utf8(data, path)
-    except ValueError as exc:
-        raise DatasetError(str(exc)) from None
-
-
-def read_local_file(path: Path) -> list[dict[str, Any]]:
-    """Rows of a local ``.jsonl``/``.json``/``.parquet``/``.csv`` (optionally ``.gz``) file.
-
-    Text that is not UTF-8, bad JSON and a row that is not an object raise :class:`DatasetError`
-    naming ``FILE:LINE``."""
-    suffixes = [s.lower() for s in path.suffixes]
-    gz = bool(suffixes) and suffixes[-1] == ".gz"
-    kind = suffixes[-2] if gz and len(suffixes) > 1 else (suffixes[-1] if suffixes else "")
-    if kind in (".jsonl", ".ndjson"):
-        rows = []
-        for lineno, line in enumerate(_read_text(path, gz).splitlines(), 1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DatasetError(f"{path}:{lineno}: not valid JSON ({exc.msg}, column {exc.colno})") from None
-                if not isinstance(row, dict):
-                    raise DatasetError(f"{path}:{lineno}: each line must be a JSON object, got {type(row).__name__}")
-                rows.append(row)
-        return rows
-    if kind == ".json":
-        try:
-            data = json.loads(_read_text(path, gz))
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})") from None
-        if isinstance(data, dict):  # {"rows": [...]} / {"data": [...]} / {"train": [...]}
-            lists = [v for v in data.values() if isinstance(v, list)]
-            if len(lists) != 1:
-                raise DatasetError(f"{path}: a .json source must be a list of rows or hold exactly one list")
-            data = lists[0]
-        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-            raise DatasetError(f"{path}: a .json source must be a list of JSON objects (rows)")
-        return list(data)
-    if kind == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    if kind == ".csv":
-        text = io.StringIO(_read_text(path, gz), newline="")
-        return [{k: _maybe_list(v) for k, v in row.items()} for row in csv.DictReader(text)]
-    raise DatasetError(f"{path}: unsupported file type; use .jsonl, .json, .parquet or .csv (optionally .gz)")
+# reading sources (local files: salt/tasks/sources.py)
 
 
 def load_source_rows(ctx: BuildContext) -> list[dict[str, Any]]:
@@ -175,8 +99,12 @@ def load_source_rows(ctx: BuildContext) -> list[dict[str, Any]]:
     split = ctx.options.get("split", b.split)
     revision = ctx.options.get("revision")
     path = Path(source).expanduser()
+    problem = source_problem(source) if ctx.source else None
+    if problem:
+        raise DatasetError(f"dataset '{ctx.name}': --source '{source}' {problem}; pass --source PATH (a local "
+                           ".jsonl/.json/.parquet/.csv file or a snapshot directory) or a hub id")
     if path.is_file():
-        ctx.provenance.update(source=str(path.resolve()), sha256=_sha256_file(path))
+        ctx.provenance.update(source=str(path.resolve()), sha256=sha256_file(path))
         return read_local_file(path)
     import datasets  # heavy; only when a hub id or a snapshot directory is read
 
@@ -365,7 +293,7 @@ def build_humaneval(ctx: BuildContext) -> list[dict[str, Any]]:
     path = Path(ctx.source).expanduser() if ctx.source else humaneval_data_path()
     if not path.is_file():
         raise DatasetError(f"dataset 'humaneval': --source {path} is not a file")
-    ctx.provenance.update(source=str(path), sha256=_sha256_file(path))
+    ctx.provenance.update(source=str(path), sha256=sha256_file(path))
     out = []
     for i, raw in enumerate(read_local_file(path)):
         rid = f"humaneval-{_text(_column(ctx, raw, ('task_id',), i))}"
@@ -453,7 +381,7 @@ def prepare(name: str, out_dir: str | os.PathLike, *, source: str | None = None,
         "seed": int(seed),
         "limit": limit,
         "options": options,
-        "data_sha256": _sha256_file(out / "data.jsonl"),
+        "data_sha256": sha256_file(out / "data.jsonl"),
         "created_by": f"salt {__version__} prepare-data",
     }
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")

@@ -76,8 +76,9 @@ def planned_jobs(workdir: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    """One run of the smoke DAG: (working dir, results dir, config)."""
-    workdir = tmp_path_factory.mktemp("smoke")
+    """One run of the smoke DAG: (working dir, results dir, config). SALT_SMOKE_DIR=DIR runs it in DIR
+    instead of a fresh folder, so a finished (or interrupted) earlier run there is reused (completed)."""
+    workdir = Path(os.environ["SALT_SMOKE_DIR"]) if os.environ.get("SALT_SMOKE_DIR") else tmp_path_factory.mktemp("smoke")
     res = run_snakemake(workdir)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     cfg = yaml.safe_load(CONFIG.read_text())

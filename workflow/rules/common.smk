@@ -36,6 +36,12 @@ def _check_config(cfg):
                          f"  {exc}") from None
     cfg.clear()
     cfg.update(resolved)
+    from salt.workflow_checks import check_paths  # every path the config names, before any job runs
+
+    try:
+        check_paths(cfg, REPO)
+    except ValueError as exc:
+        raise ValueError(f"config error: {exc}") from None
 
 
 _check_config(config)
