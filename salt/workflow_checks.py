@@ -56,14 +56,19 @@ def _sft_model_path(sft_set: Mapping[str, Any], sft_yaml: Any) -> str | None:
 
 
 def check_paths(cfg: dict[str, Any], repo: str | Path) -> None:
-    """Check every path ``cfg`` (the checked workflow config) names; raise one :class:`ConfigError`
-    listing each problem as ``KEY = 'PATH' <what is wrong>; <fix>``. Config files found only under
+    """Check every path ``cfg`` (the checked workflow config) names, and the datasets' loader options;
+    raise one :class:`ConfigError` listing each problem as ``KEY = 'PATH' <what is wrong>; <fix>``. Config files found only under
     ``repo`` are rewritten in ``cfg`` to their absolute path."""
     from salt.tasks.sources import source_problem
     from salt.train.config_checks import model_path_problem
 
+    from salt.tasks.datasets import KNOWN_OPTIONS
+
     problems: list[str] = []
     for key, d in cfg["datasets"].items():
+        unknown = sorted(set(d["set"]) - KNOWN_OPTIONS)
+        if unknown:
+            problems.append(f"datasets.{key}.set has unknown option(s) {unknown}; valid: {sorted(KNOWN_OPTIONS)}")
         what = source_problem(d["source"]) if d["source"] else None
         if what:
             problems.append(f"datasets.{key}.source = '{d['source']}' {what}; fix the path (a local .jsonl/.json/"
@@ -92,7 +97,7 @@ def check_paths(cfg: dict[str, Any], repo: str | Path) -> None:
     if c["launcher"] == "accelerate" and c["accelerate_config"]:
         c["accelerate_config"], _ = _config_file(c["accelerate_config"], "compute.accelerate_config", repo, problems)
     if problems:
-        raise ConfigError("paths that cannot be used (checked while the DAG is planned):\n  " + "\n  ".join(problems))
+        raise ConfigError("inputs that cannot be used (checked while the DAG is planned):\n  " + "\n  ".join(problems))
 
 
 def check_config_files(files: list[str], repo: str | Path) -> dict[str, Any]:

@@ -26,6 +26,7 @@ def test_dry_run_reports_every_path_that_cannot_be_used(tmp_path, capsys):
 
     def edit(cfg):
         cfg["datasets"]["aime"] = {"name": "aime24", "source": "data/aime24.jsonl"}  # does not exist
+        cfg["datasets"]["toy_test"]["set"]["nn"] = 3  # a misspelt loader option (n)
         cfg["models"]["toy"]["path"] = "models/empty"
         cfg["models"]["toy2"] = {"path": None, "sft_config": "config/sft_nope.yaml"}
         cfg["compute"].update(launcher="accelerate", accelerate_config="config/accelerate/nope.yaml")
@@ -35,7 +36,8 @@ def test_dry_run_reports_every_path_that_cannot_be_used(tmp_path, capsys):
     assert res.returncode != 0
     out = res.stdout + res.stderr
     for line in [
-        "config error: paths that cannot be used (checked while the DAG is planned):",
+        "config error: inputs that cannot be used (checked while the DAG is planned):",
+        "  datasets.toy_test.set has unknown option(s) ['nn']; valid: ['config', 'levels', 'n', 'revision', 'split']",
         "  datasets.aime.source = 'data/aime24.jsonl' does not exist; fix the path (a local .jsonl/.json/.parquet/"
         ".csv file or snapshot directory) or give a hub id",
         "  models.toy.path = 'models/empty' has no config.json; point it at a Hugging Face model dir (with "
@@ -50,7 +52,7 @@ def test_dry_run_reports_every_path_that_cannot_be_used(tmp_path, capsys):
     # the same report without Snakemake, from the same working directory
     assert salt_main(["check-config", "-d", str(workdir), config]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("salt check-config: paths that cannot be used") and "models.toy.path = 'models/empty'" in err
+    assert err.startswith("salt check-config: inputs that cannot be used") and "models.toy.path = 'models/empty'" in err
 
     # fixed: a readable local source, a model dir with config.json, the repository's accelerate config
     (workdir / "data").mkdir()
@@ -59,6 +61,7 @@ def test_dry_run_reports_every_path_that_cannot_be_used(tmp_path, capsys):
 
     def fixed(cfg):
         edit(cfg)
+        del cfg["datasets"]["toy_test"]["set"]["nn"]
         del cfg["models"]["toy2"]
         cfg["compute"]["accelerate_config"] = "config/accelerate/ddp.yaml"
 
