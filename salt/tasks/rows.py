@@ -2,8 +2,8 @@
 
 Every reader of rows checks them here, all of them at load time (before any model is loaded or any
 training step runs): ``salt prepare-data`` (the rows it built, before writing), ``salt train``
-(``data.train`` / ``data.eval``, :func:`salt.train.rollouts.load_rows`) and ``salt evaluate``
-(``--data``). An error names the file and line of the first bad row (or the dataset and row when
+(``data.train`` / ``data.eval``, :func:`salt.train.rollouts.load_rows`), ``salt evaluate``
+(``--data``) and ``salt validate-proxy`` (``--data``). An error names the file and line of the first bad row (or the dataset and row when
 the rows are not read from a file), what is wrong and how to fix it.
 
 Fields each task needs (``id``, ``task`` and ``prompt`` always):

@@ -143,3 +143,12 @@ def test_malformed_yaml_is_one_line_naming_file_line_and_column(tmp_path):
     res = salt_cli("train", "--config", str(bad), debug=True)
     assert res.returncode != 0 and "Traceback (most recent call last)" in res.stderr
     assert f"{bad}:5:8: not valid YAML" in res.stderr
+
+
+def test_validate_proxy_checks_its_rows_before_the_model(tmp_path):
+    from salt.tasks.rows import DatasetError
+    from salt.train.proxy import validate_proxy
+
+    data = rows_without_answer_at(tmp_path / "test.jsonl", 3, n=6)
+    with pytest.raises(DatasetError, match=rf"^{data}:3: row .*no answer"):
+        validate_proxy(str(tmp_path / "no-model"), str(data), str(tmp_path / "out"), n_prompts=4, group_size=2)
