@@ -152,3 +152,27 @@ def test_validate_proxy_checks_its_rows_before_the_model(tmp_path):
     data = rows_without_answer_at(tmp_path / "test.jsonl", 3, n=6)
     with pytest.raises(DatasetError, match=rf"^{data}:3: row .*no answer"):
         validate_proxy(str(tmp_path / "no-model"), str(data), str(tmp_path / "out"), n_prompts=4, group_size=2)
+
+
+def test_model_path_local_dir_or_hub_id(tmp_path, monkeypatch):
+    """model.path: a local dir needs config.json; `owner/name` is a hub id, which offline must be cached."""
+    from huggingface_hub import constants
+
+    from salt.train.config_checks import model_path_problem
+
+    (tmp_path / "empty").mkdir()
+    assert model_path_problem(str(tmp_path / "empty")) == "has no config.json"
+    assert model_path_problem(str(tmp_path / "nope")) == "does not exist"
+    assert model_path_problem("models/a/b") == "does not exist"  # not of the hub id form
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    assert model_path_problem("acme/tiny") is None  # online: the job downloads it
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert model_path_problem("acme/tiny").startswith("is a hub id missing from the local Hugging Face cache")
+    assert model_path_problem("acme/tiny", check_cache=False) is None  # planning: the job's host decides
+    snapshot = tmp_path / "hub" / "models--acme--tiny" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "hub" / "models--acme--tiny" / "refs").mkdir()
+    (tmp_path / "hub" / "models--acme--tiny" / "refs" / "main").write_text("0" * 40)
+    assert model_path_problem("acme/tiny") is None  # cached
