@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "aggregate": ("salt.figures.aggregate:cli_main", "collect runs into tables"),
     "figures": ("salt.figures.figures:cli_main", "draw the study's figures"),
     "replicate": ("salt.figures.replication:cli_main", "do the claims' verdicts agree on disjoint seed sets? (+ README block)"),
+    "check-config": ("salt.workflow_checks:cli_main", "check workflow config files (YAML, keys, paths) before snakemake"),
     "gpu-check": ("salt.gpucheck.runner:cli_main", "verify the GPU paths on one GPU in 10 minutes (--dry-run: plan)"),
 }
 
@@ -47,7 +48,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, func_name = COMMANDS[name][0].split(":")
     func = getattr(importlib.import_module(module_name), func_name)
-    code = func(rest)
+    from salt.utils import InputError, report_input_error
+
+    try:
+        code = func(rest)
+    except InputError as exc:  # a bad config, data file or flag: one line (SALT_DEBUG=1: the traceback)
+        return report_input_error(f"salt {name}", exc)
+    except OSError as exc:  # a file that is missing or unreadable
+        if exc.filename is None:
+            raise
+        return report_input_error(f"salt {name}", exc)
     return int(code or 0)
 
 

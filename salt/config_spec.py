@@ -35,8 +35,10 @@ import typing
 from dataclasses import MISSING, field
 from typing import Any, Callable, Mapping
 
+from salt.utils import InputError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError):
     """A config that cannot be used; the message names the key, the bad value and the fix."""
 
 

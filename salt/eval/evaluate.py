@@ -29,7 +29,6 @@ import argparse
 import json
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,8 @@ from typing import Any, Mapping, Sequence
 from salt import metric_names as mn
 from salt import config_spec as spec
 from salt.config_spec import ConfigError, names_of, option
-from salt.utils import append_jsonl, atomic_write_text, read_jsonl
+from salt.tasks.rows import read_rows
+from salt.utils import append_jsonl, atomic_write_text, read_jsonl, report_input_error
 
 log = logging.getLogger(__name__)
 
@@ -210,16 +210,11 @@ def evaluate(args: EvaluateConfig) -> dict[str, Any]:
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = read_jsonl(args.data)
+    rows = read_rows(args.data, what="--data")  # every row validated: the first bad one names FILE:LINE
     if args.limit:
         rows = rows[: args.limit]
-    if not rows:
-        raise ValueError(f"--data {args.data}: no rows")
     # fail closed before any model is loaded: code rows need the sandbox (or --allow-unisolated)
     sandbox = check_code_sandbox(rows, getattr(args, "allow_unisolated", False))
-    ids = [r.get("id") for r in rows]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"--data {args.data}: duplicate ids; prepare it with 'salt prepare-data'")
     ks = [int(k) for k in str(args.ks).split(",") if k.strip()]  # checked by EvaluateConfig
     problems_path = out_dir / PROBLEMS_FILE
     done = load_done(problems_path)
@@ -345,14 +340,12 @@ def cli_main(argv: list[str]) -> int:
     try:
         args = spec.parse_args(_parser(), EvaluateConfig, argv)
     except ConfigError as exc:
-        print(f"salt evaluate: {exc}", file=sys.stderr)
-        return 2
+        return report_input_error("salt evaluate", exc)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         summary = evaluate(args)
     except (ValueError, FileNotFoundError, SandboxIsolationError) as exc:
-        print(f"salt evaluate: {exc}", file=sys.stderr)
-        return 2
+        return report_input_error("salt evaluate", exc)
     shown = {k: v for k, v in summary.items() if k.startswith(("pass@", "avg@", "maj@")) or k in ("n_problems", "n")}
     print(json.dumps(shown, sort_keys=True))
     return 0

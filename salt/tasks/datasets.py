@@ -24,23 +24,17 @@ an error naming the columns that are there.
 from __future__ import annotations
 
 import argparse
-import ast
-import csv
-import gzip
-import hashlib
 import json
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from salt.utils import atomic_write_text, parse_set_overrides, write_jsonl_atomic
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be prepared; the message names the dataset, the row and the fix."""
+from salt.tasks.rows import DatasetError, validate_rows
+from salt.tasks.sources import maybe_list as _maybe_list
+from salt.tasks.sources import read_local_file, sha256_file, source_problem
+from salt.utils import InputError, atomic_write_text, parse_set_overrides, report_input_error, write_jsonl_atomic
 
 
 @dataclass
@@ -89,62 +83,7 @@ def get_builder(name: str) -> Builder:
 
 
 # ---------------------------------------------------------------------------------------------
-# reading sources
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _maybe_list(value: Any) -> Any:
-    """CSV cells holding a list (``"['assert ...']"``) become lists."""
-    if isinstance(value, str) and value.startswith("[") and value.endswith("]"):
-        for parse in (json.loads, ast.literal_eval):
-            try:
-                out = parse(value)
-            except (ValueError, SyntaxError, json.JSONDecodeError):
-                continue
-            if isinstance(out, list):
-                return out
-    return value
-
-
-def read_local_file(path: Path) -> list[dict[str, Any]]:
-    """Rows of a local ``.jsonl``/``.json``/``.parquet``/``.csv`` (optionally ``.gz``) file."""
-    suffixes = [s.lower() for s in path.suffixes]
-    opener = gzip.open if suffixes and suffixes[-1] == ".gz" else open
-    kind = suffixes[-2] if suffixes and suffixes[-1] == ".gz" and len(suffixes) > 1 else (suffixes[-1] if suffixes else "")
-    if kind in (".jsonl", ".ndjson"):
-        rows = []
-        with opener(path, "rt", encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise DatasetError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-        return rows
-    if kind == ".json":
-        with opener(path, "rt", encoding="utf-8") as fh:
-            data = json.load(fh)
-        if isinstance(data, dict):  # {"rows": [...]} / {"data": [...]} / {"train": [...]}
-            lists = [v for v in data.values() if isinstance(v, list)]
-            if len(lists) != 1:
-                raise DatasetError(f"{path}: a .json source must be a list of rows or hold exactly one list")
-            data = lists[0]
-        return list(data)
-    if kind == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    if kind == ".csv":
-        with opener(path, "rt", encoding="utf-8", newline="") as fh:
-            return [{k: _maybe_list(v) for k, v in row.items()} for row in csv.DictReader(fh)]
-    raise DatasetError(f"{path}: unsupported file type; use .jsonl, .json, .parquet or .csv (optionally .gz)")
+# reading sources (local files: salt/tasks/sources.py)
 
 
 def load_source_rows(ctx: BuildContext) -> list[dict[str, Any]]:
@@ -160,8 +99,12 @@ def load_source_rows(ctx: BuildContext) -> list[dict[str, Any]]:
     split = ctx.options.get("split", b.split)
     revision = ctx.options.get("revision")
     path = Path(source).expanduser()
+    problem = source_problem(source) if ctx.source else None
+    if problem:
+        raise DatasetError(f"dataset '{ctx.name}': --source '{source}' {problem}; pass --source PATH (a local "
+                           ".jsonl/.json/.parquet/.csv file or a snapshot directory) or a hub id")
     if path.is_file():
-        ctx.provenance.update(source=str(path.resolve()), sha256=_sha256_file(path))
+        ctx.provenance.update(source=str(path.resolve()), sha256=sha256_file(path))
         return read_local_file(path)
     import datasets  # heavy; only when a hub id or a snapshot directory is read
 
@@ -202,44 +145,6 @@ def _text(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return str(value).strip()
-
-
-# ---------------------------------------------------------------------------------------------
-# validation
-
-
-def validate_rows(name: str, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Raise :class:`DatasetError` for the first malformed row (id, what is wrong)."""
-    seen: set[str] = set()
-    for i, row in enumerate(rows):
-        rid = row.get("id")
-        where = f"dataset '{name}', row {rid!r} (#{i})"
-        if not isinstance(rid, str) or not rid:
-            raise DatasetError(f"{where}: 'id' must be a non-empty string")
-        if rid in seen:
-            raise DatasetError(f"{where}: duplicate id")
-        seen.add(rid)
-        task = row.get("task")
-        if task not in ("toy", "math", "mcq", "code"):
-            raise DatasetError(f"{where}: unknown task {task!r}")
-        if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-            raise DatasetError(f"{where}: empty prompt")
-        if task in ("toy", "math"):
-            if not isinstance(row.get("answer"), str) or not row["answer"].strip():
-                raise DatasetError(f"{where}: no answer")
-        elif task == "mcq":
-            choices = row.get("choices")
-            if not isinstance(choices, list) or len(choices) < 2 or not all(
-                isinstance(c, str) and c.strip() for c in choices
-            ):
-                raise DatasetError(f"{where}: 'choices' must be a list of >= 2 non-empty strings")
-            letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[: len(choices)]
-            if row.get("answer") not in letters or not row.get("answer"):
-                raise DatasetError(f"{where}: answer {row.get('answer')!r} is not one of {list(letters)}")
-        elif task == "code":
-            tests = row.get("tests")
-            if not isinstance(tests, list) or not tests or not all(isinstance(t, str) and t.strip() for t in tests):
-                raise DatasetError(f"{where}: empty tests (a code row needs a non-empty list of test strings)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,7 +293,7 @@ def build_humaneval(ctx: BuildContext) -> list[dict[str, Any]]:
     path = Path(ctx.source).expanduser() if ctx.source else humaneval_data_path()
     if not path.is_file():
         raise DatasetError(f"dataset 'humaneval': --source {path} is not a file")
-    ctx.provenance.update(source=str(path), sha256=_sha256_file(path))
+    ctx.provenance.update(source=str(path), sha256=sha256_file(path))
     out = []
     for i, raw in enumerate(read_local_file(path)):
         rid = f"humaneval-{_text(_column(ctx, raw, ('task_id',), i))}"
@@ -476,7 +381,7 @@ def prepare(name: str, out_dir: str | os.PathLike, *, source: str | None = None,
         "seed": int(seed),
         "limit": limit,
         "options": options,
-        "data_sha256": _sha256_file(out / "data.jsonl"),
+        "data_sha256": sha256_file(out / "data.jsonl"),
         "created_by": f"salt {__version__} prepare-data",
     }
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
@@ -505,9 +410,8 @@ def cli_main(argv: list[str]) -> int:
     try:
         manifest = prepare(args.name, args.out, source=args.source, limit=args.limit, seed=args.seed,
                            options=parse_set_overrides(args.set))
-    except DatasetError as exc:
-        print(f"salt prepare-data: {exc}", file=sys.stderr)
-        return 2
+    except InputError as exc:  # DatasetError, a bad --set value
+        return report_input_error("salt prepare-data", exc)
     print(f"wrote {manifest['rows']} rows to {Path(args.out) / 'data.jsonl'}")
     return 0
 

@@ -28,7 +28,7 @@ from salt import config_spec as spec
 from salt.config_spec import ConfigError, fields_of, names_of, option, section
 from salt.rollout.vllm import VllmOptions
 from salt.train.config_checks import check_run_config
-from salt.utils import atomic_write_text, deep_merge, parse_set_overrides
+from salt.utils import atomic_write_text, deep_merge, load_yaml_file, parse_set_overrides
 
 
 # ------------------------------------------------------------------------------ field checks
@@ -371,15 +371,15 @@ def load_run_config(path: str | os.PathLike | None, overrides: list[str] | None 
 
     Raises :class:`ConfigError` (a ``ValueError``) naming the offending key and the fix.
     """
-    import yaml
-
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"run config '{p}' does not exist; pass an existing YAML file to --config")
-        with open(p, encoding="utf-8") as fh:
-            loaded = yaml.safe_load(fh)
+        try:
+            loaded = load_yaml_file(p)
+        except ValueError as exc:  # not UTF-8 or not YAML: FILE:LINE:COLUMN
+            raise ConfigError(f"run config {exc}") from None
         if loaded is not None and not isinstance(loaded, Mapping):
             raise ConfigError(f"run config '{p}' must hold a mapping at the top level")
         data = dict(loaded or {})

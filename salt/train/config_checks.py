@@ -10,6 +10,7 @@ and the fix.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,28 @@ from salt.config_spec import ConfigError, names_of
 
 if TYPE_CHECKING:
     from salt.train.config import AlgorithmConfig, RunConfig
+
+
+def model_path_problem(path: str, check_cache: bool = True) -> str | None:
+    """Why ``path`` cannot be loaded as a model (None: it can). A local dir needs a readable
+    ``config.json``; ``owner/name`` that is no local path is a hub id, fine unless ``check_cache``
+    and ``HF_HUB_OFFLINE`` is set and it is not in the local Hugging Face cache."""
+    from salt.tasks.sources import HUB_ID
+
+    p = Path(path).expanduser()
+    if (p / "config.json").is_file():
+        return None if os.access(p / "config.json", os.R_OK) else f"has an unreadable {p / 'config.json'}"
+    if p.exists():
+        return "is a file, not a model dir" if p.is_file() else "has no config.json"
+    if "/" not in path or path.startswith(("/", ".", "~")) or not HUB_ID.match(path):
+        return "does not exist"
+    if check_cache:
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(path, "config.json"), str):
+            return ("is a hub id missing from the local Hugging Face cache, and HF_HUB_OFFLINE is set "
+                    f"(download it first: huggingface-cli download {path})")
+    return None
 
 
 def _check_library_values(a: "AlgorithmConfig") -> None:
@@ -126,12 +149,12 @@ def check_run_config(cfg: "RunConfig", check_paths: bool, check_devices: bool = 
                 "rollout.backend: hf (or run on a GPU node)"
             )
     if check_paths:
-        mp = Path(cfg.model.path)
-        if not (mp / "config.json").is_file():
-            what = "does not exist" if not mp.exists() else "has no config.json"
+        what = model_path_problem(cfg.model.path)
+        if what:
             raise ConfigError(
-                f"model.path = '{mp}' {what}; build the model first (`salt sft --out DIR`, or the "
-                "workflow's warmup_sft rule) and point model.path at DIR/final, or at another Hugging Face model dir"
+                f"model.path = '{cfg.model.path}' {what}; build the model first (`salt sft --out DIR`, or the "
+                "workflow's warmup_sft rule) and point model.path at DIR/final, or at another Hugging Face model "
+                "dir or hub id"
             )
         toy = [f"toy:{split}" for split in names_of("salt.tasks.toy:SPLITS")()]
         for key, value in (("data.train", cfg.data.train), ("data.eval", cfg.data.eval)):

@@ -39,7 +39,8 @@ from salt.tasks.prompts import build_prompt
 from salt.tasks.toy import generate_problems
 from salt.train.batch import RolloutBatch, to_tensors
 from salt.train.forward import policy_forward
-from salt.utils import atomic_write_text, read_jsonl, seed_everything
+from salt.tasks.rows import read_rows
+from salt.utils import atomic_write_text, seed_everything
 
 
 def _offdiag(C: torch.Tensor) -> torch.Tensor:
@@ -116,7 +117,7 @@ def validate_proxy(model_dir: str, data: str, out_dir: str, n_prompts: int = 8, 
     if data.startswith("toy:"):
         rows = generate_problems(n_prompts, data.split(":", 1)[1], seed=seed)
     else:
-        rows = read_jsonl(data)
+        rows = read_rows(data, what="--data")  # every row validated (salt.tasks.rows): FILE:LINE errors
     if len(rows) < n_prompts:
         raise ValueError(f"--data {data} has {len(rows)} rows, fewer than --n-prompts {n_prompts}")
     rows = rows[:n_prompts]

@@ -20,29 +20,24 @@ from salt.algo.allocation import SuccessPredictor, allocate_rollouts, embed_prom
 from salt.algo.dapo import dynamic_sampling_keep, overlong_penalty
 from salt.tasks import rewards
 from salt.tasks.prompts import build_prompt
+from salt.tasks.rows import read_rows
 from salt.tasks.toy import generate_problems
 from salt.train.batch import RolloutBatch
 from salt.train.collectives import all_gather_objects, sum_over_ranks
 from salt.train.config import RunConfig
 from salt.train.stepping import Timer, step_seed
-from salt.utils import read_jsonl
 
 
-def load_rows(spec: str, cfg: RunConfig, n_toy: int | None = None) -> list[dict]:
-    """Rows from a JSONL path or ``toy:<split>`` (``n_toy`` rows, default ``data.toy_rows``, of
-    ``data.toy_levels``, generated in-process with data seed ``cfg.seed``; the held-out ``toy:test``
-    split uses data seed 0 so that every run is scored on the same problems)."""
+def load_rows(spec: str, cfg: RunConfig, n_toy: int | None = None, key: str = "data.train") -> list[dict]:
+    """Rows from a JSONL path (every row validated by :func:`salt.tasks.rows.read_rows`: the first
+    bad one raises ``DatasetError`` naming ``FILE:LINE``) or ``toy:<split>`` (``n_toy`` rows, default
+    ``data.toy_rows``, of ``data.toy_levels``, generated in-process with data seed ``cfg.seed``; the
+    held-out ``toy:test`` split uses data seed 0 so that every run is scored on the same problems)."""
     if spec.startswith("toy:"):
         split = spec.split(":", 1)[1]
         return generate_problems(n_toy or cfg.data.toy_rows, split, seed=0 if split == "test" else cfg.seed,
                                  levels=tuple(cfg.data.toy_levels))
-    rows = read_jsonl(spec)
-    if not rows:
-        raise ValueError(f"{spec} holds no rows; regenerate it with `salt prepare-data`")
-    for i, row in enumerate(rows):
-        if "prompt" not in row or "task" not in row:
-            raise ValueError(f"{spec} row {row.get('id', i)!r} lacks 'prompt' or 'task' (schema in ARCHITECTURE.md)")
-    return rows
+    return read_rows(spec, what=key)
 
 
 class PromptSampler:

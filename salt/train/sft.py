@@ -38,7 +38,7 @@ from salt.tasks.prompts import build_prompt
 from salt.tasks.toy import DEFAULT_MIXTURE, check_mixture, demonstrations, format_target, generate_problems, toy_reward
 from salt.train.config import TrackingConfig
 from salt.train.toy_model import build_toy_model, train_toy_tokenizer
-from salt.utils import atomic_write_text, deep_merge, parse_set_overrides, seed_everything
+from salt.utils import InputError, atomic_write_text, deep_merge, load_yaml_file, parse_set_overrides, seed_everything
 
 
 @dataclass
@@ -295,14 +295,12 @@ def _run_sft(cfg: Mapping[str, Any] | None, out_dir: str | Path) -> dict[str, An
 def load_config_file(path: str | Path | None) -> dict[str, Any]:
     if path is None:
         return {}
-    import yaml
-
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"sft: config file '{p}' does not exist")
-    data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        raise InputError(f"--config '{p}' does not exist; pass an existing YAML file (keys: salt sft --help-config)")
+    data = load_yaml_file(p) or {}  # not UTF-8 / not YAML: InputError naming FILE:LINE:COLUMN
     if not isinstance(data, dict):
-        raise ValueError(f"sft: config file '{p}' must hold a mapping at the top level")
+        raise InputError(f"--config '{p}' must hold a mapping at the top level")
     return data
 
 

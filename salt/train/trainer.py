@@ -56,15 +56,19 @@ from salt.train.stepping import Timer, mean_metrics, step_seed
 from salt.train.strategy import (GradientStrategy, make_accelerator, master_dtype, resolve_mixed_precision,
                                  strategy_for)
 from salt.train.update import UpdateSettings, make_optimizer, update_minibatch
-from salt.utils import append_jsonl, read_jsonl, seed_everything
+from salt.utils import InputError, append_jsonl, report_input_error, seed_everything
 
 
-def check_sandbox(cfg: RunConfig) -> dict | None:
-    """Fail closed at start-up, before any model is loaded: code rows in data.train / data.eval
-    need the code sandbox's isolation or ``sandbox.allow_unisolated: true`` (else
-    :class:`salt.tasks.sandbox.SandboxIsolationError`)."""
-    specs = [s for s in (cfg.data.train, cfg.data.eval) if s and not str(s).startswith("toy:") and Path(s).is_file()]
-    return check_code_sandbox([row for spec in specs for row in read_jsonl(spec)], cfg.sandbox.allow_unisolated)
+def check_inputs(cfg: RunConfig) -> dict | None:
+    """Fail at start-up, before any model is loaded: every row of the data.train / data.eval files
+    is read and validated (:func:`salt.train.rollouts.load_rows`; the first bad row raises
+    ``DatasetError`` naming ``FILE:LINE``), and code rows need the code sandbox's isolation or
+    ``sandbox.allow_unisolated: true`` (else :class:`salt.tasks.sandbox.SandboxIsolationError`).
+    Missing files are left to ``cfg.validate(check_paths=True)``."""
+    rows = [row for key, spec in (("data.train", cfg.data.train), ("data.eval", cfg.data.eval))
+            if spec and not str(spec).startswith("toy:") and Path(spec).is_file()
+            for row in load_rows(spec, cfg, key=key)]
+    return check_code_sandbox(rows, cfg.sandbox.allow_unisolated)
 
 
 class Trainer:
@@ -192,7 +196,7 @@ class Trainer:
         done = self.out / "DONE"
         if done.is_file():
             return json.loads(done.read_text() or "{}")
-        check_sandbox(cfg)
+        check_inputs(cfg)
         self.setup()
         if self.is_main:
             save_resolved(cfg, self.out)
@@ -286,7 +290,8 @@ class Trainer:
         else:
             self.backend = rollout.make_backend(cfg.rollout, self.model, self.tokenizer, self.accelerator)
         self.rollouts = RolloutCollector(cfg, self.backend, self.tokenizer, self.world, self.rank)
-        self.eval_rows = load_rows(cfg.data.eval, cfg, cfg.data.eval_limit)[: cfg.data.eval_limit] if cfg.data.eval else None
+        self.eval_rows = (load_rows(cfg.data.eval, cfg, cfg.data.eval_limit, key="data.eval")[: cfg.data.eval_limit]
+                          if cfg.data.eval else None)
         self.rollouts_used = 0
         self.metrics_lines = 0
 
@@ -332,7 +337,7 @@ class Trainer:
 
 def train(cfg: RunConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
     """Run (or resume, or skip when ``DIR/DONE`` exists) one training job; returns its summary."""
-    check_sandbox(cfg)  # first: a code task without isolation stops before anything else
+    check_inputs(cfg)  # first: bad rows, or a code task without isolation, stop before anything else
     cfg.validate(check_paths=True)  # model.path and the data files exist
     return Trainer(cfg, out_dir).run()
 
@@ -354,14 +359,12 @@ def cli_main(argv: list[str]) -> int:
     out = args.out or str(Path("results") / "runs" / Path(args.config).stem)
     try:
         cfg = load_run_config(args.config, args.overrides, check_paths=False)
-        check_sandbox(cfg)
+        check_inputs(cfg)
         cfg.validate(check_paths=True)
     except ConfigError as exc:
-        print(f"salt train: config error: {exc}", file=sys.stderr)
-        return 2
-    except SandboxIsolationError as exc:
-        print(f"salt train: {exc}", file=sys.stderr)
-        return 2
+        return report_input_error("salt train: config error", exc)
+    except (InputError, SandboxIsolationError) as exc:  # a bad data row (FILE:LINE), no sandbox isolation
+        return report_input_error("salt train", exc)
     summary = Trainer(cfg, out).run()
     print(json.dumps({k: summary[k] for k in ("steps", "out_dir", "wall_time_s") if k in summary}))
     return 0

@@ -69,7 +69,8 @@ def test_paper_config_plans_without_gpu(tmp_path):
     counts = job_counts(res.stdout)
     assert counts["train"] >= 40 and counts["evaluate"] > counts["train"]
     assert "warmup_sft" not in counts  # hub models: no toy warm-up
-    assert "accelerate launch --config_file config/accelerate/fsdp.yaml -m salt.cli train" in res.stdout
+    # the accelerate config is found in the repository (the working directory is elsewhere): the jobs get its path
+    assert f"accelerate launch --config_file {REPO}/config/accelerate/fsdp.yaml -m salt.cli train" in res.stdout
     assert "--backend vllm" in res.stdout and "--top-p 0.7" in res.stdout
     assert (REPO / "config" / "accelerate" / "fsdp.yaml").exists()
 

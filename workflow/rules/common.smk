@@ -36,6 +36,12 @@ def _check_config(cfg):
                          f"  {exc}") from None
     cfg.clear()
     cfg.update(resolved)
+    from salt.workflow_checks import check_paths  # every path the config names, before any job runs
+
+    try:
+        check_paths(cfg, REPO)
+    except ValueError as exc:
+        raise ValueError(f"config error: {exc}") from None
 
 
 _check_config(config)
@@ -59,15 +65,7 @@ PARENT_JSON = R("{study}/mlflow_parent.json")
 PROXY_JSON = R("proxy/{model}/proxy.json")
 STUDY_TABLE_MD = R("{study}/table.md")
 STUDY_TABLE_CSV = R("{study}/table.csv")
-FIGURE_NAMES = [
-    "fig1_gram",
-    "fig2_dynamics",
-    "fig3_ablations",
-    "fig4_residual",
-    "fig5_proxy",
-    "fig6_alpha_channels",
-    "fig7_comparison",
-]
+from salt.figures.figures import FIGURES as FIGURE_NAMES  # noqa: E402 - the one list of figures
 
 wildcard_constraints:
     study="[A-Za-z0-9][A-Za-z0-9_.-]*",
