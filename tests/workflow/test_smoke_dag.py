@@ -23,7 +23,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "config" / "smoke.yaml"
 # What the README promises (section "Quick start"): the tables, every figure (PNG and PDF), the report.
-PROMISED_TABLES = ("results.md", "results.csv", "claims.md", "claims.json", "runs.csv", "steps.csv", "evals.csv")
+PROMISED_TABLES = ("results.md", "results.csv", "claims.md", "claims.json", "runs.csv", "steps.csv", "evals.csv",
+                   "warmups.md", "warmups.csv", "replication.md", "replication.json")
 
 
 def run_snakemake(workdir: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -153,7 +154,13 @@ def test_smoke_dag_end_to_end(smoke):
 
 # The producer of each promised file and what a rerun must redo after losing it (the downstream
 # jobs rerun because their inputs are rewritten; nothing upstream of the producer runs).
-PRODUCER = {"tables": ["aggregate", "figures", "report"], "figures": ["figures", "report"], "report.html": ["report"]}
+PRODUCER = {"tables": ["aggregate", "replication", "figures", "report"], "replication": ["replication", "report"],
+            "figures": ["figures", "report"], "report.html": ["report"]}
+
+
+def producer_of(rel_to_results: Path) -> list[str]:
+    first = rel_to_results.parts[0]
+    return PRODUCER["replication" if rel_to_results.name.startswith("replication.") else first]
 
 
 @pytest.mark.slow
@@ -169,7 +176,7 @@ def test_every_promised_output_is_rebuilt(smoke, tmp_path):
             plan = planned_jobs(workdir)
         finally:
             os.replace(aside, path)  # keeps its mtime: the results are complete again
-        rules = PRODUCER[path.relative_to(results).parts[0]]
+        rules = producer_of(path.relative_to(results))
         assert sorted(plan) == sorted(rules + ["all"]), (rel, plan)
         assert plan[rules[0]] == f"Missing output files: {rel}", (rel, plan)
     # the exact case, rebuilt for real: both files come back, no training or evaluation reruns
@@ -180,7 +187,7 @@ def test_every_promised_output_is_rebuilt(smoke, tmp_path):
     res = run_snakemake(workdir)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     assert sorted(set(re.findall(r"(?m)^(?:local)?rule (\w+):", res.stdout + res.stderr))) == [
-        "aggregate", "all", "figures", "report"]
+        "aggregate", "all", "figures", "replication", "report"]
     assert {p: p.read_bytes() for p in lost} == before  # the same bytes: deterministic tables and claims
     # a lost figure PDF alone: the figures job redraws it
     pdf = results / "figures" / f"{figure_names()[2]}.pdf"
