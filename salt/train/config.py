@@ -172,6 +172,13 @@ class DynamicSamplingConfig:
         "(extra ones are discarded). Must be >= 1.",
         check=_at_least_one,
     )
+    metric: str = option(
+        "reward",
+        "What a group must vary in to be kept: acc (verl's DAPO recipe, filter_groups.metric=acc: the task "
+        "score before overlong shaping; a group of one is kept) | reward (ours: the shaped reward, so an "
+        "all-correct group with one over-long response is kept). docs/fidelity.md row 11.",
+        choices=names_of("salt.algo.dapo:FILTER_METRICS"),
+    )
 
 
 @dataclass

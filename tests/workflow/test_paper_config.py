@@ -41,8 +41,9 @@ SALT_PUBLISHED = {"enabled": True, "scope": "micro", "gram": "dense", "zero_gram
                   "k_min": 1, "k_max": 64, "alpha_min": 0.0, "alpha_max": 1.0, "relu_exploration": True,
                   "alpha_fixed": None, "subspace": "top", "channels": "both", "normalize_final": False}
 SALT_GLOBAL = {**SALT_PUBLISHED, "scope": "global", "gram": "auto", "zero_gram": "fallback"}
-DAPO_SAMPLING = {"dynamic_sampling": (True, 10, 3.0), "overlong": (True, 4096, 1.0)}
-NO_SAMPLING = {"dynamic_sampling": (False, None, None), "overlong": (False, None, None)}
+# verl DAPO recipe: filter_groups on acc (3 x 512 prompts, at most 10 rounds), overlong buffer 4096, factor 1
+DAPO_SAMPLING = {"dynamic_sampling": (True, 10, 3.0, "acc"), "overlong": (True, 4096, 1.0, None)}
+NO_SAMPLING = {"dynamic_sampling": (False, None, None, None), "overlong": (False, None, None, None)}
 VIP_PUBLISHED = {"enabled": True, "allocation": "published", "rule": "grpo", "lower": 4, "upper": 32, "gamma": None,
                  "embedding": "minilm", "prior_mean": -1.0, "acc_clip": 1e-6, "pin_observed": True, "budget": None}
 VIP_OFF = {"enabled": False}
@@ -144,11 +145,11 @@ def test_arm_matches_published_hyperparameters(resolved, method):
             **vars(SaltConfig(**a.salt.options))}
     for key, value in want["salt"].items():
         assert salt[key] == value, f"{method}: salt.{key} = {salt[key]!r}, published {value!r}"
-    for section, (enabled, first, second) in want["sampling"].items():
+    for section, (enabled, first, second, metric) in want["sampling"].items():
         sec = getattr(a, section)
         assert sec.enabled == enabled, f"{method}: {section}.enabled"
         if enabled and section == "dynamic_sampling":
-            assert (sec.max_gen_batches, sec.gen_batch_factor) == (first, second)
+            assert (sec.max_gen_batches, sec.gen_batch_factor, sec.metric) == (first, second, metric)
         if enabled and section == "overlong":
             assert (sec.buffer, sec.factor) == (first, second)
     for key, value in want["vip"].items():
