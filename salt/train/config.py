@@ -307,6 +307,23 @@ class SandboxConfig:
 
 
 @dataclass
+class RewardConfig:
+    math_fallback: bool = option(
+        False,
+        "Training reward of math rows: also pay 1 when the last number of the completion equals the last "
+        "number of the reference answer (true: the SALT authors' math_reward.py) | false (ours: math-verify "
+        "equivalence only). docs/fidelity.md row 12.",
+    )
+    code_credit: str = option(
+        "all",
+        "Training reward of code rows: all (ours: 1 only when every test passes) | fraction (the SALT "
+        "authors' mbpp.py: the fraction of tests passed, each test run on a freshly loaded program). "
+        "docs/fidelity.md row 13. Evaluation always scores a completion correct only when all tests pass.",
+        choices=names_of("salt.tasks.rewards:CODE_CREDITS"),
+    )
+
+
+@dataclass
 class RunConfig:
     seed: int = option(0, "Seed of everything (model init is the checkpoint's; sampling, data order, sketches).")
     model: ModelConfig = section(ModelConfig, "Policy model.")
@@ -314,6 +331,7 @@ class RunConfig:
     rollout: RolloutConfig = section(RolloutConfig, "Generation.")
     algorithm: AlgorithmConfig = section(AlgorithmConfig, "Advantages, losses, SALT and the method switches (PODS, F-GRPO, DAPO, VIP).")
     train: TrainConfig = section(TrainConfig, "Optimisation, checkpoints, logging.")
+    reward: RewardConfig = section(RewardConfig, "Training-reward variants (math fallback, code partial credit).")
     tracking: RunTrackingConfig = section(RunTrackingConfig, "MLflow.")
     sandbox: SandboxConfig = section(SandboxConfig, "Code sandbox policy (code tasks only).")
 

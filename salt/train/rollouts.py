@@ -131,7 +131,9 @@ class RolloutCollector:
                         recs.append(dict(j=j, prompt=prompts[k], prompt_ids=out.prompt_ids[k],
                                          ids=out.completion_ids[i], finish=out.finish_reasons[i], text=out.texts[i]))
         with timer("reward"):
-            results = rewards.score_batch([rows[r["j"]] for r in recs], [r["text"] for r in recs]) if recs else []
+            rw = cfg.reward
+            results = rewards.score_batch([rows[r["j"]] for r in recs], [r["text"] for r in recs],
+                                          math_fallback=rw.math_fallback, code_credit=rw.code_credit) if recs else []
             for r, res in zip(recs, results):
                 r["score"] = float(res.reward)
         if self.world > 1:

@@ -25,6 +25,8 @@ RECIPE = {
     "train.lr": 1e-6, "train.warmup_steps": 10, "train.weight_decay": 0.1, "train.max_grad_norm": 1.0,
     "train.ppo_epochs": 1,
 }
+# The SALT authors' code, shared by every arm: their rewards (math_reward.py, mbpp.py)
+EXACT = {"reward.math_fallback": True, "reward.code_credit": "fraction"}
 LOSS = {  # resolved LossConfig fields
     "dapo": {"name": "dapo", "clip_eps_low": 0.2, "clip_eps_high": 0.28, "dual_clip_c": 10.0,
              "agg_mode": "token-mean", "beta": 0.0, "entropy_coef": 0.0},
@@ -137,6 +139,8 @@ def test_arm_matches_published_hyperparameters(resolved, method):
         if key == "rollout.group_size":
             value = G
         assert get(cfg, key) == pytest.approx(value), f"{method}: {key}"
+    for key, value in EXACT.items():
+        assert get(cfg, key) == value, f"{method}: {key} = {get(cfg, key)!r}, published {value!r}"
     loss = LossConfig(**a.loss)
     for key, value in want["loss"].items():
         assert getattr(loss, key) == (pytest.approx(value) if isinstance(value, float) else value), f"{method}: loss.{key}"
