@@ -288,6 +288,14 @@ def _logit(x: torch.Tensor) -> torch.Tensor:
     return torch.log(x) - torch.log1p(-x)
 
 
+def _same_points(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(N, M) bool: which rows of ``x`` (N, D) equal which rows of ``y`` (M, D) (distance <= 1e-9).
+
+    Direct differences: torch.cdist's matrix-product path (taken beyond 25 rows) leaves ~1e-8 of
+    round-off on identical points, which missed pinned prompts in batches of 512 (docs/fidelity.md row 14)."""
+    return torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist") <= 1e-9
+
+
 class SuccessPredictor:
     """Gaussian process on logit(p) over prompt embeddings, updated step by step.
 
@@ -298,9 +306,11 @@ class SuccessPredictor:
 
     The mean is stored as m(x) = prior_mean + k(x, Z) w over support points Z (distinct prompt
     embeddings seen so far; a repeated embedding adds to its existing weight, which is exact).
-    While Z holds at most ``max_history`` points the recursion above is exact. Beyond that, the
-    oldest points are dropped and w is refitted so that m still interpolates its current values
-    at the kept points (jitter-regularised), and m reverts to ``prior_mean`` far from them.
+    With ``max_history=None`` (published: the VIP code keeps its mean vector over the whole prompt
+    pool) every observed prompt stays a support point and the recursion is exact for the whole run.
+    With a number, once Z holds more points the oldest are dropped and w is refitted so that m still
+    interpolates its current values at the kept points (jitter-regularised), and m reverts to
+    ``prior_mean`` far from them: an approximation of the published predictor (docs/fidelity.md row 14).
 
     ``pin_observed`` (published): after each update the mean at every observed prompt is set to
     its observed logit exactly (the published GP overwrites those entries of its mean vector), and
@@ -312,7 +322,8 @@ class SuccessPredictor:
         prior_mean: initial prior mean of logit(p) (published: -1).
         jitter: added to the kernel diagonal (1e-4).
         signal_var: kernel amplitude (1.0).
-        max_history: support points kept (the most recently observed distinct prompts).
+        max_history: support points kept (the most recently observed distinct prompts); None keeps
+            every observed prompt (published).
         acc_clip: accuracies are clipped to [acc_clip, 1 - acc_clip] before the logit (published: 1e-6).
         pin_observed: set the mean at observed prompts to their observation (published: True).
     """
@@ -323,7 +334,7 @@ class SuccessPredictor:
         prior_mean: float = -1.0,
         jitter: float = 1e-4,
         signal_var: float = 1.0,
-        max_history: int = 1024,
+        max_history: int | None = None,
         acc_clip: float = PUBLISHED_P_CLIP,
         pin_observed: bool = True,
     ) -> None:
@@ -333,15 +344,15 @@ class SuccessPredictor:
             raise ValueError(f"algorithm.vip.jitter must be > 0, got {jitter}")
         if not signal_var > 0:
             raise ValueError(f"algorithm.vip.signal_var must be > 0, got {signal_var}")
-        if not (isinstance(max_history, int) and max_history >= 1):
-            raise ValueError(f"algorithm.vip.max_history must be a positive integer, got {max_history!r}")
+        if max_history is not None and not (isinstance(max_history, int) and max_history >= 1):
+            raise ValueError(f"algorithm.vip.history must be 0 (unbounded) or a positive integer, got {max_history!r}")
         if not 0 < acc_clip < 0.5:
             raise ValueError(f"algorithm.vip.acc_clip must be in (0, 0.5), got {acc_clip}")
         self.length_scale = float(length_scale)
         self.prior_mean = float(prior_mean)
         self.jitter = float(jitter)
         self.signal_var = float(signal_var)
-        self.max_history = int(max_history)
+        self.max_history = None if max_history is None else int(max_history)
         self.acc_clip = float(acc_clip)
         self.pin_observed = bool(pin_observed)
         self.support = torch.zeros(0, 0, dtype=torch.float64)  # (S, D), oldest first
@@ -385,7 +396,7 @@ class SuccessPredictor:
         """(P, Q) bool: which pinned embedding each row of ``e`` is (exact match)."""
         if self.pins.shape[0] == 0:
             return torch.zeros(e.shape[0], 0, dtype=torch.bool)
-        return torch.cdist(e, self.pins) <= 1e-9
+        return _same_points(e, self.pins)
 
     def _offset(self, e: torch.Tensor) -> torch.Tensor:
         match = self._pin_match(e)
@@ -426,13 +437,13 @@ class SuccessPredictor:
             support = torch.zeros(0, e.shape[1], dtype=torch.float64)
         for row, a in zip(e, alpha):
             if support.shape[0]:
-                same = torch.cdist(support, row[None]).flatten() <= 1e-9  # (S,)
+                same = _same_points(support, row[None]).flatten()  # (S,)
             else:
                 same = torch.zeros(0, dtype=torch.bool)
             total = a + weights[same].sum()
             support = torch.cat([support[~same], row[None]])
             weights = torch.cat([weights[~same], total.reshape(1)])
-        if support.shape[0] > self.max_history:
+        if self.max_history is not None and support.shape[0] > self.max_history:
             kept = support[-self.max_history :]
             target = self._mean(kept, support, weights)  # the exact new mean at the kept points
             support, weights = kept, self._solve(kept, target - self.prior_mean)

@@ -218,7 +218,12 @@ class VipConfig:
     acc_clip: float = option(
         1e-6, "Accuracies are clipped to [acc_clip, 1 - acc_clip] before the logit (published: 1e-6).")
     pin_observed: bool = option(True, "Set the GP mean at observed prompts to their observed logit (published: true).")
-    history: int = option(256, "The GP is fitted on at most this many recent observations.")
+    history: int = option(
+        0,
+        "Prompts the GP's mean keeps as support points: 0 = every observed prompt (published: the VIP code "
+        "updates a mean vector over the whole prompt pool; exact) | N = the N most recently observed "
+        "(ours, bounded memory; older kernel terms are refitted away, which moves predictions once more "
+        "than N distinct prompts were seen). docs/fidelity.md row 14.", ge=0)
 
 
 @dataclass

@@ -96,7 +96,7 @@ class RolloutCollector:
         self.predictor = None
         v = cfg.algorithm.vip
         if v.enabled:
-            self.predictor = SuccessPredictor(max_history=v.history, prior_mean=v.prior_mean, acc_clip=v.acc_clip,
+            self.predictor = SuccessPredictor(max_history=v.history or None, prior_mean=v.prior_mean, acc_clip=v.acc_clip,
                                               pin_observed=v.pin_observed)
 
     def allocate(self, rows: list[dict]) -> list[int]:

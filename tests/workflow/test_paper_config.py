@@ -47,7 +47,8 @@ SALT_GLOBAL = {**SALT_PUBLISHED, "scope": "global", "gram": "auto", "zero_gram":
 DAPO_SAMPLING = {"dynamic_sampling": (True, 10, 3.0, "acc"), "overlong": (True, 4096, 1.0, None)}
 NO_SAMPLING = {"dynamic_sampling": (False, None, None, None), "overlong": (False, None, None, None)}
 VIP_PUBLISHED = {"enabled": True, "allocation": "published", "rule": "grpo", "lower": 4, "upper": 32, "gamma": None,
-                 "embedding": "minilm", "prior_mean": -1.0, "acc_clip": 1e-6, "pin_observed": True, "budget": None}
+                 "embedding": "minilm", "prior_mean": -1.0, "acc_clip": 1e-6, "pin_observed": True, "budget": None,
+                 "history": 0}  # 0: the GP mean keeps every observed prompt, as the published GP
 VIP_OFF = {"enabled": False}
 SEL_OFF = {"rule": "none"}
 
