@@ -134,8 +134,9 @@ class SaltTrainConfig:
     options: dict = option(
         {},
         "Any other SaltConfig field (rho, k_min, k_max, alpha_min, alpha_max, alpha_fixed, "
-        "relu_exploration, k_fixed, subspace, channels, normalize_final ...), written flat "
-        "in the YAML next to the keys above.",
+        "relu_exploration, k_fixed, subspace, channels, normalize_final, zero_gram: fallback | published, "
+        "eigensolver: eigh | published (LOBPCG from a seeded start when B >= 3k) ...), written flat "
+        "in the YAML next to the keys above (docs/fidelity.md rows 10, 16).",
     )
 
 

@@ -23,7 +23,7 @@ from salt.train.collectives import max_over_ranks, rank_slice, sum_over_ranks, w
 from salt.train.config import RunConfig
 from salt.train.forward import ForwardOut, micro_slices, policy_forward
 from salt.train.gram import gram_record, lm_gram, salt_coefficients, with_err_bound
-from salt.train.stepping import Timer, mean_metrics
+from salt.train.stepping import Timer, mean_metrics, step_seed
 from salt.train.strategy import GradientStrategy, Single
 
 
@@ -146,8 +146,10 @@ def _salt(p: _Passes, hidden: torch.Tensor, logits: torch.Tensor, tokens: torch.
     (``positions``: the rows of the mini-batch it covers)."""
     with p.timer("gram"):
         K = lm_gram(hidden, logits, tokens, mask, p.settings, seed, gather=gather, info=(ginfo := {}))
+    # scope micro: each micro-batch's own draw for the random subspace / the published LOBPCG start
+    salt_seed = seed if gather else step_seed(seed, int(positions[0]), "salt-micro")
     with p.timer("decompose"):
-        coef, gm = salt_coefficients(K, rows.advantages.to(K.device), rows.group_ids.to(K.device), p.settings, seed)
+        coef, gm = salt_coefficients(K, rows.advantages.to(K.device), rows.group_ids.to(K.device), p.settings, salt_seed)
     geo.append(with_err_bound(gm, ginfo))
     if coef_out is not None:
         coef_out.append(coef.detach().cpu())

@@ -39,10 +39,11 @@ LOSS = {  # resolved LossConfig fields
              "agg_mode": "seq-mean-token-mean", "beta": 0.0},
 }
 SALT_OFF = {"enabled": False}
-SALT_PUBLISHED = {"enabled": True, "scope": "micro", "gram": "dense", "zero_gram": "published", "rho": 1.0,
+SALT_PUBLISHED = {"enabled": True, "scope": "micro", "gram": "dense", "zero_gram": "published", "eigensolver": "published",
+                  "rho": 1.0,
                   "k_min": 1, "k_max": 64, "alpha_min": 0.0, "alpha_max": 1.0, "relu_exploration": True,
                   "alpha_fixed": None, "subspace": "top", "channels": "both", "normalize_final": False}
-SALT_GLOBAL = {**SALT_PUBLISHED, "scope": "global", "gram": "auto", "zero_gram": "fallback"}
+SALT_GLOBAL = {**SALT_PUBLISHED, "scope": "global", "gram": "auto", "zero_gram": "fallback", "eigensolver": "eigh"}
 # verl DAPO recipe: filter_groups on acc (3 x 512 prompts, at most 10 rounds), overlong buffer 4096, factor 1
 DAPO_SAMPLING = {"dynamic_sampling": (True, 10, 3.0, "acc"), "overlong": (True, 4096, 1.0, None)}
 NO_SAMPLING = {"dynamic_sampling": (False, None, None, None), "overlong": (False, None, None, None)}
