@@ -256,6 +256,14 @@ class TrainConfig:
         None, "Prompts per optimizer step (must divide prompts_per_step); None = the whole batch."
     )
     micro_batch_size: int = option(64, "Rollouts per forward pass (gradient accumulation inside a mini-batch).", gt=0)
+    micro_batch_weight: str = option(
+        "tokens",
+        "With a token-mean loss, how micro-batches add up: tokens (ours: one token-mean over the whole "
+        "mini-batch, independent of the micro-batch size) | sequences (the SALT authors' verl actor: each "
+        "micro-batch's own token-mean, weighted by its share of the mini-batch's sequences). Per-sequence "
+        "agg modes are equal under both. docs/fidelity.md row 15.",
+        choices=names_of("salt.train.update:MICRO_BATCH_WEIGHTS"),
+    )
     lr: float = option(1.0e-5, "AdamW learning rate.", gt=0)
     weight_decay: float = option(0.0, "AdamW weight decay.", ge=0)
     betas: list = option([0.9, 0.999], "AdamW betas.")

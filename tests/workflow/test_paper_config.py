@@ -25,8 +25,10 @@ RECIPE = {
     "train.lr": 1e-6, "train.warmup_steps": 10, "train.weight_decay": 0.1, "train.max_grad_norm": 1.0,
     "train.ppo_epochs": 1,
 }
-# The SALT authors' code, shared by every arm: their rewards (math_reward.py, mbpp.py)
-EXACT = {"reward.math_fallback": True, "reward.code_credit": "fraction"}
+# The SALT authors' code, shared by every arm: their rewards (math_reward.py, mbpp.py) and their actor's
+# micro-batch loss weights (dp_actor.py); every key the fidelity switches of docs/fidelity.md rows 11-16 touch
+# is checked here or in PUBLISHED below
+EXACT = {"reward.math_fallback": True, "reward.code_credit": "fraction", "train.micro_batch_weight": "sequences"}
 LOSS = {  # resolved LossConfig fields
     "dapo": {"name": "dapo", "clip_eps_low": 0.2, "clip_eps_high": 0.28, "dual_clip_c": 10.0,
              "agg_mode": "token-mean", "beta": 0.0, "entropy_coef": 0.0},
