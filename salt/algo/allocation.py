@@ -291,9 +291,24 @@ def _logit(x: torch.Tensor) -> torch.Tensor:
 def _same_points(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(N, M) bool: which rows of ``x`` (N, D) equal which rows of ``y`` (M, D) (distance <= 1e-9).
 
-    Direct differences: torch.cdist's matrix-product path (taken beyond 25 rows) leaves ~1e-8 of
-    round-off on identical points, which missed pinned prompts in batches of 512 (docs/fidelity.md row 14)."""
-    return torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist") <= 1e-9
+    torch.cdist's matrix-product path (taken beyond 25 rows) leaves ~1e-8 |x| of round-off on identical
+    points, which missed pinned prompts in batches of 512 (docs/fidelity.md row 14): it only proposes
+    candidates (distance <= 1e-3), whose distance is then taken from direct differences."""
+    out = torch.zeros(x.shape[0], y.shape[0], dtype=torch.bool)
+    if x.shape[0] == 0 or y.shape[0] == 0:
+        return out
+    i, j = (torch.cdist(x, y) <= 1e-3).nonzero(as_tuple=True)
+    if i.numel():
+        out[i, j] = torch.linalg.vector_norm(x[i] - y[j], dim=1) <= 1e-9
+    return out
+
+
+def _last_occurrences(e: torch.Tensor) -> tuple[list[int], dict[int, list[int]]]:
+    """Rows of ``e`` (P, D) that are the last occurrence of their point, in order, and for each the
+    indices of all its occurrences (ascending)."""
+    same = _same_points(e, e)  # (P, P)
+    last = [i for i in range(e.shape[0]) if not bool(same[i, i + 1:].any())]
+    return last, {i: torch.nonzero(same[i]).flatten().tolist() for i in last}
 
 
 class SuccessPredictor:
@@ -431,30 +446,33 @@ class SuccessPredictor:
         alpha = self._solve(e, y - self.predict_logit(e))  # (P,) GP fit, prior = current mean
 
         # Merge the batch into the support: identical embeddings share one point whose weight is
-        # the sum (exact, since they have identical kernel rows). Touched points move to the end.
+        # the sum (exact, since they have identical kernel rows). Touched points move to the end, in
+        # the order of their last occurrence in the batch; sums are taken in batch order.
         support, weights = self.support, self.weights
         if support.shape[0] == 0:
             support = torch.zeros(0, e.shape[1], dtype=torch.float64)
-        for row, a in zip(e, alpha):
-            if support.shape[0]:
-                same = _same_points(support, row[None]).flatten()  # (S,)
-            else:
-                same = torch.zeros(0, dtype=torch.bool)
-            total = a + weights[same].sum()
-            support = torch.cat([support[~same], row[None]])
-            weights = torch.cat([weights[~same], total.reshape(1)])
+        last, members = _last_occurrences(e)
+        old_match = _same_points(e, support)  # (P, S)
+        totals = []
+        for i in last:
+            total = weights[old_match[i]].sum()
+            for m in members[i]:
+                total = alpha[m] + total
+            totals.append(total.reshape(1))
+        untouched = ~old_match.any(dim=0)  # (S,)
+        support = torch.cat([support[untouched], e[last]])
+        weights = torch.cat([weights[untouched], *totals])
         if self.max_history is not None and support.shape[0] > self.max_history:
             kept = support[-self.max_history :]
             target = self._mean(kept, support, weights)  # the exact new mean at the kept points
             support, weights = kept, self._solve(kept, target - self.prior_mean)
         self.support, self.weights = support, weights
         if self.pin_observed:  # the mean at each observed prompt becomes its observation exactly
-            kernel_mean = self._mean(e, support, weights)  # (P,)
-            for row, value in zip(e, y - kernel_mean):  # a repeated prompt: the last observation wins
-                keep = ~self._pin_match(row[None])[0]  # (Q,)
-                pins = self.pins[keep] if self.pins.shape[0] else torch.zeros(0, e.shape[1], dtype=torch.float64)
-                self.pins = torch.cat([pins, row[None]])
-                self.offsets = torch.cat([self.offsets[keep], value.reshape(1)])
+            values = y - self._mean(e, support, weights)  # (P,); a repeated prompt: the last observation wins
+            pins = self.pins if self.pins.shape[0] else torch.zeros(0, e.shape[1], dtype=torch.float64)
+            keep = ~_same_points(e, pins).any(dim=0)  # (Q,)
+            self.pins = torch.cat([pins[keep], e[last]])
+            self.offsets = torch.cat([self.offsets[keep], values[last]])
         self.num_updates += 1
 
     def config(self) -> dict[str, Any]:
