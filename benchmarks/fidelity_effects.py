@@ -5,7 +5,8 @@
 Each row runs our code twice, once with the published setting and once with the other one, on the
 same inputs, and prints one markdown table row. Inputs are synthetic but shaped like the real case:
 LM-head features come from a random LM head applied to prompt-clustered hidden states, with tokens
-sampled from the model's own softmax and binary rewards. CPU, about a minute with one thread.
+sampled from the model's own softmax and binary rewards. CPU, about a minute with one thread (rows 12-13 need
+math-verify and the code sandbox; row 8 the MiniLM package).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from salt.algo.allocation import (
     published_allocation,
     published_objective,
 )
+from salt.algo.dapo import informative_groups, overlong_penalty
 from salt.algo.decomposition import SaltConfig, decompose
 from salt.algo.geometry import lm_head_gram
 from salt.algo.losses import LossConfig, compute_policy_loss
@@ -173,9 +175,122 @@ def pods_and_zero(seed: int) -> None:
         f"{100 * differ / total:.0f}% of groups pick a different subset; advantages differ by up to {worst:.2f}")
     A = compute_advantages((torch.rand(64, generator=g) < 0.4).double(), torch.arange(8).repeat_interleave(8), "grpo")
     pub = decompose(torch.zeros(64, 64, dtype=torch.float64), A, SaltConfig(zero_gram="published"))
-    row(10, "SALT on a zero Gram: published (k = 1, alpha = 1) vs fallback (A unchanged)",
-        f"{100 * float((pub.advantages != A).double().mean()):.0f}% of rollouts change (every negative "
-        f"advantage set to 0); fallback sets salt/fallback = 1")
+    pub = decompose(torch.zeros(64, 64, dtype=torch.float64), A,
+                    SaltConfig(zero_gram="published", eigensolver="published", seed=seed))
+    row(10, "SALT on a zero Gram: published (k = 1, alpha = 1, v the seeded LOBPCG start) vs fallback (A unchanged)",
+        f"{100 * float(((pub.advantages - A).abs() > 1e-9).double().mean()):.0f}% of rollouts change, by up to "
+        f"{float((pub.advantages - A).abs().max()):.2f}; A_final = relu(A) + v v^T min(A, 0); fallback sets salt/fallback = 1")
+
+
+def dapo_filter(seed: int) -> None:
+    """Groups of 16 with binary rewards and lognormal lengths capped at 8192 (buffer 4096)."""
+    g = torch.Generator().manual_seed(seed)
+    P, G = 512, 16
+    gids = torch.arange(P).repeat_interleave(G)
+    p = torch.rand(P, generator=g, dtype=torch.float64).pow(2).repeat_interleave(G)  # many hard prompts
+    scores = (torch.rand(P * G, generator=g, dtype=torch.float64) < p).float()
+    lengths = torch.exp(7.3 + 0.6 * torch.randn(P * G, generator=g)).clamp(max=8192).long()
+    rewards = scores + overlong_penalty(lengths, 8192, 4096, 1.0)
+    acc = informative_groups(scores, rewards, gids, "acc")
+    ours = informative_groups(scores, rewards, gids, "reward")
+    extra = len(set(gids[ours & ~acc].tolist()))
+    row(11, "DAPO dynamic sampling: filter on accuracy (verl recipe) vs on the shaped reward, 512 groups of 16",
+        f"{extra} of 512 groups ({100 * extra / P:.0f}%) are all right or all wrong but kept by the reward filter "
+        f"(an over-long response); accuracy keeps {len(set(gids[acc].tolist()))}, reward {len(set(gids[ours].tolist()))}")
+
+
+def rewards_effect() -> None:
+    """The golden cases of tests/algo/golden/salt_rewards.json (needs math-verify and the code sandbox)."""
+    import json
+    from pathlib import Path
+
+    from salt.tasks.rewards import score_batch
+
+    data = json.loads((Path(__file__).resolve().parents[1] / "tests/algo/golden/salt_rewards.json").read_text())
+    rows = [{"id": f"m{i}", "task": "math", "prompt": "", "answer": gold} for i, (gold, _, _) in enumerate(data["math"])]
+    texts = [c for _, c, _ in data["math"]]
+    pub = [r.reward for r in score_batch(rows, texts, math_fallback=True)]
+    ours = [r.reward for r in score_batch(rows, texts)]
+    row(12, f"math reward with the numeric fallback (SALT's math_reward.py) vs without, {len(rows)} fixed completions",
+        f"{sum(a != b for a, b in zip(pub, ours))} of {len(rows)} rewards change 0 -> 1 (mean {sum(ours) / len(rows):.2f} -> "
+        f"{sum(pub) / len(rows):.2f})")
+    rows = [{"id": f"c{i}", "task": "code", "prompt": "", "tests": t, "setup": su} for i, (_, t, su, _) in enumerate(data["code"])]
+    texts = [c for c, _, _, _ in data["code"]]
+    try:
+        pub = [r.reward for r in score_batch(rows, texts, code_credit="fraction")]
+        ours = [r.reward for r in score_batch(rows, texts)]
+        measured = (f"{sum(a != b for a, b in zip(pub, ours))} of {len(rows)} rewards change (mean "
+                    f"{sum(ours) / len(rows):.2f} -> {sum(pub) / len(rows):.2f}); one sandbox per test: "
+                    f"{sum(len(t) for _, t, _, _ in data['code'])} runs instead of {len(rows)}")
+    except RuntimeError as err:  # no sandbox here
+        measured = f"n/a ({err})"
+    row(13, "MBPP reward: fraction of tests passed (SALT's mbpp.py) vs 1 only when all pass, 5 fixed programs", measured)
+
+
+def vip_history(seed: int) -> None:
+    """The 512-prompts-per-step inputs of tests/algo/golden/vip_history.py, 6 steps."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tests/algo/golden/vip_history.py"
+    spec = importlib.util.spec_from_file_location("vip_history_inputs", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    emb = torch.tensor(mod.embeddings())
+    pub, ours = SuccessPredictor(max_history=None), SuccessPredictor(max_history=256)
+    for t in range(6):
+        idx = mod.step_prompts(t)
+        acc = torch.tensor(mod.accuracies(t, idx, mod.embeddings()))
+        pub.update(emb[idx], acc)
+        ours.update(emb[idx], acc)
+    diff = (pub.predict(emb) - ours.predict(emb)).abs()
+    nxt = mod.step_prompts(6)
+    n_pub = published_allocation(pub.predict(emb[nxt]), 512 * 8, 4, 32, "grpo")
+    n_ours = published_allocation(ours.predict(emb[nxt]), 512 * 8, 4, 32, "grpo")
+    moved = float((n_pub - n_ours).abs().sum()) / 2 / (512 * 8)
+    row(14, "VIP predictor history: every observed prompt (published GP) vs the last 256, 6 steps of 512 prompts",
+        f"predictions differ by {float(diff.mean()):.2f} on average (max {float(diff.max()):.2f}) over the 1024 prompts; "
+        f"the published allocation of the next 512 prompts (budget 8 per prompt) moves {100 * moved:.0f}% of the rollouts")
+
+
+def micro_weights(seed: int) -> None:
+    """64 rollouts with lengths 12-192, micro-batches of 8: the published actor's weights vs one token-mean."""
+    from salt.train.update import loss_weight
+
+    g = torch.Generator().manual_seed(seed)
+    logp, old, adv, mask = off_policy_batch(g, B=64, T=192, sigma=0.5)
+    cfg = LossConfig.for_loss("dapo")
+    rel = {}
+    for w in ("tokens", "sequences"):
+        lp = logp.clone().requires_grad_(True)
+        total = sum(compute_policy_loss(cfg, lp[i:i + 8], old[i:i + 8], adv[i:i + 8], mask[i:i + 8])[0]
+                    * (loss_weight(mask[i:i + 8], cfg.agg_mode, w) / loss_weight(mask, cfg.agg_mode, w))
+                    for i in range(0, 64, 8))
+        rel[w] = (float(total.detach()), torch.autograd.grad(total, lp)[0])
+    (lt, gt), (ls, gs) = rel["tokens"], rel["sequences"]
+    tok = mask.sum(1).double()
+    ratio = (gs.abs().sum(1) / gt.abs().sum(1).clamp_min(1e-30))[tok > 0]
+    row(15, "token-mean over 8 micro-batches of 8 (lengths 48-192): per-micro-batch weighted by sequences vs one token-mean",
+        f"loss {ls:.4f} vs {lt:.4f}; a rollout's gradient weight changes by a factor {float(ratio.min()):.2f}-"
+        f"{float(ratio.max()):.2f} (its micro-batch's token count vs the mini-batch mean)")
+
+
+def eigensolver(seed: int) -> None:
+    """180 random SALT inputs (B in {16, 32, 64}, D in {8..64}): how often B >= 3k, and LOBPCG vs eigh."""
+    g = torch.Generator().manual_seed(seed)
+    taken, worst, total = 0, 0.0, 0
+    for B in (16, 32, 64):
+        for _ in range(60):
+            D = int(torch.randint(8, 65, (1,), generator=g))
+            F = torch.randn(B, D, generator=g) * torch.rand(1, D, generator=g) ** 2
+            K = F @ F.T / B
+            A = compute_advantages((torch.rand(B, generator=g) < 0.5).double(), torch.arange(B) // 8, "grpo")
+            pub = decompose(K, A, SaltConfig(eigensolver="published", seed=total))
+            ours = decompose(K, A, SaltConfig())
+            taken += int(pub.k < B and B >= 3 * pub.k)
+            worst, total = max(worst, float((pub.advantages - ours.advantages).abs().max())), total + 1
+    row(16, "SALT eigen-solver: LOBPCG from a seeded start when B >= 3k (published) vs float64 eigh",
+        f"LOBPCG taken in {taken} of {total} random cases; final advantages differ by up to {worst:.1e}")
 
 
 def main() -> None:
@@ -189,6 +304,11 @@ def main() -> None:
     losses(args.seed)
     vip(args.seed)
     pods_and_zero(args.seed)
+    dapo_filter(args.seed)
+    rewards_effect()
+    vip_history(args.seed)
+    micro_weights(args.seed)
+    eigensolver(args.seed)
 
 
 if __name__ == "__main__":

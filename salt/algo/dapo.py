@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import torch
 
+FILTER_METRICS = ("acc", "reward")
+"""What dynamic sampling filters on: ``acc`` (verl's DAPO recipe, ``filter_groups.metric=acc``: the task
+score before any shaping; a group of one is kept) | ``reward`` (ours: the shaped reward, score plus the
+overlong penalty; a group of one is dropped). docs/fidelity.md row 11."""
+
 
 def dynamic_sampling_keep(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
     """Which rollouts to keep: those whose group's rewards are not all equal.
@@ -35,6 +40,32 @@ def dynamic_sampling_keep(rewards: torch.Tensor, group_ids: torch.Tensor) -> tor
     lo = torch.full((n_groups,), float("inf"), dtype=r.dtype).scatter_reduce(0, inverse, r, reduce="amin")
     hi = torch.full((n_groups,), float("-inf"), dtype=r.dtype).scatter_reduce(0, inverse, r, reduce="amax")
     return (hi > lo)[inverse]
+
+
+def informative_groups(scores: torch.Tensor, rewards: torch.Tensor, group_ids: torch.Tensor,
+                       metric: str = "reward") -> torch.Tensor:
+    """Which rollouts DAPO's dynamic sampling keeps, filtering on ``metric`` (:data:`FILTER_METRICS`).
+
+    ``acc``: verl's recipe keeps a prompt whose accuracies have std > 0 or that has one rollout, so an
+    all-correct or all-wrong group is dropped even when the overlong penalty makes its rewards differ.
+    ``reward``: :func:`dynamic_sampling_keep` on the shaped rewards.
+
+    Args:
+        scores: (B,) task scores before shaping (the accuracy: 0/1, or the fraction of tests passed).
+        rewards: (B,) shaped rewards (scores + overlong penalty).
+        group_ids: (B,) integer group ids.
+    Returns:
+        (B,) bool keep mask.
+    """
+    if metric == "reward":
+        return dynamic_sampling_keep(rewards, group_ids)
+    if metric != "acc":
+        raise ValueError(f"algorithm.dynamic_sampling.metric={metric!r}: expected one of {', '.join(FILTER_METRICS)}")
+    keep = dynamic_sampling_keep(scores, group_ids)
+    if keep.numel():
+        _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
+        keep = keep | (counts[inverse] == 1)
+    return keep
 
 
 def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int, factor: float = 1.0) -> torch.Tensor:

@@ -23,11 +23,20 @@ Metric definitions where methods.md leaves a choice:
 On fallback: A_final = A, shared = A, residual = 0, alpha = 0, k = 0, main_contrib_ratio =
 shared_energy_ratio = 1, and PR / n_eff of the input when they are finite (else 0).
 
+Eigen-solver (``eigensolver``): ``eigh`` (ours, the default) takes the top-k eigenvectors from a float64
+``eigh``. ``published`` follows the published code: when k < B and B >= 3k it takes them from
+``torch.lobpcg`` on the float32 Gram, started from a (B, k) standard Gaussian drawn from a
+``torch.Generator`` seeded with ``seed`` (the published call draws the same start from torch's global
+generator: with equal seeds the two are the same numbers); otherwise ``eigh`` as ours. LOBPCG stops
+at its default tolerance, so its subspace differs from eigh's (docs/fidelity.md row 16).
+
 Zero Gram (``zero_gram``): ``fallback`` (ours, the default) returns A unchanged as above.
-``published`` reproduces the published code's outcome: PR = n_eff = 0, so k = 1 and alpha = 1;
-its rank-1 "shared" direction is an eigenvector of the zero matrix, i.e. arbitrary (a random
-LOBPCG start), so we take the limit where it carries nothing: shared = 0, residual = relu(A),
-A_final = alpha relu(A) -- negative advantages zeroed. salt/fallback is 0 in that case.
+``published`` reproduces the published code: PR = n_eff = 0, so k = k_min and alpha = 1, and its
+"shared" subspace is whatever the eigen-solver returns for the zero matrix: with ``eigensolver:
+published`` and B >= 3k the LOBPCG start itself (a uniformly random direction, seeded as above), else
+the last k standard basis vectors (eigh of the zero matrix is the identity; the published code takes
+that branch at B = 2). With k = 1 and relu on: A_final = relu(A) + v v^T min(A, 0). salt/fallback is
+0 in that case.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ from salt.metric_names import SALT_METRICS
 SUBSPACES = ("top", "random")
 CHANNELS = ("both", "shared_only", "residual_only")
 ZERO_GRAM = ("fallback", "published")
+EIGENSOLVERS = ("eigh", "published")
 
 METRIC_KEYS = SALT_METRICS  # every key of SaltResult.metrics (salt.metric_names)
 
@@ -63,7 +73,8 @@ class SaltConfig:
     channels: str = "both"  # "both" | "shared_only" | "residual_only"
     normalize_final: bool = False  # rescale A_final to the unbiased std of A
     seed: int = 0  # seeds the random subspace (torch.Generator, no global RNG)
-    zero_gram: str = "fallback"  # "fallback": A unchanged | "published": k = 1, alpha = 1, A_final = relu(A)
+    zero_gram: str = "fallback"  # "fallback": A unchanged | "published": the published code's outcome (docstring)
+    eigensolver: str = "eigh"  # "eigh" (float64) | "published": LOBPCG from a seeded start when B >= 3k
 
     def __post_init__(self) -> None:
         def bad(name: str, allowed: str) -> ValueError:
@@ -92,6 +103,8 @@ class SaltConfig:
             raise bad("channels", " or ".join(repr(s) for s in CHANNELS))
         if self.zero_gram not in ZERO_GRAM:
             raise bad("zero_gram", " or ".join(repr(s) for s in ZERO_GRAM))
+        if self.eigensolver not in EIGENSOLVERS:
+            raise bad("eigensolver", " or ".join(repr(s) for s in EIGENSOLVERS))
         if not isinstance(self.relu_exploration, bool):
             raise bad("relu_exploration", "true or false")
         if not isinstance(self.normalize_final, bool):
@@ -135,7 +148,7 @@ def decompose(gram: torch.Tensor, advantages: torch.Tensor, cfg: SaltConfig | No
     pr = participation_ratio(K)  # step 1
     k = choose_k(pr, B, cfg)  # step 2
     if cfg.subspace == "top":
-        basis = evecs[:, B - k :]  # (B, k) eigenvectors of the k largest eigenvalues
+        basis = _top_basis(K, evecs[:, B - k :], k, cfg)  # (B, k) eigenvectors of the k largest eigenvalues
     else:
         basis = _random_basis(B, k, cfg.seed).to(K.device)  # (B, k) control
     P = basis @ basis.T  # step 3: (B, B) projector
@@ -195,6 +208,31 @@ def _eigh(K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     if not (torch.isfinite(evals).all() and torch.isfinite(evecs).all()):
         return None
     return evals, evecs
+
+
+def _lobpcg_taken(B: int, k: int, cfg: SaltConfig) -> bool:
+    """The published code's branch: LOBPCG when k < B and B >= 3k."""
+    return cfg.eigensolver == "published" and k < B and B >= 3 * k
+
+
+def _top_basis(K: torch.Tensor, eigh_basis: torch.Tensor, k: int, cfg: SaltConfig) -> torch.Tensor:
+    """(B, k) basis of the shared subspace: ``eigh_basis`` (the top-k eigenvectors from eigh), or with
+    ``eigensolver: published`` and B >= 3k, LOBPCG's on the float32 Gram from a seeded Gaussian start
+    (module docstring). A LOBPCG failure falls back to eigh, as the published code does."""
+    B = K.shape[0]
+    if not _lobpcg_taken(B, k, cfg):
+        return eigh_basis
+    gen = torch.Generator(device="cpu").manual_seed(int(cfg.seed))
+    start = torch.randn(B, k, generator=gen, dtype=torch.float32)  # the draw of torch.lobpcg's X=None
+    if not bool((K != 0).any()):  # zero Gram: LOBPCG's residual is 0 from the start and it returns the start's
+        return torch.linalg.qr(start.double())[0].to(K.device)  # span (after its 1000 iterations; same projector)
+    try:
+        _, vecs = torch.lobpcg(K.detach().to("cpu", torch.float32), k=k, X=start, largest=True)
+    except RuntimeError:
+        return eigh_basis
+    if not torch.isfinite(vecs).all():
+        return eigh_basis
+    return vecs.to(K.device, torch.float64)
 
 
 def _clamp(x: float, lo: float, hi: float) -> float:
@@ -265,21 +303,27 @@ def _metrics(K, A, P, evals, k, pr, n_eff, alpha, shared, residual, final) -> di
 
 
 def _published_zero_gram(K: torch.Tensor, A: torch.Tensor, advantages: torch.Tensor, cfg: SaltConfig) -> SaltResult:
-    """The published outcome on a zero Gram (module docstring): k = 1, alpha = clamp(1), shared = 0."""
+    """The published outcome on a zero Gram (module docstring): k = k_min, alpha = clamp(1), and the
+    subspace the eigen-solver returns for the zero matrix."""
+    B = A.numel()
+    k = choose_k(0.0, B, cfg)
+    basis = _top_basis(K, torch.eye(B, dtype=torch.float64, device=K.device)[:, B - k:], k, cfg)
+    P = basis @ basis.T
     alpha = float(cfg.alpha_fixed) if cfg.alpha_fixed is not None else _clamp(1.0, cfg.alpha_min, cfg.alpha_max)
-    shared = torch.zeros_like(A)
-    residual = A.clamp_min(0.0) if cfg.relu_exploration else A.clone()
+    explore = A.clamp_min(0.0) if cfg.relu_exploration else A
+    shared, residual = P @ A, explore - P @ explore
     final = _combine(shared, residual, alpha, cfg.channels)
     if cfg.normalize_final:
         final = _match_std(final, A)
+    sh2, res2 = float(shared @ shared), float(residual @ residual)
     metrics = {key: 0.0 for key in METRIC_KEYS}
     metrics.update({
-        "salt/alpha": alpha, "salt/k": 1.0, "salt/main_contrib_ratio": 0.0 if bool(residual.any()) else 1.0,
+        "salt/alpha": alpha, "salt/k": float(k), "salt/main_contrib_ratio": _ratio(sh2, sh2 + alpha**2 * res2, 1.0),
         "salt/positive_adv_ratio": float((A > 0).double().mean()), "salt/residual_energy_ratio": 1.0,
     })
     metrics["salt/exp_contrib_ratio"] = 1.0 - metrics["salt/main_contrib_ratio"]
     dt = advantages.dtype if advantages.is_floating_point() else torch.float32
-    return SaltResult(advantages=final.to(dt), shared=shared.to(dt), residual=residual.to(dt), alpha=alpha, k=1,
+    return SaltResult(advantages=final.to(dt), shared=shared.to(dt), residual=residual.to(dt), alpha=alpha, k=k,
                       participation_ratio=0.0, n_eff=0.0, metrics=metrics, fallback=False)
 
 

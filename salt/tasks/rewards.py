@@ -11,6 +11,13 @@
 * ``code`` -> the program extracted from the completion's fenced code block, run against
   ``row["tests"]`` in :func:`salt.tasks.sandbox.run_tests_many`.
 
+Two switches reproduce the SALT authors' training rewards (docs/fidelity.md rows 12, 13; run config
+``reward.math_fallback`` and ``reward.code_credit``): ``math_fallback=True`` also pays 1 when the last
+number of the completion equals the last number of the reference answer (compared as written, thousands
+commas removed); ``code_credit="fraction"`` pays the fraction of ``row["tests"]`` passed, each test run in
+its own sandbox with the program freshly loaded (as the published reward runs each test in a fresh
+namespace), instead of 1 only when all pass (``"all"``, the default). Evaluation keeps the defaults.
+
 Code extraction rule (:func:`extract_code`): the last ```` ```python ```` (or ``py``/``python3``)
 block that defines ``row["entry_point"]`` when one is given, else the last such block, else the
 last bare ```` ``` ```` block; an unclosed final fence (truncated completion) runs to the end of
@@ -32,6 +39,9 @@ class RewardResult:
     extracted: str | None
     info: dict = field(default_factory=dict)
 
+
+CODE_CREDITS = ("all", "fraction")
+"""``all``: 1 when every test passes (ours) | ``fraction``: the fraction of tests passed (SALT's MBPP reward)."""
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _PY_LANGS = {"python", "py", "python3", "py3"}
@@ -89,6 +99,8 @@ def score_batch(
     timeout_s: float = 5.0,
     code_timeout_s: float = 10.0,
     code_memory_mb: int = 512,
+    math_fallback: bool = False,
+    code_credit: str = "all",
 ) -> list[RewardResult]:
     """Score ``completions[i]`` against ``rows[i]``; returns ``len(rows)`` results in order.
 
@@ -99,6 +111,8 @@ def score_batch(
         timeout_s: wall-clock deadline per math comparison.
         code_timeout_s: wall-clock deadline per program (all its tests together).
         code_memory_mb: address-space limit of each program.
+        math_fallback: also pay 1 when the last numbers of completion and answer are equal (module docstring).
+        code_credit: ``all`` or ``fraction`` (:data:`CODE_CREDITS`, module docstring).
     Raises:
         salt.tasks.sandbox.SandboxIsolationError: code rows, and the sandbox may not run programs
             here (no bubblewrap and no opt-in); jobs check this at start-up with
@@ -106,6 +120,8 @@ def score_batch(
     """
     if len(rows) != len(completions):
         raise ValueError(f"score_batch: {len(rows)} rows but {len(completions)} completions")
+    if code_credit not in CODE_CREDITS:
+        raise ValueError(f"reward.code_credit={code_credit!r}: expected one of {', '.join(CODE_CREDITS)}")
     results: list[RewardResult | None] = [None] * len(rows)
     math_idx: list[int] = []
     code_idx: list[int] = []
@@ -147,24 +163,40 @@ def score_batch(
                 f"row {row.get('id')!r}: unknown task {task!r}; expected one of toy, math, mcq, code"
             )
     if math_idx:
-        from salt.tasks.verify import get_pool
+        from salt.tasks.verify import get_pool, last_number
 
         pairs = [(str(rows[i]["answer"]), completions[i] or "") for i in math_idx]
         for i, res in zip(math_idx, get_pool(workers).compare_many(pairs, timeout_s=timeout_s)):
-            results[i] = RewardResult(
-                float(res.equal), res.extracted, {"task": "math", "status": res.status,
-                                                  "duration_s": round(res.duration_s, 4)}
-            )
+            info = {"task": "math", "status": res.status, "duration_s": round(res.duration_s, 4)}
+            equal, extracted = bool(res.equal), res.extracted
+            if math_fallback and not equal:
+                gold_num, pred_num = last_number(str(rows[i]["answer"])), last_number(completions[i] or "")
+                if gold_num is not None and gold_num == pred_num:
+                    equal, extracted, info["status"] = True, pred_num, "numeric_fallback"
+            results[i] = RewardResult(float(equal), extracted, info)
     if code_idx:
         from salt.tasks.sandbox import run_tests_many
 
-        for i, job, res in zip(code_idx, code_jobs, run_tests_many(code_jobs, max_workers=workers)):
-            results[i] = RewardResult(
-                float(res.passed),
-                job["program"],
-                {"task": "code", "status": res.status, "duration_s": round(res.duration_s, 4),
-                 "stderr_tail": res.stderr[-500:]},
-            )
+        if code_credit == "fraction":  # one sandbox per test: the program is loaded afresh for each
+            runs = run_tests_many([{**job, "tests": [t]} for job in code_jobs for t in job["tests"]], max_workers=workers)
+            at = 0
+            for i, job in zip(code_idx, code_jobs):
+                mine, at = runs[at: at + len(job["tests"])], at + len(job["tests"])
+                passed = sum(r.passed for r in mine)
+                results[i] = RewardResult(
+                    passed / len(mine), job["program"],
+                    {"task": "code", "status": "passed" if passed == len(mine) else f"passed {passed}/{len(mine)}",
+                     "duration_s": round(sum(r.duration_s for r in mine), 4),
+                     "stderr_tail": next((r.stderr[-500:] for r in mine if not r.passed), "")},
+                )
+        else:
+            for i, job, res in zip(code_idx, code_jobs, run_tests_many(code_jobs, max_workers=workers)):
+                results[i] = RewardResult(
+                    float(res.passed),
+                    job["program"],
+                    {"task": "code", "status": res.status, "duration_s": round(res.duration_s, 4),
+                     "stderr_tail": res.stderr[-500:]},
+                )
     return results  # type: ignore[return-value]
 
 
@@ -183,4 +215,4 @@ def check_code_sandbox(rows: Sequence[Mapping[str, Any]], allow_unisolated: bool
     return require_isolation(allow_unisolated)
 
 
-__all__ = ["RewardResult", "check_code_sandbox", "extract_code", "score_batch"]
+__all__ = ["CODE_CREDITS", "RewardResult", "check_code_sandbox", "extract_code", "score_batch"]

@@ -121,6 +121,18 @@ def extract_math_answer(text: str | None) -> str | None:
     return ans
 
 
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def last_number(text: str | None) -> str | None:
+    """The last number written in ``text`` (thousands commas removed), as written: ``-3``, ``2.50``;
+    None when there is none. Used by the SALT authors' fallback (``reward.math_fallback``)."""
+    if not text:
+        return None
+    found = _NUMBER.findall(text.replace(",", ""))
+    return found[-1] if found else None
+
+
 def _wrap_gold(gold: str) -> str:
     gold = gold.strip()
     if "\\boxed" in gold or gold.startswith("$") or gold.startswith("\\("):

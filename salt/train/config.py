@@ -134,8 +134,9 @@ class SaltTrainConfig:
     options: dict = option(
         {},
         "Any other SaltConfig field (rho, k_min, k_max, alpha_min, alpha_max, alpha_fixed, "
-        "relu_exploration, k_fixed, subspace, channels, normalize_final ...), written flat "
-        "in the YAML next to the keys above.",
+        "relu_exploration, k_fixed, subspace, channels, normalize_final, zero_gram: fallback | published, "
+        "eigensolver: eigh | published (LOBPCG from a seeded start when B >= 3k) ...), written flat "
+        "in the YAML next to the keys above (docs/fidelity.md rows 10, 16).",
     )
 
 
@@ -171,6 +172,13 @@ class DynamicSamplingConfig:
         "3); groups with non-constant rewards are kept, in order, until prompts_per_step are filled "
         "(extra ones are discarded). Must be >= 1.",
         check=_at_least_one,
+    )
+    metric: str = option(
+        "reward",
+        "What a group must vary in to be kept: acc (verl's DAPO recipe, filter_groups.metric=acc: the task "
+        "score before overlong shaping; a group of one is kept) | reward (ours: the shaped reward, so an "
+        "all-correct group with one over-long response is kept). docs/fidelity.md row 11.",
+        choices=names_of("salt.algo.dapo:FILTER_METRICS"),
     )
 
 
@@ -211,7 +219,12 @@ class VipConfig:
     acc_clip: float = option(
         1e-6, "Accuracies are clipped to [acc_clip, 1 - acc_clip] before the logit (published: 1e-6).")
     pin_observed: bool = option(True, "Set the GP mean at observed prompts to their observed logit (published: true).")
-    history: int = option(256, "The GP is fitted on at most this many recent observations.")
+    history: int = option(
+        0,
+        "Prompts the GP's mean keeps as support points: 0 = every observed prompt (published: the VIP code "
+        "updates a mean vector over the whole prompt pool; exact) | N = the N most recently observed "
+        "(ours, bounded memory; older kernel terms are refitted away, which moves predictions once more "
+        "than N distinct prompts were seen). docs/fidelity.md row 14.", ge=0)
 
 
 @dataclass
@@ -243,6 +256,14 @@ class TrainConfig:
         None, "Prompts per optimizer step (must divide prompts_per_step); None = the whole batch."
     )
     micro_batch_size: int = option(64, "Rollouts per forward pass (gradient accumulation inside a mini-batch).", gt=0)
+    micro_batch_weight: str = option(
+        "tokens",
+        "With a token-mean loss, how micro-batches add up: tokens (ours: one token-mean over the whole "
+        "mini-batch, independent of the micro-batch size) | sequences (the SALT authors' verl actor: each "
+        "micro-batch's own token-mean, weighted by its share of the mini-batch's sequences). Per-sequence "
+        "agg modes are equal under both. docs/fidelity.md row 15.",
+        choices=names_of("salt.train.update:MICRO_BATCH_WEIGHTS"),
+    )
     lr: float = option(1.0e-5, "AdamW learning rate.", gt=0)
     weight_decay: float = option(0.0, "AdamW weight decay.", ge=0)
     betas: list = option([0.9, 0.999], "AdamW betas.")
@@ -300,6 +321,23 @@ class SandboxConfig:
 
 
 @dataclass
+class RewardConfig:
+    math_fallback: bool = option(
+        False,
+        "Training reward of math rows: also pay 1 when the last number of the completion equals the last "
+        "number of the reference answer (true: the SALT authors' math_reward.py) | false (ours: math-verify "
+        "equivalence only). docs/fidelity.md row 12.",
+    )
+    code_credit: str = option(
+        "all",
+        "Training reward of code rows: all (ours: 1 only when every test passes) | fraction (the SALT "
+        "authors' mbpp.py: the fraction of tests passed, each test run on a freshly loaded program). "
+        "docs/fidelity.md row 13. Evaluation always scores a completion correct only when all tests pass.",
+        choices=names_of("salt.tasks.rewards:CODE_CREDITS"),
+    )
+
+
+@dataclass
 class RunConfig:
     seed: int = option(0, "Seed of everything (model init is the checkpoint's; sampling, data order, sketches).")
     model: ModelConfig = section(ModelConfig, "Policy model.")
@@ -307,6 +345,7 @@ class RunConfig:
     rollout: RolloutConfig = section(RolloutConfig, "Generation.")
     algorithm: AlgorithmConfig = section(AlgorithmConfig, "Advantages, losses, SALT and the method switches (PODS, F-GRPO, DAPO, VIP).")
     train: TrainConfig = section(TrainConfig, "Optimisation, checkpoints, logging.")
+    reward: RewardConfig = section(RewardConfig, "Training-reward variants (math fallback, code partial credit).")
     tracking: RunTrackingConfig = section(RunTrackingConfig, "MLflow.")
     sandbox: SandboxConfig = section(SandboxConfig, "Code sandbox policy (code tasks only).")
 

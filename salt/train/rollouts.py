@@ -3,7 +3,8 @@
 and dynamic sampling refills, the count of rollouts generated, and the greedy evaluation.
 
 With dynamic sampling each generation batch draws :func:`gen_batch_prompts` prompts; groups with
-non-constant rewards are kept in draw order until ``prompts_per_step`` (P) are filled (the first P
+non-constant rewards (``dynamic_sampling.metric: reward``, ours) or accuracies (``acc``, verl's DAPO
+recipe; :func:`salt.algo.dapo.informative_groups`) are kept in draw order until ``prompts_per_step`` (P) are filled (the first P
 are trained on, the rest discarded), for at most ``max_gen_batches`` rounds. When no round yields
 an informative group, the first round's first P groups are trained on.
 """
@@ -17,7 +18,7 @@ import torch
 
 from salt import metric_names as mn
 from salt.algo.allocation import SuccessPredictor, allocate_rollouts, embed_prompts, published_allocation
-from salt.algo.dapo import dynamic_sampling_keep, overlong_penalty
+from salt.algo.dapo import informative_groups, overlong_penalty
 from salt.tasks import rewards
 from salt.tasks.prompts import build_prompt
 from salt.tasks.rows import read_rows
@@ -90,7 +91,7 @@ class RolloutCollector:
         self.predictor = None
         v = cfg.algorithm.vip
         if v.enabled:
-            self.predictor = SuccessPredictor(max_history=v.history, prior_mean=v.prior_mean, acc_clip=v.acc_clip,
+            self.predictor = SuccessPredictor(max_history=v.history or None, prior_mean=v.prior_mean, acc_clip=v.acc_clip,
                                               pin_observed=v.pin_observed)
 
     def allocate(self, rows: list[dict]) -> list[int]:
@@ -125,7 +126,9 @@ class RolloutCollector:
                         recs.append(dict(j=j, prompt=prompts[k], prompt_ids=out.prompt_ids[k],
                                          ids=out.completion_ids[i], finish=out.finish_reasons[i], text=out.texts[i]))
         with timer("reward"):
-            results = rewards.score_batch([rows[r["j"]] for r in recs], [r["text"] for r in recs]) if recs else []
+            rw = cfg.reward
+            results = rewards.score_batch([rows[r["j"]] for r in recs], [r["text"] for r in recs],
+                                          math_fallback=rw.math_fallback, code_credit=rw.code_credit) if recs else []
             for r, res in zip(recs, results):
                 r["score"] = float(res.reward)
         if self.world > 1:
@@ -187,7 +190,7 @@ class RolloutCollector:
             if not ds.enabled:
                 kept.append(batch)
                 break
-            keep = dynamic_sampling_keep(batch.rewards, batch.group_ids)
+            keep = informative_groups(batch.scores, batch.rewards, batch.group_ids, ds.metric)
             sub = batch.select(torch.nonzero(keep).flatten()).compact_groups()
             if len(sub):
                 kept.append(sub)

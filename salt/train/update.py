@@ -23,7 +23,7 @@ from salt.train.collectives import max_over_ranks, rank_slice, sum_over_ranks, w
 from salt.train.config import RunConfig
 from salt.train.forward import ForwardOut, micro_slices, policy_forward
 from salt.train.gram import gram_record, lm_gram, salt_coefficients, with_err_bound
-from salt.train.stepping import Timer, mean_metrics
+from salt.train.stepping import Timer, mean_metrics, step_seed
 from salt.train.strategy import GradientStrategy, Single
 
 
@@ -42,6 +42,7 @@ class UpdateSettings:
     scope: str
     chunk_size: int
     sketch_dim: int
+    micro_weight: str = "tokens"  # train.micro_batch_weight (loss_weight)
     salt_options: dict = field(default_factory=dict)
     gram_options: dict = field(default_factory=dict)  # tol, support_eps, tail_dim, sparse_samples
 
@@ -55,7 +56,7 @@ class UpdateSettings:
             loss_cfg=loss_cfg, temperature=cfg.rollout.temperature, micro_batch_size=cfg.train.micro_batch_size,
             max_grad_norm=cfg.train.max_grad_norm, salt_enabled=s.enabled, salt_diagnostics=s.diagnostics,
             gram=s.gram, scope=s.scope, chunk_size=s.chunk_size, sketch_dim=s.sketch_dim,
-            salt_options=dict(s.options),
+            micro_weight=cfg.train.micro_batch_weight, salt_options=dict(s.options),
             gram_options=dict(tol=s.gram_tol, support_eps=s.support_eps, tail_dim=s.tail_dim,
                               sparse_samples=s.sparse_samples),
         )
@@ -82,9 +83,18 @@ def make_optimizer(model: Any, cfg: RunConfig, total_updates: int) -> tuple[Any,
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def _loss_weight(mask: torch.Tensor, agg_mode: str) -> float:
-    """The share of the global loss normaliser a set of rows carries."""
-    return float(mask.sum()) if agg_mode == "token-mean" else float(mask.shape[0])
+MICRO_BATCH_WEIGHTS = ("tokens", "sequences")
+
+
+def loss_weight(mask: torch.Tensor, agg_mode: str, micro_weight: str = "tokens") -> float:
+    """The share of the mini-batch's loss normaliser a set of rows carries: each micro-batch's loss
+    (aggregated over its own rows) is scaled by its weight / the whole mini-batch's weight.
+
+    ``token-mean`` with ``tokens`` (ours): the token count, so the sum over micro-batches is one
+    token-mean over the mini-batch. With ``sequences`` (the published actor, verl's dp_actor:
+    ``policy_loss * micro_sequences / mini_batch_sequences``): each micro-batch's own token-mean weighted
+    by its number of sequences. Per-sequence modes weigh by sequences under both (equal results)."""
+    return float(mask.sum()) if agg_mode == "token-mean" and micro_weight == "tokens" else float(mask.shape[0])
 
 
 class _Passes:
@@ -101,7 +111,7 @@ class _Passes:
         self.local, self.micros, self.n_pad = local, micros, n_pad
         self.n = len(micros) + n_pad
         self.by_hand = strategy.syncs_by_hand(settings.scope, self.n)
-        self.total_weight = _loss_weight(mb.mask, settings.loss_cfg.agg_mode)
+        self.total_weight = loss_weight(mb.mask, settings.loss_cfg.agg_mode, settings.micro_weight)
         self.entropy_grad = settings.loss_cfg.entropy_coef > 0
         self.losses: list[tuple[float, float, dict[str, float]]] = []
 
@@ -120,7 +130,7 @@ class _Passes:
     def backward(self, part: TensorBatch, fwd: ForwardOut, coef: torch.Tensor, i: int) -> None:
         """Pass ``i``: the policy loss of ``part`` with coefficients ``coef``, scaled by its share."""
         loss, m = self._policy_loss(part, fwd, coef)
-        w = _loss_weight(part.mask, self.settings.loss_cfg.agg_mode)
+        w = loss_weight(part.mask, self.settings.loss_cfg.agg_mode, self.settings.micro_weight)
         m[mn.LOSS] = float(loss.detach())
         self.losses.append((w, float(part.mask.sum()), m))
         with self.timer("backward"):
@@ -146,8 +156,10 @@ def _salt(p: _Passes, hidden: torch.Tensor, logits: torch.Tensor, tokens: torch.
     (``positions``: the rows of the mini-batch it covers)."""
     with p.timer("gram"):
         K = lm_gram(hidden, logits, tokens, mask, p.settings, seed, gather=gather, info=(ginfo := {}))
+    # scope micro: each micro-batch's own draw for the random subspace / the published LOBPCG start
+    salt_seed = seed if gather else step_seed(seed, int(positions[0]), "salt-micro")
     with p.timer("decompose"):
-        coef, gm = salt_coefficients(K, rows.advantages.to(K.device), rows.group_ids.to(K.device), p.settings, seed)
+        coef, gm = salt_coefficients(K, rows.advantages.to(K.device), rows.group_ids.to(K.device), p.settings, salt_seed)
     geo.append(with_err_bound(gm, ginfo))
     if coef_out is not None:
         coef_out.append(coef.detach().cpu())

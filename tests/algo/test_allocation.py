@@ -279,3 +279,27 @@ def test_minilm_backend_uses_package_model(monkeypatch):
     out = embed_prompts(["x", "y"], backend="minilm")
     assert out.shape == (2, 384)
     torch.testing.assert_close(out.norm(dim=1), torch.ones(2))
+
+
+@pytest.mark.parametrize("rule", ["rloo", "grpo"])
+@pytest.mark.parametrize("p", [[0.001, 0.003, 0.01, 0.015, 0.02, 0.3, 0.5, 0.7],
+                               [0.12, 0.33, 0.51, 0.77, 0.04, 0.91], [0.0, 1.0, 0.5, 0.25, 0.0, 0.75, 0.6, 0.1]])
+def test_kkt_solve_is_the_optimum_of_the_published_objective_brute_force(p, rule):
+    """No feasible move from the KKT solution (sum kept, bounds [4, 32]) lowers the published objective:
+    2000 random sum-zero directions at three step sizes (brute force, independent of SLSQP)."""
+    import numpy as np
+
+    from salt.algo.allocation import continuous_allocation, published_objective
+
+    budget = 8 * len(p)
+    x = np.asarray(continuous_allocation(p, budget, 4, 32, rule, solver="kkt"), dtype=np.float64)
+    assert x.sum() == pytest.approx(budget, abs=1e-6) and x.min() >= 4 - 1e-9 and x.max() <= 32 + 1e-9
+    best = published_objective(p, x, rule)
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        d = rng.standard_normal(len(p))
+        d -= d.mean()
+        for t in (1e-3, 1e-2, 1e-1):
+            y = x + t * d
+            if y.min() >= 4 and y.max() <= 32:
+                assert published_objective(p, y, rule) >= best - 1e-12

@@ -25,6 +25,10 @@ RECIPE = {
     "train.lr": 1e-6, "train.warmup_steps": 10, "train.weight_decay": 0.1, "train.max_grad_norm": 1.0,
     "train.ppo_epochs": 1,
 }
+# The SALT authors' code, shared by every arm: their rewards (math_reward.py, mbpp.py) and their actor's
+# micro-batch loss weights (dp_actor.py); every key the fidelity switches of docs/fidelity.md rows 11-16 touch
+# is checked here or in PUBLISHED below
+EXACT = {"reward.math_fallback": True, "reward.code_credit": "fraction", "train.micro_batch_weight": "sequences"}
 LOSS = {  # resolved LossConfig fields
     "dapo": {"name": "dapo", "clip_eps_low": 0.2, "clip_eps_high": 0.28, "dual_clip_c": 10.0,
              "agg_mode": "token-mean", "beta": 0.0, "entropy_coef": 0.0},
@@ -37,14 +41,17 @@ LOSS = {  # resolved LossConfig fields
              "agg_mode": "seq-mean-token-mean", "beta": 0.0},
 }
 SALT_OFF = {"enabled": False}
-SALT_PUBLISHED = {"enabled": True, "scope": "micro", "gram": "dense", "zero_gram": "published", "rho": 1.0,
+SALT_PUBLISHED = {"enabled": True, "scope": "micro", "gram": "dense", "zero_gram": "published", "eigensolver": "published",
+                  "rho": 1.0,
                   "k_min": 1, "k_max": 64, "alpha_min": 0.0, "alpha_max": 1.0, "relu_exploration": True,
                   "alpha_fixed": None, "subspace": "top", "channels": "both", "normalize_final": False}
-SALT_GLOBAL = {**SALT_PUBLISHED, "scope": "global", "gram": "auto", "zero_gram": "fallback"}
-DAPO_SAMPLING = {"dynamic_sampling": (True, 10, 3.0), "overlong": (True, 4096, 1.0)}
-NO_SAMPLING = {"dynamic_sampling": (False, None, None), "overlong": (False, None, None)}
+SALT_GLOBAL = {**SALT_PUBLISHED, "scope": "global", "gram": "auto", "zero_gram": "fallback", "eigensolver": "eigh"}
+# verl DAPO recipe: filter_groups on acc (3 x 512 prompts, at most 10 rounds), overlong buffer 4096, factor 1
+DAPO_SAMPLING = {"dynamic_sampling": (True, 10, 3.0, "acc"), "overlong": (True, 4096, 1.0, None)}
+NO_SAMPLING = {"dynamic_sampling": (False, None, None, None), "overlong": (False, None, None, None)}
 VIP_PUBLISHED = {"enabled": True, "allocation": "published", "rule": "grpo", "lower": 4, "upper": 32, "gamma": None,
-                 "embedding": "minilm", "prior_mean": -1.0, "acc_clip": 1e-6, "pin_observed": True, "budget": None}
+                 "embedding": "minilm", "prior_mean": -1.0, "acc_clip": 1e-6, "pin_observed": True, "budget": None,
+                 "history": 0}  # 0: the GP mean keeps every observed prompt, as the published GP
 VIP_OFF = {"enabled": False}
 SEL_OFF = {"rule": "none"}
 
@@ -136,6 +143,8 @@ def test_arm_matches_published_hyperparameters(resolved, method):
         if key == "rollout.group_size":
             value = G
         assert get(cfg, key) == pytest.approx(value), f"{method}: {key}"
+    for key, value in EXACT.items():
+        assert get(cfg, key) == value, f"{method}: {key} = {get(cfg, key)!r}, published {value!r}"
     loss = LossConfig(**a.loss)
     for key, value in want["loss"].items():
         assert getattr(loss, key) == (pytest.approx(value) if isinstance(value, float) else value), f"{method}: loss.{key}"
@@ -144,11 +153,11 @@ def test_arm_matches_published_hyperparameters(resolved, method):
             **vars(SaltConfig(**a.salt.options))}
     for key, value in want["salt"].items():
         assert salt[key] == value, f"{method}: salt.{key} = {salt[key]!r}, published {value!r}"
-    for section, (enabled, first, second) in want["sampling"].items():
+    for section, (enabled, first, second, metric) in want["sampling"].items():
         sec = getattr(a, section)
         assert sec.enabled == enabled, f"{method}: {section}.enabled"
         if enabled and section == "dynamic_sampling":
-            assert (sec.max_gen_batches, sec.gen_batch_factor) == (first, second)
+            assert (sec.max_gen_batches, sec.gen_batch_factor, sec.metric) == (first, second, metric)
         if enabled and section == "overlong":
             assert (sec.buffer, sec.factor) == (first, second)
     for key, value in want["vip"].items():
