@@ -66,7 +66,7 @@ def test_dry_run_reports_every_path_that_cannot_be_used(tmp_path, capsys):
         cfg["compute"]["accelerate_config"] = "config/accelerate/ddp.yaml"
 
     assert salt_main(["check-config", "-d", str(workdir), smoke_with(tmp_path, fixed)]) == 0
-    assert "valid (4 studies, 16 training jobs)" in capsys.readouterr().out
+    assert "valid (5 studies, 18 training jobs)" in capsys.readouterr().out
 
 
 def test_malformed_yaml_names_file_line_and_column(tmp_path, capsys):
