@@ -1,15 +1,24 @@
 """Pinned numbers: short runs through every trainer path must keep giving the same metrics.jsonl.
 
 The golden file ``golden/pinned_runs.json`` was written by this test (``SALT_REGEN_PINNED=1``)
-on the code before the trainer was split into one file per job (issue 12). A refactor that moves
-code must leave every number where it was; a change that means to alter what training computes
-regenerates the file in the same commit and says why.
+on the code before the trainer was split into one file per job (issue 12), on a 2-core AMD EPYC
+(this test reproduces it there to 1e-16). A refactor that moves code must leave every number where
+it was; a change that means to alter what training computes regenerates the file in the same commit
+and says why.
 
 Each case runs 3 steps of the tiny policy of ``test_trainer`` through a different set of code paths:
 global and micro SALT scope, exact / support / sketch Grams, several epochs and mini-batches with
 gradient accumulation, DAPO dynamic sampling and overlong shaping, PODS selection, F-GRPO, VIP,
 every policy loss, a KL term, and baselines with diagnostics on and off. Besides every metric
 (except wall times) it pins a fingerprint of the final weights.
+
+Not bit for bit: another CPU's float32 kernels round differently, and 3 Adam steps carry that into
+the weights (issue 24: a 2-core Xeon moved train/loss by 5e-6 relative and salt/eig_min, a round-off
+zero, from -1e-7 to -1e-18). Each metric family has one tolerance in :data:`FAMILIES`, absolute for
+quantities that are zero or a cancelling sum, relative for the rest, with its reason. How far they
+are from what another numeric path moves (at most 16% of any tolerance, benchmarks/pinned_drift.py)
+and which deliberate change each still catches: benchmarks/README.md "Pinned-run tolerances",
+``test_pinned_tolerance.py`` (the changes) and ``test_numeric_path.py`` (this test on a second path).
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from tests.train.test_trainer import build_policy, run_config
 
 GOLDEN = Path(__file__).parent / "golden" / "pinned_runs.json"
 REGEN = os.environ.get("SALT_REGEN_PINNED") == "1"
+DUMP = os.environ.get("SALT_PINNED_DUMP")  # a dir: each case's numbers are written there (test_numeric_path.py)
 
 CASES: dict[str, dict] = {
     "grpo_salt_global_exact_epochs": {
@@ -94,9 +104,11 @@ _GRAD_NORM = Tol(0.0, 2e-4, "norm of a float32 gradient summed over all weights 
 _SPECTRUM = Tol(0.0, 1e-4, "top eigenvalue of a float64 Gram of float32 features (Weyl: |d lambda| <= ||dK||)")
 _ZERO_EIG = Tol(1e-4, 0.0, "smallest eigenvalue of a rank-deficient Gram: a zero whose round-off is "
                 "~B * EPS32 * eig_max (16 * 1.2e-7 * 60 = 1e-4), of either sign: absolute")
-_SUBSPACE = Tol(2e-4, 2e-4, "ratios and sizes from the Gram's eigenvectors (PR, n_eff, alpha, energy shares in "
-                "[0, 1]): eigenvector round-off is ||dK|| / gap, larger than the eigenvalues'; shares near 0 "
-                "(residual_energy_ratio ~ 2e-4) need the absolute part")
+_SUBSPACE = Tol(2e-4, 2e-4, "ratios and sizes from the Gram's eigenvectors (PR, n_eff, alpha, contribution "
+                "shares in [0, 1]): eigenvector round-off is ||dK|| / gap, larger than the eigenvalues'")
+_ENERGY_SHARE = Tol(1e-3, 0.0, "share of A's K-energy outside the top-k subspace, sum_j>k lambda_j (v_j.A)^2 / A^T K A: "
+                    "its round-off ~ ||dK|| ||A||^2 / A^T K A grows when A lies almost in K's null space "
+                    "(dapo step 3: n_eff 0.016, share 2e-4 moving by 9e-5); absolute, shares in [0, 1]")
 _RESIDUAL_BOUND = Tol(5e-3, 1e-3, "lambda_{k+1} ||(I - P)A||^2: a small eigenvalue (absolute round-off "
                       "~EPS32 * eig_max) times ||A||^2 ~ B = 16, and the projector's round-off")
 _FINGERPRINT = Tol(5e-3, 0.0, "sum / sum of squares of ~0.2 M float32 weights after 3 Adam steps of lr 1e-3: "
@@ -119,9 +131,9 @@ FAMILIES: dict[Tol, tuple[str, ...]] = {
     _SPECTRUM: (m.SALT_EIG_MAX, m.SALT_EIG_RATIO),  # eig_ratio: see _eig_ratio_ok
     _ZERO_EIG: (m.SALT_EIG_MIN,),
     _SUBSPACE: (m.SALT_PARTICIPATION_RATIO, m.SALT_N_EFF, m.SALT_ALPHA, m.SALT_MAIN_CONTRIB_RATIO,
-                m.SALT_EXP_CONTRIB_RATIO, m.SALT_SHARED_ENERGY_RATIO, m.SALT_RESIDUAL_ENERGY_RATIO,
-                m.SALT_N_EFF_FINAL, m.SALT_PR_FINAL, m.GEOM_R_IN, m.GEOM_N_EFF_IN, m.GEOM_PR_IN, m.GEOM_R_OUT,
+                m.SALT_EXP_CONTRIB_RATIO, m.SALT_N_EFF_FINAL, m.SALT_PR_FINAL, m.GEOM_R_IN, m.GEOM_N_EFF_IN, m.GEOM_PR_IN, m.GEOM_R_OUT,
                 m.GEOM_N_EFF_OUT),
+    _ENERGY_SHARE: (m.SALT_SHARED_ENERGY_RATIO, m.SALT_RESIDUAL_ENERGY_RATIO),
     _RESIDUAL_BOUND: (m.SALT_RESIDUAL_BOUND,),
     _FINGERPRINT: WEIGHTS,
 }
@@ -211,6 +223,8 @@ def pinned_policy(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_pinned_run_numbers(pinned_policy, tmp_path, case):
     got = run_case(pinned_policy, case, tmp_path / case)
+    if DUMP:
+        (Path(DUMP) / f"{case}.json").write_text(json.dumps(got))
     if REGEN:
         golden = json.loads(GOLDEN.read_text()) if GOLDEN.is_file() else {}
         golden[case] = got
