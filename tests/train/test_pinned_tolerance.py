@@ -91,7 +91,8 @@ def test_deliberate_change_fails(pinned_policy, tmp_path, monkeypatch, name):
     want = json.loads(GOLDEN.read_text())[case]
     bad = mismatches(got, want)
     caught = {k: e for k, e in excess(got, want).items() if e > 1}
-    print(f"{name}: {len(bad)} failures; caught by {sorted(caught, key=caught.get, reverse=True)[:6]}")
+    top = sorted(caught.items(), key=lambda kv: (-kv[1], kv[0]))[:8]
+    print(f"\n{name}: {len(bad)} failures; caught by " + ", ".join(f"{k} x{e:.3g}" for k, e in top))
     assert bad, f"{name!r} passed the pinned comparison of {case}: the tolerances are too loose"
     missing = [k for k in must_catch if k not in caught]
     assert not missing, f"{name!r}: {missing} did not catch it (caught by {sorted(caught)})"
