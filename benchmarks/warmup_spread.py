@@ -62,7 +62,8 @@ def rl_gain(out: Path, salt: bool) -> dict:
 def _spread(values: list[float]) -> str:
     if len(values) < 2:
         return f"{values[0]:.3f}" if values else ""
-    return f"{min(values):.3f} - {max(values):.3f} (mean {statistics.mean(values):.3f}, sd {statistics.stdev(values):.3f})"
+    mean, sd = statistics.mean(values), statistics.stdev(values)
+    return f"{min(values):.3f} - {max(values):.3f} (mean {mean:.3f}, sd {sd:.3f})"
 
 
 def main() -> None:
@@ -77,7 +78,8 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         rows[seed] = warmup(seed, out)
         if args.rl:
-            rows[seed] |= {f"gain_{n}": rl_gain(out, salt)["gain"] for n, salt in (("grpo", False), ("grpo_salt", True))}
+            for name, salt in (("grpo", False), ("grpo_salt", True)):
+                rows[seed][f"gain_{name}"] = rl_gain(out, salt)["gain"]
         print(f"seed {seed}: {json.dumps(rows[seed])}", flush=True)
     cols = [*WARMUP_KEYS] + (["gain_grpo", "gain_grpo_salt"] if args.rl else [])
     print("\n| seed | " + " | ".join(cols) + " | warm-up s |")

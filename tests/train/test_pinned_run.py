@@ -106,8 +106,8 @@ _ZERO_EIG = Tol(1e-4, 0.0, "smallest eigenvalue of a rank-deficient Gram: a zero
                 "~B * EPS32 * eig_max (16 * 1.2e-7 * 60 = 1e-4), of either sign: absolute")
 _SUBSPACE = Tol(2e-4, 2e-4, "ratios and sizes from the Gram's eigenvectors (PR, n_eff, alpha, contribution "
                 "shares in [0, 1]): eigenvector round-off is ||dK|| / gap, larger than the eigenvalues'")
-_ENERGY_SHARE = Tol(1e-3, 0.0, "share of A's K-energy outside the top-k subspace, sum_j>k lambda_j (v_j.A)^2 / A^T K A: "
-                    "its round-off ~ ||dK|| ||A||^2 / A^T K A grows when A lies almost in K's null space "
+_ENERGY_SHARE = Tol(1e-3, 0.0, "share of A's K-energy outside the top-k subspace, "
+                    "sum_j>k lambda_j (v_j.A)^2 / A^T K A: its round-off ~ ||dK|| ||A||^2 / A^T K A grows when A lies almost in K's null space "
                     "(dapo step 3: n_eff 0.016, share 2e-4 moving by 9e-5); absolute, shares in [0, 1]")
 _RESIDUAL_BOUND = Tol(5e-3, 1e-3, "lambda_{k+1} ||(I - P)A||^2: a small eigenvalue (absolute round-off "
                       "~EPS32 * eig_max) times ||A||^2 ~ B = 16, and the projector's round-off")
@@ -131,8 +131,8 @@ FAMILIES: dict[Tol, tuple[str, ...]] = {
     _SPECTRUM: (m.SALT_EIG_MAX, m.SALT_EIG_RATIO),  # eig_ratio: see _eig_ratio_ok
     _ZERO_EIG: (m.SALT_EIG_MIN,),
     _SUBSPACE: (m.SALT_PARTICIPATION_RATIO, m.SALT_N_EFF, m.SALT_ALPHA, m.SALT_MAIN_CONTRIB_RATIO,
-                m.SALT_EXP_CONTRIB_RATIO, m.SALT_N_EFF_FINAL, m.SALT_PR_FINAL, m.GEOM_R_IN, m.GEOM_N_EFF_IN, m.GEOM_PR_IN, m.GEOM_R_OUT,
-                m.GEOM_N_EFF_OUT),
+                m.SALT_EXP_CONTRIB_RATIO, m.SALT_N_EFF_FINAL, m.SALT_PR_FINAL, m.GEOM_R_IN, m.GEOM_N_EFF_IN,
+                m.GEOM_PR_IN, m.GEOM_R_OUT, m.GEOM_N_EFF_OUT),
     _ENERGY_SHARE: (m.SALT_SHARED_ENERGY_RATIO, m.SALT_RESIDUAL_ENERGY_RATIO),
     _RESIDUAL_BOUND: (m.SALT_RESIDUAL_BOUND,),
     _FINGERPRINT: WEIGHTS,
