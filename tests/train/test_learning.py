@@ -9,9 +9,9 @@ problems and sampling seed before and after. Everything is seeded, so the number
 one machine; another CPU's rounding makes a different warm-up, about as different as another seed.
 
 MIN_GAIN is set from the gain's spread over warm-up seeds (benchmarks/warmup_spread.py --rl, table in
-benchmarks/README.md "Warm-up spread"): GRPO gained 0.306 / 0.324 / 0.302 / 0.334 and GRPO+SALT
-0.301 / 0.282 / 0.284 / 0.284 from the warm-ups of seeds 0 / 1 / 3 / 4 (AMD EPYC): mean 0.302, sd 0.019,
-so 0.2 is 5 sd below the mean and 0.08 below the smallest gain. A run that does not change the policy gains exactly 0 (same
+benchmarks/README.md "Warm-up spread"): GRPO gained 0.306 / 0.324 / 0.309 / 0.302 / 0.334 and GRPO+SALT
+0.301 / 0.282 / 0.278 / 0.284 / 0.284 from the warm-ups of seeds 0-4 (AMD EPYC): mean 0.300, sd 0.019,
+so 0.2 is 5 sd below the mean and 0.078 below the smallest gain. A run that does not change the policy gains exactly 0 (same
 model, same evaluation seed).
 """
 

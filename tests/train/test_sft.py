@@ -125,11 +125,11 @@ def test_example_config_matches_defaults():
 # Bounds on the default warm-up's held-out metrics (300 test problems; T = 1: 8 samples each), set from
 # their spread over warm-up seeds, not from one run: 6,000 SFT steps turn another CPU's rounding into
 # a different model, about as different as another seed. Measured (benchmarks/warmup_spread.py, table
-# in benchmarks/README.md "Warm-up spread"), seeds 0, 1, 3, 4 on the AMD EPYC build machine:
-#   greedy pass@1  0.590 - 0.697 (mean 0.663, sd 0.049); seed 0 on issue 24's Xeon: 0.743
-#   sampled pass@1 0.325 - 0.382 (mean 0.363, sd 0.026)
-#   pass@8         0.887 - 0.927;  greedy stop rate 1.0 for every seed
-# The bounds are the mean +- about 4 sd. A broken warm-up fails them: one step (measured: greedy 0.003,
+# in benchmarks/README.md "Warm-up spread"), seeds 0-4 on the AMD EPYC build machine:
+#   greedy pass@1  0.590 - 0.697 (mean 0.670, sd 0.045); seed 0 on issue 24's Xeon: 0.743
+#   sampled pass@1 0.325 - 0.382 (mean 0.364, sd 0.023)
+#   pass@8         0.887 - 0.927 (mean 0.914, sd 0.018);  greedy stop rate 1.0 for every seed
+# The bounds are the mean +- 4 to 4.5 sd. A broken warm-up fails them: one step (measured: greedy 0.003,
 # sampled 0.0004, pass@8 0.003, stop rate 0.16) fails every bound.
 WARMUP_BOUNDS = {
     "eval/pass@1_greedy": (0.45, 0.87),
