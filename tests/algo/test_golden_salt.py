@@ -49,8 +49,14 @@ def test_salt_per_micro_batch_equals_published(part, method):
     K = lm_head_gram(hidden[sl], logits[sl], tokens[sl], mask[sl], temperature=1.0, method=method)
     res = decompose(K, torch.tensor(ADV[sl], dtype=torch.float64), SaltConfig(rho=1.0, k_min=1, k_max=64))
     k, alpha, pr, n_eff, final = PUBLISHED[part]
+    # Tolerances. The published numbers came from an fp32 Gram and the published code's float32 eigh
+    # (B < 3k on every part here); ours from a float64 Gram and a float64 eigh. Measured (AMD EPYC):
+    # A_final differs by up to 2.0e-6 (global; 5e-7 / 1e-6 per micro-batch), of which computing our Gram
+    # in float32 explains only 3.5e-7, so the rest is the published float32 decomposition; another CPU's randn moves our
+    # inputs by ~1e-7 relative and A_final by ~3e-7 more. alpha and n_eff differ by <= 1.4e-7 (tol 1e-6),
+    # PR by <= 2.1e-7 relative (tol 1e-6). k is an integer and must match.
     assert res.k == k
     assert res.alpha == pytest.approx(alpha, abs=1e-6)
     assert res.participation_ratio == pytest.approx(pr, rel=1e-6)
     assert res.n_eff == pytest.approx(n_eff, abs=1e-6)
-    torch.testing.assert_close(res.advantages, torch.tensor(final, dtype=torch.float64), rtol=0, atol=2e-6)
+    torch.testing.assert_close(res.advantages, torch.tensor(final, dtype=torch.float64), rtol=0, atol=5e-6)

@@ -64,6 +64,9 @@ def test_success_predictor_equals_published_gp():
     """Fit on prompts 0-2 (accuracies 0, 0.75, 1), then on 1, 3, 6 (0.5, 0.25, 0); predict all 8."""
     emb = torch.tensor(E, dtype=torch.float64)
     sp = SuccessPredictor()  # published defaults: prior -1, clip 1e-6, observed prompts pinned
+    # Tolerances: float64 throughout. The prior is sigmoid(-1), no linear algebra: rtol 1e-12. After a fit
+    # the GP solves a <= 6 x 6 kernel system with jitter 1e-4 (condition number <= ~1e5), so LAPACK's
+    # round-off on any CPU is <= ~1e-11 relative: rtol 1e-9; atol 1e-15 for the clipped 1e-6 values.
     torch.testing.assert_close(sp.predict(emb), torch.tensor(P_PRIOR, dtype=torch.float64), rtol=1e-12, atol=0)
     sp.update(emb[[0, 1, 2]], [0.0, 0.75, 1.0])
     torch.testing.assert_close(sp.predict(emb), torch.tensor(P_AFTER_1, dtype=torch.float64), rtol=1e-9, atol=1e-15)

@@ -2,10 +2,17 @@
 each raise held-out sampled pass@1 (T = 1) by at least 0.2 (issue 8's learning check).
 
 The warm-up is the one the default DAG trains (salt.train.sft defaults, tracking off), built once
-per module; the RL runs use the default study's settings (P = 8 prompts of the `rl` split, G = 8,
+per session (the ``default_warmup`` fixture, shared with test_sft.py, which checks its accuracy
+bounds); the RL runs use the default study's settings (P = 8 prompts of the `rl` split, G = 8,
 lr 1e-4) for fewer steps. Evaluation: 300 held-out `test` problems, 8 samples each, the same
 problems and sampling seed before and after. Everything is seeded, so the numbers are the same on
-every CPU run.
+one machine; another CPU's rounding makes a different warm-up, about as different as another seed.
+
+MIN_GAIN is set from the gain's spread over warm-up seeds (benchmarks/warmup_spread.py --rl, table in
+benchmarks/README.md "Warm-up spread"): GRPO gained 0.306 / 0.324 / 0.309 / 0.302 / 0.334 and GRPO+SALT
+0.301 / 0.282 / 0.278 / 0.284 / 0.284 from the warm-ups of seeds 0-4 (AMD EPYC): mean 0.300, sd 0.019,
+so 0.2 is 5 sd below the mean and 0.078 below the smallest gain. A run that does not change the policy gains exactly 0 (same
+model, same evaluation seed).
 """
 
 from __future__ import annotations
@@ -33,15 +40,6 @@ def _held_out_pass1(model_dir) -> float:
         return evaluate_toy(model, tok, rows, max_new_tokens=6, samples=EVAL_SAMPLES, seed=0)["eval/pass@1_t1"]
 
 
-@pytest.fixture(scope="module")
-def warmup(tmp_path_factory):
-    from salt.train.sft import run_sft
-
-    out = tmp_path_factory.mktemp("warmup")
-    metrics = run_sft({"tracking": {"enabled": False}}, out)
-    return out / "final", metrics
-
-
 def _rl(warmup_dir, out, salt: bool):
     from salt.train.config import from_dict
     from salt.train.trainer import Trainer
@@ -60,17 +58,9 @@ def _rl(warmup_dir, out, salt: bool):
     return out / "final"
 
 
-def test_warmup_starts_in_the_documented_band(warmup):
-    _, metrics = warmup
-    # sampled pass@1 around a third, pass@8 high: RL has headroom it can reach by sampling
-    assert 0.25 <= metrics["eval/pass@1_t1"] <= 0.40, metrics
-    assert metrics["eval/pass@8_t1"] >= 0.8, metrics
-    assert metrics["eval/stop_rate_greedy"] == 1.0
-
-
 @pytest.mark.parametrize("salt", [False, True], ids=["grpo", "grpo_salt"])
-def test_rl_raises_held_out_pass1(warmup, tmp_path, salt):
-    warmup_dir, _ = warmup
+def test_rl_raises_held_out_pass1(default_warmup, tmp_path, salt):
+    warmup_dir, _ = default_warmup
     before = _held_out_pass1(warmup_dir)
     after = _held_out_pass1(_rl(warmup_dir, tmp_path / "run", salt))
     assert after - before >= MIN_GAIN, (before, after)
