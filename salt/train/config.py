@@ -243,6 +243,9 @@ class TrainConfig:
         None, "Prompts per optimizer step (must divide prompts_per_step); None = the whole batch."
     )
     micro_batch_size: int = option(64, "Rollouts per forward pass (gradient accumulation inside a mini-batch).", gt=0)
+    head_chunk_size: int = option(
+        512, "Valid tokens per chunk of the LM head (log-probs, entropy and their gradients): the float32 "
+        "(tokens x vocabulary) logits exist one chunk at a time (about 2 x chunk x V x 4 bytes).", gt=0)
     lr: float = option(1.0e-5, "AdamW learning rate.", gt=0)
     weight_decay: float = option(0.0, "AdamW weight decay.", ge=0)
     betas: list = option([0.9, 0.999], "AdamW betas.")
