@@ -34,16 +34,17 @@ DEFAULT_HEAD_CHUNK = 512
 
 def _chunk_log_softmax(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                        temperature: float) -> tuple[torch.Tensor, torch.dtype]:
-    """(c, V) float32 log_softmax(float(h W^T + b) / T) of one chunk, and the logits' dtype (the
-    head's, or autocast's); one fresh (c, V) buffer at a time besides the result."""
+    """(c, V) log_softmax(float(h W^T + b) / T) of one chunk (float32, float64 for a float64 head)
+    and the logits' dtype (the head's, or autocast's); one (c, V) buffer besides the result."""
     z = torch.nn.functional.linear(h, weight, bias)  # (c, V)
-    s = z.float()
-    s.div_(temperature)  # in place: z.float() is z itself only when z is already a fresh float32 buffer
+    s = z.to(torch.promote_types(z.dtype, torch.float32))  # z itself when it is float32 / float64
+    s.div_(temperature)  # in place: z is a fresh buffer
     return torch.log_softmax(s, dim=-1), z.dtype
 
 
 class ChunkedHead(torch.autograd.Function):
-    """(log p_y (n,), entropy (n,)) float32 of the head over the valid tokens, chunk by chunk.
+    """(log p_y (n,), entropy (n,)) of the head over the valid tokens, chunk by chunk (float32; float64
+    for a float64 head).
 
     Inputs: h (n, H), weight (V, H), bias (V,) or None, y (n,) long, temperature, chunk. The
     backward recomputes the logits in the dtype the forward formed them in (autocast's, if on).
@@ -52,18 +53,17 @@ class ChunkedHead(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, bias, y, temperature: float, chunk: int):  # noqa: D102
         n = h.shape[0]
-        logp = torch.empty(n, dtype=torch.float32, device=h.device)
-        ent = torch.empty(n, dtype=torch.float32, device=h.device)
-        zdtype = weight.dtype
-        for a in range(0, n, chunk):
+        logp, ent = [], []
+        zdtype = torch.promote_types(h.dtype, weight.dtype)
+        for a in range(0, max(n, 1), chunk):
             b = min(a + chunk, n)
             lp, zdtype = _chunk_log_softmax(h[a:b], weight, bias, temperature)  # (c, V)
-            logp[a:b] = lp.gather(1, y[a:b, None]).squeeze(1)
-            ent[a:b] = -(lp.exp().mul_(lp)).sum(-1)
+            logp.append(lp.gather(1, y[a:b, None]).squeeze(1))
+            ent.append(-(lp.exp().mul_(lp)).sum(-1))
             del lp
         ctx.save_for_backward(h, weight, bias, y)
         ctx.temperature, ctx.chunk, ctx.zdtype = temperature, chunk, zdtype
-        return logp, ent
+        return torch.cat(logp), torch.cat(ent)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -76,8 +76,9 @@ class ChunkedHead(torch.autograd.Function):
             Wz = weight.to(zd)  # (V, H) in the logits' dtype (no copy without autocast)
             bz = None if bias is None else bias.to(zd)
             grad_h = torch.empty(h.shape, dtype=zd, device=h.device) if need_h else None
-            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-            grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
+            acc = torch.promote_types(zd, torch.float32)  # the weight gradient sums over chunks in this dtype
+            grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+            grad_b = torch.zeros(bias.shape, dtype=acc, device=bias.device) if need_b else None
             for a in range(0, n, chunk):
                 b = min(a + chunk, n)
                 hc = h[a:b].to(zd)
@@ -96,12 +97,12 @@ class ChunkedHead(torch.autograd.Function):
                 if need_h:
                     torch.matmul(gz, Wz, out=grad_h[a:b])
                 if need_w:
-                    if zd == torch.float32:
+                    if zd == acc:
                         grad_w.addmm_(gz.T, hc)
                     else:
-                        grad_w += (gz.T @ hc).float()
+                        grad_w += (gz.T @ hc).to(acc)
                 if need_b:
-                    grad_b += gz.sum(0, dtype=torch.float32)
+                    grad_b += gz.sum(0, dtype=acc)
                 del gz
         return (None if grad_h is None else grad_h.to(h.dtype), None if grad_w is None else grad_w.to(weight.dtype),
                 None if grad_b is None else grad_b.to(bias.dtype), None, None, None)
@@ -164,10 +165,10 @@ def chunked_head(model: Any, tokens: torch.Tensor, mask: torch.Tensor, temperatu
         xs = x[:, :-1, :]
         if keep_hidden:
             out.hidden = xs.detach()
-        zeros = torch.zeros(b, T, dtype=torch.float32, device=x.device)
+        zeros = torch.zeros(b, T, dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
         if not compute:
             out.logp, out.entropy = zeros, zeros
-            return torch.stack([zeros, zeros], -1).new_zeros(b, T + 1, 2)
+            return zeros.new_zeros(b, T + 1, 2)
         idx = torch.nonzero(mask.reshape(-1) != 0, as_tuple=False).squeeze(1)  # (n,)
         h = xs.reshape(b * T, -1).index_select(0, idx)  # (n, H)
         lp, ent = head_logprobs(h, head.weight, head.bias, tokens.reshape(-1).index_select(0, idx), temperature, chunk)
