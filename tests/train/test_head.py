@@ -213,3 +213,22 @@ def test_global_scope_no_grad_pass_equals_the_one_pass_gram_and_update(policy): 
         coef, params = results[micro]
         assert torch.allclose(coef, coef0, rtol=1e-5, atol=1e-6)
         assert _rel(params, params0) < 1e-6
+
+
+def test_chunked_head_under_bf16_autocast_matches_autocast_autograd():
+    """Mixed precision: the logits are formed in bf16 as autocast's nn.Linear forms them, in the
+    forward and again in the backward (autocast is off there), and the gradients come back in the
+    parameters' float32."""
+    g = torch.Generator().manual_seed(11)
+    n, H, V, T = 20, 16, 130, 0.9
+    h = torch.randn(n, H, generator=g, requires_grad=True)
+    W = (torch.randn(V, H, generator=g) / 2).requires_grad_()
+    y = torch.randint(0, V, (n,), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lp_ref, ent_ref = _reference(h, W, None, y, T)
+        lp, ent = head_logprobs(h, W, None, y, T, 6)
+    assert _rel(lp, lp_ref) < 1e-6 and _rel(ent, ent_ref) < 1e-6  # same bf16 logits, same float32 softmax
+    want = torch.autograd.grad((lp_ref + 0.2 * ent_ref).sum(), (h, W))
+    got = torch.autograd.grad((lp + 0.2 * ent).sum(), (h, W))
+    for a, w in zip(got, want):
+        assert a.dtype == torch.float32 and _rel(a, w) < 5e-3  # bf16 matmuls (ours sums the chunks in fp32)
