@@ -139,7 +139,7 @@ def _spawn(tokens: int, arm: str, code: Path, a) -> dict:
 
 
 def table(a) -> None:
-    codes = {"new": ROOT} | ({"old": Path(a.old).resolve()} if a.old else {})
+    codes = ({} if a.only_old else {"new": ROOT}) | ({"old": Path(a.old).resolve()} if a.old else {})
     rows: dict = {}
     for name, code in codes.items():
         for arm in ARMS if name == "new" else ARMS[1:]:
@@ -208,10 +208,14 @@ def projection() -> str:
             ("published SALT (micro, dense)", base + head_old + dense + rtok * H * 2, base + head_new + gram_w + dense
              + rtok * H * 2)]
     hid_local = per_gpu * resp * H * 2  # the global scope's no-grad pass: hidden states of this GPU's rollouts
+    n_micro = per_gpu // micro
     N = gpus * per_gpu * resp
     gram_glob = N * H * 2 + N * H * 4 * 2 + N * H * 8  # gathered bf16, float32 hw and h, float64 hidden side
-    rows.append(("ours (global, auto)", base + per_gpu // micro * head_old + hid_local * 0,
-                 base + head_new + hid_local + gram_w + gram_glob))
+    glob_old = states + gathered + n_micro * (ckpt + head_old) + layer  # every micro-batch's graph kept
+    glob_new = base + head_new + hid_local + gram_w
+    rows.append(("ours (global, auto): the training step and this GPU's Gram inputs", glob_old, glob_new))
+    rows.append((f"ours (global, auto): + the token-level Gram over the gathered N = {N / 1e6:.1f}M tokens",
+                 glob_old + gram_glob, glob_new + gram_glob))
     out = ["| arm | today GB / GPU | new GB / GPU | fits 80 GB (new) |", "|---|---|---|---|"]
     for name, old, new in rows:
         out.append(f"| {name} | {old / GB:.0f} | {new / GB:.0f} | {'yes' if new <= 80 * GB else 'no'} |")
@@ -225,7 +229,7 @@ def projection() -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("cmd", choices=("run", "table", "projection"))
+    ap.add_argument("cmd", choices=("run", "table", "markdown", "projection"))
     ap.add_argument("--tokens", type=int, nargs="+", default=[256, 1024, 4096])
     ap.add_argument("--arm", choices=ARMS, default="global")
     ap.add_argument("--rollouts", type=int, default=2)
@@ -235,6 +239,8 @@ def main(argv=None) -> None:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--old", help="a checkout of the code to compare with (its repository root)")
+    ap.add_argument("--only-old", action="store_true", help="table: run only the --old cases")
+    ap.add_argument("--merge", nargs="*", default=[], help="markdown: JSON files written by --out to merge")
     ap.add_argument("--cap-gib", type=float, default=9.0)
     ap.add_argument("--out", default="/tmp/step_memory.json")
     a = ap.parse_args(argv)
@@ -243,6 +249,12 @@ def main(argv=None) -> None:
         print(json.dumps(run_case(a)))
     elif a.cmd == "table":
         table(a)
+    elif a.cmd == "markdown":  # the table of several --out files (e.g. new and old run side by side)
+        rows = {}
+        for f in a.merge:
+            rows.update({tuple(k.split("/")[:2]) + (int(k.split("/")[2]),): v
+                         for k, v in json.loads(Path(f).read_text()).items()})
+        print(markdown(rows, a))
     else:
         print(projection())
 
