@@ -64,7 +64,7 @@ def _batch(rollouts: int, prompt: int, tokens: int, vocab: int):
                        advantages=torch.randn(rollouts, generator=g))
 
 
-def _settings(arm: str, micro: int):
+def _settings(arm: str, micro: int, head_chunk: int | None = None):
     import dataclasses
 
     from salt.algo.losses import LossConfig
@@ -74,6 +74,8 @@ def _settings(arm: str, micro: int):
               max_grad_norm=1.0, salt_enabled=arm in ("micro", "global"), salt_diagnostics=False, gram="auto",
               scope="micro" if arm == "micro" else "global", chunk_size=4096, sketch_dim=256,
               gram_options=dict(tol=1e-3, support_eps=1e-6, tail_dim=0, sparse_samples=1024))
+    if head_chunk is not None:  # the new code's train.head_chunk_size (today's code has no such key)
+        kw["head_chunk"] = head_chunk
     return UpdateSettings(**{k: v for k, v in kw.items() if k in {f.name for f in dataclasses.fields(UpdateSettings)}})
 
 
@@ -117,13 +119,13 @@ def run_case(args) -> dict:
             h[:, -args.tokens - 1:-1].float().pow(2).mean().backward()
         metrics = {}
     else:
-        metrics = update_minibatch(model, opt, sched, tb, _settings(args.arm, args.micro), seed=0, timer=timer)
+        metrics = update_minibatch(model, opt, sched, tb, _settings(args.arm, args.micro, args.head_chunk), seed=0, timer=timer)
     seconds = time.perf_counter() - t0
     peak = _status_kib("VmHWM")
     import salt.train.update as upd
 
     return {"arm": args.arm, "tokens": args.tokens, "rollouts": args.rollouts, "micro": args.micro,
-            "peak_gib": (peak - base) * 1024 / GIB, "seconds": seconds,
+            "peak_gib": (peak - base) * 1024 / GIB, "seconds": seconds, "head_chunk": args.head_chunk,
             "stages": {k: round(v, 2) for k, v in timer.t.items()},
             "n_eff": metrics.get("salt/n_eff"), "code": str(Path(upd.__file__).resolve().parents[2])}
 
@@ -238,6 +240,7 @@ def main(argv=None) -> None:
     ap.add_argument("--vocab", type=int, default=151936)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--head-chunk", type=int, default=None, help="run: train.head_chunk_size (default: the code's)")
     ap.add_argument("--old", help="a checkout of the code to compare with (its repository root)")
     ap.add_argument("--only-old", action="store_true", help="table: run only the --old cases")
     ap.add_argument("--merge", nargs="*", default=[], help="markdown: JSON files written by --out to merge")
