@@ -200,14 +200,6 @@ class _Tokens:
             out.mul_(inv_t)
         return torch.softmax(out, dim=1, out=out)
 
-    def d_block(self, out: torch.Tensor, a0: int, a1: int, inv_t: float) -> torch.Tensor:
-        """Write p_t - e_{y_t} for valid tokens a0..a1-1 into ``out``; the mask weight w_t is
-        carried by ``hw``. The e_y part is one indexed write per token."""
-        self.softmax_block(out, a0, a1, inv_t)
-        rows = torch.arange(a1 - a0, device=out.device)
-        out[rows, self.y[a0:a1]] -= 1.0
-        return out
-
 
 def _normalise(K: torch.Tensor, B: int, normalizer: float | None, out_dtype) -> torch.Tensor:
     denom = float(B if normalizer is None else normalizer)
@@ -222,15 +214,16 @@ def _normalise(K: torch.Tensor, B: int, normalizer: float | None, out_dtype) -> 
 # --------------------------------------------------------------------------------------
 
 
-def _dense_features(tok: _Tokens, inv_t: float) -> torch.Tensor:
+def _dense_features(src: "_LogitSource") -> torch.Tensor:
     """(B, V*H): every g_i = sum_t d_it h_it^T flattened. Memory B*V*H: reference only."""
+    tok = src.tok
     G = torch.zeros(tok.B, tok.V, tok.H, dtype=tok.dtype, device=tok.hw.device)  # (B, V, H)
     a0 = 0
     for i, n_i in enumerate(tok.counts):  # valid tokens are sorted by rollout
         if n_i == 0:
             continue
         d = torch.empty(n_i, tok.V, dtype=tok.dtype, device=tok.hw.device)  # (n_i, V)
-        tok.d_block(d, a0, a0 + n_i, inv_t)
+        src.d_block(d, a0, a0 + n_i)
         G[i] = d.T @ tok.hw[a0 : a0 + n_i]  # (V, n_i) @ (n_i, H) -> (V, H)
         a0 += n_i
     return G.reshape(tok.B, tok.V * tok.H)  # (B, V*H)
@@ -256,7 +249,7 @@ class _PairAccumulator:
         self.K += blk + blk.T if symmetric else blk
 
 
-def _exact_gram(tok: _Tokens, inv_t: float, chunk_size: int) -> torch.Tensor:
+def _exact_gram(src: "_LogitSource", chunk_size: int) -> torch.Tensor:
     """Unnormalised sum_{t,s} (d_t . d_s)(h_t . h_s) per rollout pair, (B, B) float64.
 
     Outer blocks of c = chunk_size valid tokens are computed once into one (c, V) buffer;
@@ -264,6 +257,7 @@ def _exact_gram(tok: _Tokens, inv_t: float, chunk_size: int) -> torch.Tensor:
     symmetric); the tokens after the block are streamed through a second (c/4, V) buffer.
     Memory: (c + c/4) V numbers. Softmax work: about N + N (N - c) / (2c) rows.
     """
+    tok = src.tok
     N, V = tok.N, tok.V
     acc = _PairAccumulator(tok)
     if N == 0:
@@ -274,7 +268,7 @@ def _exact_gram(tok: _Tokens, inv_t: float, chunk_size: int) -> torch.Tensor:
     buf_b = torch.empty(cs, V, dtype=tok.dtype, device=tok.hw.device) if N > c else None  # (c/4, V)
     for a0 in range(0, N, c):
         a1 = min(a0 + c, N)
-        Da = tok.d_block(buf_a[: a1 - a0], a0, a1, inv_t)  # (ca, V)
+        Da = src.d_block(buf_a[: a1 - a0], a0, a1)  # (ca, V)
         subs = list(range(0, a1 - a0, cs))
         for i, s0 in enumerate(subs):
             for s1 in subs[i:]:
@@ -282,7 +276,7 @@ def _exact_gram(tok: _Tokens, inv_t: float, chunk_size: int) -> torch.Tensor:
                 acc.add(Xa, a0 + s0, Xb, a0 + s1, symmetric=s1 != s0)
         for b0 in range(a1, N, cs):
             b1 = min(b0 + cs, N)
-            Db = tok.d_block(buf_b[: b1 - b0], b0, b1, inv_t)  # (cb, V)
+            Db = src.d_block(buf_b[: b1 - b0], b0, b1)  # (cb, V)
             acc.add(Da, a0, Db, b0, symmetric=True)
     return acc.K
 
@@ -330,13 +324,14 @@ def _hidden_projection(seed: int, H: int, q: int) -> torch.Tensor:
 
 
 def _sketch_features(
-    tok: _Tokens, inv_t: float, sketch_dim: int, sketch_hidden_dim: int | None, seed: int, chunk_size: int
+    src: "_LogitSource", sketch_dim: int, sketch_hidden_dim: int | None, seed: int, chunk_size: int
 ) -> torch.Tensor:
     """(B, m*q) sketched features f_i = sum_t (S d_t)(R w_t h_t)^T flattened (q = H without R)."""
     if sketch_dim < 1:
         raise ValueError(f"sketch_dim must be >= 1, got {sketch_dim}")
     if sketch_hidden_dim is not None and sketch_hidden_dim < 1:
         raise ValueError(f"sketch_hidden_dim must be >= 1 or None, got {sketch_hidden_dim}")
+    tok = src.tok
     device, dtype = tok.hw.device, tok.dtype
     m = min(int(sketch_dim), tok.V)
     shifts, bucket, sign = _count_sketch(seed, tok.V, m)
@@ -352,7 +347,7 @@ def _sketch_features(
     buf = torch.empty(c, tok.V, dtype=dtype, device=device)  # (c, V)
     for a0 in range(0, tok.N, c):
         a1 = min(a0 + c, tok.N)
-        p = tok.softmax_block(buf[: a1 - a0], a0, a1, inv_t)  # (n, V)
+        p = src.block(buf[: a1 - a0], a0, a1)  # (n, V)
         p.mul_(sign)
         _bucket_sums(A[a0:a1], p, shifts)  # (n, m) = S p_t
         y = tok.y[a0:a1]
@@ -447,6 +442,13 @@ class _LogitSource:
         if self.inv_t != 1.0:
             out.mul_(self.inv_t)
         return torch.softmax(out, dim=1, out=out)
+
+    def d_block(self, out: torch.Tensor, a0: int, a1: int) -> torch.Tensor:
+        """Write p_t - e_{y_t} for valid tokens a0..a1-1 into ``out``; the mask weight w_t is
+        carried by ``tok.hw``. The e_y part is one indexed write per token."""
+        self.block(out, a0, a1)
+        out[torch.arange(a1 - a0, device=out.device), self.tok.y[a0:a1]] -= 1.0
+        return out
 
     def cols(self, ids: torch.Tensor) -> torch.Tensor:
         """(N, len(ids)) scaled logits of every valid token at vocabulary ids ``ids``."""
@@ -1000,7 +1002,7 @@ _sparse_gram = _flushing_denormals(_sparse_gram_impl)
 def gram_cost(
     n_tokens: int, vocab: int, hidden: int, batch: int, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
     sketch_dim: int = DEFAULT_SKETCH_DIM, sketch_hidden_dim: int | None = None,
-    tail_dim: int = DEFAULT_TAIL_DIM,
+    tail_dim: int = DEFAULT_TAIL_DIM, streaming: bool = False,
 ) -> dict[str, float]:
     """Flop-equivalent cost estimates of the ``exact``, ``sketch`` and ``support`` backends.
 
@@ -1011,27 +1013,32 @@ def gram_cost(
     support: one softmax + one group-max pass over N x V, and for u + r vocabulary rows
              (u = min(N, V) assumed: the sampled tokens) the gather, 2 N (u + r) H for the
              features and 2 B^2 (u + r) H for their Gram.
-    Elementwise work is weighted by ``ELEMENTWISE_FLOP_WEIGHT`` flops per element.
+    Elementwise work is weighted by ``ELEMENTWISE_FLOP_WEIGHT`` flops per element. ``streaming``
+    (logits formed from the hidden states and the head weight, :func:`streaming_lm_head_gram`):
+    every logit formed costs 2 H matmul flops more (softmax rows, support columns).
     """
     N, V, H, B = float(n_tokens), float(vocab), float(hidden), float(batch)
     ew = ELEMENTWISE_FLOP_WEIGHT
+    z = 2 * H if streaming else 0.0  # flops per logit formed
     softmax_rows = N + N * max(N - chunk_size, 0.0) / (2.0 * max(1, chunk_size))
-    exact = N * N * (V + H) + ew * _SOFTMAX_PASSES * softmax_rows * V
+    exact = N * N * (V + H) + (ew * _SOFTMAX_PASSES + z) * softmax_rows * V
     m = min(float(sketch_dim), V)
     q = H if sketch_hidden_dim is None else float(sketch_hidden_dim)
     proj = 0.0 if sketch_hidden_dim is None else 2 * N * H * q
-    sketch = ew * (_SOFTMAX_PASSES + _SKETCH_PASSES) * N * V + proj + 2 * N * m * q + 2 * B * B * m * q
+    sketch = (ew * (_SOFTMAX_PASSES + _SKETCH_PASSES) + z) * N * V + proj + 2 * N * m * q + 2 * B * B * m * q
     rows = min(V, min(N, V) + float(tail_dim))
-    support = ew * (_SOFTMAX_PASSES + 1) * N * V + rows * (ew * N + 2 * N * H + 2 * B * B * H)
+    support = (ew * (_SOFTMAX_PASSES + 1) + z) * N * V + rows * ((ew + z) * N + 2 * N * H + 2 * B * B * H)
     return {"exact": exact, "sketch": sketch, "support": support}
 
 
-def _support_cap(tok: "_Tokens", chunk_size: int) -> int:
+def _support_cap(src: "_LogitSource", chunk_size: int) -> int:
     """``auto``: the support size at which the support Gram's work equals the exact Gram's."""
+    tok, streaming = src.tok, src.weight is not None
     N, V, H, B = float(tok.N), float(tok.V), float(tok.H), float(tok.B)
-    cost = gram_cost(tok.N, tok.V, tok.H, tok.B, chunk_size=chunk_size)
-    base = ELEMENTWISE_FLOP_WEIGHT * (_SOFTMAX_PASSES + 1) * N * V
-    per_id = ELEMENTWISE_FLOP_WEIGHT * N + min(2 * N * N, 2 * (N * H + B * B * H))
+    cost = gram_cost(tok.N, tok.V, tok.H, tok.B, chunk_size=chunk_size, streaming=streaming)
+    z = 2 * H if streaming else 0.0
+    base = (ELEMENTWISE_FLOP_WEIGHT * (_SOFTMAX_PASSES + 1) + z) * N * V
+    per_id = (ELEMENTWISE_FLOP_WEIGHT + z) * N + min(2 * N * N, 2 * (N * H + B * B * H))
     return max(1, int((cost["exact"] - base) / per_id))
 
 
@@ -1041,7 +1048,8 @@ def choose_method(n_tokens: int, vocab: int, hidden: int, batch: int, **kw) -> s
     sparse estimator and keeps it when its error estimate is <= ``tol``, else runs 'support' (its
     deterministic bound held below ``tol``). Never the count sketch: its error is not bounded
     (percent level at a few hundred buckets)."""
-    kw = {k: v for k, v in kw.items() if k in ("chunk_size", "sketch_dim", "sketch_hidden_dim", "tail_dim")}
+    kw = {k: v for k, v in kw.items() if k in ("chunk_size", "sketch_dim", "sketch_hidden_dim", "tail_dim",
+                                                "streaming")}
     cost = gram_cost(n_tokens, vocab, hidden, batch, **kw)
     return "exact" if cost["exact"] <= 2.0 * cost["support"] else "support"
 
@@ -1119,18 +1127,29 @@ def lm_head_gram(
     _check_support_options(chunk_size, tol, support_eps, tail_dim)
     dtype = _compute_dtype(hidden, logits)
     tok = _Tokens(hidden, logits, tokens, mask, dtype)
-    inv_t = 1.0 / float(temperature)
+    src = _LogitSource(tok, 1.0 / float(temperature))
+    K = _gram_of(src, method, chunk_size=chunk_size, sketch_dim=sketch_dim, sketch_hidden_dim=sketch_hidden_dim,
+                 seed=seed, tol=tol, support_eps=support_eps, tail_dim=tail_dim, sparse_samples=sparse_samples,
+                 info=info)
+    return _normalise(K, tok.B, normalizer, dtype)
+
+
+def _gram_of(src: _LogitSource, method: str, *, chunk_size: int, sketch_dim: int, sketch_hidden_dim: int | None,
+             seed: int, tol: float, support_eps: float, tail_dim: int, sparse_samples: int,
+             info: dict | None) -> torch.Tensor:
+    """The unnormalised (B, B) Gram of ``method`` (``auto`` resolved here) from the logits of ``src``."""
+    tok = src.tok
+    streaming = src.weight is not None
     auto = method == "auto"
     if auto:
         method = choose_method(
             tok.N, tok.V, tok.H, tok.B, chunk_size=chunk_size, sketch_dim=sketch_dim,
-            sketch_hidden_dim=sketch_hidden_dim, tail_dim=tail_dim,
+            sketch_hidden_dim=sketch_hidden_dim, tail_dim=tail_dim, streaming=streaming,
         )
     if info is not None:
         info.clear()
         info.update(method=method, err_bound=float("nan") if method == "sketch" else 0.0)
-    K = None
-    src = _LogitSource(tok, inv_t)  # shared by the estimators below (one candidate pass)
+    K = None  # src is shared by the estimators below (one candidate pass)
     if auto and method == "support" and sparse_samples > 0:  # the sparse estimator first, if its
         sp: dict = {}  # error estimate meets tol; else the support estimator (deterministic bound)
         K = _sparse_gram(src, eps=support_eps, samples=sparse_samples, seed=seed,
@@ -1142,7 +1161,7 @@ def lm_head_gram(
                 info.update(method="sparse", **sp)
         else:
             K = None
-            cost = gram_cost(tok.N, tok.V, tok.H, tok.B, chunk_size=chunk_size)
+            cost = gram_cost(tok.N, tok.V, tok.H, tok.B, chunk_size=chunk_size, streaming=streaming)
             if sp["err_bound"] > _SPARSE_FAR * tol and cost["exact"] <= _EXACT_AFTER_SPARSE * cost["support"]:
                 # the mass is spread far beyond the candidates (high entropy): the support would grow
                 # toward its cap (as much work as exact) before falling back, so go to exact now
@@ -1151,7 +1170,7 @@ def lm_head_gram(
                     info.clear()
                     info.update(method="exact", err_bound=0.0)
     if method == "support":
-        cap = _support_cap(tok, chunk_size) if auto else None
+        cap = _support_cap(src, chunk_size) if auto else None
         K = _support_gram(src, tol=tol, eps=support_eps, tail_dim=tail_dim,
                           seed=seed, chunk_size=chunk_size, info=info, max_support=cap)
         if K is None:  # the batch needs nearly all of V: exact is cheaper from here
@@ -1163,16 +1182,33 @@ def lm_head_gram(
         K = _sparse_gram(src, eps=support_eps, samples=sparse_samples, seed=seed,
                          chunk_size=chunk_size, info=info)
     if method == "exact":
-        K = _exact_gram(tok, inv_t, chunk_size)
+        K = _exact_gram(src, chunk_size)
     elif method == "dense":
-        G = _dense_features(tok, inv_t)
+        G = _dense_features(src)
         K = G @ G.T
     elif method == "sketch":
-        F = _sketch_features(tok, inv_t, sketch_dim, sketch_hidden_dim, seed, chunk_size)
+        F = _sketch_features(src, sketch_dim, sketch_hidden_dim, seed, chunk_size)
         K = F @ F.T
     if info is not None:  # what err_bound is: a bound, an estimate (sparse), or nothing (sketch)
         info.setdefault("err_kind", "none" if method == "sketch" else "deterministic")
-    return _normalise(K, tok.B, normalizer, dtype)
+    return K
+
+
+def _streaming_source(hidden, weight, bias, tokens, mask, temperature) -> _LogitSource:
+    """The checked :class:`_LogitSource` of logits z = h W^T (+ bias), formed block by block."""
+    if weight.dim() != 2 or hidden.dim() != 3 or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"weight must be (V, H) with H = hidden.shape[-1]; got weight {tuple(weight.shape)}, "
+                         f"hidden {tuple(hidden.shape)}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias must be (V,) = ({weight.shape[0]},), got {tuple(bias.shape)}")
+    B, T, H = hidden.shape
+    shape_only = torch.empty((), dtype=hidden.dtype, device=hidden.device).expand(B, T, weight.shape[0])  # no data
+    _check_inputs(hidden, shape_only, tokens, mask, temperature)
+    dtype = _compute_dtype(hidden, weight)
+    tok = _Tokens(hidden, shape_only, tokens, mask, dtype)
+    h = hidden.detach().reshape(B * T, H).index_select(0, tok.flat).to(dtype)  # (N, H) unweighted
+    b = None if bias is None else bias.detach().to(dtype)
+    return _LogitSource(tok, 1.0 / float(temperature), weight.detach().to(dtype), b, h)
 
 
 def streaming_lm_head_gram(
@@ -1181,59 +1217,42 @@ def streaming_lm_head_gram(
     tokens: torch.Tensor,
     mask: torch.Tensor,
     temperature: float = 1.0,
+    method: str = "support",
     *,
     bias: torch.Tensor | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    sketch_dim: int = DEFAULT_SKETCH_DIM,
+    sketch_hidden_dim: int | None = None,
     seed: int = 0,
     normalizer: float | None = None,
     tol: float = DEFAULT_GRAM_TOL,
     support_eps: float = DEFAULT_SUPPORT_EPS,
     tail_dim: int = DEFAULT_TAIL_DIM,
-    method: str = "support",
     sparse_samples: int = DEFAULT_SPARSE_SAMPLES,
     info: dict | None = None,
 ) -> torch.Tensor:
-    """The ``support`` (or ``sparse``) Gram from the hidden states and the LM-head weight, never
-    the logits.
+    """:func:`lm_head_gram` from the hidden states and the LM-head weight, never the logits.
 
-    The logits z = h W^T (+ bias) of the valid tokens are made in blocks of at most
-    ``chunk_size`` tokens for the candidate pass, and only on the support's and the tail
-    sketch's vocabulary rows afterwards (N x (u + r)), so the N x V logits never exist at once.
-    Same result as ``lm_head_gram(hidden, hidden @ weight.T + bias, ..., method="support")``
-    up to rounding. hidden (B, T, H), weight (V, H), bias (V,) or None. -> (B, B).
+    Every backend reads the logits z = h W^T (+ bias) of the valid tokens in blocks: ``exact``
+    in its blocks of at most ``chunk_size`` tokens (the streamed blocks are formed again, at
+    2 H flops per logit), the candidate pass of ``support`` / ``sparse`` likewise, their columns
+    only on the support's and the sampled vocabulary rows (N x (u + r)); ``auto`` counts the
+    matmul in its costs (:func:`gram_cost` with ``streaming``). So the N x V logits never exist
+    at once. Same result as ``lm_head_gram(hidden, hidden @ weight.T + bias, ...)`` up to
+    rounding. hidden (B, T, H), weight (V, H), bias (V,) or None. -> (B, B).
     """
-    if weight.dim() != 2 or hidden.dim() != 3 or weight.shape[1] != hidden.shape[-1]:
-        raise ValueError(f"weight must be (V, H) with H = hidden.shape[-1]; got weight {tuple(weight.shape)}, "
-                         f"hidden {tuple(hidden.shape)}")
-    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        raise ValueError(f"bias must be (V,) = ({weight.shape[0]},), got {tuple(bias.shape)}")
-    _check_method(method, STREAMING_METHODS)
-    B, T, H = hidden.shape
-    shape_only = torch.empty((), dtype=hidden.dtype, device=hidden.device).expand(B, T, weight.shape[0])  # no data
-    _check_inputs(hidden, shape_only, tokens, mask, temperature)
+    _check_method(method, GRAM_METHODS)
     _check_support_options(chunk_size, tol, support_eps, tail_dim)
-    dtype = _compute_dtype(hidden, weight)
-    tok = _Tokens(hidden, shape_only, tokens, mask, dtype)
-    h = hidden.detach().reshape(B * T, H).index_select(0, tok.flat).to(dtype)  # (N, H) unweighted
-    W = weight.detach().to(dtype)
-    b = None if bias is None else bias.detach().to(dtype)
-    if info is not None:
-        info.clear()
-        info.update(method=method, err_bound=0.0)
-    src = _LogitSource(tok, 1.0 / float(temperature), W, b, h)
-    if method == "sparse":
-        K = _sparse_gram(src, eps=support_eps, samples=sparse_samples, seed=seed, chunk_size=chunk_size, info=info)
-    else:
-        K = _support_gram(src, tol=tol, eps=support_eps, tail_dim=tail_dim, seed=seed, chunk_size=chunk_size,
-                          info=info)
-        if info is not None:
-            info["err_kind"] = "deterministic"
-    return _normalise(K, tok.B, normalizer, dtype)
+    src = _streaming_source(hidden, weight, bias, tokens, mask, temperature)
+    K = _gram_of(src, method, chunk_size=chunk_size, sketch_dim=sketch_dim, sketch_hidden_dim=sketch_hidden_dim,
+                 seed=seed, tol=tol, support_eps=support_eps, tail_dim=tail_dim, sparse_samples=sparse_samples,
+                 info=info)
+    return _normalise(K, src.tok.B, normalizer, src.tok.dtype)
 
 
 def rollout_features(
     hidden: torch.Tensor,
-    logits: torch.Tensor,
+    logits: torch.Tensor | None,
     tokens: torch.Tensor,
     mask: torch.Tensor,
     temperature: float = 1.0,
@@ -1243,22 +1262,28 @@ def rollout_features(
     sketch_hidden_dim: int | None = None,
     seed: int = 0,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-rollout feature rows F (B, F) with K = F F^T / B_total.
 
     ``sketch``: F = m*q (m*H without a hidden sketch) numbers per rollout, the features whose
     Gram is ``lm_head_gram(..., method="sketch")`` with the same arguments and seed; the
     trainer all-gathers them across ranks (scope=global) and calls :func:`gram_from_features`.
-    ``dense``: the full flattened g_i (V*H each); small models only.
+    ``dense``: the full flattened g_i (V*H each); small models only. With ``weight`` (V, H) (and
+    ``bias``) instead of ``logits`` (None), the logits are formed block by block from the hidden states.
     """
     _check_method(method, FEATURE_METHODS)
-    _check_inputs(hidden, logits, tokens, mask, temperature)
-    dtype = _compute_dtype(hidden, logits)
-    tok = _Tokens(hidden, logits, tokens, mask, dtype)
-    inv_t = 1.0 / float(temperature)
+    if (logits is None) == (weight is None):
+        raise ValueError("rollout_features needs exactly one of logits (B, T, V) and weight (V, H)")
+    if weight is not None:
+        src = _streaming_source(hidden, weight, bias, tokens, mask, temperature)
+    else:
+        _check_inputs(hidden, logits, tokens, mask, temperature)
+        src = _LogitSource(_Tokens(hidden, logits, tokens, mask, _compute_dtype(hidden, logits)), 1.0 / float(temperature))
     if method == "dense":
-        return _dense_features(tok, inv_t)
-    return _sketch_features(tok, inv_t, sketch_dim, sketch_hidden_dim, seed, chunk_size)
+        return _dense_features(src)
+    return _sketch_features(src, sketch_dim, sketch_hidden_dim, seed, chunk_size)
 
 
 # --------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""The model-level coefficients: the LM-head Gram of a mini-batch (gathered over ranks for scope
-``global``), SALT's coefficients from it (identity member: SALT off, the advantages pass through
-and the diagnostics are logged), and the Gram dumps of ``train.dump_gram_steps``."""
+"""The model-level coefficients: the LM-head Gram of a mini-batch from its hidden states and the
+head weight (gathered over ranks for scope ``global``), SALT's coefficients from it (identity
+member: SALT off, the advantages pass through and the diagnostics are logged), and the Gram dumps
+of ``train.dump_gram_steps``."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import torch
 
 from salt import metric_names as mn
 from salt.algo.decomposition import SaltConfig, decompose
-from salt.algo.geometry import choose_method, gram_from_features, group_geometry, lm_head_gram, rollout_features
+from salt.algo.geometry import (choose_method, gram_from_features, group_geometry, rollout_features,
+                                streaming_lm_head_gram)
 from salt.train.collectives import all_gather_rows, sum_over_ranks, world
 from salt.utils import atomic_write_bytes
 
@@ -23,29 +25,39 @@ if TYPE_CHECKING:
     from salt.train.update import UpdateSettings
 
 
-def lm_gram(hidden: torch.Tensor, logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
-            settings: "UpdateSettings", seed: int, gather: bool, info: dict | None = None) -> torch.Tensor:
+def lm_gram(hidden: torch.Tensor, head: tuple[torch.Tensor, torch.Tensor | None], tokens: torch.Tensor,
+            mask: torch.Tensor, settings: "UpdateSettings", seed: int, gather: bool,
+            info: dict | None = None) -> torch.Tensor:
     """LM-head Gram (B, B) of the rows given, gathered over ranks when ``gather`` is set.
-    ``info`` (a dict) receives the backend's ``err_bound`` (relative Frobenius error bound)."""
+
+    The logits are formed block by block from ``hidden`` (b, T, H) and the head's full weight and
+    bias ``head`` (:meth:`salt.train.strategy.GradientStrategy.head_weight`), never stored whole
+    (:func:`~salt.algo.geometry.streaming_lm_head_gram`). Across ranks the token-level methods
+    gather the hidden states, tokens and mask (N x H numbers, nothing of size N x V), the sketch
+    and dense methods their per-rollout features. ``info`` (a dict) receives the backend's
+    ``err_bound`` (relative Frobenius error bound)."""
     W, _ = world()
+    weight, bias = head
     method = settings.gram
     if method == "auto":  # decided on global sizes so that every rank picks the same backend
         n = torch.tensor([float(mask.sum()), float(mask.shape[0])], dtype=torch.float64)
         if gather:
             sum_over_ranks(n)
-        method = choose_method(int(n[0]), logits.shape[-1], hidden.shape[-1], int(n[1]),
-                               chunk_size=settings.chunk_size, sketch_dim=settings.sketch_dim)
+        method = choose_method(int(n[0]), weight.shape[0], hidden.shape[-1], int(n[1]),
+                               chunk_size=settings.chunk_size, sketch_dim=settings.sketch_dim, streaming=True)
     kw = dict(chunk_size=settings.chunk_size, sketch_dim=settings.sketch_dim, seed=seed, **settings.gram_options)
     lm = "auto" if settings.gram == "auto" else method  # auto may still switch support -> exact on the batch
     if not gather or W == 1:
-        return lm_head_gram(hidden, logits, tokens, mask, settings.temperature, lm, info=info, **kw)
+        return streaming_lm_head_gram(hidden, weight, tokens, mask, settings.temperature, lm, bias=bias, info=info,
+                                      **kw)
     if method in ("exact", "support", "sparse"):  # token-level inputs (support: one shared vocabulary set)
-        return lm_head_gram(all_gather_rows(hidden), all_gather_rows(logits), all_gather_rows(tokens),
-                            all_gather_rows(mask), settings.temperature, lm, info=info, **kw)
+        return streaming_lm_head_gram(all_gather_rows(hidden), weight, all_gather_rows(tokens),
+                                      all_gather_rows(mask), settings.temperature, lm, bias=bias, info=info, **kw)
     if info is not None:
         info.update(method=method, err_bound=float("nan") if method == "sketch" else 0.0)
     kw = {k: kw[k] for k in ("chunk_size", "sketch_dim", "seed")}
-    feats = rollout_features(hidden, logits, tokens, mask, settings.temperature, method, **kw)  # (b, F)
+    feats = rollout_features(hidden, None, tokens, mask, settings.temperature, method, weight=weight, bias=bias,
+                             **kw)  # (b, F)
     feats = all_gather_rows(feats)  # (B, F)
     return gram_from_features(feats)
 

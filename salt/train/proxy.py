@@ -4,7 +4,7 @@
 
 On the same rollouts of a small model it builds
 
-* the LM-head Gram K_lm (``salt.algo.geometry.lm_head_gram``, exact), and
+* the LM-head Gram K_lm (``salt.algo.geometry.streaming_lm_head_gram``, exact), and
 * the Gram K_blk of per-sample gradients of the LAST TRANSFORMER BLOCK's parameters, computed
   with autograd one rollout at a time for L_i = -sum_t m_it log softmax(z_it / T)[y_it]
   (the same unweighted per-rollout loss whose LM-head gradient is SALT's feature),
@@ -33,13 +33,14 @@ from typing import Any
 import torch
 
 from salt import tracking as tr
-from salt.algo.geometry import cosine_gram, lm_head_gram
+from salt.algo.geometry import cosine_gram, streaming_lm_head_gram
 from salt.rollout import make_backend
 from salt.tasks.prompts import build_prompt
 from salt.tasks.toy import generate_problems
 from salt.train.batch import RolloutBatch, to_tensors
 from salt.train.forward import policy_forward
 from salt.tasks.rows import read_rows
+from salt.train.head import output_head
 from salt.utils import atomic_write_text, seed_everything
 
 
@@ -134,7 +135,10 @@ def validate_proxy(model_dir: str, data: str, out_dir: str, n_prompts: int = 8, 
     model.eval()
     with torch.no_grad():
         fwd = policy_forward(model, tb, temperature)
-        K_lm = lm_head_gram(fwd.hidden.double(), fwd.logits.double(), tb.tokens, tb.mask, temperature, "exact")
+        head = output_head(model)
+        bias = None if head.bias is None else head.bias.double()
+        K_lm = streaming_lm_head_gram(fwd.hidden.double(), head.weight.double(), tb.tokens, tb.mask, temperature,
+                                      "exact", bias=bias)
     F_blk = last_block_gradients(model, tb, temperature)
     result = proxy_statistics(K_lm, F_blk, null_samples=null_samples, seed=seed)
     result.update({"model": str(model_dir), "data": data, "n_prompts": n_prompts, "group_size": group_size,

@@ -5,6 +5,7 @@ Accelerator (:func:`strategy_for`), behind one small interface:
 * ``no_sync`` / ``backward`` / ``step``  one pass's gradient sync, the backward, the optimizer step;
 * ``full_state`` / ``full_state_every_rank``  full weights for ``save_pretrained`` (rank 0) and for
   a colocated vLLM engine (every rank);
+* ``head_weight``    the LM head's full weight on every rank (the streaming Gram's input);
 * ``checkpoint_state`` / ``load_checkpoint``  what a checkpoint holds and how it comes back.
 
 ``Single`` (``none``): no accelerator, or Accelerate's ``DistributedType.NO``: the model is used
@@ -33,6 +34,7 @@ from accelerate.state import PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
 from salt.train.collectives import reduce_gradients, world
+from salt.train.head import output_head
 
 
 def master_dtype(setting: str) -> torch.dtype:
@@ -117,18 +119,14 @@ class GradientStrategy:
         """The bare ``PreTrainedModel`` (generation, ``save_pretrained``)."""
         return model
 
-    def syncs_by_hand(self, scope: str, n_passes: int) -> bool:
-        """Gradients are reduced explicitly after the last backward instead of by the engine."""
-        return False
-
-    def no_sync(self, model: Any, last: bool, by_hand: bool) -> Any:
+    def no_sync(self, model: Any, last: bool) -> Any:
         """Context of one pass: only the last pass synchronises gradients."""
         return contextlib.nullcontext()
 
     def backward(self, model: Any, loss: torch.Tensor, last: bool) -> None:
         loss.backward()
 
-    def step(self, model: Any, optimizer: Any, scheduler: Any, max_norm: float, by_hand: bool) -> torch.Tensor:
+    def step(self, model: Any, optimizer: Any, scheduler: Any, max_norm: float) -> torch.Tensor:
         """Gradient clipping, optimizer and scheduler step; returns the pre-clip gradient norm."""
         params = [p for p in model.parameters() if p.requires_grad]
         if world()[0] > 1:  # a raw model in a process group: sum the pre-scaled gradients
@@ -142,6 +140,12 @@ class GradientStrategy:
     def full_state(self, model: Any) -> dict[str, torch.Tensor] | None:
         """Full weights for ``save_pretrained`` on rank 0 (a collective); None: the model saves itself."""
         return None
+
+    def head_weight(self, model: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The LM head's full weight (V, H) and bias (V,) or None, detached, on EVERY rank (a collective
+        for sharded strategies, where it is a copy; else a view of the parameter): the streaming Gram's input."""
+        head = output_head(model)
+        return head.weight.detach(), None if head.bias is None else head.bias.detach()
 
     def full_state_every_rank(self, model: Any) -> dict[str, torch.Tensor]:
         """The full (unsharded) weights on EVERY rank (a collective for sharded strategies)."""
@@ -167,9 +171,9 @@ class Single(GradientStrategy):
 
 
 class DDP(GradientStrategy):
-    """DistributedDataParallel. DDP arms its reducer in the forward, so with scope ``global`` and
-    several passes per rank (all forwards precede the first backward) every pass runs under
-    ``no_sync`` and the gradients are averaged explicitly: DDP's reduction done once by hand."""
+    """DistributedDataParallel: every pass is a forward followed by its backward (both scopes; the
+    global scope's Gram comes from a no-grad pass first), all but the last under ``no_sync``, so
+    DDP's own reducer averages the gradients once, after the last backward."""
 
     kind = "ddp"
     wrapped = True
@@ -180,19 +184,14 @@ class DDP(GradientStrategy):
     def unwrap(self, model: Any) -> Any:
         return self.accelerator.unwrap_model(model)
 
-    def syncs_by_hand(self, scope: str, n_passes: int) -> bool:
-        return scope == "global" and n_passes > 1
-
-    def no_sync(self, model: Any, last: bool, by_hand: bool) -> Any:
-        return self.accelerator.no_sync(model) if (by_hand or not last) else contextlib.nullcontext()
+    def no_sync(self, model: Any, last: bool) -> Any:
+        return self.accelerator.no_sync(model) if not last else contextlib.nullcontext()
 
     def backward(self, model: Any, loss: torch.Tensor, last: bool) -> None:
         self.accelerator.backward(loss)
 
-    def step(self, model: Any, optimizer: Any, scheduler: Any, max_norm: float, by_hand: bool) -> torch.Tensor:
+    def step(self, model: Any, optimizer: Any, scheduler: Any, max_norm: float) -> torch.Tensor:
         params = list(model.parameters())  # FSDP's clip_grad_norm_ matches the model's full list
-        if by_hand:
-            reduce_gradients([p for p in params if p.requires_grad], mean=True)
         norm = self.accelerator.clip_grad_norm_(params, max_norm)
         optimizer.step()
         scheduler.step()
@@ -235,8 +234,20 @@ class FSDP(_ShardedCheckpoint, DDP):
     def sharded(self) -> bool:
         return True
 
-    def syncs_by_hand(self, scope: str, n_passes: int) -> bool:
-        return False
+    def head_weight(self, model: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """v2: the ``DTensor``s' ``full_tensor()``; v1: a copy made inside ``summon_full_params``."""
+        if getattr(self.accelerator, "is_fsdp2", False):
+            from torch.distributed.tensor import DTensor
+
+            head = output_head(model)
+            full = [None if t is None else (t.full_tensor() if isinstance(t, DTensor) else t).detach()
+                    for t in (head.weight, head.bias)]
+            return full[0], full[1]
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        with FullyShardedDataParallel.summon_full_params(model, writeback=False):
+            w, b = super().head_weight(model)
+            return w.clone(), None if b is None else b.clone()
 
     def full_state_every_rank(self, model: Any) -> dict[str, torch.Tensor]:
         """FSDP v2: each ``DTensor`` is materialised with ``full_tensor()`` (one all-gather per
@@ -269,21 +280,29 @@ class DeepSpeed(_ShardedCheckpoint, DDP):
         ds["gradient_clipping"] = float(train_cfg.max_grad_norm)
         return self.accelerator.prepare(model, optimizer, scheduler)
 
-    def syncs_by_hand(self, scope: str, n_passes: int) -> bool:
-        return False
-
-    def no_sync(self, model: Any, last: bool, by_hand: bool) -> Any:
+    def no_sync(self, model: Any, last: bool) -> Any:
         return contextlib.nullcontext()
 
     def backward(self, model: Any, loss: torch.Tensor, last: bool) -> None:
         model.set_gradient_accumulation_boundary(last)  # the last pass closes the accumulation
         model.backward(loss)
 
-    def step(self, model: Any, optimizer: Any, scheduler: Any, max_norm: float, by_hand: bool) -> torch.Tensor:
+    def step(self, model: Any, optimizer: Any, scheduler: Any, max_norm: float) -> torch.Tensor:
         model.step()
         gn = model.get_global_grad_norm()
         scheduler.step()  # our LambdaLR is not a DeepSpeed scheduler: Accelerate leaves it to us
         return torch.tensor(float("nan") if gn is None else float(gn))
+
+    def head_weight(self, model: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """ZeRO-3: a copy inside ``deepspeed.zero.GatheredParameters``; ZeRO-1/2: a view."""
+        if not self.sharded:
+            return super().head_weight(model)
+        import deepspeed
+
+        head = output_head(model)
+        params = [t for t in (head.weight, head.bias) if t is not None]
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            return head.weight.detach().clone(), None if head.bias is None else head.bias.detach().clone()
 
     def full_state_every_rank(self, model: Any) -> dict[str, torch.Tensor]:
         """ZeRO-3: ``deepspeed.zero.GatheredParameters`` per parameter; ZeRO-1/2: the state dict."""

@@ -143,10 +143,10 @@ class Trainer:
             dev_tb = tb.to(self.device) if not on_policy or self.ref_model is not None else None  # one copy
             if not on_policy:
                 tb.old_logp = compute_logprobs(self.model, dev_tb, cfg.rollout.temperature,
-                                               cfg.train.micro_batch_size).cpu()
+                                               cfg.train.micro_batch_size, cfg.train.head_chunk_size).cpu()
             if self.ref_model is not None:
                 tb.ref_logp = compute_logprobs(self.ref_model, dev_tb, cfg.rollout.temperature,
-                                               cfg.train.micro_batch_size).cpu()
+                                               cfg.train.micro_batch_size, cfg.train.head_chunk_size).cpu()
         metrics = []
         dump = step is not None and (step + 1) in cfg.train.dump_gram_steps
         for epoch in range(cfg.train.ppo_epochs):

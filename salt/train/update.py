@@ -3,6 +3,10 @@ clipping, optimizer and scheduler step; one function per SALT scope (``global``:
 whole mini-batch, gathered from all ranks; ``micro``: one Gram per micro-batch). Also the settings
 the update reads (:class:`UpdateSettings`) and the optimizer / LR schedule (:func:`make_optimizer`).
 
+Memory: the LM head runs in token chunks (:mod:`salt.train.head`) and the Gram forms its logits
+from the hidden states and the head weight (:func:`salt.train.gram.lm_gram`), so no (tokens x
+vocabulary) tensor is stored; in both scopes one micro-batch's graph is alive at a time.
+
 Each rank forwards its contiguous slice in micro-batches and backpropagates the loss scaled by its
 share of the global normaliser (times the world size for engines that average gradients: see
 :mod:`salt.train.strategy`), so the result equals the single-process step on the same mini-batch.
@@ -22,6 +26,7 @@ from salt.train.batch import TensorBatch
 from salt.train.collectives import max_over_ranks, rank_slice, sum_over_ranks, world
 from salt.train.config import RunConfig
 from salt.train.forward import ForwardOut, micro_slices, policy_forward
+from salt.train.head import DEFAULT_HEAD_CHUNK
 from salt.train.gram import gram_record, lm_gram, salt_coefficients, with_err_bound
 from salt.train.stepping import Timer, mean_metrics, step_seed
 from salt.train.strategy import GradientStrategy, Single
@@ -43,6 +48,7 @@ class UpdateSettings:
     chunk_size: int
     sketch_dim: int
     micro_weight: str = "tokens"  # train.micro_batch_weight (loss_weight)
+    head_chunk: int = DEFAULT_HEAD_CHUNK
     salt_options: dict = field(default_factory=dict)
     gram_options: dict = field(default_factory=dict)  # tol, support_eps, tail_dim, sparse_samples
 
@@ -56,7 +62,8 @@ class UpdateSettings:
             loss_cfg=loss_cfg, temperature=cfg.rollout.temperature, micro_batch_size=cfg.train.micro_batch_size,
             max_grad_norm=cfg.train.max_grad_norm, salt_enabled=s.enabled, salt_diagnostics=s.diagnostics,
             gram=s.gram, scope=s.scope, chunk_size=s.chunk_size, sketch_dim=s.sketch_dim,
-            micro_weight=cfg.train.micro_batch_weight, salt_options=dict(s.options),
+            micro_weight=cfg.train.micro_batch_weight, head_chunk=cfg.train.head_chunk_size,
+            salt_options=dict(s.options),
             gram_options=dict(tol=s.gram_tol, support_eps=s.support_eps, tail_dim=s.tail_dim,
                               sparse_samples=s.sparse_samples),
         )
@@ -103,6 +110,7 @@ class _Passes:
     Pass ``i`` of ``n`` synchronises gradients only when it is the last (``strategy.no_sync``);
     ranks with fewer micro-batches add zero-weight one-row passes (:meth:`pad`) when the strategy
     needs the same number of passes on every rank. ``losses`` collects (loss weight, tokens, metrics).
+    ``head`` is the LM head's full (weight, bias), fetched once when a Gram is built.
     """
 
     def __init__(self, model: Any, strategy: GradientStrategy, settings: UpdateSettings, timer: Timer,
@@ -110,16 +118,17 @@ class _Passes:
         self.model, self.strategy, self.settings, self.timer = model, strategy, settings, timer
         self.local, self.micros, self.n_pad = local, micros, n_pad
         self.n = len(micros) + n_pad
-        self.by_hand = strategy.syncs_by_hand(settings.scope, self.n)
+        self.head: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self.total_weight = loss_weight(mb.mask, settings.loss_cfg.agg_mode, settings.micro_weight)
         self.entropy_grad = settings.loss_cfg.entropy_coef > 0
         self.losses: list[tuple[float, float, dict[str, float]]] = []
 
     def sync(self, i: int) -> Any:
-        return self.strategy.no_sync(self.model, i == self.n - 1, self.by_hand)
+        return self.strategy.no_sync(self.model, i == self.n - 1)
 
-    def forward(self, part: TensorBatch, features: bool) -> ForwardOut:
-        return policy_forward(self.model, part, self.settings.temperature, features, self.entropy_grad)
+    def forward(self, part: TensorBatch, features: bool, head: bool = True) -> ForwardOut:
+        return policy_forward(self.model, part, self.settings.temperature, features, self.entropy_grad,
+                              self.settings.head_chunk, head)
 
     def _policy_loss(self, part: TensorBatch, fwd: ForwardOut, coef: torch.Tensor) -> tuple[torch.Tensor, dict]:
         # old_logp None: one on-policy pass (see Trainer.update), the sampling policy is this one
@@ -136,26 +145,25 @@ class _Passes:
         with self.timer("backward"):
             self.strategy.backward(self.model, loss * (w / self.total_weight * self.strategy.grad_scale), i == self.n - 1)
 
-    def pad(self, i: int, fwd: ForwardOut | None = None) -> None:
+    def pad(self, i: int) -> None:
         """A zero-weight pass over one local row: keeps the ranks' collectives in step."""
         part = self.local.index(slice(0, 1))
-        if fwd is None:
-            with self.timer("forward"):
-                fwd = self.forward(part, False)
+        with self.timer("forward"):
+            fwd = self.forward(part, False)
         loss, _ = self._policy_loss(part, fwd, part.advantages)
         with self.timer("backward"):
             self.strategy.backward(self.model, loss * 0.0, i == self.n - 1)
 
 
-def _salt(p: _Passes, hidden: torch.Tensor, logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
-          rows: TensorBatch, positions: torch.Tensor, seed: int, gather: bool, geo: list,
-          coef_out: list | None, gram_out: dict | None) -> torch.Tensor:
+def _salt(p: _Passes, hidden: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, rows: TensorBatch,
+          positions: torch.Tensor, seed: int, gather: bool, geo: list, coef_out: list | None,
+          gram_out: dict | None) -> torch.Tensor:
     """The Gram of one scope's unit (gathered over ranks when ``gather``), SALT's coefficients for
     ``rows`` (the rollouts of that Gram: the whole mini-batch or one micro-batch), and their records:
     geometry metrics into ``geo``, the coefficients into ``coef_out``, the first Gram into ``gram_out``
     (``positions``: the rows of the mini-batch it covers)."""
     with p.timer("gram"):
-        K = lm_gram(hidden, logits, tokens, mask, p.settings, seed, gather=gather, info=(ginfo := {}))
+        K = lm_gram(hidden, p.head, tokens, mask, p.settings, seed, gather=gather, info=(ginfo := {}))
     # scope micro: each micro-batch's own draw for the random subspace / the published LOBPCG start
     salt_seed = seed if gather else step_seed(seed, int(positions[0]), "salt-micro")
     with p.timer("decompose"):
@@ -170,27 +178,38 @@ def _salt(p: _Passes, hidden: torch.Tensor, logits: torch.Tensor, tokens: torch.
 
 def _global_scope(p: _Passes, mb: TensorBatch, seed: int, diagnostics: bool, geo: list,
                   coef_out: list | None, gram_out: dict | None) -> None:
-    """Scope ``global``: all forwards first, one Gram over the whole mini-batch, then the backwards."""
+    """Scope ``global``: one Gram over the whole mini-batch, then forward + backward per micro-batch.
+
+    The Gram's inputs come from a no-grad pass over this rank's micro-batches that runs the
+    decoder only (no LM head) and keeps the final hidden states (N_local x H); the Gram gathers
+    them (not the logits) over ranks and forms its logits from them and the head weight. Memory:
+    one micro-batch's graph plus the mini-batch's hidden states; extra compute: one no-grad
+    decoder forward per micro-batch (the head is not run in it).
+    """
     W, rank = world()
     local, micros = p.local, p.micros
-    outs, pads = [], []
-    with p.timer("forward"):
-        for k in range(p.n):  # DDP by hand: no pass may arm the reducer (see salt.train.strategy.DDP)
-            part = local.index(micros[k]) if k < len(micros) else local.index(slice(0, 1))
-            with p.strategy.no_sync(p.model, True, p.by_hand):
-                o = p.forward(part, diagnostics and k < len(micros))
-            (outs if k < len(micros) else pads).append(o)
     coef = local.advantages
     if diagnostics:
-        coef_all = _salt(p, torch.cat([o.hidden for o in outs]), torch.cat([o.logits for o in outs]), local.tokens,
-                         local.mask, mb, torch.arange(len(mb)), seed, True, geo, coef_out, gram_out)
+        hidden = []
+        with torch.no_grad(), p.timer("forward"):
+            for k in range(p.n):  # padded passes too: sharded engines gather weights in each forward
+                part = local.index(micros[k]) if k < len(micros) else local.index(slice(0, 1))
+                o = p.forward(part, True, head=False)
+                if k < len(micros):
+                    hidden.append(o.hidden)
+        coef_all = _salt(p, torch.cat(hidden), local.tokens, local.mask, mb, torch.arange(len(mb)), seed, True, geo,
+                         coef_out, gram_out)
+        del hidden
         coef = coef_all[rank_slice(len(mb), W, rank)].to(local.advantages.dtype)
-    for i, (s, o) in enumerate(zip(micros, outs)):
+    for i, s in enumerate(micros):
+        part = local.index(s)
         with p.sync(i):
-            p.backward(local.index(s), o, coef[s], i)
-    for j, o in enumerate(pads):
+            with p.timer("forward"):
+                o = p.forward(part, False)
+            p.backward(part, o, coef[s], i)
+    for j in range(p.n_pad):
         with p.sync(len(micros) + j):
-            p.pad(len(micros) + j, o)
+            p.pad(len(micros) + j)
 
 
 def _micro_scope(p: _Passes, mb: TensorBatch, seed: int, diagnostics: bool, geo: list,
@@ -205,8 +224,7 @@ def _micro_scope(p: _Passes, mb: TensorBatch, seed: int, diagnostics: bool, geo:
             coef = part.advantages
             if diagnostics:
                 pos = torch.arange(s.start, s.stop) + rank_slice(len(mb), W, rank).start  # (b,) rows of mb
-                coef = _salt(p, o.hidden, o.logits, part.tokens, part.mask, part, pos, seed, False, geo, coef_out,
-                             gram_out)
+                coef = _salt(p, o.hidden, part.tokens, part.mask, part, pos, seed, False, geo, coef_out, gram_out)
             p.backward(part, o, coef, i)
     for j in range(p.n_pad):
         with p.sync(len(p.micros) + j):
@@ -279,11 +297,13 @@ def update_minibatch(model: Any, optimizer: Any, scheduler: Any, mb: TensorBatch
     diagnostics = settings.salt_enabled or settings.salt_diagnostics
     geo: list[dict[str, float]] = []
     model.train()
+    if diagnostics:
+        passes.head = strategy.head_weight(model)  # a collective for sharded strategies: once per call
     scope = _global_scope if settings.scope == "global" else _micro_scope
     scope(passes, mb, seed, diagnostics, geo, coef_out, gram_out)
     with timer("optimizer"):
         max_norm = settings.max_grad_norm if settings.max_grad_norm > 0 else float("inf")
-        norm = strategy.step(model, optimizer, scheduler, max_norm, passes.by_hand)
+        norm = strategy.step(model, optimizer, scheduler, max_norm)
     metrics = _reduce_metrics(passes.losses, geo, settings.scope)
     metrics[mn.TRAIN_UPDATE_NORM] = float(norm)
     metrics[mn.TRAIN_LR] = float(scheduler.get_last_lr()[0])

@@ -183,7 +183,7 @@ def test_auto_falls_back_to_exact_when_the_support_would_cover_most_of_v(monkeyp
 
     h, W, b, z, y, mask = batch(3, 40, 600, 4, 1.0, seed=16, frac=1.0)
     monkeypatch.setattr(geometry, "choose_method", lambda *a, **k: "support")
-    monkeypatch.setattr(geometry, "_support_cap", lambda tok, c: 50)
+    monkeypatch.setattr(geometry, "_support_cap", lambda src, c: 50)
     info = {}
     # sparse_samples=0: auto skips the sparse estimator (on this flat-ish batch it would be exact:
     # every id is every token's candidate) and this tests the support -> exact fallback

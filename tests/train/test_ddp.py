@@ -8,10 +8,11 @@ through ``accelerator.prepare`` (a ``DistributedDataParallel`` model), exactly a
 batch as a single process; SALT's coefficients and the parameters after the step must agree
 within 1e-5. Cases:
 
-* ``exact-grpo``: scope ``global``, exact Gram (token factors gathered), one pass per rank: DDP's
-  own reducer averages the gradients.
-* ``sketch-dapo-micro5``: sketch features gathered, two micro-batches per rank: the passes run
-  under ``no_sync`` and the gradients are averaged once.
+* ``exact-grpo``: scope ``global``, exact Gram (hidden states, tokens and mask gathered; the
+  logits formed from them and the head weight), one pass per rank: DDP's own reducer averages.
+* ``sketch-dapo-micro5``: sketch features gathered, two micro-batches per rank after the no-grad
+  pass that collects the Gram's hidden states: the first pass runs under ``no_sync``, DDP's
+  reducer averages after the second.
 * ``global-pad-micro7``: rank 0 has two micro-batches (7 + 1 rows), rank 1 one (7 rows) and adds a
   zero-weight pass so that both run the same collectives.
 * ``micro-scope-micro4``: scope ``micro`` (one Gram per micro-batch), two passes per rank, the

@@ -12,8 +12,9 @@ from tests.train.test_trainer import _tensor_batch, policy  # noqa: F401  (fixtu
 
 
 def test_per_sample_lm_head_gradients_match_the_lm_head_gram(policy):  # noqa: F811
-    """Autograd one rollout at a time (the proxy's method) reproduces lm_head_gram on the same batch."""
-    from salt.algo.geometry import lm_head_gram
+    """Autograd one rollout at a time (the proxy's method, through the chunked head) reproduces the
+    exact Gram streamed from the hidden states and the head weight on the same batch."""
+    from salt.algo.geometry import streaming_lm_head_gram
     from salt.train.forward import policy_forward
 
     model, _, _, tb = _tensor_batch(policy, n_prompts=3, n=3, seed=2)
@@ -30,7 +31,8 @@ def test_per_sample_lm_head_gradients_match_the_lm_head_gram(policy):  # noqa: F
     brute = (T * T) * (G @ G.T) / len(tb)
     with torch.no_grad():
         fwd = policy_forward(model, tb, T)
-    K = lm_head_gram(fwd.hidden.double(), fwd.logits.double(), tb.tokens, tb.mask, T, "exact")
+    W = model.lm_head.weight.detach().double()
+    K = streaming_lm_head_gram(fwd.hidden.double(), W, tb.tokens, tb.mask, T, "exact")
     assert torch.allclose(K, brute, rtol=1e-4, atol=1e-6)  # float32 autograd vs float64 Gram
 
 

@@ -110,8 +110,14 @@ def test_lm_head_input_is_last_hidden_state_and_logprobs_match_sampling(policy):
     model.eval()
     with torch.no_grad():
         fwd = policy_forward(model, tb, temperature=1.0)
-        # the LM head applied to the returned hidden states reproduces the returned logits
-        assert torch.allclose(model.lm_head(fwd.hidden), fwd.logits, atol=1e-5)
+        T = tb.tokens.shape[1]
+        plain = model(input_ids=tb.input_ids, attention_mask=tb.attention_mask, position_ids=tb.position_ids,
+                      output_hidden_states=True, use_cache=False)
+        # the returned hidden states are the model's last (post-norm) hidden states of the response
+        assert torch.allclose(fwd.hidden, plain.hidden_states[-1][:, -(T + 1):-1], atol=1e-6)
+        # the chunked head's log-probs are the full logits' on every response token, 0 elsewhere
+        full = torch.log_softmax(plain.logits[:, -(T + 1):-1].float(), -1).gather(-1, tb.tokens[..., None])[..., 0]
+        assert torch.allclose(fwd.logp, full * (tb.mask != 0), atol=1e-6)
     # the recomputed log-probs of the sampled tokens equal the sampler's on every response token
     for i, lps in enumerate(out.logprobs):
         assert len(lps) == int(tb.mask[i].sum())

@@ -1,0 +1,266 @@
+"""Peak memory and wall time of one training step (``update_minibatch``) at the 0.5B head shape,
+today's code against another revision, and the projection to Qwen2.5-7B at ``config/paper.yaml``.
+
+Model: a randomly initialised Qwen2 with Qwen2.5-0.5B's head and layer shapes (vocabulary 151,936,
+hidden 896, intermediate 4,864, 14 heads / 2 KV heads, tied embeddings) and 2 decoder layers, float32,
+CPU. Mini-batch: ``--rollouts`` rollouts (one group) of a 16-token prompt and T response tokens,
+micro-batch ``--micro``, SGD, Gram ``auto`` (the default), token-mean DAPO-style loss.
+
+Arms: ``decoder`` (forward + backward of the decoder alone, loss on its last hidden state: what
+the step needs besides the head), ``off`` (SALT and its diagnostics off: no Gram), ``micro`` and
+``global`` (SALT on, scope micro / global). "Head" memory = the arm's peak minus the decoder arm's.
+
+Every case runs in its own ``nice -n 10`` subprocess that builds the model and batch, resets its
+peak-RSS counter (``/proc/self/clear_refs``), runs one step and reads VmHWM: "peak" = VmHWM - VmRSS
+before the step (the parameter gradients, 0.55 GiB, are part of it). ``--code DIR`` runs the step
+with the package of another checkout (e.g. today's code exported by ``git worktree add``); the
+script itself only uses the API both share. A case whose peak is predicted (linear in T from the
+smaller T of the same arm) above ``--cap-gib`` is not run and is reported as extrapolated.
+
+Usage:
+  python benchmarks/step_memory.py run --tokens 1024 --arm global [--code DIR]   # one case, JSON
+  python benchmarks/step_memory.py table [--old DIR] [--tokens 256 1024 4096]     # every case, markdown
+  python benchmarks/step_memory.py projection                                     # Qwen2.5-7B, paper.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+GIB = 1024**3
+ARMS = ("decoder", "off", "micro", "global")
+
+
+def _model(vocab: int, layers: int):
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=vocab, hidden_size=896, intermediate_size=4864, num_hidden_layers=layers,
+                      num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=8192,
+                      tie_word_embeddings=True, use_cache=False)
+    return Qwen2ForCausalLM(cfg).float()
+
+
+def _batch(rollouts: int, prompt: int, tokens: int, vocab: int):
+    import torch
+
+    from salt.train.batch import TensorBatch
+
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, vocab, (rollouts, prompt + tokens), generator=g)
+    attn = torch.ones_like(ids)
+    return TensorBatch(input_ids=ids, attention_mask=attn, position_ids=attn.cumsum(1) - 1,
+                       tokens=ids[:, prompt:].clone(), mask=torch.ones(rollouts, tokens),
+                       group_ids=torch.zeros(rollouts, dtype=torch.long),
+                       advantages=torch.randn(rollouts, generator=g))
+
+
+def _settings(arm: str, micro: int, head_chunk: int | None = None):
+    import dataclasses
+
+    from salt.algo.losses import LossConfig
+    from salt.train.update import UpdateSettings
+
+    kw = dict(loss_cfg=LossConfig(name="dapo", agg_mode="token-mean"), temperature=1.0, micro_batch_size=micro,
+              max_grad_norm=1.0, salt_enabled=arm in ("micro", "global"), salt_diagnostics=False, gram="auto",
+              scope="micro" if arm == "micro" else "global", chunk_size=4096, sketch_dim=256,
+              gram_options=dict(tol=1e-3, support_eps=1e-6, tail_dim=0, sparse_samples=1024))
+    if head_chunk is not None:  # the new code's train.head_chunk_size (today's code has no such key)
+        kw["head_chunk"] = head_chunk
+    return UpdateSettings(**{k: v for k, v in kw.items() if k in {f.name for f in dataclasses.fields(UpdateSettings)}})
+
+
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{key} not in /proc/self/status (Linux only)")
+
+
+def _reset_peak() -> None:
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+
+
+def run_case(args) -> dict:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from salt.train.stepping import Timer
+    from salt.train.update import update_minibatch
+
+    model = _model(args.vocab, args.layers)
+    tb = _batch(args.rollouts, args.prompt, args.tokens, args.vocab)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
+    timer = Timer()
+    _reset_peak()
+    base = _status_kib("VmRSS")
+    t0 = time.perf_counter()
+    if args.arm == "decoder":
+        model.train()
+        for s in range(0, len(tb), args.micro):
+            p = tb.index(slice(s, s + args.micro))
+            h = model.model(input_ids=p.input_ids, attention_mask=p.attention_mask, position_ids=p.position_ids,
+                            use_cache=False).last_hidden_state
+            h[:, -args.tokens - 1:-1].float().pow(2).mean().backward()
+        metrics = {}
+    else:
+        metrics = update_minibatch(model, opt, sched, tb, _settings(args.arm, args.micro, args.head_chunk), seed=0, timer=timer)
+    seconds = time.perf_counter() - t0
+    peak = _status_kib("VmHWM")
+    import salt.train.update as upd
+
+    return {"arm": args.arm, "tokens": args.tokens, "rollouts": args.rollouts, "micro": args.micro,
+            "peak_gib": (peak - base) * 1024 / GIB, "seconds": seconds, "head_chunk": args.head_chunk,
+            "stages": {k: round(v, 2) for k, v in timer.t.items()},
+            "n_eff": metrics.get("salt/n_eff"), "code": str(Path(upd.__file__).resolve().parents[2])}
+
+
+def _spawn(tokens: int, arm: str, code: Path, a) -> dict:
+    cmd = ["nice", "-n", "10", sys.executable, str(Path(__file__).resolve()), "run", "--tokens", str(tokens),
+           "--arm", arm, "--rollouts", str(a.rollouts), "--micro", str(a.micro), "--threads", str(a.threads)]
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(code))
+    if out.returncode != 0:
+        raise RuntimeError(f"case {arm} T={tokens} ({code}) failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def table(a) -> None:
+    codes = ({} if a.only_old else {"new": ROOT}) | ({"old": Path(a.old).resolve()} if a.old else {})
+    rows: dict = {}
+    for name, code in codes.items():
+        for arm in ARMS if name == "new" else ARMS[1:]:
+            done: list[tuple[int, float]] = []
+            for T in a.tokens:
+                if len(done) >= 2:  # linear prediction from the two largest measured T
+                    (t1, p1), (t2, p2) = done[-2:]
+                    pred = p2 + (p2 - p1) / (t2 - t1) * (T - t2)
+                    if pred > a.cap_gib:
+                        rows[(name, arm, T)] = {"peak_gib": pred, "seconds": None, "extrapolated": True}
+                        print(f"{name} {arm} T={T}: predicted {pred:.2f} GiB > cap, extrapolated", flush=True)
+                        continue
+                r = _spawn(T, arm, code, a)
+                rows[(name, arm, T)] = r
+                done.append((T, r["peak_gib"]))
+                print(f"{name} {arm} T={T}: {r['peak_gib']:.2f} GiB {r['seconds']:.1f} s", flush=True)
+    Path(a.out).write_text(json.dumps({f"{k[0]}/{k[1]}/{k[2]}": v for k, v in rows.items()}, indent=1))
+    print(markdown(rows, a))
+
+
+def markdown(rows: dict, a) -> str:
+    def cell(key):
+        r = rows.get(key)
+        if r is None:
+            return "-"
+        s = f"{r['peak_gib']:.2f}"
+        return s + " (extrap.)" if r.get("extrapolated") else s + f" / {r['seconds']:.0f} s"
+
+    lines = [f"| T (x {a.rollouts} rollouts, micro {a.micro}) | arm | today: peak GiB / time | new: peak GiB / time |"
+             " head GiB today | head GiB new | head MB/token today | head MB/token new |",
+             "|---|---|---|---|---|---|---|---|"]
+    for T in a.tokens:
+        dec = rows.get(("new", "decoder", T))
+        for arm in ARMS:
+            old, new = rows.get(("old", arm, T)), rows.get(("new", arm, T))
+            heads = []
+            for r in (old, new):
+                h = None if (r is None or dec is None or arm == "decoder") else r["peak_gib"] - dec["peak_gib"]
+                heads.append(h)
+            mb = [None if h is None else h * GIB / 1e6 / (T * a.micro) for h in heads]
+            fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
+            lines.append(f"| {T} | {arm} | {cell(('old', arm, T))} | {cell(('new', arm, T))} | {fmt(heads[0], '.2f')} |"
+                         f" {fmt(heads[1], '.2f')} | {fmt(mb[0], '.3f')} | {fmt(mb[1], '.3f')} |")
+    return "\n".join(lines)
+
+
+def projection() -> str:
+    """Qwen2.5-Math-7B per GPU at paper.yaml: FSDP v2 over 8 GPUs, fp32 master + bf16 compute,
+    gradient checkpointing, AdamW, micro-batch 8, responses 8192 (prompts up to 2048), 32 prompts x 16
+    rollouts per mini-batch (64 rollouts per GPU)."""
+    P, V, H, L, I = 7.62e9, 152064, 3584, 28, 18944
+    gpus, micro, resp, prompt, per_gpu = 8, 8, 8192, 2048, 32 * 16 // 8
+    GB = 1e9
+    states = P * (4 + 4 + 8) / gpus  # fp32 params, grads, Adam moments, sharded
+    gathered = 2 * (P / L) * 2 + 2 * V * H * 2  # two bf16 layers in flight + the root's embedding and head
+    tok = micro * (resp + prompt)
+    ckpt = L * tok * H * 2  # checkpointed layer inputs, bf16
+    layer = tok * (I * 2 * 3 + H * 2 * 8)  # one layer's recomputed activations in its backward, bf16
+    rtok = micro * resp
+    head_old = 4 * rtok * V * 4  # logits, log_softmax, exp, their gradients: float32 (tokens x V)
+    head_new = 2 * 512 * V * 4 + V * H * 4  # two float32 (chunk x V) blocks + the float32 weight gradient
+    gram_w = V * H * 4  # the head weight's full float32 copy for the streaming Gram
+    dense = micro * V * H * 4 + resp * V * 4  # published arm: dense features (B, V, H) + one rollout's d
+    base = states + gathered + ckpt + layer
+    rows = [("no SALT (GRPO, DAPO, ...)", base + head_old, base + head_new),
+            ("published SALT (micro, dense)", base + head_old + dense + rtok * H * 2, base + head_new + gram_w + dense
+             + rtok * H * 2)]
+    hid_local = per_gpu * resp * H * 2  # the global scope's no-grad pass: hidden states of this GPU's rollouts
+    n_micro = per_gpu // micro
+    N = gpus * per_gpu * resp
+    gram_glob = N * H * 2 + N * H * 4 * 2 + N * H * 8  # gathered bf16, float32 hw and h, float64 hidden side
+    glob_old = states + gathered + n_micro * (ckpt + head_old) + layer  # every micro-batch's graph kept
+    glob_new = base + head_new + hid_local + gram_w
+    rows.append(("ours (global, auto): the training step and this GPU's Gram inputs", glob_old, glob_new))
+    rows.append((f"ours (global, auto): + the token-level Gram over the gathered N = {N / 1e6:.1f}M tokens",
+                 glob_old + gram_glob, glob_new + gram_glob))
+    out = ["| arm | today GB / GPU | new GB / GPU | fits 80 GB (new) |", "|---|---|---|---|"]
+    for name, old, new in rows:
+        out.append(f"| {name} | {old / GB:.0f} | {new / GB:.0f} | {'yes' if new <= 80 * GB else 'no'} |")
+    parts = dict(states=states, gathered=gathered, checkpoints=ckpt, layer_backward=layer, head_old=head_old,
+                 head_new=head_new, gram_weight=gram_w, dense_features=dense, hidden_local=hid_local,
+                 global_gram_inputs=gram_glob)
+    out.append("")
+    out.append("parts (GB): " + ", ".join(f"{k} {v / GB:.1f}" for k, v in parts.items()))
+    return "\n".join(out)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("cmd", choices=("run", "table", "markdown", "projection"))
+    ap.add_argument("--tokens", type=int, nargs="+", default=[256, 1024, 4096])
+    ap.add_argument("--arm", choices=ARMS, default="global")
+    ap.add_argument("--rollouts", type=int, default=2)
+    ap.add_argument("--micro", type=int, default=1)
+    ap.add_argument("--prompt", type=int, default=16)
+    ap.add_argument("--vocab", type=int, default=151936)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--head-chunk", type=int, default=None, help="run: train.head_chunk_size (default: the code's)")
+    ap.add_argument("--old", help="a checkout of the code to compare with (its repository root)")
+    ap.add_argument("--only-old", action="store_true", help="table: run only the --old cases")
+    ap.add_argument("--merge", nargs="*", default=[], help="markdown: JSON files written by --out to merge")
+    ap.add_argument("--cap-gib", type=float, default=9.0)
+    ap.add_argument("--out", default="/tmp/step_memory.json")
+    a = ap.parse_args(argv)
+    if a.cmd == "run":
+        a.tokens = a.tokens[0]
+        print(json.dumps(run_case(a)))
+    elif a.cmd == "table":
+        table(a)
+    elif a.cmd == "markdown":  # the table of several --out files (e.g. new and old run side by side)
+        rows = {}
+        for f in a.merge:
+            rows.update({tuple(k.split("/")[:2]) + (int(k.split("/")[2]),): v
+                         for k, v in json.loads(Path(f).read_text()).items()})
+        print(markdown(rows, a))
+    else:
+        print(projection())
+
+
+if __name__ == "__main__":
+    main()
