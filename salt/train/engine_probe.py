@@ -49,10 +49,18 @@ def rollout_batch(out: Any, rows: list[dict] | None = None, rewards: list[float]
     )
 
 
-def recompute_logprobs(model: Any, out: Any, pad_id: int, temperature: float, micro: int = 64) -> list[list[float]]:
-    """The trainer's log-probs (``compute_logprobs``) of a RolloutOutput's completions, per rollout."""
+def recompute_logprobs(model: Any, out: Any, pad_id: int, temperature: float, micro: int = 64,
+                       float64: bool = False) -> list[list[float]]:
+    """The trainer's log-probs (``compute_logprobs``) of a RolloutOutput's completions, per rollout.
+
+    ``float64``: the forward of a float64 copy of the model (the weights' log-probs without the
+    reference's own float32 rounding, so that a comparison measures the engine's error alone)."""
+    import copy
+
     import torch
 
+    if float64:
+        model = copy.deepcopy(model).double()
     from salt.train.batch import to_tensors
     from salt.train.forward import compute_logprobs
 
@@ -77,14 +85,16 @@ def logprob_gap(a: Any, b: Any) -> dict[str, float]:
     return {"mean_abs": sum(diffs) / len(diffs), "max_abs": max(diffs), "tokens": float(len(diffs))}
 
 
-def probe_trainer_cls() -> type:
+def probe_trainer_cls(float64: bool = False) -> type:
     """A Trainer that, after every rollout-weight push and after a resume, compares the engine with the
     trainer's weights (``probes``: one dict per probe).
 
     Each probe: ``gap_now`` / ``max_now`` (mean / max |engine - trainer| log-prob over the probe
     batch's tokens), after an update also ``gap_old`` (against the weights before the step) and
     ``drift`` (how far the step moved the trainer's own log-probs), and ``step`` / ``kind``
-    (``"sync"`` or ``"resume"``)."""
+    (``"sync"`` or ``"resume"``). ``float64``: also ``floor``, the max |float32 - float64| of the
+    trainer's own log-probs on the same tokens (what float32 itself can promise: the rounding of
+    logits of magnitude L is about L * 6e-8, so a confident model's float32 log-probs carry ~1e-5))."""
     from salt.train.trainer import Trainer
 
     class ProbeTrainer(Trainer):
@@ -93,6 +103,7 @@ def probe_trainer_cls() -> type:
         def setup(self) -> None:
             super().setup()
             self.probes = []
+            self.probe_outputs: list[Any] = []  # the engine's probe completions, one per probe
             self._before: dict | None = None
             _, self._probe_prompts = toy_prompts(self.tokenizer, PROBE_PROMPTS, seed=1)
 
@@ -105,10 +116,15 @@ def probe_trainer_cls() -> type:
 
         def probe(self, kind: str) -> dict[str, Any]:
             out = self.probe_output()
+            self.probe_outputs.append(out)
             now = self._logprobs(out)
             gap = logprob_gap(out.logprobs, now)
             rec: dict[str, Any] = {"kind": kind, "gap_now": gap["mean_abs"], "max_now": gap["max_abs"],
                                    "tokens": gap["tokens"]}
+            if float64:
+                exact = recompute_logprobs(self.unwrapped(), out, self.pad_id, self.cfg.rollout.temperature,
+                                           float64=True)
+                rec["floor"] = logprob_gap(now, exact)["max_abs"]
             if self._before is not None:
                 model = self.unwrapped()
                 current = {k: v.detach().clone() for k, v in model.state_dict().items()}
