@@ -11,8 +11,8 @@ logprobs=0, ignore_eos=True)``. Models are random (nothing is downloaded): ``toy
 ``small`` toy Qwen2 (vocabulary 258, hidden 128, 4 layers), ``qwen2.5-0.5b`` a randomly
 initialised Qwen2 of Qwen2.5-0.5B's shape (vocabulary 151,936, hidden 896, 24 layers, 14 heads, 2
 KV heads, MLP 4864, tied embeddings). float32 on both sides; vLLM with ``enforce_eager``, its
-engine core in this process. The time of one batch is the best of ``--repeats`` after one warm-up
-batch; the engine start is reported separately. Prints one JSON line per backend and a Markdown row.
+engine core in this process. The time of one batch is the best of ``--repeats`` after a short warm-up
+batch (4 new tokens); the engine start is reported separately. Prints one JSON line per backend and a Markdown row.
 """
 
 from __future__ import annotations
@@ -59,12 +59,12 @@ def prompts_of(P: int, vocab: int, length: int = 24) -> list[list[int]]:
     return torch.randint(3, min(vocab, 250), (P, length), generator=g).tolist()
 
 
-def best_of(fn, repeats: int) -> float:
-    fn()  # warm-up
+def best_of(fn, N: int, repeats: int) -> float:
+    fn(4)  # warm-up: a short batch of the same shape (4 new tokens)
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        fn()
+        fn(N)
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -76,7 +76,7 @@ def run_hf(path: Path, prompts: list[list[int]], G: int, N: int, repeats: int) -
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
     ids = torch.tensor(prompts)
 
-    def batch() -> None:
+    def batch(N: int) -> None:
         with torch.no_grad():
             out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
                                  top_k=0, top_p=1.0, num_return_sequences=G, max_new_tokens=N,
@@ -87,7 +87,7 @@ def run_hf(path: Path, prompts: list[list[int]], G: int, N: int, repeats: int) -
             scores = torch.stack(out.scores, 1).float().log_softmax(-1)
             scores.gather(-1, seq[..., None])
 
-    return {"batch_s": best_of(batch, repeats), "start_s": 0.0}
+    return {"batch_s": best_of(batch, N, repeats), "start_s": 0.0}
 
 
 def run_vllm(path: Path, prompts: list[list[int]], G: int, N: int, repeats: int, share: float) -> dict:
@@ -97,15 +97,15 @@ def run_vllm(path: Path, prompts: list[list[int]], G: int, N: int, repeats: int,
     llm = vllm.LLM(model=str(path), skip_tokenizer_init=True, dtype="float32", enforce_eager=True, seed=0,
                    gpu_memory_utilization=share, max_model_len=len(prompts[0]) + N + 8)
     start = time.perf_counter() - t0
-    params = vllm.SamplingParams(n=G, temperature=1.0, top_p=1.0, max_tokens=N, min_tokens=N, ignore_eos=True,
-                                 logprobs=0, detokenize=False, seed=0)
     requests = [{"prompt_token_ids": p} for p in prompts]
 
-    def batch() -> None:
+    def batch(N: int) -> None:
+        params = vllm.SamplingParams(n=G, temperature=1.0, top_p=1.0, max_tokens=N, min_tokens=N, ignore_eos=True,
+                                     logprobs=0, detokenize=False, seed=0)
         outs = llm.generate(requests, params, use_tqdm=False)
         assert all(len(c.token_ids) == N for o in outs for c in o.outputs)
 
-    return {"batch_s": best_of(batch, repeats), "start_s": start, "vllm": vllm.__version__}
+    return {"batch_s": best_of(batch, N, repeats), "start_s": start, "vllm": vllm.__version__}
 
 
 def main() -> None:
