@@ -131,6 +131,7 @@ def main() -> None:
         rollouts = args.prompts * args.group
         load = os.getloadavg()
         res = {"hf": run_hf(tmp, prompts, args.group, args.new_tokens, args.repeats)}
+        print(json.dumps({"partial": "hf", **res["hf"], "load_avg_1m": os.getloadavg()[0]}), flush=True)
         res["vllm"] = run_vllm(tmp, prompts, args.group, args.new_tokens, args.repeats, share)
         meta = {"shape": args.shape, "parameters": params, "P": args.prompts, "G": args.group,
                 "new_tokens": args.new_tokens, "repeats": args.repeats, "cpus": os.cpu_count(),
