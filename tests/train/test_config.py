@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 import yaml
 
 from salt.train.config import ConfigError, RunConfig, describe, from_dict, load_run_config, save_resolved
