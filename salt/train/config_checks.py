@@ -141,12 +141,12 @@ def check_run_config(cfg: "RunConfig", check_paths: bool, check_devices: bool = 
         )
     # --- devices and paths (before any work)
     if check_devices and r.backend == "vllm":
-        import torch
+        import importlib.util
 
-        if not torch.cuda.is_available():
+        if importlib.util.find_spec("vllm") is None:  # the device itself is vLLM's choice (at engine start)
             raise ConfigError(
-                "rollout.backend = vllm needs a CUDA GPU, and none is visible here; set "
-                "rollout.backend: hf (or run on a GPU node)"
+                "rollout.backend = vllm needs vLLM in this environment: on a GPU `pip install .[vllm]`, on CPU "
+                "its CPU build (`make setup-vllm`, then ./.venv-vllm/bin/salt); or set rollout.backend: hf"
             )
     if check_paths:
         what = model_path_problem(cfg.model.path)
