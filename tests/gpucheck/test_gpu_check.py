@@ -418,7 +418,7 @@ def test_probed_run_catches_a_stale_engine_on_cpu(toy_work, tmp_path, monkeypatc
     # the fixture model is barely trained (reward 0 everywhere, zero advantages): a stand-in reward
     # that varies within groups makes the steps move the policy
     monkeypatch.setattr(salt.tasks.rewards, "score_batch",
-                        lambda rows, texts: [types.SimpleNamespace(reward=float(len(t) % 2)) for t in texts])
+                        lambda rows, texts, **kw: [types.SimpleNamespace(reward=float(len(t) % 2)) for t in texts])
     probes, rewards, _ = probed_run(work / "toy_model", tmp_path / "synced", "hf", steps=2, lr=1e-3)
     assert len(probes) == 3 and len(rewards) == 2
     comps, nums = stale_weight_comparisons(probes)
@@ -448,7 +448,7 @@ def test_sharded_check_body_on_cpu_without_sharding(toy_work, tmp_path, monkeypa
     from salt.gpucheck.checks import sharded_vs_plain
 
     monkeypatch.setattr(salt.tasks.rewards, "score_batch",
-                        lambda rows, texts: [types.SimpleNamespace(reward=float(len(t) % 2)) for t in texts])
+                        lambda rows, texts, **kw: [types.SimpleNamespace(reward=float(len(t) % 2)) for t in texts])
     work, _ = toy_work
     res = sharded_vs_plain("fsdp", work / "toy_model", tmp_path / "fsdp", "none")
     comps = {c["name"]: c for c in res["comparisons"]}
