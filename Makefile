@@ -92,7 +92,7 @@ setup-vllm: $(VLLM_VENV)/.installed
 
 # The vLLM suite alone, in ./.venv-vllm (make test skips it in ./.venv, saying why)
 test-vllm: setup-vllm
-	$(VLLM_VENV)/bin/python -m pytest -q tests/vllm
+	SALT_REQUIRE_VLLM=1 $(VLLM_VENV)/bin/python -m pytest -q tests/vllm
 
 # MLflow tracking server for cluster runs (on the submit host; prints its URI; see README)
 tracking-server: setup

@@ -30,6 +30,8 @@ ENGINE = {"dtype": "float32", "enforce_eager": True}
 def pytest_collection_modifyitems(config, items):
     if HAVE_VLLM:
         return
+    if os.environ.get("SALT_REQUIRE_VLLM") == "1":  # make test-vllm: a missing vLLM must fail, not skip
+        raise pytest.UsageError("SALT_REQUIRE_VLLM=1 but " + SKIP_REASON)
     mark = pytest.mark.skip(reason=SKIP_REASON)
     for item in items:
         if HERE in Path(str(item.fspath)).resolve().parents:
