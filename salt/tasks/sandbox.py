@@ -131,9 +131,7 @@ import json
 import logging
 import os
 import secrets
-import selectors
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -145,7 +143,7 @@ from typing import Any, Iterable, Mapping
 
 from salt.tasks import sandbox_harness
 from salt.tasks import sandbox_supervisor as supervisor
-from salt.tasks.sandbox_io import TAIL_BYTES, classify, close, pump, stop, tail
+from salt.tasks.sandbox_io import TAIL_BYTES, classify, close, pump, stop, tail  # noqa: F401 (TAIL_BYTES: API)
 from salt.tasks.sandbox_supervisor import processes_of_uid, processes_with_marker, sweep
 
 log = logging.getLogger(__name__)

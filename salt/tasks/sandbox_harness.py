@@ -36,6 +36,7 @@ import os
 import posix
 import stat
 import sys
+from types import MappingProxyType
 
 EXIT_NOT_LOADED = 3
 EXIT_TEST_FAILED = 4
@@ -108,11 +109,14 @@ def readable_roots(workdir, path_entries):
 
 def make_hook(workdir, roots):
     """The audit hook for a program confined to ``workdir`` that may read below ``roots``. Its
-    tables are private copies: the module's own dicts are reachable by the program (this file
-    runs as ``__main__``), the hook's defaults are not."""
+    tables are read-only views of private copies: the module's own dicts are reachable by the
+    program (this file runs as ``__main__``), the copies are not."""
+
+    write_events = MappingProxyType(dict(_WRITE_EVENTS))
+    read_events = MappingProxyType(dict(_READ_EVENTS))
 
     def hook(event, args, _deny=_DENY, _deny_prefix=_DENY_PREFIX, _deny_import=_DENY_IMPORT,
-             _write_events=dict(_WRITE_EVENTS), _read_events=dict(_READ_EVENTS), _write_flags=_WRITE_FLAGS,
+             _write_events=write_events, _read_events=read_events, _write_flags=_WRITE_FLAGS,
              _dir_flags=_DIR_FLAGS, _files=_FILES, _roots=tuple(roots), _workdir=workdir, _norm=norm,
              _inside=inside, _stat=posix.stat, _isdir=stat.S_ISDIR, _isinstance=isinstance,
              _int=int, _err=PermissionError, _startswith=str.startswith, _str=str, _any=any,

@@ -23,8 +23,9 @@ import time
 
 MARKER_VAR = "SALT_SANDBOX_ID"
 """Every process of a run carries ``SALT_SANDBOX_ID=<marker>`` in its initial environment."""
-SWEEP_ROUNDS = 5
-"""A fork loop can create new processes while they are killed: scan and kill up to this often."""
+SWEEP_WAIT_S = 2.0
+"""How long a sweep keeps killing and waits for the run's processes to be gone (a killed process
+exits only once it is scheduled again, which on a loaded machine takes a while)."""
 POLL_S = 0.25
 """How often the supervisor checks that its caller is still alive."""
 
@@ -73,12 +74,15 @@ def processes_of_uid(uid):
     return pids
 
 
-def sweep(marker, uid=None):
+def sweep(marker, uid=None, wait_s=None):
     """SIGKILL every process of this run still alive (its marker, or as root its uid), except the
-    calling process; returns how many were signalled."""
-    killed = 0
+    calling process, until none is left or ``wait_s`` (default :data:`SWEEP_WAIT_S`) has passed;
+    returns how many distinct processes were signalled. A killed process lives on until it is
+    scheduled, and a fork loop can create new ones while they are killed: hence the repeats."""
+    deadline = time.monotonic() + (SWEEP_WAIT_S if wait_s is None else wait_s)
+    signalled = set()
     me = os.getpid()
-    for _ in range(SWEEP_ROUNDS):
+    while True:
         pids = set(processes_with_marker(marker))
         if uid is not None:
             pids.update(processes_of_uid(uid))
@@ -88,11 +92,13 @@ def sweep(marker, uid=None):
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
-                killed += 1
+                signalled.add(pid)
             except OSError:
                 pass
+        if time.monotonic() >= deadline:
+            break
         time.sleep(0.02)
-    return killed
+    return len(signalled)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -94,6 +94,7 @@ def test_the_hook_keeps_private_tables():
         sandbox_harness._WRITE_EVENTS.clear()
         sandbox_harness._READ_EVENTS.clear()
         assert _refused(hook, "os.remove", "/tmp/x") and _refused(hook, "os.listdir", "/etc")
+        assert not any(isinstance(d, (dict, list, set, bytearray)) for d in hook.__defaults__)  # none mutable
     finally:
         sandbox_harness._WRITE_EVENTS.update(saved_w)
         sandbox_harness._READ_EVENTS.update(saved_r)
