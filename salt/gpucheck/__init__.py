@@ -8,6 +8,8 @@
   is installed.
 * :mod:`salt.gpucheck.checks`  the checks themselves (torch, transformers, vLLM, Accelerate,
   DeepSpeed imported lazily), run as ``python -m salt.gpucheck.checks NAME`` inside the GPU venv.
+* :mod:`salt.gpucheck.imports` ``python -m salt.gpucheck.imports PACKAGE``: does it import in the
+  GPU venv (asked before ``accelerate launch`` of a check that needs it).
 
 The checks never report a GPU result they did not measure: without a CUDA device a GPU check
 is skipped with that reason.

@@ -146,8 +146,8 @@ def run_setup(steps: Sequence[plan.SetupStep], budget: Budget, logs: Path, venv:
 
 def _imports(python: str, package: str, budget: Budget, log: Path, env: dict[str, str]) -> bool:
     timeout = budget.timeout_for(60.0)
-    return timeout >= plan.MIN_STEP_S and run_step([python, "-c", f"import {package}"], timeout, log, env=env,
-                                                   cwd=REPO).returncode == 0
+    argv = [python, "-m", "salt.gpucheck.imports", package]
+    return timeout >= plan.MIN_STEP_S and run_step(argv, timeout, log, env=env, cwd=REPO).returncode == 0
 
 
 def run_check(spec: plan.CheckSpec, argv: Sequence[str], budget: Budget, logs: Path, result_path: Path,

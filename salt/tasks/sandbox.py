@@ -15,20 +15,28 @@ Process layout (every mode)
 
     caller ── supervisor (own session, trusted, the caller's uid) ── [bwrap ──] harness + program
 
-* The caller starts a small **supervisor** (``python -I -S -B -c``) in a new session
-  (``start_new_session``). The supervisor forks the harness into its own process group and waits
-  for it with a wall-clock deadline; it is the program's parent, never the caller. When the
-  harness ends (or at its deadline, or when the caller sends SIGTERM, or when the caller dies)
-  it kills everything the run started: the harness's process group, and as root every process
-  of the run's uid (a helper that becomes that uid and calls ``kill(-1, SIGKILL)``: one system
-  call reaches all of them at once, so a fork bomb cannot outrun it), else (same user as the
-  caller) every process carrying the run's marker.
-* The **harness** sets the limits, drops privileges, then runs the program in-process in a module
-  namespace named ``__solution__`` (its ``if __name__ == "__main__":`` block does not run) and
-  each test in that namespace, reporting progress on a private pipe (the nonce protocol below).
-* The caller keeps its own deadline and output cap, and afterwards sweeps ``/proc`` for any
-  process that still carries this run's marker (``SALT_SANDBOX_ID`` in its initial environment)
-  or, as root, the run's uid.
+Four files, each a real module (standard library only where it runs outside this process):
+
+* :mod:`salt.tasks.sandbox_supervisor`: the **supervisor**, started by path (``python -I -S -B
+  .../sandbox_supervisor.py``, the caller's interpreter and uid) in a new session. It forks the
+  harness into its own process group and waits for it with a wall-clock deadline; it is the
+  program's parent, never the caller. When the harness ends (or at its deadline, or when the
+  caller sends SIGTERM, or when the caller dies) it kills everything the run started: the
+  harness's process group, and as root every process of the run's uid (a helper that becomes
+  that uid and calls ``kill(-1, SIGKILL)``: one system call reaches all of them at once, so a
+  fork bomb cannot outrun it), else every process carrying the run's marker. The same file holds
+  the one ``/proc`` sweep (:func:`~salt.tasks.sandbox_supervisor.sweep`) that the caller uses too.
+* :mod:`salt.tasks.sandbox_harness`: the **harness**, copied into the run's directory as
+  ``harness.py`` and run from there (the one place its interpreter reaches in bwrap and as the
+  run's uid; the program could see it there already). It sets the limits, drops privileges,
+  installs the fallback's guard, then runs the program in-process in a module namespace named
+  ``__solution__`` (its ``if __name__ == "__main__":`` block does not run) and each test in that
+  namespace, reporting progress on a private pipe (the nonce protocol below).
+* :mod:`salt.tasks.sandbox_io`: the caller's side of a running run: it keeps its own deadline
+  and output cap while pumping the pipes, and classifies how the run ended.
+* this module: the policy, the capability probe, the run's directory and command line
+  (:func:`run_tests`), and afterwards a sweep for any process that still carries this run's
+  marker (``SALT_SANDBOX_ID`` in its initial environment) or, as root, the run's uid.
 
 Applied in every mode: resource limits set by the harness before the program runs
 (``RLIMIT_CPU`` = ceil(timeout_s) + 1, ``RLIMIT_AS`` = ``memory_mb``, ``RLIMIT_NPROC`` = 64,
@@ -74,19 +82,10 @@ reach the network **as far as the harness guard below does not stop it**. As an 
 without bwrap the program runs as that same user: only the guard stands between it and that
 user's files and processes.
 
-Defence in depth: the harness guard (fallback only). Before the program runs, the harness
-installs an audit hook (:func:`sys.addaudithook`) and replaces the few dangerous functions that
-raise no audit event with ones that raise. It refuses (``PermissionError``): signals to other
-processes (``os.kill``, ``killpg``, ``pidfd_send_signal``, ``setpriority``, ``sched_set*``),
-process creation (``os.fork``/``forkpty``/``exec*``/``spawn*``/``posix_spawn``/``system``,
-``subprocess.Popen``, ``_posixsubprocess.fork_exec``, re-importing ``posix`` and friends),
-every socket operation (``socket.*``, so no network and no DNS), ``ctypes``, ``gc.get_objects``/
-``get_referrers``/``get_referents`` (used to find and patch the hook), ``resource.prlimit``,
-``fcntl.ioctl``; opening for writing, creating, removing, renaming, chmod/chown and symlinks or
-hard links anywhere but its directory (plus ``/dev/null``); reading or listing anything but its
-directory, the interpreter's standard library (``sys.path``), ``/usr/share/zoneinfo`` and
-``/dev/{null,zero,random,urandom}``; any path with a ``..`` component; opening a directory
-outside its directory (no ``dir_fd`` escapes). HumanEval's and MBPP's reference solutions pass
+Defence in depth, the fallback only: the harness guard (an audit hook and a few replaced
+functions; :mod:`salt.tasks.sandbox_harness` lists what it refuses) stops signals to other
+processes, process creation, sockets, ``ctypes``, writes outside its directory and reads outside
+it, the standard library and a few device files. HumanEval's and MBPP's reference solutions pass
 under it (tested). Honest limit: this is **not a security boundary**. The hook runs in the same
 interpreter as the program, and code written against this harness (frame walking to the harness,
 a C extension, a bug in the interpreter) may get around it; it removes the obvious escape
@@ -132,9 +131,7 @@ import json
 import logging
 import os
 import secrets
-import selectors
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -144,6 +141,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from salt.tasks import sandbox_harness
+from salt.tasks import sandbox_supervisor as supervisor
+from salt.tasks.sandbox_io import TAIL_BYTES, classify, close, pump, stop, tail  # noqa: F401 (TAIL_BYTES: API)
+from salt.tasks.sandbox_supervisor import processes_of_uid, processes_with_marker, sweep
+
 log = logging.getLogger(__name__)
 
 SANDBOX_UID_BASE = 1 << 30
@@ -151,8 +153,6 @@ SANDBOX_UID_BASE = 1 << 30
 SANDBOX_UID_SPAN = 1 << 30
 MAX_OUTPUT_BYTES = 1 << 20
 """Total stdout + stderr a program may write before it is killed (status ``output_limit``)."""
-TAIL_BYTES = 4096
-"""How much of the end of stdout / stderr is kept in the result."""
 FSIZE_MB = 16
 NOFILE = 64
 NPROC = 64
@@ -164,6 +164,10 @@ ALLOW_ENV = "SALT_SANDBOX_ALLOW_UNISOLATED"
 """Environment opt-in to the unisolated fallback for library use ("1", "true" or "yes")."""
 NO_BWRAP_ENV = "SALT_SANDBOX_NO_BWRAP"
 """``1``: do not use bubblewrap even if it works (tests of the fallback)."""
+SUPERVISOR = os.path.abspath(supervisor.__file__)
+"""The supervisor, run by path with the caller's interpreter (``python -I -S -B SUPERVISOR ...``)."""
+HARNESS = os.path.abspath(sandbox_harness.__file__)
+"""The harness, copied into each run's directory as ``harness.py`` and run there."""
 
 
 class SandboxIsolationError(RuntimeError):
@@ -172,281 +176,7 @@ class SandboxIsolationError(RuntimeError):
     and how to fix it."""
 
 
-# ---------------------------------------------------------------------------------------------
-# the supervisor: the program's parent (runs as the caller's user, in its own session)
 
-_SUPERVISOR = r'''
-import os, signal, sys, time
-
-def _sweep_marker(marker):
-    needle = ("SALT_SANDBOX_ID=" + marker).encode()
-    me = os.getpid()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != me:
-            try:
-                with open("/proc/%s/environ" % entry, "rb") as fh:
-                    if needle in fh.read().split(b"\0"):
-                        os.kill(int(entry), signal.SIGKILL)
-            except OSError:
-                pass
-
-def _kill_all(pid, uid, marker):
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except OSError:
-        pass
-    if uid is not None and os.geteuid() == 0:
-        helper = os.fork()
-        if helper == 0:  # become the run's uid: kill(-1) then reaches exactly its processes
-            try:
-                os.setgroups([])
-                os.setgid(uid)
-                os.setuid(uid)
-                for _ in range(3):  # (a fork in progress passes the signal on to the child)
-                    os.kill(-1, signal.SIGKILL)
-            except OSError:
-                pass
-            os._exit(0)
-        os.waitpid(helper, 0)
-    else:  # same user as the caller: find the run's processes by the marker in their environment
-        for _ in range(3):
-            _sweep_marker(marker)
-
-def _main():
-    budget, uid, marker = float(sys.argv[1]), sys.argv[2], sys.argv[3]
-    uid = None if uid == "-" else int(uid)
-    cmd = sys.argv[sys.argv.index("--") + 1:]
-    deadline = time.monotonic() + budget
-    parent = os.getppid()
-    watched = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-    signal.pthread_sigmask(signal.SIG_BLOCK, watched)
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setpgid(0, 0)
-            signal.pthread_sigmask(signal.SIG_SETMASK, set())
-            os.execv(cmd[0], cmd)
-        finally:
-            os._exit(127)
-    # only the harness's tree holds the caller's pipes from now on
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    os.closerange(3, 65536)
-    status = None
-    while status is None:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        got = signal.sigtimedwait(watched, min(left, 0.25))
-        if got is not None and got.si_signo != signal.SIGCHLD:
-            break  # the caller asks us to stop
-        if os.getppid() != parent:
-            break  # the caller is gone
-        done, st = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            status = st
-    _kill_all(pid, uid, marker)
-    if status is None:
-        os.waitpid(pid, 0)
-        os._exit(128 + signal.SIGKILL)
-    code = os.waitstatus_to_exitcode(status)
-    os._exit(128 - code if code < 0 else code)
-
-_main()
-'''
-
-# ---------------------------------------------------------------------------------------------
-# the harness: limits, privilege drop, guard, then the program and its tests
-
-_HARNESS = r'''
-import os, sys
-
-def _salt_guard(workdir):
-    """Install the audit hook (fallback mode). Everything it uses is bound as a default argument
-    now, so that the program cannot swap a module function or builtin under it."""
-    import posix, _signal, signal, _posixsubprocess, stat
-
-    def _refuse(*args, **kwargs):
-        raise PermissionError("sandbox: this function is not allowed")
-
-    hidden = ("pidfd_open", "mkfifo", "mknod", "setpriority", "sched_setaffinity", "sched_setscheduler",
-              "sched_setparam")
-    for mod, names in ((posix, hidden), (os, hidden),
-                       (_signal, ("pidfd_send_signal",)), (signal, ("pidfd_send_signal",)),
-                       (_posixsubprocess, ("fork_exec",))):
-        for name in names:
-            if hasattr(mod, name):
-                setattr(mod, name, _refuse)
-    roots = []
-    for entry in sys.path + ["/usr/share/zoneinfo"]:
-        if entry and entry.startswith("/") and ".." not in entry.split("/"):
-            entry = entry.rstrip("/")
-            if entry and entry != workdir and not entry.startswith(workdir + "/"):
-                roots.append(entry)
-    deny = frozenset(("os.kill", "os.killpg", "os.fork", "os.forkpty", "os.exec", "os.posix_spawn",
-                      "os.spawn", "os.system", "os.startfile", "os.symlink", "os.link", "subprocess.Popen",
-                      "pty.spawn", "gc.get_objects", "gc.get_referrers", "gc.get_referents",
-                      "resource.prlimit", "fcntl.ioctl", "sqlite3.enable_load_extension",
-                      "sqlite3.load_extension", "webbrowser.open", "_posixsubprocess.fork_exec"))
-    deny_prefix = ("socket.", "ctypes.", "_ctypes.")
-    deny_import = frozenset(("posix", "_posixsubprocess", "_signal", "_ctypes", "ctypes"))
-    write_events = {"os.chmod": (0,), "os.chown": (0,), "os.utime": (0,), "os.truncate": (0,),
-                    "os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.rename": (0, 1),
-                    "os.setxattr": (0,), "os.removexattr": (0,), "os.chflags": (0,),
-                    "os.lchflags": (0,), "sqlite3.connect": (0,)}
-    read_events = {"os.listdir": 0, "os.scandir": 0, "os.getxattr": 0, "os.listxattr": 0}
-    write_flags = (os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
-                   | getattr(os, "O_TMPFILE", 0))
-    dir_flags = getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_PATH", 0)
-    files = frozenset(("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom"))
-
-    def norm(path, _getcwd=posix.getcwd, _add=str.__add__, _decode=bytes.decode, _split=str.split,
-             _join=str.join, _startswith=str.startswith, _str=str, _bytes=bytes, _type=type,
-             _list=list, _isinstance=isinstance):
-        """Absolute lexical path, or None when it cannot be checked (a '..' part, odd type)."""
-        if _isinstance(path, _bytes):
-            path = _decode(path, "utf-8", "surrogateescape")
-        elif _isinstance(path, _str):
-            path = _add("", path)  # a plain str (a subclass cannot lie about its value)
-        else:
-            return None
-        if not _startswith(path, "/"):
-            path = _add(_add(_getcwd(), "/"), path)
-        parts = _list()
-        for part in _split(path, "/"):
-            if part == "..":
-                return None
-            if part and part != ".":
-                parts.append(part)
-        return _add("/", _join("/", parts))
-
-    def inside(path, root, _startswith=str.startswith, _add=str.__add__):
-        return path == root or _startswith(path, _add(root, "/"))
-
-    def hook(event, args, _deny=deny, _deny_prefix=deny_prefix, _deny_import=deny_import,
-             _write_events=write_events, _read_events=read_events, _write_flags=write_flags,
-             _dir_flags=dir_flags, _files=files, _roots=tuple(roots), _workdir=workdir, _norm=norm,
-             _inside=inside, _stat=posix.stat, _isdir=stat.S_ISDIR, _isinstance=isinstance,
-             _int=int, _err=PermissionError, _startswith=str.startswith, _str=str, _any=any,
-             _guarded=None):
-        if event in _deny or (_isinstance(event, _str) and _startswith(event, _deny_prefix)):
-            raise _err("sandbox: %s is not allowed" % event)
-        if event == "import":
-            if args[0] in _deny_import:
-                raise _err("sandbox: importing %s is not allowed" % args[0])
-            return
-        if event == "open":
-            path, flags = args[0], args[2]
-            if _isinstance(path, _int):
-                return  # an fd it already holds
-            p = _norm(path)
-            if p is None:
-                raise _err("sandbox: path %r is not allowed" % (path,))
-            if _inside(p, _workdir):
-                return
-            if flags & _write_flags:
-                if p == "/dev/null":
-                    return
-                raise _err("sandbox: writing outside the sandbox directory is not allowed: %s" % p)
-            if flags & _dir_flags:
-                raise _err("sandbox: opening a directory outside the sandbox is not allowed: %s" % p)
-            if p in _files or _any(_inside(p, r) for r in _roots):
-                try:
-                    if _isdir(_stat(p).st_mode):
-                        raise _err("sandbox: opening a directory outside the sandbox is not allowed: %s" % p)
-                except OSError as exc:
-                    if _isinstance(exc, _err):
-                        raise
-                return
-            raise _err("sandbox: reading outside the sandbox is not allowed: %s" % p)
-        if event in _write_events:
-            for i in _write_events[event]:
-                p = _norm(args[i])
-                if p is None or not _inside(p, _workdir):
-                    raise _err("sandbox: %s outside the sandbox directory is not allowed: %r" % (event, args[i]))
-            return
-        if event in _read_events:
-            path = args[_read_events[event]]
-            if path is None:
-                path = "."
-            if _isinstance(path, _int):
-                return
-            p = _norm(path)
-            if p is None or not (_inside(p, _workdir) or _any(_inside(p, r) for r in _roots)):
-                raise _err("sandbox: %s outside the sandbox is not allowed: %r" % (event, path))
-            return
-        if event == "os.chdir":
-            if _isinstance(args[0], _int):
-                return
-            p = _norm(args[0])
-            if p is None or not _inside(p, _workdir):
-                raise _err("sandbox: os.chdir outside the sandbox directory is not allowed")
-            return
-        if event in ("object.__setattr__", "object.__delattr__") and _any(args[0] is f for f in _guarded):
-            raise _err("sandbox: changing the guard is not allowed")
-
-    hook.__defaults__ = hook.__defaults__[:-1] + ((hook, norm, inside),)
-    sys.addaudithook(hook)
-
-
-def _salt_harness():
-    import resource, traceback, json
-    nonce = sys.stdin.buffer.readline().strip().decode()
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    fd = int(sys.argv[1])
-    limits = [int(x) for x in sys.argv[2].split(",")]
-    cpu_s, mem_b, nproc, fsize_b, nofile = limits
-    here = os.path.dirname(os.path.abspath(__file__))
-    with open(os.path.join(here, "payload.txt"), "r", encoding="utf-8") as fh:
-        payload = json.load(fh)
-    setup, program, tests, entry_point = (payload["setup"], payload["program"], payload["tests"],
-                                          payload["entry_point"])
-    del payload
-    for name, value in (("RLIMIT_CORE", 0), ("RLIMIT_CPU", cpu_s), ("RLIMIT_AS", mem_b),
-                        ("RLIMIT_NPROC", nproc), ("RLIMIT_FSIZE", fsize_b), ("RLIMIT_NOFILE", nofile)):
-        res = getattr(resource, name)
-        hard = value + 1 if name == "RLIMIT_CPU" else value
-        resource.setrlimit(res, (value, hard))
-    if sys.argv[3] != "-":  # root: become the run's own uid (= gid) before any untrusted code runs
-        uid = int(sys.argv[3])
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
-        if os.getuid() != uid or os.geteuid() != uid or os.getgid() != uid or os.getgroups():
-            os._exit(5)
-    os.unlink(os.path.join(here, "payload.txt"))
-    if sys.argv[4] == "guard":
-        _salt_guard(os.path.realpath(here))
-    tell = lambda word: os.write(fd, (nonce + " " + word + "\n").encode())
-    tell("ready")
-    g = {"__name__": "__solution__", "__builtins__": __builtins__}
-    try:
-        exec(compile(setup + "\n" + program, "solution.py", "exec"), g)
-        if entry_point and not callable(g.get(entry_point)):
-            raise NameError("the program does not define a function named " + repr(entry_point))
-    except BaseException:
-        traceback.print_exc()
-        sys.stderr.flush()
-        os._exit(3)
-    tell("loaded")
-    try:
-        for i, test in enumerate(tests):
-            exec(compile(test, "test_%d.py" % i, "exec"), g)
-    except BaseException:
-        traceback.print_exc()
-        sys.stderr.flush()
-        sys.stdout.flush()
-        os._exit(4)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    tell("passed")
-    os._exit(0)
-
-_salt_harness()
-'''
 
 
 @dataclass
@@ -537,22 +267,17 @@ def _bwrap_args(workdir: str, drop_user: bool, python: str) -> list[str]:
 
 
 def _probe(use_bwrap: bool, drop_user: bool, python: str) -> bool:
-    """Can ``python`` run (in bwrap or not, as a fresh unprivileged uid or not), import the
-    standard library and write its directory? The fallback also needs ``sys.addaudithook``."""
+    """Can ``python`` run the harness file (in bwrap or not, as a fresh unprivileged uid or not),
+    import the standard library and write its directory? The fallback also needs
+    ``sys.addaudithook``. (``harness.py --probe``, :func:`salt.tasks.sandbox_harness.probe`.)"""
     workdir = tempfile.mkdtemp(prefix="salt-sbx-probe-")
     try:
-        code = "import os, sys\n"
         uid = os.getuid()
         if drop_user:
             uid = _fresh_uid()
             os.chown(workdir, uid, uid)
             os.chmod(workdir, 0o755)
-            code += f"os.setgroups([]); os.setgid({uid}); os.setuid({uid})\n"
-        # the standard library must stay importable after the switch (it is not when Python
-        # lives under a directory only root may enter, e.g. /root/.pyenv without bwrap)
-        code += ("import json, socket, decimal, traceback\nopen('probe.txt', 'w').write('x')\n"
-                 "print('ok', os.getuid(), sys.version_info[0], int(hasattr(sys, 'addaudithook')))")
-        cmd = [python, "-I", "-S", "-B", "-c", code]
+        cmd = [python, "-I", "-S", "-B", _copy_harness(workdir), "--probe", str(uid) if drop_user else "-"]
         if use_bwrap:
             cmd = _bwrap_args(workdir, drop_user, python) + cmd
         out = subprocess.run(cmd, capture_output=True, timeout=20, env={"LANG": "C.UTF-8"},
@@ -685,90 +410,69 @@ def _isolation_list(caps: Mapping[str, Any]) -> list[str]:
     return iso
 
 
-# ---------------------------------------------------------------------------------------------
-# process sweeping
-
-
-def _proc_pids() -> list[int]:
-    return [int(e) for e in os.listdir("/proc") if e.isdigit()]
-
-
-def processes_with_marker(marker: str) -> list[int]:
-    """PIDs whose initial environment carries ``SALT_SANDBOX_ID=<marker>`` (a /proc scan)."""
-    needle = f"SALT_SANDBOX_ID={marker}".encode()
-    pids = []
-    for pid in _proc_pids():
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as fh:
-                env = fh.read()
-        except OSError:
-            continue
-        if needle in env.split(b"\0"):
-            pids.append(pid)
-    return pids
-
-
-def processes_of_uid(uid: int) -> list[int]:
-    """PIDs of live (not zombie) processes whose real or effective uid is ``uid`` (a /proc scan)."""
-    pids = []
-    want = str(uid).encode()
-    for pid in _proc_pids():
-        try:
-            with open(f"/proc/{pid}/status", "rb") as fh:
-                zombie = False
-                for line in fh:
-                    if line.startswith(b"State:"):
-                        zombie = line.split()[1:2] == [b"Z"]
-                    elif line.startswith(b"Uid:"):
-                        if not zombie and want in line.split()[1:3]:
-                            pids.append(pid)
-                        break
-        except OSError:
-            continue
-    return pids
-
-
-def _sweep(marker: str, uid: int | None = None) -> int:
-    """SIGKILL every process of this run still alive; returns how many were signalled."""
-    killed = 0
-    for _ in range(5):  # a fork loop can create new ones while we kill: repeat a few times
-        pids = set(processes_with_marker(marker))
-        if uid is not None:
-            pids.update(processes_of_uid(uid))
-        pids.discard(os.getpid())
-        if not pids:
-            break
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                killed += 1
-            except OSError:
-                pass
-        time.sleep(0.02)
-    return killed
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Ask the supervisor to kill the run (SIGTERM), then kill its process group if it lingers."""
-    if proc.poll() is not None:
-        return
-    try:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=3)
-    except (OSError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        proc.wait(timeout=10)
-
 
 # ---------------------------------------------------------------------------------------------
-# running one program
+# running one program: the payload, the command line, the I/O pump, the classification
 
 
-def _tail(buf: bytearray) -> str:
-    return bytes(buf[-TAIL_BYTES:]).decode("utf-8", errors="replace")
+@dataclass
+class _Run:
+    """One run's identity: ``marker`` (its environment and directory name), ``uid`` (root only),
+    ``workdir`` (``salt-sbx-<marker>-*``), ``nonce`` (the harness's progress lines)."""
+
+    marker: str
+    uid: int | None
+    workdir: str
+    nonce: str
+
+
+def _check_args(program: Any, tests: Any, timeout_s: float, memory_mb: int) -> None:
+    if not isinstance(program, str):
+        raise TypeError(f"run_tests: program must be a str, got {type(program).__name__}")
+    if not tests or not all(isinstance(t, str) for t in tests):
+        raise ValueError("run_tests: tests must be a non-empty list of source strings")
+    if timeout_s <= 0 or memory_mb < 64:
+        raise ValueError(f"run_tests: need timeout_s > 0 and memory_mb >= 64, got {timeout_s}, {memory_mb}")
+
+
+def _copy_harness(workdir: str) -> str:
+    """The harness file in the run's directory (the one place its interpreter surely reaches)."""
+    path = os.path.join(workdir, "harness.py")
+    shutil.copyfile(HARNESS, path)
+    return path
+
+
+def _write_payload(run: _Run, caps: Mapping[str, Any], setup: str, program: str, tests: list[str],
+                   entry_point: str | None) -> None:
+    """The run's directory: ``harness.py`` and ``payload.txt`` (which the harness reads and deletes
+    before the program runs), owned by the run's uid when there is one."""
+    _copy_harness(run.workdir)
+    with open(os.path.join(run.workdir, "payload.txt"), "w", encoding="utf-8") as fh:
+        json.dump({"setup": setup or "", "program": program, "tests": list(tests), "entry_point": entry_point}, fh)
+    if run.uid is not None:
+        for name in ("", "harness.py", "payload.txt"):
+            os.chown(os.path.join(run.workdir, name), run.uid, run.uid)
+    # 0755 lets the capability-less bwrap (root) enter the run uid's directory; without bwrap
+    # root needs no permission bits and other users are kept out
+    os.chmod(run.workdir, 0o755 if (caps["bwrap"] and run.uid is not None) else 0o700)
+
+
+def _command(run: _Run, caps: Mapping[str, Any], timeout_s: float, memory_mb: int,
+             channel_fd: int) -> tuple[list[str], dict[str, str]]:
+    """The supervisor's command line (it runs the harness, in bwrap when it works) and its
+    environment (nothing of the caller's)."""
+    uid = "-" if run.uid is None else str(run.uid)
+    limits = f"{int(timeout_s) + 1},{memory_mb * 1024 * 1024},{NPROC},{FSIZE_MB * 1024 * 1024},{NOFILE}"
+    guard = "guard" if _FALLBACK_GUARD and not caps["bwrap"] else "-"
+    harness = [caps["python"], "-I", "-S", "-B", os.path.join(run.workdir, "harness.py"), str(channel_fd),
+               limits, uid, guard]
+    if caps["bwrap"]:
+        harness = _bwrap_args(run.workdir, run.uid is not None, caps["python"]) + harness
+    cmd = [_python(), "-I", "-S", "-B", SUPERVISOR, str(timeout_s + SUPERVISOR_GRACE_S), uid, run.marker,
+           run.workdir, "--"] + harness
+    env = {"LANG": "C.UTF-8", "HOME": run.workdir, "TMPDIR": run.workdir, "PYTHONHASHSEED": "0",
+           "PYTHONIOENCODING": "utf-8", supervisor.MARKER_VAR: run.marker}
+    return cmd, env
 
 
 def run_tests(
@@ -796,12 +500,7 @@ def run_tests(
         SandboxIsolationError: isolation is missing and the fallback was not allowed (or, as
             root, no unprivileged user can run Python); nothing was run.
     """
-    if not isinstance(program, str):
-        raise TypeError(f"run_tests: program must be a str, got {type(program).__name__}")
-    if not tests or not all(isinstance(t, str) for t in tests):
-        raise ValueError("run_tests: tests must be a non-empty list of source strings")
-    if timeout_s <= 0 or memory_mb < 64:
-        raise ValueError(f"run_tests: need timeout_s > 0 and memory_mb >= 64, got {timeout_s}, {memory_mb}")
+    _check_args(program, tests, timeout_s, memory_mb)
     caps = capabilities()
     message = isolation_error(caps)
     if message:
@@ -809,143 +508,42 @@ def run_tests(
     isolation = _isolation_list(caps)
     start = time.monotonic()
     marker = secrets.token_hex(8)
-    uid = _fresh_uid() if caps["drop_user"] else None
-    workdir = tempfile.mkdtemp(prefix=f"salt-sbx-{marker}-")
-    nonce = secrets.token_hex(16)
+    run = _Run(marker, _fresh_uid() if caps["drop_user"] else None,
+               tempfile.mkdtemp(prefix=f"salt-sbx-{marker}-"), secrets.token_hex(16))
     proc = None
     swept = False
     read_fd = write_fd = -1
     try:
-        with open(os.path.join(workdir, "harness.py"), "w", encoding="utf-8") as fh:
-            fh.write(_HARNESS)
-        with open(os.path.join(workdir, "payload.txt"), "w", encoding="utf-8") as fh:
-            json.dump({"setup": setup or "", "program": program, "tests": list(tests),
-                       "entry_point": entry_point}, fh)
-        if uid is not None:
-            for name in ("", "harness.py", "payload.txt"):
-                os.chown(os.path.join(workdir, name), uid, uid)
-        # 0755 lets the capability-less bwrap (root) enter the run uid's directory; without bwrap
-        # root needs no permission bits and other users are kept out
-        os.chmod(workdir, 0o755 if (caps["bwrap"] and uid is not None) else 0o700)
+        _write_payload(run, caps, setup, program, tests, entry_point)
         read_fd, write_fd = os.pipe()
-        cpu_s = int(timeout_s) + 1
-        limits = f"{cpu_s},{memory_mb * 1024 * 1024},{NPROC},{FSIZE_MB * 1024 * 1024},{NOFILE}"
-        harness = [caps["python"], "-I", "-S", "-B", os.path.join(workdir, "harness.py"), str(write_fd), limits,
-                   "-" if uid is None else str(uid), "guard" if _FALLBACK_GUARD and not caps["bwrap"] else "-"]
-        if caps["bwrap"]:
-            harness = _bwrap_args(workdir, uid is not None, caps["python"]) + harness
-        cmd = [_python(), "-I", "-S", "-B", "-c", _SUPERVISOR, str(timeout_s + SUPERVISOR_GRACE_S),
-               "-" if uid is None else str(uid), marker, workdir, "--"] + harness
-        env = {"LANG": "C.UTF-8", "HOME": workdir, "TMPDIR": workdir, "PYTHONHASHSEED": "0",
-               "PYTHONIOENCODING": "utf-8", "SALT_SANDBOX_ID": marker}
+        cmd, env = _command(run, caps, timeout_s, memory_mb, write_fd)
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, env=env, cwd=workdir, pass_fds=(write_fd,),
+                                    stderr=subprocess.PIPE, env=env, cwd=run.workdir, pass_fds=(write_fd,),
                                     start_new_session=True, close_fds=True)
         except OSError as exc:
             return SandboxResult(False, "sandbox_error", "", f"could not start the sandbox: {exc}",
-                                 time.monotonic() - start, isolation, None, marker, uid)
+                                 time.monotonic() - start, isolation, None, marker, run.uid)
         os.close(write_fd)
         write_fd = -1
         try:
-            proc.stdin.write((nonce + "\n").encode())
+            proc.stdin.write((run.nonce + "\n").encode())
             proc.stdin.close()
         except OSError:
             pass  # the child died already; its status tells why
-        out, err, channel = bytearray(), bytearray(), bytearray()
-        deadline = start + timeout_s
-        status = None
-        total = 0
-        sel = selectors.DefaultSelector()
-        streams = {proc.stdout.fileno(): out, proc.stderr.fileno(): err, read_fd: channel}
-        for fd in streams:
-            os.set_blocking(fd, False)
-            sel.register(fd, selectors.EVENT_READ)
-        open_fds = set(streams)
-        exited_at = None
-        while True:
-            now = time.monotonic()
-            if now >= deadline:
-                status = "timeout"
-                break
-            if proc.poll() is not None:
-                exited_at = exited_at or now
-                # drain what is buffered, then stop: survivors holding the pipes are killed below
-                if not open_fds or now - exited_at > 0.2:
-                    break
-            wait = min(deadline - now, 0.05 if exited_at else 0.5)
-            for key, _ in sel.select(timeout=wait):
-                try:
-                    chunk = os.read(key.fd, 65536)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    chunk = b""
-                if not chunk:
-                    sel.unregister(key.fd)
-                    open_fds.discard(key.fd)
-                    continue
-                buf = streams[key.fd]
-                if key.fd == read_fd:
-                    if len(buf) < 4096:
-                        buf += chunk
-                    continue
-                total += len(chunk)
-                buf += chunk
-                if len(buf) > 2 * TAIL_BYTES:
-                    del buf[: len(buf) - TAIL_BYTES]
-            if total > max_output_bytes:
-                status = "output_limit"
-                break
-            if not open_fds and proc.poll() is None:
-                # every pipe closed but the supervisor lives on (the program closed its fds)
-                try:
-                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    status = "timeout"
-                    break
-        sel.close()
-        _stop(proc)
-        _sweep(marker, uid)
+        got = pump(proc, read_fd, start + timeout_s, max_output_bytes)
+        stop(proc)
+        sweep(marker, run.uid)
         swept = True
-        duration = time.monotonic() - start
-        lines = bytes(channel).decode("ascii", errors="replace").split("\n")
-        ready = f"{nonce} ready" in lines
-        loaded = f"{nonce} loaded" in lines
-        passed_line = f"{nonce} passed" in lines
-        rc = proc.returncode
-        if status is None:
-            if passed_line and rc == 0:
-                status = "passed"
-            elif rc is not None and (rc < 0 or rc >= 128):
-                status = "killed"  # a signal (the supervisor and bwrap report 128 + its number)
-            elif not ready:
-                status = "sandbox_error"  # the harness failed before the program ran
-            elif not loaded:
-                status = "exited_early" if rc == 0 else "error"
-            elif rc == 0:
-                status = "exited_early"
-            else:
-                status = "failed"
-        return SandboxResult(status == "passed", status, _tail(out), _tail(err), duration, isolation, rc,
-                             marker, uid)
+        status = got.status or classify(bytes(got.channel), run.nonce, proc.returncode)
+        return SandboxResult(status == "passed", status, tail(got.out), tail(got.err), time.monotonic() - start,
+                             isolation, proc.returncode, marker, run.uid)
     finally:
-        for fd in (read_fd, write_fd):
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        if proc is not None:
-            for stream in (proc.stdout, proc.stderr):
-                try:
-                    stream.close()
-                except OSError:
-                    pass
-            if not swept:
-                _stop(proc)
-                _sweep(marker, uid)
-        shutil.rmtree(workdir, ignore_errors=True)
+        close((read_fd, write_fd), proc)
+        if proc is not None and not swept:
+            stop(proc)
+            sweep(marker, run.uid)
+        shutil.rmtree(run.workdir, ignore_errors=True)
 
 
 def run_tests_many(jobs: Iterable[Mapping[str, Any]], max_workers: int = 2) -> list[SandboxResult]:

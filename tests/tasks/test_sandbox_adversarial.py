@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from salt.tasks import sandbox
+from salt.tasks import sandbox, sandbox_supervisor
 from salt.tasks.datasets import humaneval_data_path
 from salt.tasks.sandbox import run_tests, run_tests_many
 from tests.tasks.conftest import check_clean
@@ -324,12 +324,12 @@ def test_caller_signals_and_dies_are_handled(sandbox_mode):
     def kill_supervisor():
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and not found:
-            for pid in sandbox._proc_pids():
+            for pid in sandbox_supervisor.proc_pids():
                 try:
-                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+                    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
                 except OSError:
                     continue
-                if b"salt-sbx-" in cmd and b"_sweep_marker" in cmd and b"harness.py" in cmd:
+                if sandbox.SUPERVISOR.encode() in argv and any(b"salt-sbx-" in a for a in argv):
                     time.sleep(0.3)
                     os.kill(pid, signal.SIGKILL)
                     found["pid"] = pid
