@@ -13,7 +13,7 @@ One rollout batch is P prompts (24 tokens) x G samples of exactly N new tokens. 
 both sides without touching the backends: the EOS of the tokenizer saved with the model, and the
 model's generation EOS, is the id V (one past the vocabulary), which no sampled token can be; every
 completion's length is asserted to be N. Models are random (nothing is downloaded): ``toy``
-is the embedded ``small`` toy Qwen2 (vocabulary 258, hidden 128, 4 layers), ``qwen2.5-0.5b`` a
+is the embedded ``small`` toy Qwen2 (vocabulary 51, hidden 128, 4 layers), ``qwen2.5-0.5b`` a
 randomly initialised Qwen2 of Qwen2.5-0.5B's shape (vocabulary 151,936, hidden 896, 24 layers, 14
 heads, 2 KV heads, MLP 4864, tied embeddings); the tokenizer is a byte-level one (Qwen2's class)
 of exactly V tokens built here, so every sampled id decodes. Each side runs in its own process (one after the
