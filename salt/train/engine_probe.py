@@ -92,9 +92,10 @@ def probe_trainer_cls(float64: bool = False) -> type:
     Each probe: ``gap_now`` / ``max_now`` (mean / max |engine - trainer| log-prob over the probe
     batch's tokens), after an update also ``gap_old`` (against the weights before the step) and
     ``drift`` (how far the step moved the trainer's own log-probs), and ``step`` / ``kind``
-    (``"sync"`` or ``"resume"``). ``float64``: also ``floor``, the max |float32 - float64| of the
-    trainer's own log-probs on the same tokens (what float32 itself can promise: the rounding of
-    logits of magnitude L is about L * 6e-8, so a confident model's float32 log-probs carry ~1e-5))."""
+    (``"sync"`` or ``"resume"``). ``float64``: also ``max_exact``, the max |engine - trainer| with the
+    trainer's log-probs computed in float64 (the weights' exact log-probs: the engine's own float32
+    error alone), and ``floor``, the max |float32 - float64| of the trainer's own log-probs on the
+    same tokens (the trainer's float32 rounding, which ``max_now`` adds to the engine's)."""
     from salt.train.trainer import Trainer
 
     class ProbeTrainer(Trainer):
@@ -125,6 +126,7 @@ def probe_trainer_cls(float64: bool = False) -> type:
                 exact = recompute_logprobs(self.unwrapped(), out, self.pad_id, self.cfg.rollout.temperature,
                                            float64=True)
                 rec["floor"] = logprob_gap(now, exact)["max_abs"]
+                rec["max_exact"] = logprob_gap(out.logprobs, exact)["max_abs"]
             if self._before is not None:
                 model = self.unwrapped()
                 current = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -80,7 +80,8 @@ def test_rl_with_vllm_rollouts_tracks_the_trainer_and_learns_like_hf(warm_model,
     syncs = [p for p in vllm_run.probes if p["kind"] == "sync"]
     assert len(syncs) == STEPS
     worst = max(p["max_now"] for p in vllm_run.probes)
-    print(f"engine vs trainer after {len(syncs)} pushes: max {worst:.3g} (over the pushes: "
+    print(f"engine vs trainer after {len(syncs)} pushes: max {worst:.3g}; vs the trainer's exact (float64) "
+          f"log-probs max {max(p['max_exact'] for p in vllm_run.probes):.3g} (over the pushes: "
           f"{sum(p['max_now'] <= TOL for p in syncs)} of {STEPS} <= 1e-5; the trainer's own float32 rounding "
           f"up to {max(p['floor'] for p in syncs):.3g}); vs the weights before the step: "
           f"min {min(p['gap_old'] for p in syncs):.3g}, median {sorted(p['gap_old'] for p in syncs)[STEPS // 2]:.3g}")
