@@ -104,20 +104,19 @@ class LocalCollectives:
 
 @dataclass(frozen=True)
 class _Layout:
-    """Rollouts and tokens of every rank: rollout counts b (per rank), B, N over all ranks, the
-    largest N of one rank, and this rank's first global rollout."""
+    """Rollouts and tokens of every rank: rollout counts b (per rank, in rank order), B and N over
+    all ranks, and the largest N of one rank."""
 
     b: tuple[int, ...]
     B: int
     N: int
     N_max: int
-    offset: int
 
     @staticmethod
     def of(comm: Collectives, n_rollouts: int, n_tokens: int) -> "_Layout":
         c = comm.gather_rows(torch.tensor([[n_rollouts, n_tokens]], dtype=torch.long))  # (W, 2)
         b = tuple(int(x) for x in c[:, 0])
-        return _Layout(b, sum(b), int(c[:, 1].sum()), int(c[:, 1].max()), sum(b[: comm.rank]))
+        return _Layout(b, sum(b), int(c[:, 1].sum()), int(c[:, 1].max()))
 
 
 def _id_slices(c: int, world: int) -> list[tuple[int, int]]:
