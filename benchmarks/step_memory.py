@@ -211,21 +211,46 @@ def projection() -> str:
              + rtok * H * 2)]
     hid_local = per_gpu * resp * H * 2  # the global scope's no-grad pass: hidden states of this GPU's rollouts
     n_micro = per_gpu // micro
-    N = gpus * per_gpu * resp
+    B = gpus * per_gpu
+    N = B * resp
     gram_glob = N * H * 2 + N * H * 4 * 2 + N * H * 8  # gathered bf16, float32 hw and h, float64 hidden side
     glob_old = states + gathered + n_micro * (ckpt + head_old) + layer  # every micro-batch's graph kept
     glob_new = base + head_new + hid_local + gram_w
+    # the distributed Gram (salt.algo.gram_distributed), per GPU, between the no-grad pass and the
+    # training passes: this GPU's tokens only (Nr), feature blocks of c ids exchanged all-to-all
+    Nr = per_gpu * resp
+    c = max(1, 2**25 // Nr)  # ids per block: an (Nr, c) block of columns holds at most 2^25 numbers
+    dist = dict(
+        hw=Nr * H * 4,  # float32 mask-weighted hidden states (also the logits' left factor: 0/1 mask)
+        hw_build=Nr * H * 4,  # transient while it is built: the unweighted float32 copy
+        candidates=Nr * 16 * 20,  # ~16 candidate ids per token (1 nat; 7.5 at 0.3) x (int64 t, int64 v, fp32 p)
+        token_vectors=Nr * 8 * 6 + per_gpu * Nr * 8,  # lse, eps, sums of p^2, mass, beta + the rollout map
+        columns=2 * 2**25 * 4,  # one (Nr, c) block of p and its logits
+        features=(3 * per_gpu * c * H + 2 * B * -(-c // gpus) * H) * 4,  # local F, send buffers, received
+        hidden_gram=H * H * (8 + 4 + 8),  # X^T X float64 (all-reduced), its float32 copy, eigvalsh work
+        rollout_eig=2048 * H * 8 + 2048**2 * 8,  # one rollout's float64 X_i and X_i X_i^T (<= 2,048 tokens)
+    )
+    gram_dist = states + gathered + hid_local + gram_w + sum(dist.values())  # FSDP's gathered layers counted too
     rows.append(("ours (global, auto): the training step and this GPU's Gram inputs", glob_old, glob_new))
-    rows.append((f"ours (global, auto): + the token-level Gram over the gathered N = {N / 1e6:.1f}M tokens",
-                 glob_old + gram_glob, glob_new + gram_glob))
+    rows.append((f"ours (global, auto): the Gram phase, distributed support over N = {N / 1e6:.1f}M tokens "
+                 f"(this GPU's {Nr / 1e3:.0f}k)", glob_old + gram_glob, gram_dist))
     out = ["| arm | today GB / GPU | new GB / GPU | fits 80 GB (new) |", "|---|---|---|---|"]
     for name, old, new in rows:
         out.append(f"| {name} | {old / GB:.0f} | {new / GB:.0f} | {'yes' if new <= 80 * GB else 'no'} |")
     parts = dict(states=states, gathered=gathered, checkpoints=ckpt, layer_backward=layer, head_old=head_old,
                  head_new=head_new, gram_weight=gram_w, dense_features=dense, hidden_local=hid_local,
-                 global_gram_inputs=gram_glob)
+                 gathered_gram_inputs=gram_glob)
     out.append("")
     out.append("parts (GB): " + ", ".join(f"{k} {v / GB:.1f}" for k, v in parts.items()))
+    out.append(f"distributed Gram, per GPU (GB; blocks of c = {c} ids): "
+               + ", ".join(f"{k} {v / GB:.2f}" for k, v in dist.items()) + f"; sum {sum(dist.values()) / GB:.1f}")
+    for u in (8192, 32768):  # the support sizes of the "On paper" table: 1 nat, 3 nats
+        feat = B * u * H * 4 / gpus  # float32 feature numbers each GPU receives over the call
+        blocks = -(-u // c)
+        out.append(f"exchanged per GPU at u + r = {u}: features {feat / GB:.1f} GB, {blocks} (B, B) float64 "
+                   f"all-reduces {blocks * B * B * 8 / GB:.2f} GB, the vocabulary's levels {V * 4 / GB:.4f} GB, "
+                   f"X^T X {H * H * 8 / GB:.2f} GB (the gathered form moved {N * H * 2 / GB:.0f} GB of bf16 hidden "
+                   f"states to every GPU)")
     return "\n".join(out)
 
 

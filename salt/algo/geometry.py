@@ -745,6 +745,32 @@ def _flushing_denormals(impl):
     return run
 
 
+def _entry_order(level: torch.Tensor, seed: int):
+    """The order in which ids enter U, from ``level`` (V,): the sampled ids (+inf) and the
+    candidates by their largest probability, then (if the bound still asks for more) every other id
+    in a seeded order. Returns (order, level in that order, number of sampled ids, the permutation)."""
+    order = torch.argsort(level, descending=True, stable=True)
+    n_cand = int((level > 0).sum())
+    perm = _vocab_permutation(seed, level.numel()).to(level.device)
+    order = torch.cat([order[:n_cand], perm[level[perm] == 0]])
+    lev_sorted = level[order]
+    return order, lev_sorted, int(torch.isinf(lev_sorted).sum()), perm
+
+
+def _support_columns(src: _LogitSource, ids: torch.Tensor, lse: torch.Tensor, y_pos: torch.Tensor,
+                     mass: torch.Tensor) -> torch.Tensor:
+    """(N, c) p_tv - [v = y_t] of every valid token on the ascending ids ``ids``; adds sum_v p_tv to
+    ``mass`` (N,). ``y_pos`` (V,) is a scratch index of -1s, left as found."""
+    P = _probs(src.cols(ids), lse)  # (N, c) exact p on these ids, every token
+    mass += P.sum(1, dtype=torch.float64)
+    y_pos[ids] = torch.arange(ids.numel(), device=ids.device)
+    hit = y_pos[src.tok.y]  # (N,) column of y_t in this block, -1 if y_t is not in it
+    mine = hit >= 0
+    P[torch.nonzero(mine).squeeze(1), hit[mine]] -= 1.0  # the e_y part (its id is in this block)
+    y_pos[ids] = -1
+    return P
+
+
 def _support_gram_impl(src: _LogitSource, *, tol: float, eps: float, tail_dim: int, seed: int,
                        chunk_size: int, info: dict | None, max_support: int | None = None) -> torch.Tensor | None:
     """Unnormalised (B, B) float64 support Gram with the sketched tail (see the section above).
@@ -761,13 +787,7 @@ def _support_gram_impl(src: _LogitSource, *, tol: float, eps: float, tail_dim: i
     # order of entry into U: sampled tokens first, then ids by their largest probability
     level = torch.zeros(V, dtype=dt, device=dev).scatter_reduce_(0, v_c, p_c, "amax")
     level[tok.y] = float("inf")
-    order = torch.argsort(level, descending=True, stable=True)
-    n_cand = int((level > 0).sum())
-    # after the candidates (if the bound still asks for more): the other ids in a seeded order
-    perm = _vocab_permutation(seed, V).to(dev)
-    order = torch.cat([order[:n_cand], perm[level[perm] == 0]])
-    lev_sorted = level[order]
-    n_y = int(torch.isinf(lev_sorted).sum())
+    order, lev_sorted, n_y, perm = _entry_order(level, seed)
     onehot = torch.zeros(tok.B, N, dtype=torch.float64, device=dev)
     onehot[tok.r, torch.arange(N, device=dev)] = 1.0
     acc = _RolloutAcc(tok, onehot)
@@ -776,20 +796,13 @@ def _support_gram_impl(src: _LogitSource, *, tol: float, eps: float, tail_dim: i
     p_c2 = p_c.to(torch.float64) ** 2
     mass = torch.zeros(N, dtype=torch.float64, device=dev)
     y_pos = torch.full((V,), -1, dtype=torch.long, device=dev)
-    rows = torch.arange(N, device=dev)
     # with a tail sketch the bound is sqrt(||A||_F^2 + tb^2): aim tb at tol / margin, then check
     margin = _SKETCH_MARGIN if tail_dim > 0 else 1.0
     col_cap = max(1, _COLUMN_BLOCK_NUMBERS // N)  # an (N, step) block of columns stays bounded
     u, step, KU_norm, tb, A, A_norm, r = 0, min(max(n_y, 1), col_cap), 0.0, float("inf"), None, 0.0, 0
     while u < V:
         ids = order[u : u + step].sort().values  # ascending ids: a cache-friendly gather
-        P = _probs(src.cols(ids), lse)  # (N, c) exact p on these ids, every token
-        mass += P.sum(1, dtype=torch.float64)
-        y_pos[ids] = torch.arange(ids.numel(), device=dev)
-        hit = y_pos[tok.y]  # (N,) column of y_t in this block, -1 if y_t is not in it
-        mine = hit >= 0
-        P[rows[mine], hit[mine]] -= 1.0  # the e_y part (its id is in this block)
-        y_pos[ids] = -1
+        P = _support_columns(src, ids, lse, y_pos, mass)  # (N, c) exact p - e_y on these ids, every token
         acc.add(P)
         del P
         inU[ids] = True
@@ -1206,7 +1219,10 @@ def _streaming_source(hidden, weight, bias, tokens, mask, temperature) -> _Logit
     _check_inputs(hidden, shape_only, tokens, mask, temperature)
     dtype = _compute_dtype(hidden, weight)
     tok = _Tokens(hidden, shape_only, tokens, mask, dtype)
-    h = hidden.detach().reshape(B * T, H).index_select(0, tok.flat).to(dtype)  # (N, H) unweighted
+    if bool((mask[mask != 0] == 1).all()):  # 0/1 mask: w_t h_t = h_t, one (N, H) copy serves both
+        h = tok.hw
+    else:
+        h = hidden.detach().reshape(B * T, H).index_select(0, tok.flat).to(dtype)  # (N, H) unweighted
     b = None if bias is None else bias.detach().to(dtype)
     return _LogitSource(tok, 1.0 / float(temperature), weight.detach().to(dtype), b, h)
 
@@ -1269,7 +1285,8 @@ def rollout_features(
 
     ``sketch``: F = m*q (m*H without a hidden sketch) numbers per rollout, the features whose
     Gram is ``lm_head_gram(..., method="sketch")`` with the same arguments and seed; the
-    trainer all-gathers them across ranks (scope=global) and calls :func:`gram_from_features`.
+    trainer all-gathers them across ranks (scope=global, gram sketch or dense) and calls
+    :func:`gram_from_features`.
     ``dense``: the full flattened g_i (V*H each); small models only. With ``weight`` (V, H) (and
     ``bias``) instead of ``logits`` (None), the logits are formed block by block from the hidden states.
     """

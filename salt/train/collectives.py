@@ -91,3 +91,39 @@ def reduce_gradients(params: list[torch.nn.Parameter], mean: bool) -> None:
         n = p.numel()
         p.grad = flat[off: off + n].view_as(p).clone()
         off += n
+
+
+class RankCollectives:
+    """The default process group as :class:`salt.algo.gram_distributed.Collectives` (the
+    distributed Gram's sums, maxima, row gathers and all-to-all exchange of feature blocks)."""
+
+    def __init__(self) -> None:
+        self.world, self.rank = world()
+
+    def sum_(self, t: torch.Tensor) -> torch.Tensor:
+        return sum_over_ranks(t)
+
+    def max_(self, t: torch.Tensor) -> torch.Tensor:
+        return max_over_ranks(t)
+
+    def gather_rows(self, t: torch.Tensor) -> torch.Tensor:
+        return all_gather_rows(t.to(self._device(t))).to(t.device)
+
+    def _device(self, t: torch.Tensor) -> torch.device:
+        """Where a collective on ``t`` runs: NCCL only moves GPU tensors."""
+        nccl = self.world > 1 and dist.get_backend() == "nccl"
+        return torch.device("cuda", torch.cuda.current_device()) if nccl else t.device
+
+    def exchange(self, send: list[torch.Tensor], recv_numel: list[int]) -> list[torch.Tensor]:
+        """All-to-all of 1-D tensors: ``send[s]`` to rank s; returns what each rank sent here."""
+        if len(send) != self.world or len(recv_numel) != self.world:
+            raise ValueError(f"exchange needs one tensor and one size per rank ({self.world}), "
+                             f"got {len(send)} and {len(recv_numel)}")
+        if self.world == 1:
+            return list(send)
+        src = torch.cat([s.reshape(-1) for s in send])
+        dev = self._device(src)
+        out = torch.empty(sum(recv_numel), dtype=src.dtype, device=dev)
+        dist.all_to_all_single(out, src.to(dev), output_split_sizes=list(recv_numel),
+                               input_split_sizes=[s.numel() for s in send])
+        return list(out.to(src.device).split(list(recv_numel)))

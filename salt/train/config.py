@@ -114,11 +114,12 @@ class SaltTrainConfig:
         True, "Run the Gram + decomposition even when SALT is off, to log salt/* and geom/*."
     )
     gram: str = option("auto", "Gram backend (methods.md 3.2; auto = exact if cheap, else sparse if its probabilistic "
-                       "error estimate is below gram_tol, else support with its error bound held below gram_tol).",
+                       "error estimate is below gram_tol, else support with its error bound held below gram_tol; "
+                       "scope global over several processes: exact if cheap, else support, and sparse is refused).",
                        choices=names_of("salt.algo.geometry:GRAM_METHODS"))
     scope: str = option(
         "global",
-        "global: one Gram per optimizer mini-batch, gathered across data-parallel ranks | "
+        "global: one Gram per optimizer mini-batch over all data-parallel ranks (each keeps its tokens) | "
         "micro: one Gram per micro-batch per rank (the published verl fork).",
         choices=("global", "micro"),
     )

@@ -1,7 +1,8 @@
 """The model-level coefficients: the LM-head Gram of a mini-batch from its hidden states and the
-head weight (gathered over ranks for scope ``global``), SALT's coefficients from it (identity
-member: SALT off, the advantages pass through and the diagnostics are logged), and the Gram dumps
-of ``train.dump_gram_steps``."""
+head weight (for scope ``global`` over several ranks: the distributed estimator of
+:mod:`salt.algo.gram_distributed`, each rank keeping its tokens), SALT's coefficients from it
+(identity member: SALT off, the advantages pass through and the diagnostics are logged), and the
+Gram dumps of ``train.dump_gram_steps``."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ import torch
 
 from salt import metric_names as mn
 from salt.algo.decomposition import SaltConfig, decompose
-from salt.algo.geometry import (choose_method, gram_from_features, group_geometry, rollout_features,
+from salt.algo.geometry import (FEATURE_METHODS, gram_from_features, group_geometry, rollout_features,
                                 streaming_lm_head_gram)
-from salt.train.collectives import all_gather_rows, sum_over_ranks, world
+from salt.algo.gram_distributed import DISTRIBUTED_METHODS, distributed_lm_head_gram
+from salt.train.collectives import RankCollectives, all_gather_rows, world
 from salt.utils import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -28,31 +30,30 @@ if TYPE_CHECKING:
 def lm_gram(hidden: torch.Tensor, head: tuple[torch.Tensor, torch.Tensor | None], tokens: torch.Tensor,
             mask: torch.Tensor, settings: "UpdateSettings", seed: int, gather: bool,
             info: dict | None = None) -> torch.Tensor:
-    """LM-head Gram (B, B) of the rows given, gathered over ranks when ``gather`` is set.
+    """LM-head Gram (B, B) of the rows given, over every rank's rows when ``gather`` is set.
 
     The logits are formed block by block from ``hidden`` (b, T, H) and the head's full weight and
     bias ``head`` (:meth:`salt.train.strategy.GradientStrategy.head_weight`), never stored whole
-    (:func:`~salt.algo.geometry.streaming_lm_head_gram`). Across ranks the token-level methods
-    gather the hidden states, tokens and mask (N x H numbers, nothing of size N x V), the sketch
-    and dense methods their per-rollout features. ``info`` (a dict) receives the backend's
-    ``err_bound`` (relative Frobenius error bound)."""
+    (:func:`~salt.algo.geometry.streaming_lm_head_gram`). One process (or scope micro): the
+    single-process estimators on the rows given, ``auto`` included (exact, sparse or support).
+    Across ranks (``gather`` with several processes) nothing per token leaves a rank:
+    ``exact``, ``support`` and ``auto`` run :func:`~salt.algo.gram_distributed.distributed_lm_head_gram`
+    (per-rollout feature blocks exchanged; ``auto`` = exact when it is cheap, else support, never
+    sparse), ``sketch`` and ``dense`` gather their per-rollout features, and ``sparse`` is refused
+    (its exact part is a token-pair product over the whole mini-batch). ``info`` (a dict) receives
+    the backend's ``err_bound`` (relative Frobenius error bound)."""
     W, _ = world()
     weight, bias = head
     method = settings.gram
-    if method == "auto":  # decided on global sizes so that every rank picks the same backend
-        n = torch.tensor([float(mask.sum()), float(mask.shape[0])], dtype=torch.float64)
-        if gather:
-            sum_over_ranks(n)
-        method = choose_method(int(n[0]), weight.shape[0], hidden.shape[-1], int(n[1]),
-                               chunk_size=settings.chunk_size, sketch_dim=settings.sketch_dim, streaming=True)
     kw = dict(chunk_size=settings.chunk_size, sketch_dim=settings.sketch_dim, seed=seed, **settings.gram_options)
-    lm = "auto" if settings.gram == "auto" else method  # auto may still switch support -> exact on the batch
     if not gather or W == 1:
-        return streaming_lm_head_gram(hidden, weight, tokens, mask, settings.temperature, lm, bias=bias, info=info,
+        return streaming_lm_head_gram(hidden, weight, tokens, mask, settings.temperature, method, bias=bias, info=info,
                                       **kw)
-    if method in ("exact", "support", "sparse"):  # token-level inputs (support: one shared vocabulary set)
-        return streaming_lm_head_gram(all_gather_rows(hidden), weight, all_gather_rows(tokens),
-                                      all_gather_rows(mask), settings.temperature, lm, bias=bias, info=info, **kw)
+    if method in DISTRIBUTED_METHODS:
+        return distributed_lm_head_gram(hidden, weight, tokens, mask, settings.temperature, method, comm=RankCollectives(),
+                                        bias=bias, info=info, **kw)
+    if method not in FEATURE_METHODS:
+        raise ValueError(sparse_across_ranks(method, W))
     if info is not None:
         info.update(method=method, err_bound=float("nan") if method == "sketch" else 0.0)
     kw = {k: kw[k] for k in ("chunk_size", "sketch_dim", "seed")}
@@ -60,6 +61,14 @@ def lm_gram(hidden: torch.Tensor, head: tuple[torch.Tensor, torch.Tensor | None]
                              **kw)  # (b, F)
     feats = all_gather_rows(feats)  # (B, F)
     return gram_from_features(feats)
+
+
+def sparse_across_ranks(method: str, world_size: int) -> str:
+    """The error for a Gram method that has no form across ranks (``sparse``) at scope global."""
+    return (f"algorithm.salt.gram: {method} cannot build one Gram over {world_size} processes "
+            f"(algorithm.salt.scope: global): its exact part is a token-pair product over the whole "
+            f"mini-batch, which would need every rank's hidden states. Use gram: auto or support (the "
+            f"distributed support estimator, deterministic error bound), or scope: micro")
 
 
 def with_err_bound(gm: dict, info: dict) -> dict:

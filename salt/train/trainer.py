@@ -22,8 +22,9 @@ Data parallelism: ``accelerate launch --config_file config/accelerate/<ddp|fsdp|
 starts N processes; every rank generates its share of the prompts, the rollout batch is
 all-gathered, and each optimizer mini-batch is split into contiguous per-rank slices. How the
 ranks' gradients meet (none / DDP / FSDP / DeepSpeed) is one :mod:`salt.train.strategy` chosen at
-set-up. With ``algorithm.salt.scope: global`` the Gram is built from features gathered from all
-ranks (identical for 1 or N processes). DDP and FSDP are tested on CPU (gloo, ``tests/train/test_ddp.py``,
+set-up. With ``algorithm.salt.scope: global`` one Gram covers every rank's rollouts; each rank keeps
+its tokens and the ranks exchange per-rollout features (:mod:`salt.algo.gram_distributed`; the same
+Gram as one process up to rounding, or within ``gram_tol`` where ``auto`` picks differently). DDP and FSDP are tested on CPU (gloo, ``tests/train/test_ddp.py``,
 ``tests/train/test_fsdp.py``); DeepSpeed only on GPUs.
 """
 
@@ -50,7 +51,7 @@ from salt.train.batch import RolloutBatch, to_tensors
 from salt.train.collectives import world
 from salt.train.config import ConfigError, RunConfig, describe, load_run_config, save_resolved
 from salt.train.forward import compute_logprobs
-from salt.train.gram import write_gram_dump
+from salt.train.gram import sparse_across_ranks, write_gram_dump
 from salt.train.rollouts import RolloutCollector, gen_batch_prompts, load_rows
 from salt.train.stepping import Timer, mean_metrics, step_seed
 from salt.train.strategy import (GradientStrategy, make_accelerator, master_dtype, resolve_mixed_precision,
@@ -267,6 +268,7 @@ class Trainer:
                 "Set algorithm.loss.beta: 0, or launch with config/accelerate/ddp.yaml or deepspeed_zero2.yaml")
         if self.strategy.sharded and cfg.rollout.backend == "hf":
             self.check_sharded_hf_generation()
+        self.check_distributed_gram()
         dtype = master_dtype(cfg.model.dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
         self.model = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=dtype)
@@ -313,6 +315,13 @@ class Trainer:
         if problems:
             raise ConfigError("rollout.backend: hf under FSDP / DeepSpeed ZeRO-3 needs the same generate calls on "
                               "every rank: " + "; ".join(problems) + ". Fix those keys or use rollout.backend: vllm")
+
+    def check_distributed_gram(self) -> None:
+        """Scope ``global`` over several processes builds its Gram without moving tokens between
+        ranks (:mod:`salt.algo.gram_distributed`); the ``sparse`` Gram has no such form."""
+        s = self.settings
+        if self.world > 1 and s.scope == "global" and s.gram == "sparse" and (s.salt_enabled or s.salt_diagnostics):
+            raise ConfigError(sparse_across_ranks(s.gram, self.world))
 
     def unwrapped(self) -> Any:
         """The bare ``PreTrainedModel`` (generation, ``save_pretrained``)."""

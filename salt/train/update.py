@@ -1,6 +1,6 @@
 """One optimizer step on a mini-batch: forward, Gram and SALT coefficients, policy loss, backward,
 clipping, optimizer and scheduler step; one function per SALT scope (``global``: one Gram over the
-whole mini-batch, gathered from all ranks; ``micro``: one Gram per micro-batch). Also the settings
+whole mini-batch of all ranks; ``micro``: one Gram per micro-batch). Also the settings
 the update reads (:class:`UpdateSettings`) and the optimizer / LR schedule (:func:`make_optimizer`).
 
 Memory: the LM head runs in token chunks (:mod:`salt.train.head`) and the Gram forms its logits
@@ -181,23 +181,26 @@ def _global_scope(p: _Passes, mb: TensorBatch, seed: int, diagnostics: bool, geo
     """Scope ``global``: one Gram over the whole mini-batch, then forward + backward per micro-batch.
 
     The Gram's inputs come from a no-grad pass over this rank's micro-batches that runs the
-    decoder only (no LM head) and keeps the final hidden states (N_local x H); the Gram gathers
-    them (not the logits) over ranks and forms its logits from them and the head weight. Memory:
-    one micro-batch's graph plus the mini-batch's hidden states; extra compute: one no-grad
-    decoder forward per micro-batch (the head is not run in it).
+    decoder only (no LM head) and keeps the final hidden states (N_local x H); the Gram forms its
+    logits from them and the head weight. Over several ranks the hidden states stay on their rank
+    (:func:`salt.train.gram.lm_gram`: the distributed estimator exchanges per-rollout feature
+    blocks). Memory: one micro-batch's graph plus this rank's hidden states and the Gram's working
+    set; extra compute: one no-grad decoder forward per micro-batch (the head is not run in it).
     """
     W, rank = world()
     local, micros = p.local, p.micros
     coef = local.advantages
     if diagnostics:
-        hidden = []
+        hidden = None  # (b_local, T, H): written micro-batch by micro-batch (no second copy from a cat)
         with torch.no_grad(), p.timer("forward"):
             for k in range(p.n):  # padded passes too: sharded engines gather weights in each forward
                 part = local.index(micros[k]) if k < len(micros) else local.index(slice(0, 1))
                 o = p.forward(part, True, head=False)
                 if k < len(micros):
-                    hidden.append(o.hidden)
-        coef_all = _salt(p, torch.cat(hidden), local.tokens, local.mask, mb, torch.arange(len(mb)), seed, True, geo,
+                    if hidden is None:
+                        hidden = o.hidden.new_empty((len(local),) + tuple(o.hidden.shape[1:]))
+                    hidden[micros[k]] = o.hidden
+        coef_all = _salt(p, hidden, local.tokens, local.mask, mb, torch.arange(len(mb)), seed, True, geo,
                          coef_out, gram_out)
         del hidden
         coef = coef_all[rank_slice(len(mb), W, rank)].to(local.advantages.dtype)

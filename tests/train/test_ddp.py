@@ -8,8 +8,11 @@ through ``accelerator.prepare`` (a ``DistributedDataParallel`` model), exactly a
 batch as a single process; SALT's coefficients and the parameters after the step must agree
 within 1e-5. Cases:
 
-* ``exact-grpo``: scope ``global``, exact Gram (hidden states, tokens and mask gathered; the
-  logits formed from them and the head weight), one pass per rank: DDP's own reducer averages.
+* ``exact-grpo``: scope ``global``, exact Gram (the distributed form: each rank keeps its hidden
+  states, tokens and mask and sends per-rollout features on every vocabulary id; the logits formed
+  from the hidden states and the head weight), one pass per rank: DDP's own reducer averages.
+* ``support-global-micro6``: the distributed support estimator (with a tail sketch) against the
+  single-process one (``tests/algo/test_gram_distributed.py`` tests it against brute force).
 * ``sketch-dapo-micro5``: sketch features gathered, two micro-batches per rank after the no-grad
   pass that collects the Gram's hidden states: the first pass runs under ``no_sync``, DDP's
   reducer averages after the second.
@@ -45,7 +48,7 @@ CASES = {
     "sketch-dapo-micro5": {"algorithm": {"salt": {"gram": "sketch", "sketch_dim": 16}, "loss": {"name": "dapo"}},
                            "train": {"micro_batch_size": 5}},
     "global-pad-micro7": {"algorithm": {"salt": {"gram": "sketch", "sketch_dim": 16}}, "train": {"micro_batch_size": 7}},
-    "sparse-global-micro6": {"algorithm": {"salt": {"gram": "sparse"}}, "train": {"micro_batch_size": 6}},
+    "support-global-micro6": {"algorithm": {"salt": {"gram": "support", "tail_dim": 4}}, "train": {"micro_batch_size": 6}},
     "micro-scope-micro4": {"algorithm": {"salt": {"gram": "exact", "scope": "micro"}}, "train": {"micro_batch_size": 4}},
 }
 RAW_CASE = "sketch-dapo-micro5"
@@ -220,3 +223,25 @@ def test_sharded_guards(policy, tmp_path):  # noqa: F811
     with pytest.raises(ConfigError, match="data.eval_limit = 5"):
         trainer("fsdp", data={"eval": "toy:test", "eval_limit": 5},
                 train={"eval_every": 1}).check_sharded_hf_generation()
+
+
+def test_sparse_gram_refused_across_ranks(policy, tmp_path):  # noqa: F811
+    """Scope global over several processes exchanges no per-token data: the sparse Gram (a token-pair
+    product over the whole mini-batch) is refused at set-up, naming the keys and the alternatives;
+    one process, scope micro, or SALT and its diagnostics off are fine."""
+    from salt.train.config import ConfigError, from_dict
+    from salt.train.trainer import Trainer
+    from salt.train.update import UpdateSettings
+
+    def check(world: int, **salt) -> None:
+        t = Trainer(from_dict(run_config(policy, algorithm={"salt": salt})), tmp_path / "t")
+        t.world, t.settings = world, UpdateSettings.from_config(t.cfg)
+        t.check_distributed_gram()
+
+    with pytest.raises(ConfigError, match=r"algorithm\.salt\.gram: sparse .* 2 processes .* gram: auto or support"):
+        check(2, gram="sparse")
+    check(1, gram="sparse")
+    check(2, gram="sparse", scope="micro")
+    check(2, gram="sparse", enabled=False, diagnostics=False)
+    for gram in ("auto", "support", "exact", "sketch", "dense"):
+        check(2, gram=gram)
