@@ -36,15 +36,12 @@ def run_snakemake(workdir: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 def expected_jobs(cfg: dict) -> list[str]:
-    out = []
-    for study, s in cfg["studies"].items():
-        for m in s["models"]:
-            for t in s["tasks"]:
-                for meth in s["methods"]:
-                    for g in s["group_sizes"]:
-                        for seed in s.get("seeds", [0]):
-                            out.append(f"{study}/{m}/{t}/{meth}/G{g}/seed{seed}")
-    return out
+    """``study/model/task/method/G<g>/seed<s>`` of every training job (the workflow's own plan)."""
+    from salt.workflow_config import load_workflow_config
+    from salt.workflow_plan import Plan
+
+    return ["{study}/{model}/{task}/{method}/G{G}/seed{seed}".format(**job)
+            for job in Plan(load_workflow_config(cfg)).jobs]
 
 
 def figure_names() -> tuple[str, ...]:

@@ -33,7 +33,7 @@ rule aggregate:
     benchmark:
         R("benchmarks/aggregate.tsv")
     params:
-        manifest=manifest(),
+        manifest=PLAN.manifest(),
         out=lambda w, output: str(Path(output.table_csv).parent),
     threads: threads_of("light")
     resources:

@@ -29,7 +29,7 @@ rule make_run_config:
     benchmark:
         R("benchmarks/make_run_config/{study}/{model}/{task}/{method}/G{G}/seed{seed}.tsv")
     params:
-        run=lambda w: run_config_dict(w.study, w.model, w.task, w.method, w.G, w.seed),
+        run=run_config_of,
     threads: threads_of("light")
     resources:
         **resources_of("light"),
