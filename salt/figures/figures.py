@@ -22,13 +22,12 @@ from salt import metric_names as mn
 from salt.figures.ablations import fig3_ablations, heldout  # noqa: F401 (Figure 3 lives there)
 from salt.figures.aggregate import read_csv
 from salt.figures.claims import ClaimsOptions
+from salt.figures.registry import FIGURE_SPECS, FIGURES, FigureSpec, figure_spec  # noqa: F401 (the one table)
 from salt.figures.stats import moving_average
 
 if TYPE_CHECKING:
     from salt.algo.decomposition import SaltConfig
 
-FIGURES = ("fig1_gram", "fig2_dynamics", "fig3_ablations", "fig4_residual", "fig5_proxy",
-           "fig6_alpha_channels", "fig7_comparison")
 
 
 class Tables:
@@ -589,17 +588,9 @@ def fig7_comparison(t: Tables, fig) -> None:
     ax.legend(fontsize=6)
 
 
-DRAW: dict[str, Callable[[Tables, Any], None]] = {
-    "fig1_gram": fig1_gram, "fig2_dynamics": fig2_dynamics, "fig3_ablations": fig3_ablations,
-    "fig4_residual": fig4_residual, "fig5_proxy": fig5_proxy, "fig6_alpha_channels": fig6_alpha_channels,
-    "fig7_comparison": fig7_comparison,
-}
-SIZES = {"fig1_gram": (13, 7.5), "fig2_dynamics": (12, 8), "fig3_ablations": (18, 4.2), "fig4_residual": (11, 4),
-         "fig5_proxy": (11, 4.2), "fig6_alpha_channels": (14, 4.2), "fig7_comparison": (14, 4.2)}
-
-
 def main(tables_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    """Draw every figure as PNG and PDF into ``out_dir`` (the workflow's report step logs them to MLflow)."""
+    """Draw every figure of the registry (:mod:`salt.figures.registry`) as PNG and PDF into ``out_dir``
+    (the workflow's report step logs them to MLflow)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -609,11 +600,11 @@ def main(tables_dir: str | Path, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for name in FIGURES:
-        fig = plt.figure(figsize=SIZES[name], layout="constrained")
-        DRAW[name](t, fig)
+    for spec in FIGURE_SPECS:
+        fig = plt.figure(figsize=spec.size, layout="constrained")
+        spec.draw()(t, fig)
         for ext in ("png", "pdf"):
-            path = out / f"{name}.{ext}"
+            path = out / f"{spec.name}.{ext}"
             fig.savefig(path, dpi=120 if ext == "png" else None)
             written.append(path)
         plt.close(fig)
@@ -624,16 +615,15 @@ README_FIGURE = "fig2_dynamics"  # the README's "What you get" image: workflow/r
 
 
 def draw_one(tables_dir: str | Path, name: str, out: str | Path, dpi: int = 120) -> Path:
-    """Draw one figure of :data:`FIGURES` from the tables to ``out`` (format from its suffix)."""
+    """Draw one figure of the registry (:mod:`salt.figures.registry`) from the tables to ``out`` (format from its suffix)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if name not in DRAW:
-        raise ValueError(f"unknown figure {name!r}; known: {', '.join(FIGURES)}")
-    fig = plt.figure(figsize=SIZES[name], layout="constrained")
-    DRAW[name](Tables(tables_dir), fig)
+    spec = figure_spec(name)  # ValueError naming the known figures
+    fig = plt.figure(figsize=spec.size, layout="constrained")
+    spec.draw()(Tables(tables_dir), fig)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=dpi)
     plt.close(fig)

@@ -45,7 +45,7 @@ def expected_jobs(cfg: dict) -> list[str]:
 
 
 def figure_names() -> tuple[str, ...]:
-    from salt.figures.figures import FIGURES  # the one list (the workflow reads it too)
+    from salt.figures.registry import FIGURES  # the one table (the workflow reads it too)
 
     return FIGURES
 

@@ -51,7 +51,7 @@ PARENT_JSON = PLAN.path("parent_json")
 PROXY_JSON = PLAN.path("proxy_json")
 STUDY_TABLE_MD = PLAN.path("study_table_md")
 STUDY_TABLE_CSV = PLAN.path("study_table_csv")
-from salt.figures.figures import FIGURES as FIGURE_NAMES  # noqa: E402 - the one list of figures
+from salt.figures.registry import FIGURE_SPECS  # noqa: E402 - the one table of figures (name, caption, ...)
 
 wildcard_constraints:
     study="[A-Za-z0-9][A-Za-z0-9_.-]*",
