@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from salt import gram_dump
 from salt import metric_names as mn
 from salt.eval.evaluate import PROBLEMS_FILE, summarise
 from salt.workflow_plan import manifest_record
@@ -47,7 +48,7 @@ def write_gram_dump(path: Path, G: int, P: int, rng: np.random.Generator, salt: 
     final = 0.7 * adv + 0.3 * np.maximum(adv, 0.0) if salt else adv.copy()
     arrays = {"gram": feats @ feats.T / B, "advantages": adv, "advantages_final": final, "group_ids": group_ids,
               "rewards": rewards}
-    np.savez(path, **arrays)
+    gram_dump.write(path, **arrays)  # the trainer's writer's format
     return arrays
 
 

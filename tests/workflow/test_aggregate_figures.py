@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from salt import gram_dump
 from salt.algo.decomposition import SaltConfig
 from salt.figures import aggregate, figures, report
 from tests.workflow.synthetic import STUDIES, make_runs, write_gram_dump
@@ -227,7 +228,7 @@ def test_figure_gram_numbers_are_the_algorithms(tmp_path, seed, opts):
     cfg = figures.salt_config(tmp_path)
     assert cfg == SaltConfig(**opts)
     assert figures.subspace_k(K, cfg) == decompose(torch.from_numpy(K), torch.from_numpy(A), SaltConfig(**opts)).k
-    np.savez(tmp_path / "gram_step_0001.npz", gram=K, advantages=A)
+    gram_dump.write(gram_dump.path_of(tmp_path, 1), K, A, A, np.arange(8))
     b = figures.gram_batch(tmp_path / "gram_step_0001.npz", cfg)
     assert b["k"] == decompose(torch.from_numpy(K), torch.from_numpy(A), SaltConfig(**opts)).k
     assert np.array_equal(b["cosine"], cosine_gram(torch.from_numpy(K)).numpy())
@@ -251,10 +252,7 @@ def test_gram_batch_orders_by_group(tmp_path):
     assert np.all(np.diff(b["eigenvalues"]) <= 1e-12)
     assert np.allclose(np.sort(b["eigenvalues"]), np.linalg.eigvalsh(raw["gram"]))
     assert b["k"] == figures.subspace_k(raw["gram"])
-    # a dump with the Gram alone still draws (no groups: identity order, no advantages)
-    np.savez(tmp_path / "only.npz", gram=raw["gram"])
-    only = figures.gram_batch(tmp_path / "only.npz")
-    assert list(only["order"]) == list(range(12)) and only["advantages"] is None and only["boundaries"] == []
+    assert b["rewards"] is not None and np.allclose(b["rewards"], raw["rewards"][b["order"]])
 
 
 def test_fig1_draws_both_runs_and_the_coefficients(tables):
