@@ -117,3 +117,22 @@ def resources_of(config: Mapping[str, Any], kind: str) -> dict[str, Any]:
                 out.pop(key, None)
     return out
 
+
+
+def executor_problem(config: Mapping[str, Any], remote: bool, executor: str) -> str | None:
+    """Why this config cannot run with this executor (``remote``: jobs run on other hosts, e.g. SLURM),
+    or None. A multi-node training job needs SLURM; jobs on cluster nodes must not share one SQLite
+    file (over a network file system runs get lost or corrupted)."""
+    from salt.tracking import shared_sqlite_uri
+
+    nodes = config["compute"]["train"]["nodes"]
+    if nodes > 1 and not remote:
+        return (f"compute.train.nodes={nodes}: a training job across several nodes runs under SLURM only "
+                "(--profile profiles/slurm); set compute.train.nodes: 1 to run here")
+    shared = shared_sqlite_uri(config["tracking"])
+    if remote and shared:
+        return (f"tracking.uri={shared} is a SQLite file, but jobs run on {executor}: start the tracking server "
+                "on this host (make tracking-server; it prints http://HOST:PORT) and pass its URI with "
+                "--config 'tracking={uri: http://HOST:PORT}' (or tracking.uri in your site file), "
+                "or turn tracking off (tracking.enabled: false). See README, Running on a cluster.")
+    return None

@@ -126,3 +126,17 @@ def test_job_arguments():
     assert workflow_jobs.train_launcher(cfg, SimpleNamespace(), 1) == "python -m salt.cli train"
     res = workflow_jobs.resources_of(cfg, "train")
     assert res["cpus_per_task"] == cfg["compute"]["train"]["threads"] and "nodes" not in res
+
+
+def test_executor_problems(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = smoke()
+    assert workflow_jobs.executor_problem(cfg, remote=False, executor="local") is None
+    msg = workflow_jobs.executor_problem(cfg, remote=True, executor="slurm")
+    assert msg.startswith("tracking.uri=sqlite:///results/mlflow.db is a SQLite file, but jobs run on slurm")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://server:5000")  # every job logs to the server instead
+    assert workflow_jobs.executor_problem(cfg, remote=True, executor="slurm") is None
+    multi = smoke(lambda raw: raw["compute"].update(train={"nodes": 2}, launcher="accelerate",
+                                                    accelerate_config="config/accelerate/ddp.yaml"))
+    assert "runs under SLURM only" in workflow_jobs.executor_problem(multi, remote=False, executor="local")
+    assert workflow_jobs.executor_problem(multi, remote=True, executor="slurm") is None

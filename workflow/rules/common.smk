@@ -1,7 +1,6 @@
 """Parse time: the config checked (salt/workflow_checks.py), its plan (salt/workflow_plan.py), and the
 mapping from each rule's wildcards to paths and to the package's job arguments (salt/workflow_jobs.py)."""
 
-import os
 import sys
 from pathlib import Path
 
@@ -161,35 +160,15 @@ def all_parents():
     return [PARENT_JSON.format(study=s) for s in config["studies"]]
 
 
-def tracking_uri_shared_file():
-    """The SQLite file that jobs would share, or None (tracking off, or a server URI).
-
-    MLFLOW_TRACKING_URI wins over tracking.uri in every job (salt.tracking.resolve_uri).
-    """
-    t = config["tracking"]
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or t["uri"]
-    return uri if t["enabled"] and uri.startswith("sqlite:") else None
-
-
 onstart:
-    if config["compute"]["train"]["nodes"] > 1 and not workflow.non_local_exec:
+    # a multi-node job needs SLURM; jobs on cluster nodes must not share one SQLite file
+    # (salt/workflow_jobs.py, executor_problem; the URI precedence: salt.tracking.configured_uri)
+    _remote = bool(workflow.non_local_exec)
+    _problem = workflow_jobs.executor_problem(config, _remote, workflow.executor_plugin.name if _remote else "local")
+    if _problem:
         from snakemake.exceptions import WorkflowError
 
-        raise WorkflowError(
-            f"compute.train.nodes={config['compute']['train']['nodes']}: a training job across several nodes "
-            "runs under SLURM only (--profile profiles/slurm); set compute.train.nodes: 1 to run here")
-    # Jobs on cluster nodes must not share one SQLite file (over a network file system runs get
-    # lost or corrupted): with a remote executor (SLURM) they log to an MLflow tracking server.
-    if workflow.non_local_exec and tracking_uri_shared_file():
-        from snakemake.exceptions import WorkflowError
-
-        raise WorkflowError(
-            f"tracking.uri={tracking_uri_shared_file()} is a SQLite file, but jobs run on "
-            f"{workflow.executor_plugin.name}: start the tracking server on this host "
-            "(make tracking-server; it prints http://HOST:PORT) and pass its URI with "
-            "--config 'tracking={uri: http://HOST:PORT}' (or tracking.uri in your site file), "
-            "or turn tracking off (tracking.enabled: false). See README, Running on a cluster."
-        )
+        raise WorkflowError(_problem)
 
 
 CONDA_ENV = f"../../envs/{config['compute']['env']}.yaml"
