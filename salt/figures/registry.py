@@ -12,7 +12,6 @@ This module imports nothing heavy (the Snakefile reads it while parsing); a draw
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -26,8 +25,9 @@ class FigureSpec:
 
     def draw(self) -> Callable[[Any, Any], None]:
         """The drawing function (imported now)."""
-        module, attr = self.drawer.split(":")
-        return getattr(importlib.import_module(module), attr)
+        from salt.utils import resolve_ref
+
+        return resolve_ref(self.drawer)
 
 
 def _spec(name: str, module: str, size: tuple[float, float]) -> FigureSpec:
