@@ -45,7 +45,11 @@ def R(path):
 
 
 RUN_DIR = PLAN.path("run_dir")
+RUN_CONFIG = PLAN.path("run_config")
+TRAIN_BENCHMARK = PLAN.path("train_benchmark")
 EVAL_METRICS = PLAN.path("eval_metrics")
+WARMUP_DIR = PLAN.path("warmup_dir")
+DATA_FILE = PLAN.path("data_file")
 PARENT_JSON = PLAN.path("parent_json")
 PROXY_JSON = PLAN.path("proxy_json")
 STUDY_TABLE_MD = PLAN.path("study_table_md")
