@@ -33,7 +33,7 @@ config.update(_checked)
 # package's (salt/workflow_plan.py), the jobs' arguments and resources too (salt/workflow_jobs.py):
 # this file maps wildcards to them.
 from salt import workflow_jobs  # noqa: E402
-from salt.workflow_plan import Plan  # noqa: E402
+from salt.workflow_plan import JOB_KEYS, Plan  # noqa: E402
 
 PLAN = Plan(config)
 RESULTS = PLAN.results
@@ -75,7 +75,7 @@ PLAN.check_run_configs()  # a bad override fails at parse time, naming the job
 
 def job_of(w):
     """The training job named by a rule's wildcards."""
-    return {k: w[k] for k in ("study", "model", "task", "method", "G", "seed")}
+    return {k: w[k] for k in JOB_KEYS}
 
 
 def run_dir(w):
