@@ -7,7 +7,6 @@ transformers, mlflow) therefore cost nothing for ``salt --help``.
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -46,9 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"salt: unknown command '{name}'. Known commands: {', '.join(COMMANDS)}.", file=sys.stderr)
         return 2
-    module_name, func_name = COMMANDS[name][0].split(":")
-    func = getattr(importlib.import_module(module_name), func_name)
-    from salt.utils import InputError, report_input_error
+    from salt.utils import InputError, report_input_error, resolve_ref
+
+    func = resolve_ref(COMMANDS[name][0])
 
     try:
         code = func(rest)

@@ -27,7 +27,6 @@ dataclasses declared with :func:`option` and :func:`section`::
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 import re
 import types
@@ -35,7 +34,7 @@ import typing
 from dataclasses import MISSING, field
 from typing import Any, Callable, Mapping
 
-from salt.utils import InputError
+from salt.utils import InputError, resolve_ref
 
 
 class ConfigError(InputError):
@@ -75,9 +74,7 @@ class fields_of(names_of):  # noqa: N801
         return self.ref.split(":")[1]
 
 
-def _resolve(ref: str) -> Any:
-    module, _, attr = ref.partition(":")
-    return getattr(importlib.import_module(module), attr)  # ImportError / AttributeError propagate
+_resolve = resolve_ref  # ImportError / AttributeError propagate
 
 
 def _allowed(choices: Any) -> tuple:

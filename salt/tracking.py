@@ -97,9 +97,23 @@ def _cfg(cfg: Any) -> dict[str, Any]:
     raise TypeError(f"tracking config must be a dict or a dataclass, got {type(cfg).__name__}")
 
 
+def configured_uri(uri: str | None = None) -> str:
+    """The tracking URI in force, first that is set: ``MLFLOW_TRACKING_URI``, ``uri`` (the config's
+    ``tracking.uri``), :data:`DEFAULT_URI`. The one home of this precedence; touches nothing."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or uri or DEFAULT_URI
+
+
+def shared_sqlite_uri(tracking: Mapping[str, Any]) -> str | None:
+    """The SQLite URI that every job of a workflow with this ``tracking`` section would write to,
+    or None (tracking off, or a server URI); as :func:`configured_uri` resolves it in each job."""
+    uri = configured_uri(tracking.get("uri"))
+    return uri if tracking.get("enabled", True) and uri.startswith("sqlite:") else None
+
+
 def resolve_uri(uri: str | None = None) -> str:
-    """The tracking URI to use (see the module docstring); creates a SQLite file's folder."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or uri or DEFAULT_URI
+    """The tracking URI to use (:func:`configured_uri`), a relative SQLite path made absolute;
+    creates a SQLite file's folder."""
+    uri = configured_uri(uri)
     prefix = "sqlite:///"
     if uri.startswith(prefix):
         path = uri[len(prefix):]

@@ -43,6 +43,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def resolve_ref(ref: str) -> Any:
+    """The object a ``"module:attr"`` reference names, imported now (ImportError / AttributeError
+    propagate): the lazy entries of the command table, the config choices, the figure and gpu-check registries."""
+    import importlib
+
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """Return a new dict: ``override`` merged into ``base`` recursively (override wins)."""
     out = copy.deepcopy(dict(base))

@@ -120,8 +120,28 @@ def check_config_files(files: list[str], repo: str | Path) -> dict[str, Any]:
     return cfg
 
 
+def checked_config(cfg: Mapping[str, Any], repo: str | Path) -> dict[str, Any]:
+    """The config the Snakefile was given, checked and with every default filled (the parse-time
+    check of ``workflow/rules/common.smk``): a bad key or value raises ``ValueError`` naming the key
+    path, the bad value and the fix, a bad path one naming the key and the path."""
+    from salt.workflow_config import load_workflow_config
+
+    try:
+        resolved = load_workflow_config(cfg)
+    except ValueError as exc:
+        raise ValueError(f"config error (every key: salt/workflow_config.py, or workflow/schemas/config.schema.yaml):\n"
+                         f"  {exc}") from None
+    try:
+        check_paths(resolved, repo)  # every path the config names, before any job runs
+    except ValueError as exc:
+        raise ValueError(f"config error: {exc}") from None
+    return resolved
+
+
 def cli_main(argv: list[str]) -> int:
     import argparse
+
+    from salt.workflow_plan import Plan
 
     repo = Path(__file__).resolve().parents[1]
     ap = argparse.ArgumentParser(prog="salt check-config", description="Check workflow config files (YAML syntax "
@@ -136,10 +156,9 @@ def cli_main(argv: list[str]) -> int:
         args.files = [str(Path(f).resolve()) for f in args.files]
         os.chdir(args.directory)
     cfg = check_config_files(args.files, repo)
-    n_jobs = sum(len(s["models"]) * len(s["tasks"]) * len(s["methods"]) * len(s["group_sizes"]) * len(s["seeds"])
-                 for s in cfg["studies"].values())
+    n_jobs = len(Plan(cfg).jobs)
     print(f"{' + '.join(args.files)}: valid ({len(cfg['studies'])} studies, {n_jobs} training jobs)")
     return 0
 
 
-__all__ = ["check_config_files", "check_paths", "cli_main"]
+__all__ = ["check_config_files", "check_paths", "checked_config", "cli_main"]

@@ -162,3 +162,22 @@ def test_metric_names_are_made_valid():
 
 def test_flatten():
     assert tracking.flatten({"a": {"b": 1, "c": {"d": [1]}}, "e": None}) == {"a.b": 1, "a.c.d": [1], "e": None}
+
+
+def test_uri_precedence_has_one_home(tmp_path, monkeypatch):
+    """configured_uri: MLFLOW_TRACKING_URI, then tracking.uri, then the default; it touches nothing.
+    shared_sqlite_uri (the workflow's executor check) follows the same order."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.configured_uri(None) == tracking.DEFAULT_URI == "sqlite:///results/mlflow.db"
+    assert tracking.configured_uri("http://host:5000") == "http://host:5000"
+    assert not (tmp_path / "results").exists()  # unlike resolve_uri, no folder is made
+    assert tracking.shared_sqlite_uri({"enabled": True, "uri": "sqlite:///x.db"}) == "sqlite:///x.db"
+    assert tracking.shared_sqlite_uri({"enabled": False, "uri": "sqlite:///x.db"}) is None
+    assert tracking.shared_sqlite_uri({"enabled": True, "uri": "http://host:5000"}) is None
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://server:5000")
+    assert tracking.configured_uri("sqlite:///x.db") == "http://server:5000"
+    assert tracking.shared_sqlite_uri({"enabled": True, "uri": "sqlite:///x.db"}) is None  # the server wins
+    assert tracking.resolve_uri("sqlite:///x.db") == "http://server:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env.db")
+    assert tracking.shared_sqlite_uri({"enabled": True, "uri": "http://host:5000"}) == "sqlite:///env.db"

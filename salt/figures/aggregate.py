@@ -33,6 +33,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from salt import gram_dump
 from salt import metric_names as mn
 from salt.eval.evaluate import PROBLEMS_FILE, load_problem_samples, load_problem_scores
 from salt.figures.claims import claims_markdown, evaluate_claims
@@ -91,19 +92,6 @@ def _benchmark_seconds(path: str | Path | None) -> float | None:
     return float(rows[-1]["s"])
 
 
-def _gram_dump(run_dir: Path) -> str | None:
-    """The run's latest Gram dump (``gram_step_NNNN.npz``) whose batch has a non-zero advantage, or None.
-
-    A batch whose groups all got the same reward has A = 0 everywhere: nothing to draw in Figure 1."""
-    import numpy as np
-
-    for path in sorted(run_dir.glob("gram_step_*.npz"), key=lambda p: p.stem, reverse=True):
-        with np.load(path) as z:
-            if "advantages" not in z.files or np.any(np.asarray(z["advantages"]) != 0):
-                return str(path)
-    return None
-
-
 def _last(steps: list[dict[str, Any]], key: str) -> float:
     vals = [float(s[key]) for s in steps if _numeric(s.get(key)) is not None]
     return max(vals) if vals else float("nan")
@@ -130,7 +118,8 @@ def summarize_run(run: Mapping[str, Any], steps: list[dict[str, Any]]) -> dict[s
         vals = [float(s[key]) for s in steps if _numeric(s.get(key)) is not None]
         if vals:
             out[mn.run_mean(key)] = sum(vals) / len(vals)
-    out["gram_file"] = _gram_dump(Path(run["run_dir"])) or ""
+    dump = gram_dump.latest_informative(run["run_dir"])  # Figure 1's batch (salt/gram_dump.py)
+    out["gram_file"] = str(dump) if dump is not None else ""
     out["run_dir"] = run["run_dir"]
     return out
 

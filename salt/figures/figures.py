@@ -18,17 +18,17 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from salt import gram_dump
 from salt import metric_names as mn
 from salt.figures.ablations import fig3_ablations, heldout  # noqa: F401 (Figure 3 lives there)
 from salt.figures.aggregate import read_csv
 from salt.figures.claims import ClaimsOptions
+from salt.figures.registry import FIGURE_SPECS, FIGURES, FigureSpec, figure_spec  # noqa: F401 (the one table)
 from salt.figures.stats import moving_average
 
 if TYPE_CHECKING:
     from salt.algo.decomposition import SaltConfig
 
-FIGURES = ("fig1_gram", "fig2_dynamics", "fig3_ablations", "fig4_residual", "fig5_proxy",
-           "fig6_alpha_channels", "fig7_comparison")
 
 
 class Tables:
@@ -107,26 +107,6 @@ def _spread(values: Sequence[float]) -> tuple[float, list[float]]:
 # ------------------------------------------------------------------------- Figure 1
 
 
-def load_gram(path: str | Path) -> dict[str, np.ndarray]:
-    """A Gram dump as numpy arrays: ``gram`` (B, B) and, when present, ``advantages`` / ``advantages_final`` (B,)."""
-    path = Path(path)
-    if path.suffix == ".npz":
-        with np.load(path) as z:
-            data = {k: np.asarray(z[k]) for k in z.files}
-    else:
-        import torch
-
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-        obj = obj if isinstance(obj, Mapping) else {"gram": obj}
-        data = {k: v.detach().double().numpy() if hasattr(v, "detach") else np.asarray(v) for k, v in obj.items()}
-    if "gram" not in data:
-        square = [k for k, v in data.items() if v.ndim == 2 and v.shape[0] == v.shape[1]]
-        if not square:
-            raise ValueError(f"{path}: no (B, B) array named 'gram' in the dump (keys: {sorted(data)})")
-        data["gram"] = data[square[0]]
-    return data
-
-
 def cosine_gram(K: np.ndarray) -> np.ndarray:
     """The algorithm's cosine Gram (:func:`salt.algo.geometry.cosine_gram`) of a numpy K (B, B) -> (B, B)."""
     import torch
@@ -163,26 +143,24 @@ def subspace_k(K: np.ndarray, cfg: SaltConfig | None = None) -> int:
 
 
 def gram_batch(path: str | Path, salt: SaltConfig | None = None) -> dict[str, Any]:
-    """One Gram dump, rollouts ordered by prompt group, ready to draw.
+    """One Gram dump (:func:`salt.gram_dump.read`), rollouts ordered by prompt group, ready to draw.
 
-    Returns ``order`` (B,) (stable sort of ``group_ids``; identity without them), ``gram`` (B, B)
-    and ``cosine`` (B, B) in that order, ``eigenvalues`` (B,) of K descending, ``k`` (the subspace
-    size SALT picks for this K with ``salt``, default settings when None), ``boundaries`` (first row of each group after
-    the first), and ``advantages`` / ``advantages_final`` / ``rewards`` (B,) in that order or None.
+    Returns ``order`` (B,) (stable sort of ``group_ids``), ``gram`` (B, B) and ``cosine`` (B, B) in
+    that order, ``eigenvalues`` (B,) of K descending, ``k`` (the subspace size SALT picks for this K
+    with ``salt``, default settings when None), ``boundaries`` (first row of each group after the
+    first), ``advantages`` / ``advantages_final`` (B,) in that order, and ``rewards`` (B,) in that
+    order or None (the dump's optional array).
     """
-    data = load_gram(path)
+    data = gram_dump.read(path)
     K = np.asarray(data["gram"], dtype=float)
     B = K.shape[0]
-    if K.ndim != 2 or K.shape != (B, B):
-        raise ValueError(f"{path}: 'gram' must be square (B, B), got shape {K.shape}")
-    groups = data.get("group_ids")
-    order = np.argsort(groups, kind="stable") if groups is not None else np.arange(B)
+    order = np.argsort(data["group_ids"], kind="stable")
     Ko = K[np.ix_(order, order)]  # (B, B) rows and columns by group
     out: dict[str, Any] = {"order": order, "gram": Ko, "cosine": cosine_gram(Ko),
                            "eigenvalues": np.sort(np.linalg.eigvalsh((K + K.T) / 2))[::-1],
                            "k": subspace_k(K, salt) if B >= 2 else 0}
-    g = np.asarray(groups)[order] if groups is not None else None
-    out["boundaries"] = [] if g is None else [i for i in range(1, B) if g[i] != g[i - 1]]
+    g = data["group_ids"][order]
+    out["boundaries"] = [i for i in range(1, B) if g[i] != g[i - 1]]
     for key in ("advantages", "advantages_final", "rewards"):
         out[key] = np.asarray(data[key], dtype=float)[order] if key in data else None
     return out
@@ -215,12 +193,12 @@ def fig1_gram(t: Tables, fig) -> None:
     for ax, method in zip(axes[0, :2], (base, salt)):
         run = picked.get(method)
         if run is None:
-            _note(ax, f"{t.label(method)}:\nno Gram dump (gram_step_*.npz) with a non-zero advantage\n"
+            _note(ax, f"{t.label(method)}:\nno Gram dump ({gram_dump.PATTERN}) with a non-zero advantage\n"
                       "in its run dirs; list more steps in run.train.dump_gram_steps")
             continue
         b = gram_batch(run["gram_file"], salt_config(run["run_dir"]))
         batches[method] = b
-        step = Path(run["gram_file"]).stem.rsplit("_", 1)[-1].lstrip("0") or "0"
+        step = gram_dump.step_of(run["gram_file"])
         im = ax.imshow(b["cosine"], cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
         ax.set_title(f"{t.label(method)}: cosine Gram, G={run['G']}, step {step}", fontsize=9)
         ax.set_xlabel("rollout (ordered by prompt group)")
@@ -247,9 +225,9 @@ def fig1_gram(t: Tables, fig) -> None:
     else:
         _note(ax, "no spectrum:\nno run wrote a Gram dump")
     b = batches.get(salt)
-    if b is None or b["advantages"] is None or b["advantages_final"] is None:
+    if b is None:
         for ax in axes[1]:
-            _note(ax, f"{t.label(salt)}: the Gram dump holds no advantages / advantages_final")
+            _note(ax, f"{t.label(salt)}: no Gram dump to show the coefficients of")
         return
     gs = axes[1, 0].get_subplotspec().get_gridspec()
     axes[1, 0].remove()
@@ -589,17 +567,9 @@ def fig7_comparison(t: Tables, fig) -> None:
     ax.legend(fontsize=6)
 
 
-DRAW: dict[str, Callable[[Tables, Any], None]] = {
-    "fig1_gram": fig1_gram, "fig2_dynamics": fig2_dynamics, "fig3_ablations": fig3_ablations,
-    "fig4_residual": fig4_residual, "fig5_proxy": fig5_proxy, "fig6_alpha_channels": fig6_alpha_channels,
-    "fig7_comparison": fig7_comparison,
-}
-SIZES = {"fig1_gram": (13, 7.5), "fig2_dynamics": (12, 8), "fig3_ablations": (18, 4.2), "fig4_residual": (11, 4),
-         "fig5_proxy": (11, 4.2), "fig6_alpha_channels": (14, 4.2), "fig7_comparison": (14, 4.2)}
-
-
 def main(tables_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    """Draw every figure as PNG and PDF into ``out_dir`` (the workflow's report step logs them to MLflow)."""
+    """Draw every figure of the registry (:mod:`salt.figures.registry`) as PNG and PDF into ``out_dir``
+    (the workflow's report step logs them to MLflow)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -609,11 +579,11 @@ def main(tables_dir: str | Path, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for name in FIGURES:
-        fig = plt.figure(figsize=SIZES[name], layout="constrained")
-        DRAW[name](t, fig)
+    for spec in FIGURE_SPECS:
+        fig = plt.figure(figsize=spec.size, layout="constrained")
+        spec.draw()(t, fig)
         for ext in ("png", "pdf"):
-            path = out / f"{name}.{ext}"
+            path = out / f"{spec.name}.{ext}"
             fig.savefig(path, dpi=120 if ext == "png" else None)
             written.append(path)
         plt.close(fig)
@@ -624,16 +594,15 @@ README_FIGURE = "fig2_dynamics"  # the README's "What you get" image: workflow/r
 
 
 def draw_one(tables_dir: str | Path, name: str, out: str | Path, dpi: int = 120) -> Path:
-    """Draw one figure of :data:`FIGURES` from the tables to ``out`` (format from its suffix)."""
+    """Draw one figure of the registry (:mod:`salt.figures.registry`) from the tables to ``out`` (format from its suffix)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if name not in DRAW:
-        raise ValueError(f"unknown figure {name!r}; known: {', '.join(FIGURES)}")
-    fig = plt.figure(figsize=SIZES[name], layout="constrained")
-    DRAW[name](Tables(tables_dir), fig)
+    spec = figure_spec(name)  # ValueError naming the known figures
+    fig = plt.figure(figsize=spec.size, layout="constrained")
+    spec.draw()(Tables(tables_dir), fig)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=dpi)
     plt.close(fig)

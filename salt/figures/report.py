@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+from salt.figures.registry import figure_spec
 from salt.utils import atomic_write_text
 
 
@@ -124,7 +125,7 @@ def main(figures: Sequence[str | Path], captions_dir: str | Path, table_md: str 
     for fig in figures:
         fig = Path(fig)
         data = base64.b64encode(fig.read_bytes()).decode("ascii")
-        caption = captions_dir / f"{fig.stem}.rst"
+        caption = captions_dir / figure_spec(fig.stem).caption
         cap = rst_to_html(caption.read_text()) if caption.exists() else f"<p>{html.escape(fig.stem)}</p>"
         parts.append(f"<figure><img alt='{fig.stem}' src='data:image/png;base64,{data}'><figcaption>{cap}</figcaption></figure>")
     parts.append("</body></html>\n")

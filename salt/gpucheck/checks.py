@@ -442,18 +442,38 @@ def check_sharded(name: str, work: str | Path, device: str = "cuda") -> dict:
     return sharded_vs_plain(name, toy_path(work), Path(work) / name, SHARDED_KIND[name])
 
 
+def check_fsdp(work: str | Path, device: str = "cuda") -> dict:
+    return check_sharded("fsdp", work, device)
+
+
+def check_zero2(work: str | Path, device: str = "cuda") -> dict:
+    return check_sharded("zero2", work, device)
+
+
+def plain_twin(trainer: Any, model: Any) -> Any:
+    """The trainer's own stages on ``model`` as one plain process (no wrapping, no sharding): the
+    reference of the sharded checks. The twin shares the trainer's config, settings, tokenizer and
+    timer; it has its own model, optimizer, scheduler (``make_optimizer``) and rollout-engine handle,
+    so its weight push leaves the trainer's engine alone."""
+    from salt.train.strategy import Single
+    from salt.train.update import make_optimizer
+
+    twin = copy.copy(trainer)
+    twin.model, twin.strategy, twin.backend = model, Single(), copy.copy(trainer.backend)
+    twin.optimizer, twin.scheduler = make_optimizer(model, trainer.cfg, trainer.cfg.train.steps)
+    return twin
+
+
 def sharded_vs_plain(name: str, path: Path, root: Path, expected: str) -> dict:
     """The body of :func:`check_sharded` for a trainer that must run as ``expected`` (``GradientStrategy.kind``):
-    one update of the prepared model against a plain copy on the same mini-batch, then a 3-step run
+    the trainer's update stage on the prepared model against the same stage of a plain twin
+    (:func:`plain_twin`) on the same rollout batch, then a 3-step run
     against a copy resumed from its step-2 checkpoint. With ``expected="none"`` it runs on CPU."""
     import torch
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from salt.train.batch import to_tensors
-    from salt.train.forward import compute_logprobs
     from salt.train.trainer import Trainer
-    from salt.train.update import make_optimizer, update_minibatch
 
     shutil.rmtree(root, ignore_errors=True)
     # 8 prompts x 8 rollouts: some group has reward variance (non-zero advantages) on the warm toy model
@@ -464,17 +484,14 @@ def sharded_vs_plain(name: str, path: Path, root: Path, expected: str) -> dict:
     if trainer.strategy.kind != expected:
         return make_result(name, status="error", reason=f"the trainer runs as {trainer.strategy.kind!r}, not {expected!r}: "
                            "start this check with `accelerate launch --config_file config/accelerate/...`")
+    # the first stages of Trainer.step, then its update stage on both: the prepared trainer and a plain twin
     batch, _ = trainer.collect(0)
     batch = trainer.coefficients(trainer.select(batch, 0))
-    tb = to_tensors(batch, trainer.pad_id)
-    dev = trainer.device
-    plain = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(dev)
-    p_opt, p_sched = make_optimizer(plain, cfg, cfg.train.steps)
-    tb.old_logp = compute_logprobs(plain, tb.to(dev), cfg.rollout.temperature, 64).cpu()
+    plain = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(trainer.device)
+    twin = plain_twin(trainer, plain)
     p_before, s_before = flat_state(plain.state_dict()), flat_state(_full_params(trainer))
-    m_plain = update_minibatch(plain, p_opt, p_sched, tb, trainer.settings, seed=0)
-    m_shard = update_minibatch(trainer.model, trainer.optimizer, trainer.scheduler, tb, trainer.settings, seed=0,
-                               strategy=trainer.strategy)
+    m_plain = twin.update(batch, 0)
+    m_shard = trainer.update(batch, 0)
     d_plain = flat_state(plain.state_dict()) - p_before
     d_shard = flat_state(_full_params(trainer)) - s_before
     numbers: dict[str, Any] = {"update_s": time.perf_counter() - t0, "update_norm_plain": float(d_plain.norm()),
@@ -536,21 +553,15 @@ def check_gram_gpu(work: str | Path, device: str = "cuda", B: int = 16, T: int =
     return make_result("gram_gpu", comps, numbers)
 
 
-CHECK_FUNCS: dict[str, Callable[..., dict]] = {
-    "toy_model": check_toy_model,
-    "vllm_vs_hf": check_vllm_vs_hf,
-    "vllm_rl_sync": check_vllm_rl_sync,
-    "bf16_step": check_bf16_step,
-    "fsdp": lambda work, device="cuda": check_sharded("fsdp", work, device),
-    "zero2": lambda work, device="cuda": check_sharded("zero2", work, device),
-    "gram_gpu": check_gram_gpu,
-}
-
-
 def run_check(name: str, work: str | Path, device: str = "cuda") -> dict:
-    """Run one check; a SkipCheck becomes ``skip``, any other exception ``error`` with its traceback tail."""
+    """Run check ``name`` (its function in :data:`salt.gpucheck.plan.CHECKS`, the one registry); a
+    SkipCheck becomes ``skip``, any other exception ``error`` with its traceback tail."""
+    from salt.gpucheck.plan import check_spec
+    from salt.utils import resolve_ref
+
+    function = check_spec(name).function
     try:
-        return CHECK_FUNCS[name](work, device)
+        return resolve_ref(function)(work, device)
     except SkipCheck as exc:
         return skipped(name, str(exc))
     except Exception as exc:  # the report must say what broke, then the next check runs

@@ -63,6 +63,7 @@ class CheckSpec:
     accelerate_config: str | None = None  # launched with `accelerate launch --config_file ...`
     needs_model: bool = True  # needs the toy model the `toy_model` step builds
     optional_package: str | None = None  # skipped with a reason when it did not install
+    function: str = ""  # "module:function" run by the worker as function(work, device) (imported there)
 
 
 _SHARDED_TOLS = {
@@ -82,6 +83,7 @@ CHECKS: tuple[CheckSpec, ...] = (
         "model hub) and teaches it the toy answer format (teacher forcing, 600 steps), so that RL has "
         "reward signal. Reused when it already exists.",
         {"final_loss": Tol("<=", 1.0, "mean target loss of the last 50 steps")}, needs_model=False,
+        function="salt.gpucheck.checks:check_toy_model",
     ),
     CheckSpec(
         "vllm_vs_hf", "vLLM generation vs HF, log-probs vs the trainer", 75.0,
@@ -94,6 +96,7 @@ CHECKS: tuple[CheckSpec, ...] = (
          "hf_vs_trainer_fp32_mean_abs": Tol("<=", 0.002),
          "greedy_agreement": Tol(">=", 0.8, "share of prompts with identical greedy completions")},
         optional_package="vllm",
+        function="salt.gpucheck.checks:check_vllm_vs_hf",
     ),
     CheckSpec(
         "vllm_rl_sync", "RL with the colocated vLLM engine (sleep mode, sync every step)", 110.0,
@@ -107,6 +110,7 @@ CHECKS: tuple[CheckSpec, ...] = (
          "stale_ratio_max": Tol("<=", 0.5, "gap to current / gap to previous weights, worst tested step"),
          "reward_mean_diff_vs_hf": Tol("<=", 0.06, "|mean step reward, vllm run - hf run|")},
         optional_package="vllm",
+        function="salt.gpucheck.checks:check_vllm_rl_sync",
     ),
     CheckSpec(
         "bf16_step", "bf16 training step vs fp32", 20.0,
@@ -117,6 +121,7 @@ CHECKS: tuple[CheckSpec, ...] = (
          "grad_cosine": Tol(">=", 0.99),
          "bf16_applied_frac": Tol(">=", 0.9, "share of the entries an fp32 step at lr 1e-6 changes that the "
                                              "trainer's step changes on its master weights (model.dtype)")},
+        function="salt.gpucheck.checks:check_bf16_step",
     ),
     CheckSpec(
         "fsdp", "FSDP on one GPU (config/accelerate/fsdp.yaml)", 40.0,
@@ -124,12 +129,14 @@ CHECKS: tuple[CheckSpec, ...] = (
         "--num_processes 1`: one SGD update on the same mini-batch as plain training; then a 3-step "
         "run with a checkpoint at step 2, resumed from it in a copy, against the uninterrupted run.",
         _SHARDED_TOLS, accelerate_config="config/accelerate/fsdp.yaml",
+        function="salt.gpucheck.checks:check_fsdp",
     ),
     CheckSpec(
         "zero2", "DeepSpeed ZeRO-2 on one GPU (config/accelerate/deepspeed_zero2.yaml)", 50.0,
         "As `fsdp`, through config/accelerate/deepspeed_zero2.yaml (DeepSpeed's fp32 master weights are "
         "compared); skipped with the reason when DeepSpeed did not install or import.",
         _SHARDED_TOLS, accelerate_config="config/accelerate/deepspeed_zero2.yaml", optional_package="deepspeed",
+        function="salt.gpucheck.checks:check_zero2",
     ),
     CheckSpec(
         "gram_gpu", "LM-head Gram on the GPU at a Qwen2.5-0.5B head", 25.0,
@@ -139,9 +146,10 @@ CHECKS: tuple[CheckSpec, ...] = (
         {"exact_rel_err": Tol("<=", 1e-3, "relative Frobenius vs float64"),
          "sketch_rel_err": Tol("<=", 0.1, "count sketch, m = 1024")},
         needs_model=False,
+        function="salt.gpucheck.checks:check_gram_gpu",
     ),
 )
-CHECK_NAMES = tuple(c.name for c in CHECKS)
+CHECK_NAMES = tuple(c.name for c in CHECKS)  # the one registry is CHECKS: names and functions together
 
 
 def check_spec(name: str) -> CheckSpec:

@@ -6,22 +6,20 @@ Gram dumps of ``train.dump_gram_steps``."""
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
+from salt import gram_dump
 from salt import metric_names as mn
 from salt.algo.decomposition import SaltConfig, decompose
 from salt.algo.geometry import (FEATURE_METHODS, gram_from_features, group_geometry, rollout_features,
                                 streaming_lm_head_gram)
 from salt.algo.gram_distributed import DISTRIBUTED_METHODS, distributed_lm_head_gram
 from salt.train.collectives import RankCollectives, all_gather_rows, world
-from salt.utils import atomic_write_bytes
 
 if TYPE_CHECKING:
     from salt.train.update import UpdateSettings
@@ -104,17 +102,8 @@ def gram_record(K: torch.Tensor, positions: torch.Tensor, advantages: torch.Tens
 
 
 def write_gram_dump(path: str | os.PathLike, record: dict[str, torch.Tensor], rewards: torch.Tensor | None) -> Path:
-    """Write ``record`` (from :func:`salt.train.update.update_minibatch`'s ``gram_out``) as an
-    ``.npz`` atomically.
-
-    Arrays: ``gram`` (B, B) float64, ``advantages`` (B,), ``advantages_final`` (B,) float64,
-    ``group_ids`` (B,) int64 and, when given, ``rewards`` (B,) float64.
-    """
-    arrays = {k: record[k].numpy() for k in ("gram", "advantages", "advantages_final", "group_ids")}
-    if rewards is not None:
-        arrays["rewards"] = rewards.detach().to("cpu", torch.float64).numpy()
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    path = Path(path)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    """Write ``record`` (from :func:`salt.train.update.update_minibatch`'s ``gram_out``) and the rows'
+    ``rewards`` as a Gram dump (:mod:`salt.gram_dump`: the format, written atomically)."""
+    return gram_dump.write(path, record["gram"].numpy(), record["advantages"].numpy(),
+                           record["advantages_final"].numpy(), record["group_ids"].numpy(),
+                           None if rewards is None else rewards.detach().to("cpu", torch.float64).numpy())

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from salt import gram_dump
 from salt import metric_names as mn
 from salt import rollout
 from salt.algo.advantages import compute_advantages
@@ -131,7 +132,7 @@ class Trainer:
         """Old log-probs, then ``ppo_epochs`` x mini-batches of :func:`update_minibatch`.
 
         When ``step + 1`` is in ``train.dump_gram_steps``, the first mini-batch's Gram is written
-        to ``OUT/gram_step_NNNN.npz`` (:func:`salt.train.gram.write_gram_dump`, rank 0)."""
+        to ``OUT/gram_step_NNNN.npz`` (:func:`salt.train.gram.write_gram_dump`, rank 0; format: :mod:`salt.gram_dump`)."""
         cfg = self.cfg
         tb = to_tensors(batch, self.pad_id)
         self.backend.sleep()  # vllm: free the KV cache for the training phase (no-op for hf)
@@ -158,7 +159,7 @@ class Trainer:
                                                 strategy=self.strategy, gram_out=gram_out))
                 if gram_out and self.is_main:  # empty when the Gram is off (no SALT, no diagnostics)
                     rows = idx[gram_out["positions"]]  # (B,) rows of the rollout batch
-                    write_gram_dump(self.out / f"gram_step_{step + 1:04d}.npz", gram_out, batch.rewards[rows])
+                    write_gram_dump(gram_dump.path_of(self.out, step + 1), gram_out, batch.rewards[rows])
         self.backend.wake_up()
         self.sync_rollout_weights()  # vllm: push the new weights; hf: no-op
         return mean_metrics(metrics)

@@ -467,3 +467,20 @@ def test_make_target_uses_its_own_environment():
     assert "-m salt.gpucheck" in recipe and "$(GPU_VENV)" in recipe and "$(BIN)" not in recipe
     assert "GPU_VENV ?= .venv-gpu" in make
     assert "gpu-check" in __import__("salt.cli", fromlist=["COMMANDS"]).COMMANDS
+
+
+def test_every_check_runs_its_registered_function():
+    """plan.CHECKS is the one registry: each entry names the worker function run_check imports."""
+    import importlib
+    import inspect
+
+    from salt.gpucheck import checks
+
+    for c in plan.CHECKS:
+        module, attr = c.function.split(":")
+        fn = getattr(importlib.import_module(module), attr)
+        assert module == checks.__name__ and attr == f"check_{c.name}"
+        assert list(inspect.signature(fn).parameters)[:2] == ["work", "device"]
+    assert not hasattr(checks, "CHECK_FUNCS")
+    with pytest.raises(ValueError, match="unknown gpu-check 'nope'"):
+        checks.run_check("nope", ".")

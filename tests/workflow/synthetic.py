@@ -17,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from salt import gram_dump
 from salt import metric_names as mn
 from salt.eval.evaluate import PROBLEMS_FILE, summarise
+from salt.workflow_plan import manifest_record
 
 STUDIES = {
     "main": ("main", ["grpo", "grpo_salt", "dapo", "dapo_salt"], [2, 4], [0, 1, 2], 4, None),
@@ -46,7 +48,7 @@ def write_gram_dump(path: Path, G: int, P: int, rng: np.random.Generator, salt: 
     final = 0.7 * adv + 0.3 * np.maximum(adv, 0.0) if salt else adv.copy()
     arrays = {"gram": feats @ feats.T / B, "advantages": adv, "advantages_final": final, "group_ids": group_ids,
               "rewards": rewards}
-    np.savez(path, **arrays)
+    gram_dump.write(path, **arrays)  # the trainer's writer's format
     return arrays
 
 
@@ -96,8 +98,9 @@ def step_line(step: int, method: str, G: int, P: int, seed: int, rng: np.random.
 
 def make_runs(root: Path, steps: int = 6, duplicate_step: bool = True, gram: bool = True, studies=None,
               effects=None, evaluated=("main",)) -> dict:
-    """Write run dirs under ``root`` and return the manifest the workflow would pass to aggregate
-    (held-out evaluations for the studies whose kind is in ``evaluated``)."""
+    """Write run dirs under ``root`` and return the manifest the workflow would pass to aggregate, its
+    runs made by the workflow's own :func:`salt.workflow_plan.manifest_record` (warm-up = seed; held-out
+    evaluations for the studies whose kind is in ``evaluated``)."""
     rng = np.random.default_rng(0)
     effects = EFFECTS if effects is None else effects
     runs = []
@@ -122,9 +125,9 @@ def make_runs(root: Path, steps: int = 6, duplicate_step: bool = True, gram: boo
                         e = root / study / "eval" / method / f"G{G}" / f"seed{seed}" / "toy_test"
                         eff = effects.get(method, 0.0)
                         evals["toy_test"] = str(write_eval(e, seed, eff[seed] if isinstance(eff, dict) else eff))
-                    runs.append(dict(study=study, kind=kind, model="toy", task="toy", method=method,
-                                     label=method.upper(), G=G, seed=seed, prompts_per_step=P,
-                                     run_dir=str(run_dir), benchmark=str(root / "nope.tsv"), evals=evals))
+                    job = dict(study=study, model="toy", task="toy", method=method, G=G, seed=seed)
+                    runs.append(manifest_record(job, warmup=seed, kind=kind, label=method.upper(), prompts_per_step=P,
+                                                run_dir=str(run_dir), benchmark=str(root / "nope.tsv"), evals=evals))
     proxy = root / "proxy" / "toy" / "proxy.json"
     proxy.parent.mkdir(parents=True)
     lm = rng.uniform(-1, 1, size=40)

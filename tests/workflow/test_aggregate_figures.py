@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from salt import gram_dump
 from salt.algo.decomposition import SaltConfig
 from salt.figures import aggregate, figures, report
 from tests.workflow.synthetic import STUDIES, make_runs, write_gram_dump
@@ -227,7 +228,7 @@ def test_figure_gram_numbers_are_the_algorithms(tmp_path, seed, opts):
     cfg = figures.salt_config(tmp_path)
     assert cfg == SaltConfig(**opts)
     assert figures.subspace_k(K, cfg) == decompose(torch.from_numpy(K), torch.from_numpy(A), SaltConfig(**opts)).k
-    np.savez(tmp_path / "gram_step_0001.npz", gram=K, advantages=A)
+    gram_dump.write(gram_dump.path_of(tmp_path, 1), K, A, A, np.arange(8))
     b = figures.gram_batch(tmp_path / "gram_step_0001.npz", cfg)
     assert b["k"] == decompose(torch.from_numpy(K), torch.from_numpy(A), SaltConfig(**opts)).k
     assert np.array_equal(b["cosine"], cosine_gram(torch.from_numpy(K)).numpy())
@@ -251,10 +252,7 @@ def test_gram_batch_orders_by_group(tmp_path):
     assert np.all(np.diff(b["eigenvalues"]) <= 1e-12)
     assert np.allclose(np.sort(b["eigenvalues"]), np.linalg.eigvalsh(raw["gram"]))
     assert b["k"] == figures.subspace_k(raw["gram"])
-    # a dump with the Gram alone still draws (no groups: identity order, no advantages)
-    np.savez(tmp_path / "only.npz", gram=raw["gram"])
-    only = figures.gram_batch(tmp_path / "only.npz")
-    assert list(only["order"]) == list(range(12)) and only["advantages"] is None and only["boundaries"] == []
+    assert b["rewards"] is not None and np.allclose(b["rewards"], raw["rewards"][b["order"]])
 
 
 def test_fig1_draws_both_runs_and_the_coefficients(tables):
@@ -267,7 +265,7 @@ def test_fig1_draws_both_runs_and_the_coefficients(tables):
     t = figures.Tables(tmp / "tables")
     picked = figures._pick_gram_runs(t, "grpo", "grpo_salt")
     assert {(r["study"], r["G"], r["seed"]) for r in picked.values()} == {("main", 4, 0)}  # same batch size
-    fig = plt.figure(figsize=figures.SIZES["fig1_gram"], layout="constrained")
+    fig = plt.figure(figsize=figures.figure_spec("fig1_gram").size, layout="constrained")
     figures.fig1_gram(t, fig)
     titles = [ax.get_title() for ax in fig.axes]
     assert any(s.startswith("GRPO: cosine Gram, G=4, step 6") for s in titles)
@@ -288,8 +286,9 @@ def _drawn(tables_dir, name):
     import matplotlib.pyplot as plt
 
     t = figures.Tables(tables_dir)
-    fig = plt.figure(figsize=figures.SIZES[name], layout="constrained")
-    figures.DRAW[name](t, fig)
+    spec = figures.figure_spec(name)
+    fig = plt.figure(figsize=spec.size, layout="constrained")
+    spec.draw()(t, fig)
     return t, fig
 
 
@@ -369,3 +368,22 @@ def test_fig3_uses_held_out_pass1_with_intervals(tmp_path):
     # with >= 2 seeds the interval is the t-interval over seeds
     mean, half, over = figures.heldout(t, "main", "grpo", 2)
     assert over == "seeds" and half == pytest.approx(res[("main", "grpo", 2)]["pass@1_ci95"])
+
+
+def test_one_figure_table_for_every_layer():
+    """salt/figures/registry.py: each entry's drawer is the function of its name, its caption file exists,
+    the workflow declares exactly these figures, and an unknown name is refused naming the known ones."""
+    from pathlib import Path
+
+    from salt.figures import registry
+
+    repo = Path(__file__).resolve().parents[2]
+    assert len(set(registry.FIGURES)) == len(registry.FIGURE_SPECS) == 7
+    for spec in registry.FIGURE_SPECS:
+        assert spec.draw().__name__ == spec.name and len(spec.size) == 2
+        assert (repo / "workflow" / "report" / spec.caption).stat().st_size > 100
+    assert figures.FIGURES is registry.FIGURES
+    rules = (repo / "workflow" / "rules" / "analysis.smk").read_text()
+    assert "for fig in FIGURE_SPECS" in rules
+    with pytest.raises(ValueError, match="unknown figure 'fig9'; known: fig1_gram, "):
+        registry.figure_spec("fig9")

@@ -33,7 +33,7 @@ rule aggregate:
     benchmark:
         R("benchmarks/aggregate.tsv")
     params:
-        manifest=manifest(),
+        manifest=PLAN.manifest(),
         out=lambda w, output: str(Path(output.table_csv).parent),
     threads: threads_of("light")
     resources:
@@ -69,7 +69,7 @@ rule replication:
 
 
 rule figures:
-    """Figures 1-7 (PNG + PDF) from the aggregated tables."""
+    """Figures 1-7 (PNG + PDF) from the aggregated tables: every entry of salt/figures/registry.py."""
     input:
         manifest=rules.aggregate.output.manifest,
         steps=rules.aggregate.output.steps,
@@ -78,10 +78,10 @@ rule figures:
         table=rules.aggregate.output.table_csv,
     output:
         png=[
-            report(R(f"figures/{name}.png"), caption=f"../report/{name}.rst", category="Figures")
-            for name in FIGURE_NAMES
+            report(R(f"figures/{fig.name}.png"), caption=f"../report/{fig.caption}", category="Figures")
+            for fig in FIGURE_SPECS
         ],
-        pdf=[R(f"figures/{name}.pdf") for name in FIGURE_NAMES],
+        pdf=[R(f"figures/{fig.name}.pdf") for fig in FIGURE_SPECS],
     log:
         R("logs/figures.log"),
     benchmark:

@@ -7,7 +7,7 @@ localrules:
 rule prepare_data:
     """Normalise one dataset (generated, hub id or local file) to JSONL + manifest."""
     output:
-        data=R("data/{dataset}/data.jsonl"),
+        data=DATA_FILE,
         manifest=R("data/{dataset}/manifest.json"),
     log:
         R("logs/prepare_data/{dataset}.log"),

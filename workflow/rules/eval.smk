@@ -1,10 +1,10 @@
 rule evaluate:
     """Sample n answers per problem from a trained model; pass@k attached to its MLflow training run."""
     input:
-        done=R("{study}/runs/{model}/{task}/{method}/G{G}/seed{seed}/DONE"),
+        done=f"{RUN_DIR}/DONE",
         data=eval_data,
     output:
-        metrics=R("{study}/eval/{model}/{task}/{method}/G{G}/seed{seed}/{benchmark}/metrics.json"),
+        metrics=EVAL_METRICS,
         problems=R("{study}/eval/{model}/{task}/{method}/G{G}/seed{seed}/{benchmark}/problems.jsonl"),
     log:
         R("logs/evaluate/{study}/{model}/{task}/{method}/G{G}/seed{seed}/{benchmark}.log"),
@@ -31,7 +31,7 @@ rule validate_proxy:
         model=model_input,
         data=lambda w: data_file(config["proxy"]["dataset"]),
     output:
-        json=R("proxy/{model}/proxy.json"),
+        json=PROXY_JSON,
     log:
         R("logs/validate_proxy/{model}.log"),
     benchmark:

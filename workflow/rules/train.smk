@@ -1,7 +1,7 @@
 rule mlflow_parent:
     """Create (or find again) the MLflow parent run of a study, once, before its training jobs."""
     output:
-        json=R("{study}/mlflow_parent.json"),
+        json=PARENT_JSON,
     log:
         R("logs/mlflow_parent/{study}.log"),
     benchmark:
@@ -21,15 +21,15 @@ rule mlflow_parent:
 rule make_run_config:
     """Write the plain run config of one job: base <- overrides <- wildcards (+ the parent run id)."""
     input:
-        parent=R("{study}/mlflow_parent.json"),
+        parent=PARENT_JSON,
     output:
-        yaml=R("{study}/configs/{model}/{task}/{method}/G{G}/seed{seed}.yaml"),
+        yaml=RUN_CONFIG,
     log:
         R("logs/make_run_config/{study}/{model}/{task}/{method}/G{G}/seed{seed}.log"),
     benchmark:
         R("benchmarks/make_run_config/{study}/{model}/{task}/{method}/G{G}/seed{seed}.tsv")
     params:
-        run=lambda w: run_config_dict(w.study, w.model, w.task, w.method, w.G, w.seed),
+        run=run_config_of,
     threads: threads_of("light")
     resources:
         **resources_of("light"),
@@ -42,15 +42,15 @@ rule make_run_config:
 rule train:
     """One RL training run. Only DONE is declared, so an interrupted run keeps its checkpoints and resumes."""
     input:
-        config=R("{study}/configs/{model}/{task}/{method}/G{G}/seed{seed}.yaml"),
+        config=RUN_CONFIG,
         data=train_data_inputs,
         model=model_input,
     output:
-        done=R("{study}/runs/{model}/{task}/{method}/G{G}/seed{seed}/DONE"),
+        done=f"{RUN_DIR}/DONE",
     log:
         R("logs/train/{study}/{model}/{task}/{method}/G{G}/seed{seed}.log"),
     benchmark:
-        R("benchmarks/train/{study}/{model}/{task}/{method}/G{G}/seed{seed}.tsv")
+        TRAIN_BENCHMARK  # the manifest's `benchmark`: aggregate reads the wall time from it
     params:
         out=run_dir,
         launcher=train_launcher,
