@@ -16,9 +16,9 @@ import torch
 
 from salt import metric_names as mn
 from salt.algo.decomposition import SaltConfig, decompose
-from salt.algo.geometry import (choose_method, gram_from_features, group_geometry, rollout_features,
-                                streaming_lm_head_gram)
-from salt.train.collectives import all_gather_rows, sum_over_ranks, world
+from salt.algo.gram import FEATURE_METHODS, gram_from_features, rollout_features, streaming_lm_head_gram
+from salt.algo.gram_metrics import group_geometry
+from salt.train.collectives import all_gather_rows, world
 from salt.utils import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -32,34 +32,23 @@ def lm_gram(hidden: torch.Tensor, head: tuple[torch.Tensor, torch.Tensor | None]
 
     The logits are formed block by block from ``hidden`` (b, T, H) and the head's full weight and
     bias ``head`` (:meth:`salt.train.strategy.GradientStrategy.head_weight`), never stored whole
-    (:func:`~salt.algo.geometry.streaming_lm_head_gram`). Across ranks the token-level methods
-    gather the hidden states, tokens and mask (N x H numbers, nothing of size N x V), the sketch
-    and dense methods their per-rollout features. ``info`` (a dict) receives the backend's
-    ``err_bound`` (relative Frobenius error bound)."""
+    (:func:`~salt.algo.gram.streaming_lm_head_gram`). Across ranks the feature methods
+    (:data:`~salt.algo.gram.FEATURE_METHODS`: sketch, dense) gather their per-rollout features,
+    every other method (``auto`` included, which then decides once, on the gathered batch) the
+    hidden states, tokens and mask (N x H numbers, nothing of size N x V). ``info`` (a dict)
+    receives the backend's ``method``, ``err_bound`` (relative Frobenius error bound) and ``err_kind``."""
     W, _ = world()
     weight, bias = head
     method = settings.gram
-    if method == "auto":  # decided on global sizes so that every rank picks the same backend
-        n = torch.tensor([float(mask.sum()), float(mask.shape[0])], dtype=torch.float64)
-        if gather:
-            sum_over_ranks(n)
-        method = choose_method(int(n[0]), weight.shape[0], hidden.shape[-1], int(n[1]),
-                               chunk_size=settings.chunk_size, sketch_dim=settings.sketch_dim, streaming=True)
-    kw = dict(chunk_size=settings.chunk_size, sketch_dim=settings.sketch_dim, seed=seed, **settings.gram_options)
-    lm = "auto" if settings.gram == "auto" else method  # auto may still switch support -> exact on the batch
-    if not gather or W == 1:
-        return streaming_lm_head_gram(hidden, weight, tokens, mask, settings.temperature, lm, bias=bias, info=info,
-                                      **kw)
-    if method in ("exact", "support", "sparse"):  # token-level inputs (support: one shared vocabulary set)
-        return streaming_lm_head_gram(all_gather_rows(hidden), weight, all_gather_rows(tokens),
-                                      all_gather_rows(mask), settings.temperature, lm, bias=bias, info=info, **kw)
-    if info is not None:
-        info.update(method=method, err_bound=float("nan") if method == "sketch" else 0.0)
-    kw = {k: kw[k] for k in ("chunk_size", "sketch_dim", "seed")}
-    feats = rollout_features(hidden, None, tokens, mask, settings.temperature, method, weight=weight, bias=bias,
-                             **kw)  # (b, F)
-    feats = all_gather_rows(feats)  # (B, F)
-    return gram_from_features(feats)
+    kw = dict(chunk_size=settings.chunk_size, sketch_dim=settings.sketch_dim, seed=seed)
+    if gather and W > 1 and method in FEATURE_METHODS:
+        feats = rollout_features(hidden, None, tokens, mask, settings.temperature, method, weight=weight, bias=bias,
+                                 **kw)  # (b, F)
+        return gram_from_features(all_gather_rows(feats), method=method, info=info)  # (B, F) rows
+    if gather and W > 1:  # token-level inputs (support: one shared vocabulary set)
+        hidden, tokens, mask = all_gather_rows(hidden), all_gather_rows(tokens), all_gather_rows(mask)
+    return streaming_lm_head_gram(hidden, weight, tokens, mask, settings.temperature, method, bias=bias, info=info,
+                                  **kw, **settings.gram_options)
 
 
 def with_err_bound(gm: dict, info: dict) -> dict:
