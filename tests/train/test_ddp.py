@@ -46,6 +46,8 @@ CASES = {
                            "train": {"micro_batch_size": 5}},
     "global-pad-micro7": {"algorithm": {"salt": {"gram": "sketch", "sketch_dim": 16}}, "train": {"micro_batch_size": 7}},
     "sparse-global-micro6": {"algorithm": {"salt": {"gram": "sparse"}}, "train": {"micro_batch_size": 6}},
+    # auto decides once, on the gathered batch (both ranks alike)
+    "auto-global-micro6": {"algorithm": {"salt": {"gram": "auto"}}, "train": {"micro_batch_size": 6}},
     "micro-scope-micro4": {"algorithm": {"salt": {"gram": "exact", "scope": "micro"}}, "train": {"micro_batch_size": 4}},
 }
 RAW_CASE = "sketch-dapo-micro5"
