@@ -29,7 +29,7 @@ from salt.algo.allocation import (
 )
 from salt.algo.dapo import informative_groups, overlong_penalty
 from salt.algo.decomposition import SaltConfig, decompose
-from salt.algo.geometry import lm_head_gram
+from salt.algo.gram import lm_head_gram
 from salt.algo.losses import LossConfig, compute_policy_loss
 from salt.algo.selection import max_variance_subset
 

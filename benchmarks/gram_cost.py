@@ -7,8 +7,8 @@ Compares, on the same logits and hidden states:
           into a dense (B, V*H) matrix, then K = G G^T / B.
   proxy_sliced  the cheapest way to run the same proxy: each rollout's autograd call sees only
           its own (T, V) logits slice, so it does 1/B of the batched call's work.
-  exact   salt.algo.geometry.lm_head_gram(method="exact")
-  sketch  salt.algo.geometry.lm_head_gram(method="sketch")
+  exact   salt.algo.gram.lm_head_gram(method="exact")
+  sketch  salt.algo.gram.lm_head_gram(method="sketch")
 
 Every method runs in a fresh subprocess. The subprocess builds the batch, resets its peak-RSS
 counter (Linux: writing "5" to /proc/self/clear_refs resets VmHWM), reads VmRSS, runs the
@@ -125,7 +125,7 @@ def published_proxy_sliced(hidden, logits, tokens, mask, temperature):
 
 
 def worker(args) -> None:
-    from salt.algo.geometry import lm_head_gram
+    from salt.algo.gram import lm_head_gram
 
     torch.set_num_threads(args.threads)
     hidden, logits, tokens, mask = make_batch(

@@ -143,7 +143,7 @@ def best_of_interleaved(fns, repeats, labels):
 
 def run_case(args, entropy) -> dict:
     from salt.algo.decomposition import SaltConfig, decompose
-    from salt.algo.geometry import lm_head_gram, streaming_lm_head_gram
+    from salt.algo.gram import lm_head_gram, streaming_lm_head_gram
 
     c = CASES[args.case]
     B, T, V, H = c["B"], c["T"], c["V"], c["H"]
@@ -159,7 +159,8 @@ def run_case(args, entropy) -> dict:
     (t_fwd, t_sup), (_, K) = best_of_interleaved(
         [lambda: torch.matmul(hflat, W.T, out=out),
          lambda: lm_head_gram(hidden, logits, tokens, mask, 1.0, args.method, seed=args.seed, tol=args.tol,
-                              tail_dim=args.tail_dim, sparse_samples=args.samples, info=info)],
+                              tail_dim=args.tail_dim, sparse_samples=args.samples, chunk_size=args.chunk_size,
+                              info=info)],
         args.repeats, ("forward", "support"))
     t_fwd_v, _ = best_of(lambda: torch.matmul(hval, W.T, out=out_v), 1)
     del out, out_v
@@ -169,7 +170,8 @@ def run_case(args, entropy) -> dict:
     stream_method = "sparse" if info["method"] == "sparse" else "support"
     t_str, Ks = best_of(lambda: streaming_lm_head_gram(hidden, W, tokens, mask, 1.0, bias=bias, seed=args.seed,
                                                        tol=args.tol, tail_dim=args.tail_dim, info=info_s,
-                                                       method=stream_method, sparse_samples=args.samples),
+                                                       method=stream_method, sparse_samples=args.samples,
+                                                       chunk_size=args.chunk_size),
                         1, "stream")
     peak_extra = (_status_kib("VmHWM") - base) / 1024
     peak_total = _status_kib("VmHWM") / 1024
@@ -196,14 +198,14 @@ def run_case(args, entropy) -> dict:
         # two truths: the float64 reference (from float64 logits) and the exact Gram of the given
         # float32 logits in float64 (the estimator's own error; the estimate does not cover the
         # rounding of the float32 logits themselves)
-        ref32 = lm_head_gram(hidden.double(), logits.double(), tokens, mask, 1.0, "exact")
+        ref32 = lm_head_gram(hidden.double(), logits.double(), tokens, mask, 1.0, "exact", chunk_size=args.chunk_size)
         row["err_exact_given_logits"] = float((ref32 - ref).norm() / ref.norm())
         for tag, truth in (("", ref), ("_given", ref32)):
             hits, ratios, errs = 0, [], []
             for sd in range(args.coverage):
                 ic = {}
                 Kx = lm_head_gram(hidden, logits, tokens, mask, 1.0, "sparse", seed=1000 + sd,
-                                  sparse_samples=args.samples, info=ic)
+                                  sparse_samples=args.samples, chunk_size=args.chunk_size, info=ic)
                 e = float((Kx.double() - truth).norm() / truth.norm())
                 hits += e <= ic["err_bound"]
                 ratios.append(ic["err_bound"] / e)
@@ -212,7 +214,8 @@ def run_case(args, entropy) -> dict:
             row.update({f"cov{tag}_hits": hits, "cov_trials": args.coverage, f"cov{tag}_ratio_min": ratios[0],
                         f"cov{tag}_ratio_median": ratios[len(ratios) // 2], f"cov{tag}_err_max": max(errs)})
     if args.sketch:
-        Kc = lm_head_gram(hidden, logits, tokens, mask, 1.0, "sketch", sketch_dim=256, seed=args.seed)
+        Kc = lm_head_gram(hidden, logits, tokens, mask, 1.0, "sketch", sketch_dim=256, seed=args.seed,
+                          chunk_size=args.chunk_size)
         r = decompose(Kc.double(), A, SaltConfig())
         row["err_sketch256"] = float((Kc.double() - ref).norm() / ref.norm())
         row["coef_sketch256"] = float((r.advantages - r_ref.advantages).abs().max() / A.abs().max())
@@ -247,6 +250,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tail-dim", dest="tail_dim", type=int, default=256, help="support: tail sketch rows (0: none)")
     ap.add_argument("--method", default="auto", help="lm_head_gram method timed against the forward (auto, sparse, support)")
     ap.add_argument("--samples", type=int, default=1024, help="sparse: ids sampled for the correction (sparse_samples)")
+    ap.add_argument("--chunk-size", dest="chunk_size", type=int, default=512,
+                    help="token block of the exact Gram and the streamed passes (the results in benchmarks/README.md "
+                         "were made at 512; training's default, algorithm.salt.chunk_size, is 4096)")
     ap.add_argument("--coverage", type=int, default=0,
                     help="sparse: this many sampling seeds on each batch, true error vs the estimate (needs the reference)")
     ap.add_argument("--sketch", action="store_true", help="also the count sketch with 256 buckets")

@@ -216,7 +216,7 @@ def projection() -> str:
     gram_glob = N * H * 2 + N * H * 4 * 2 + N * H * 8  # gathered bf16, float32 hw and h, float64 hidden side
     glob_old = states + gathered + n_micro * (ckpt + head_old) + layer  # every micro-batch's graph kept
     glob_new = base + head_new + hid_local + gram_w
-    # the distributed Gram (salt.algo.gram_distributed), per GPU, between the no-grad pass and the
+    # the distributed Gram (salt.algo.gram.distributed), per GPU, between the no-grad pass and the
     # training passes: this GPU's tokens only (Nr), feature blocks of c ids exchanged all-to-all
     Nr = per_gpu * resp
     c = max(1, 2**25 // Nr)  # ids per block: an (Nr, c) block of columns holds at most 2^25 numbers

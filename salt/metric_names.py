@@ -8,7 +8,7 @@ metric name. Names are namespaced by what they measure:
 - ``reward/``  the rewards of the batch trained on
 - ``data/``    prompts drawn per step (DAPO dynamic sampling draws more than it keeps)
 - ``salt/``    SALT's decomposition of the Gram (:func:`salt.algo.decomposition.decompose`)
-- ``geom/``    Gram geometry within and across prompt groups (:func:`salt.algo.geometry.group_geometry`)
+- ``geom/``    Gram geometry within and across prompt groups (:func:`salt.algo.gram_metrics.group_geometry`)
 - ``time/``    seconds per stage of one step (the trainer's named timers)
 - ``eval/``    held-out accuracy: the trainer's periodic greedy check, the warm-up's toy test,
                ``salt evaluate``'s benchmark metrics

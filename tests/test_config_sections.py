@@ -65,7 +65,7 @@ def test_unknown_key_in_the_workflow_config():
 
 
 def test_run_config_values_come_from_the_registries(monkeypatch):
-    from salt.algo import advantages, geometry, losses, selection
+    from salt.algo import advantages, gram, losses, selection
 
     for key, registry in (("advantage", advantages.ADVANTAGE_ESTIMATORS),):
         with pytest.raises(ConfigError) as err:
@@ -85,9 +85,9 @@ def test_run_config_values_come_from_the_registries(monkeypatch):
     monkeypatch.setitem(selection.SELECTION_RULES._items, "test_rule", selection.SELECTION_RULES.get("random"))
     assert _run_cfg(algorithm={"selection": {"rule": "test_rule", "n": 16}}).generate_n == 16
 
-    with pytest.raises(ConfigError, match="'algorithm.salt.gram' = 'test_gram'.*" + ", ".join(geometry.GRAM_METHODS)):
+    with pytest.raises(ConfigError, match="'algorithm.salt.gram' = 'test_gram'.*" + ", ".join(gram.GRAM_METHODS.names())):
         _run_cfg(algorithm={"salt": {"gram": "test_gram"}})
-    monkeypatch.setattr(geometry, "GRAM_METHODS", geometry.GRAM_METHODS + ("test_gram",))
+    monkeypatch.setitem(gram.GRAM_METHODS._items, "test_gram", gram.GRAM_METHODS.get("exact"))
     assert _run_cfg(algorithm={"salt": {"gram": "test_gram"}}).algorithm.salt.gram == "test_gram"
 
 

@@ -7,7 +7,7 @@ import torch
 
 from salt import metric_names as mn
 from salt.algo.decomposition import METRIC_KEYS, SaltConfig, decompose
-from salt.algo.geometry import group_geometry
+from salt.algo.gram_metrics import group_geometry
 from salt.algo.losses import LossConfig, compute_policy_loss
 
 

@@ -1,6 +1,6 @@
 """SALT: subspace-adaptive reweighting of group-relative advantages (methods.md 3.4, 3.5).
 
-Given the Gram K (B, B) of per-rollout gradient features (``salt.algo.geometry``) and the
+Given the Gram K (B, B) of per-rollout gradient features (``salt.algo.gram``) and the
 advantages A (B,), :func:`decompose` splits A into a shared channel P A (P the projector on the
 top-k eigenvectors of K) and an exploration residual (I - P) relu(A), and mixes them with an
 adaptive alpha = clamp(1 - n_eff, alpha_min, alpha_max). Pure function: float64 inside, no
@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from salt.algo.geometry import effective_sample_size, participation_ratio
+from salt.algo.gram_metrics import effective_sample_size, participation_ratio
 from salt.metric_names import SALT_METRICS
 
 SUBSPACES = ("top", "random")

@@ -108,12 +108,12 @@ def _spread(values: Sequence[float]) -> tuple[float, list[float]]:
 
 
 def cosine_gram(K: np.ndarray) -> np.ndarray:
-    """The algorithm's cosine Gram (:func:`salt.algo.geometry.cosine_gram`) of a numpy K (B, B) -> (B, B)."""
+    """The algorithm's cosine Gram (:func:`salt.algo.gram_metrics.cosine_gram`) of a numpy K (B, B) -> (B, B)."""
     import torch
 
-    from salt.algo import geometry
+    from salt.algo import gram_metrics
 
-    return geometry.cosine_gram(torch.from_numpy(np.asarray(K, dtype=np.float64))).numpy()
+    return gram_metrics.cosine_gram(torch.from_numpy(np.asarray(K, dtype=np.float64))).numpy()
 
 
 def salt_config(run_dir: str | Path) -> SaltConfig:

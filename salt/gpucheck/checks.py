@@ -521,11 +521,14 @@ def sharded_vs_plain(name: str, path: Path, root: Path, expected: str) -> dict:
 
 
 def check_gram_gpu(work: str | Path, device: str = "cuda", B: int = 16, T: int = 128, V: int = 151936,
-                   H: int = 896, repeats: int = 3, dtype: str = "bfloat16") -> dict:
-    """LM-head Gram at a Qwen2.5-0.5B head: time vs the head's forward, error vs float64 exact."""
+                   H: int = 896, repeats: int = 3, dtype: str = "bfloat16", chunk_size: int = 512,
+                   sketch_dim: int = 1024) -> dict:
+    """LM-head Gram at a Qwen2.5-0.5B head: time vs the head's forward, error vs float64 exact
+    (exact in token blocks of ``chunk_size``, the count sketch with ``sketch_dim`` buckets: the
+    sizes its budget and tolerance were set for)."""
     import torch
 
-    from salt.algo.geometry import lm_head_gram
+    from salt.algo.gram import lm_head_gram
 
     dev = require_device(device)
     dt = getattr(torch, dtype)
@@ -539,10 +542,12 @@ def check_gram_gpu(work: str | Path, device: str = "cuda", B: int = 16, T: int =
         tokens[s:s + 256] = torch.multinomial(torch.softmax(flat[s:s + 256].float(), -1), 1, generator=gen).squeeze(1)
     tokens = tokens.view(B, T)
     mask = torch.ones(B, T, device=dev)
-    t_exact, K_exact = timed(lambda: lm_head_gram(hidden, logits, tokens, mask, 1.0, "exact"), dev, repeats)
-    t_sketch, K_sketch = timed(lambda: lm_head_gram(hidden, logits, tokens, mask, 1.0, "sketch", seed=0), dev, repeats)
+    kw = dict(chunk_size=chunk_size, sketch_dim=sketch_dim)
+    t_exact, K_exact = timed(lambda: lm_head_gram(hidden, logits, tokens, mask, 1.0, "exact", **kw), dev, repeats)
+    t_sketch, K_sketch = timed(lambda: lm_head_gram(hidden, logits, tokens, mask, 1.0, "sketch", seed=0, **kw), dev,
+                               repeats)
     del flat
-    ref = lm_head_gram(hidden.double(), logits.double(), tokens, mask, 1.0, "exact")
+    ref = lm_head_gram(hidden.double(), logits.double(), tokens, mask, 1.0, "exact", **kw)
     numbers = {"device": str(dev), "B": B, "T": T, "V": V, "H": H, "dtype": dtype, "forward_s": t_fwd,
                "gram_exact_s": t_exact, "gram_sketch_s": t_sketch,
                "gram_exact_vs_forward": t_exact / t_fwd, "gram_sketch_vs_forward": t_sketch / t_fwd}

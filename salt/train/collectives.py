@@ -94,7 +94,7 @@ def reduce_gradients(params: list[torch.nn.Parameter], mean: bool) -> None:
 
 
 class RankCollectives:
-    """The default process group as :class:`salt.algo.gram_distributed.Collectives` (the
+    """The default process group as :class:`salt.algo.gram.distributed.Collectives` (the
     distributed Gram's sums, maxima, row gathers and all-to-all exchange of feature blocks)."""
 
     def __init__(self) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from salt import config_spec as spec
+from salt.algo.gram.options import DEFAULTS as GRAM_DEFAULTS
 from salt.config_spec import ConfigError, fields_of, names_of, option, section
 from salt.rollout.vllm import VllmOptions
 from salt.train.config_checks import check_run_config
@@ -116,23 +117,25 @@ class SaltTrainConfig:
     gram: str = option("auto", "Gram backend (methods.md 3.2; auto = exact if cheap, else sparse if its probabilistic "
                        "error estimate is below gram_tol, else support with its error bound held below gram_tol; "
                        "scope global over several processes: exact if cheap, else support, and sparse is refused).",
-                       choices=names_of("salt.algo.geometry:GRAM_METHODS"))
+                       choices=names_of("salt.algo.gram:GRAM_METHODS"))
     scope: str = option(
         "global",
         "global: one Gram per optimizer mini-batch over all data-parallel ranks (each keeps its tokens) | "
         "micro: one Gram per micro-batch per rank (the published verl fork).",
         choices=("global", "micro"),
     )
-    chunk_size: int = option(4096, "Token chunk of the exact Gram (bounds its peak memory).", gt=0)
-    sketch_dim: int = option(256, "Vocabulary sketch dimension of the sketch Gram.", gt=0)
-    gram_tol: float = option(1e-3, "support Gram: relative Frobenius error bound to reach (0: exact); auto: the "
-                             "largest error estimate of the sparse Gram it accepts.", ge=0, lt=1)
-    support_eps: float = option(1e-6, "support and sparse Gram: probability above which an id is a position's "
-                                "candidate.",
-                                gt=0, lt=1)
-    tail_dim: int = option(256, "support Gram: vocabulary rows sampled from the tail (0: drop the tail).", ge=0)
-    sparse_samples: int = option(1024, "sparse Gram: vocabulary ids sampled to estimate what each position's own "
-                                 "candidates leave out (0: auto skips the sparse Gram).", ge=0)
+    # the defaults are the Gram package's own (salt.algo.gram.options.DEFAULTS), declared once there
+    chunk_size: int = option(GRAM_DEFAULTS.chunk_size, "Token chunk of the exact Gram (bounds its peak memory).",
+                             gt=0)
+    sketch_dim: int = option(GRAM_DEFAULTS.sketch_dim, "Vocabulary sketch dimension of the sketch Gram.", gt=0)
+    gram_tol: float = option(GRAM_DEFAULTS.tol, "support Gram: relative Frobenius error bound to reach (0: exact); "
+                             "auto: the largest error estimate of the sparse Gram it accepts.", ge=0, lt=1)
+    support_eps: float = option(GRAM_DEFAULTS.support_eps, "support and sparse Gram: probability above which an id "
+                                "is a position's candidate.", gt=0, lt=1)
+    tail_dim: int = option(GRAM_DEFAULTS.tail_dim, "support Gram: vocabulary rows sampled from the tail (0: drop the "
+                           "tail).", ge=0)
+    sparse_samples: int = option(GRAM_DEFAULTS.sparse_samples, "sparse Gram: vocabulary ids sampled to estimate what "
+                                 "each position's own candidates leave out (0: auto skips the sparse Gram).", ge=0)
     options: dict = option(
         {},
         "Any other SaltConfig field (rho, k_min, k_max, alpha_min, alpha_max, alpha_fixed, "

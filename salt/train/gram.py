@@ -1,6 +1,6 @@
 """The model-level coefficients: the LM-head Gram of a mini-batch from its hidden states and the
 head weight (for scope ``global`` over several ranks: the distributed estimator of
-:mod:`salt.algo.gram_distributed`, each rank keeping its tokens), SALT's coefficients from it
+:mod:`salt.algo.gram.distributed`, each rank keeping its tokens), SALT's coefficients from it
 (identity member: SALT off, the advantages pass through and the diagnostics are logged), and the
 Gram dumps of ``train.dump_gram_steps``."""
 
@@ -16,9 +16,9 @@ import torch
 from salt import gram_dump
 from salt import metric_names as mn
 from salt.algo.decomposition import SaltConfig, decompose
-from salt.algo.geometry import (FEATURE_METHODS, gram_from_features, group_geometry, rollout_features,
-                                streaming_lm_head_gram)
-from salt.algo.gram_distributed import DISTRIBUTED_METHODS, distributed_lm_head_gram
+from salt.algo.gram import FEATURE_METHODS, gram_from_features, rollout_features, streaming_lm_head_gram
+from salt.algo.gram.distributed import DISTRIBUTED_METHODS, distributed_lm_head_gram
+from salt.algo.gram_metrics import group_geometry
 from salt.train.collectives import RankCollectives, all_gather_rows, world
 
 if TYPE_CHECKING:
@@ -32,33 +32,30 @@ def lm_gram(hidden: torch.Tensor, head: tuple[torch.Tensor, torch.Tensor | None]
 
     The logits are formed block by block from ``hidden`` (b, T, H) and the head's full weight and
     bias ``head`` (:meth:`salt.train.strategy.GradientStrategy.head_weight`), never stored whole
-    (:func:`~salt.algo.geometry.streaming_lm_head_gram`). One process (or scope micro): the
-    single-process estimators on the rows given, ``auto`` included (exact, sparse or support).
+    (:func:`~salt.algo.gram.streaming_lm_head_gram`). One process (or scope micro): the
+    single-process estimators on the rows given, ``auto`` included (it decides once, on this batch).
     Across ranks (``gather`` with several processes) nothing per token leaves a rank:
-    ``exact``, ``support`` and ``auto`` run :func:`~salt.algo.gram_distributed.distributed_lm_head_gram`
+    ``exact``, ``support`` and ``auto`` run :func:`~salt.algo.gram.distributed.distributed_lm_head_gram`
     (per-rollout feature blocks exchanged; ``auto`` = exact when it is cheap, else support, never
-    sparse), ``sketch`` and ``dense`` gather their per-rollout features, and ``sparse`` is refused
-    (its exact part is a token-pair product over the whole mini-batch). ``info`` (a dict) receives
-    the backend's ``err_bound`` (relative Frobenius error bound)."""
+    sparse), the feature methods (:data:`~salt.algo.gram.FEATURE_METHODS`: sketch, dense) gather
+    their per-rollout features, and ``sparse`` is refused (its exact part is a token-pair product
+    over the whole mini-batch). ``info`` (a dict) receives the backend's ``method`` and ``err_bound``
+    (relative Frobenius error bound)."""
     W, _ = world()
     weight, bias = head
     method = settings.gram
-    kw = dict(chunk_size=settings.chunk_size, sketch_dim=settings.sketch_dim, seed=seed, **settings.gram_options)
+    kw = dict(chunk_size=settings.chunk_size, sketch_dim=settings.sketch_dim, seed=seed)
     if not gather or W == 1:
         return streaming_lm_head_gram(hidden, weight, tokens, mask, settings.temperature, method, bias=bias, info=info,
-                                      **kw)
+                                      **kw, **settings.gram_options)
     if method in DISTRIBUTED_METHODS:
         return distributed_lm_head_gram(hidden, weight, tokens, mask, settings.temperature, method, comm=RankCollectives(),
-                                        bias=bias, info=info, **kw)
+                                        bias=bias, info=info, **kw, **settings.gram_options)
     if method not in FEATURE_METHODS:
         raise ValueError(sparse_across_ranks(method, W))
-    if info is not None:
-        info.update(method=method, err_bound=float("nan") if method == "sketch" else 0.0)
-    kw = {k: kw[k] for k in ("chunk_size", "sketch_dim", "seed")}
     feats = rollout_features(hidden, None, tokens, mask, settings.temperature, method, weight=weight, bias=bias,
                              **kw)  # (b, F)
-    feats = all_gather_rows(feats)  # (B, F)
-    return gram_from_features(feats)
+    return gram_from_features(all_gather_rows(feats), method=method, info=info)  # (B, F) rows
 
 
 def sparse_across_ranks(method: str, world_size: int) -> str:

@@ -4,7 +4,7 @@
 
 On the same rollouts of a small model it builds
 
-* the LM-head Gram K_lm (``salt.algo.geometry.streaming_lm_head_gram``, exact), and
+* the LM-head Gram K_lm (``salt.algo.gram.streaming_lm_head_gram``, exact), and
 * the Gram K_blk of per-sample gradients of the LAST TRANSFORMER BLOCK's parameters, computed
   with autograd one rollout at a time for L_i = -sum_t m_it log softmax(z_it / T)[y_it]
   (the same unweighted per-rollout loss whose LM-head gradient is SALT's feature),
@@ -33,7 +33,8 @@ from typing import Any
 import torch
 
 from salt import tracking as tr
-from salt.algo.geometry import cosine_gram, streaming_lm_head_gram
+from salt.algo.gram import streaming_lm_head_gram
+from salt.algo.gram_metrics import cosine_gram
 from salt.rollout import make_backend
 from salt.tasks.prompts import build_prompt
 from salt.tasks.toy import generate_problems

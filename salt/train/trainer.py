@@ -23,7 +23,7 @@ starts N processes; every rank generates its share of the prompts, the rollout b
 all-gathered, and each optimizer mini-batch is split into contiguous per-rank slices. How the
 ranks' gradients meet (none / DDP / FSDP / DeepSpeed) is one :mod:`salt.train.strategy` chosen at
 set-up. With ``algorithm.salt.scope: global`` one Gram covers every rank's rollouts; each rank keeps
-its tokens and the ranks exchange per-rollout features (:mod:`salt.algo.gram_distributed`; the same
+its tokens and the ranks exchange per-rollout features (:mod:`salt.algo.gram.distributed`; the same
 Gram as one process up to rounding, or within ``gram_tol`` where ``auto`` picks differently). DDP and FSDP are tested on CPU (gloo, ``tests/train/test_ddp.py``,
 ``tests/train/test_fsdp.py``); DeepSpeed only on GPUs.
 """
@@ -319,7 +319,7 @@ class Trainer:
 
     def check_distributed_gram(self) -> None:
         """Scope ``global`` over several processes builds its Gram without moving tokens between
-        ranks (:mod:`salt.algo.gram_distributed`); the ``sparse`` Gram has no such form."""
+        ranks (:mod:`salt.algo.gram.distributed`); the ``sparse`` Gram has no such form."""
         s = self.settings
         if self.world > 1 and s.scope == "global" and s.gram == "sparse" and (s.salt_enabled or s.salt_diagnostics):
             raise ConfigError(sparse_across_ranks(s.gram, self.world))

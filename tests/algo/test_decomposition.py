@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from salt.algo.decomposition import METRIC_KEYS, SaltConfig, SaltResult, decompose
-from salt.algo.geometry import effective_sample_size, participation_ratio
+from salt.algo.gram_metrics import effective_sample_size, participation_ratio
 
 
 def psd(B, d, seed=0, decay=1.0):

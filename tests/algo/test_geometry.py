@@ -9,17 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from salt.algo.geometry import (
-    choose_method,
-    cosine_gram,
-    effective_sample_size,
-    gram_cost,
-    gram_from_features,
-    group_geometry,
-    lm_head_gram,
-    participation_ratio,
-    rollout_features,
-)
+from salt.algo.gram import choose_method, gram_cost, gram_from_features, lm_head_gram, rollout_features
+from salt.algo.gram_metrics import cosine_gram, effective_sample_size, group_geometry, participation_ratio
 
 
 def make_batch(B, T, V, H, dtype=torch.float64, seed=0, empty_rows=(), frac=0.7, logit_scale=2.0):
@@ -375,7 +366,7 @@ def test_all_masked_batch_gives_zero_gram(method):
 
 def test_sketch_features_match_explicit_count_sketch_matrix():
     """Fast path (signed rotated slice sums, e_y by indexing) vs an explicit dense S (m x V)."""
-    from salt.algo.geometry import _count_sketch
+    from salt.algo.gram.sketch import _count_sketch
 
     B, T, V, H, m = 3, 5, 23, 4, 5
     h, _, z, y, mask = make_batch(B, T, V, H, seed=17, empty_rows=(1,))

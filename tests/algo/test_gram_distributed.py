@@ -1,4 +1,4 @@
-"""The distributed LM-head Gram (:mod:`salt.algo.gram_distributed`): 2 gloo processes, each holding
+"""The distributed LM-head Gram (:mod:`salt.algo.gram.distributed`): 2 gloo processes, each holding
 its own rollouts (different counts and lengths per rank), against the single-process estimators and
 the brute-force dense Gram of the same mini-batch; what crosses the ranks is counted."""
 
@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from salt.algo.geometry import choose_method, lm_head_gram, streaming_lm_head_gram
-from salt.algo.gram_distributed import _FEATURE_COLS, LocalCollectives, distributed_lm_head_gram
+from salt.algo.gram import choose_method, lm_head_gram, streaming_lm_head_gram
+from salt.algo.gram.distributed import _FEATURE_COLS, LocalCollectives, distributed_lm_head_gram
 from tests.algo.test_gram_support import batch, rel
 
 # name: (B, T, V, H, scale, zipf, rank-0 rows, rank-1 length, dtype, temperature, mask weights)

@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from salt.algo.geometry import GRAM_METHODS, STREAMING_METHODS, lm_head_gram, streaming_lm_head_gram
+from salt.algo.gram import FEATURE_METHODS, GRAM_METHODS, lm_head_gram, streaming_lm_head_gram
 
 from tests.algo.test_gram_support import batch, rel  # the same synthetic batches
 
@@ -16,7 +16,7 @@ warnings.filterwarnings("ignore", message=".*[Ss]parse.*")
 
 
 def test_method_registered():
-    assert "sparse" in GRAM_METHODS and "sparse" in STREAMING_METHODS
+    assert "sparse" in GRAM_METHODS and "sparse" not in FEATURE_METHODS  # ranks gather its token-level inputs
 
 
 @pytest.mark.parametrize("scale,zipf", [(1.0, 0.0), (4.0, 0.0), (12.0, 1.0), (0.0, 0.0)])
@@ -119,10 +119,10 @@ def test_masked_rows_and_empty_batch():
 
 
 def test_auto_uses_sparse_only_when_its_estimate_meets_tol(monkeypatch):
-    from salt.algo import geometry
+    from salt.algo.gram import auto
 
     h, W, b, z, y, mask = batch(4, 30, 800, 6, 6.0, seed=21, zipf=1.0, frac=1.0)
-    monkeypatch.setattr(geometry, "choose_method", lambda *a, **k: "support")
+    monkeypatch.setattr(auto, "choose_method", lambda *a, **k: "support")
     dense = lm_head_gram(h, z, y, mask, method="dense")
     info = {}
     K = lm_head_gram(h, z, y, mask, method="auto", tol=1e-2, support_eps=1e-3, sparse_samples=64, info=info)
@@ -138,23 +138,23 @@ def test_auto_skips_the_support_estimator_when_sparse_misses_far_and_exact_is_af
     """A sparse estimate far above tol (mass spread beyond the candidates): auto goes to exact at
     once when exact costs at most _EXACT_AFTER_SPARSE x the support's nominal cost, and still
     tries the support estimator when exact is dearer than that (as at 7B scale)."""
-    from salt.algo import geometry
+    from salt.algo.gram import auto
 
     h, W, b, z, y, mask = batch(4, 30, 800, 6, 6.0, seed=21, zipf=1.0, frac=1.0)
     dense = lm_head_gram(h, z, y, mask, method="dense")
-    monkeypatch.setattr(geometry, "choose_method", lambda *a, **k: "support")
+    monkeypatch.setattr(auto, "choose_method", lambda *a, **k: "support")
     calls = []
 
     def support(*a, **k):
         calls.append(1)
         return None  # as when the support reaches its cap: auto falls back to exact
 
-    monkeypatch.setattr(geometry, "_support_gram", support)
+    monkeypatch.setattr(auto, "_support_gram", support)
     info = {}
     K = lm_head_gram(h, z, y, mask, method="auto", tol=1e-9, support_eps=1e-3, sparse_samples=64, info=info)
     assert calls == [] and info["method"] == "exact" and info["err_bound"] == 0.0
     assert info["err_kind"] == "deterministic" and rel(K, dense) <= 1e-6
-    monkeypatch.setattr(geometry, "gram_cost", lambda *a, **k: {"exact": 100.0, "support": 1.0, "sketch": 1.0})
+    monkeypatch.setattr(auto, "gram_cost", lambda *a, **k: {"exact": 100.0, "support": 1.0, "sketch": 1.0})
     info = {}
     K = lm_head_gram(h, z, y, mask, method="auto", tol=1e-9, support_eps=1e-3, sparse_samples=64, info=info)
     assert calls == [1] and info["method"] == "exact" and rel(K, dense) <= 1e-6

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from salt.algo.geometry import GRAM_METHODS, choose_method, gram_cost, lm_head_gram, rollout_features, \
+from salt.algo.gram import GRAM_METHODS, choose_method, gram_cost, lm_head_gram, rollout_features, \
     streaming_lm_head_gram
 from tests.algo.test_gram_support import batch, rel
 

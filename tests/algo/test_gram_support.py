@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from salt.algo.geometry import GRAM_METHODS, choose_method, lm_head_gram, streaming_lm_head_gram
+from salt.algo.gram import GRAM_METHODS, choose_method, lm_head_gram, streaming_lm_head_gram
 
 
 def batch(B, T, V, H, scale, seed=0, zipf=0.0, frac=0.8, dtype=torch.float64):
@@ -149,27 +149,27 @@ def test_bad_options(kwargs, match):
 
 
 def test_feature_and_pair_forms_agree(monkeypatch):
-    from salt.algo import geometry
+    from salt.algo.gram import support
 
     h, W, b, z, y, mask = batch(5, 11, 250, 7, 3.0, seed=14, zipf=1.0)
     dense = lm_head_gram(h, z, y, mask, method="dense")
     kw = dict(method="support", tol=1e-2, tail_dim=16, seed=2)
     K_pairs = lm_head_gram(h, z, y, mask, **kw)
-    monkeypatch.setattr(geometry._RolloutAcc, "PAIR_MAX_TOKENS", 0)
-    monkeypatch.setattr(geometry._RolloutAcc, "COLS", 5)  # several feature blocks
+    monkeypatch.setattr(support._RolloutAcc, "PAIR_MAX_TOKENS", 0)
+    monkeypatch.setattr(support._RolloutAcc, "COLS", 5)  # several feature blocks
     K_feat = lm_head_gram(h, z, y, mask, **kw)
     assert rel(K_feat, K_pairs) < 1e-12
     assert rel(lm_head_gram(h, z, y, mask, method="support", tol=0.0), dense) < 1e-12
 
 
 def test_small_column_blocks_change_nothing(monkeypatch):
-    from salt.algo import geometry
+    from salt.algo.gram import support
 
     h, W, b, z, y, mask = batch(4, 9, 300, 5, 3.0, seed=15, zipf=1.0)
     kw = dict(method="support", tol=1e-3, tail_dim=40, seed=4)
     i1, i2 = {}, {}
     K1 = lm_head_gram(h, z, y, mask, info=i1, **kw)
-    monkeypatch.setattr(geometry, "_COLUMN_BLOCK_NUMBERS", 3 * 36)  # 3 columns per block
+    monkeypatch.setattr(support, "_COLUMN_BLOCK_NUMBERS", 3 * 36)  # 3 columns per block
     K2 = lm_head_gram(h, z, y, mask, info=i2, **kw)
     assert i2["support_size"] <= i1["support_size"]  # finer blocks stop at least as early
     assert i2["err_bound"] <= 1e-3 and i1["err_bound"] <= 1e-3
@@ -179,11 +179,11 @@ def test_small_column_blocks_change_nothing(monkeypatch):
 
 def test_auto_falls_back_to_exact_when_the_support_would_cover_most_of_v(monkeypatch):
     """A flat-ish batch at a very tight tol: auto stops growing U at the exact Gram's cost."""
-    from salt.algo import geometry
+    from salt.algo.gram import auto
 
     h, W, b, z, y, mask = batch(3, 40, 600, 4, 1.0, seed=16, frac=1.0)
-    monkeypatch.setattr(geometry, "choose_method", lambda *a, **k: "support")
-    monkeypatch.setattr(geometry, "_support_cap", lambda src, c: 50)
+    monkeypatch.setattr(auto, "choose_method", lambda *a, **k: "support")
+    monkeypatch.setattr(auto, "_support_cap", lambda src, c: 50)
     info = {}
     # sparse_samples=0: auto skips the sparse estimator (on this flat-ish batch it would be exact:
     # every id is every token's candidate) and this tests the support -> exact fallback
@@ -201,7 +201,7 @@ def test_flush_denormal_state_restored():
     assert float(torch.tensor([1e-39]).mul(1.0)[0]) != 0.0  # denormals work again
 
 
-def test_config_accepts_exactly_the_geometry_backends():
+def test_config_accepts_exactly_the_registered_gram_methods():
     from salt.train.config import ConfigError, from_dict
 
     for method in GRAM_METHODS:
@@ -217,7 +217,7 @@ def test_tail_bound_brute_force(seed, common, shared):
     """The tail bound against the exact ||T T^T||_F for random non-negative tails (independent or
     sharing one direction) and isotropic or anisotropic hidden states (a common mean direction),
     ragged rollouts; with and without the pair refinement."""
-    from salt.algo import geometry
+    from salt.algo.gram import support
 
     g = torch.Generator().manual_seed(seed)
     B, H, Vt = 5, 7, 60
@@ -239,12 +239,12 @@ def test_tail_bound_brute_force(seed, common, shared):
     tok = Tok()
     tok.B, tok.N, tok.H, tok.counts, tok.r, tok.hw = B, N, H, counts, r, X
     tau, mu, beta = P.sum(1), P.amax(1), P.norm(dim=1)
-    hs = geometry._HiddenSide(tok)
+    hs = support._HiddenSide(tok)
     for need in (0.0, truth, 10 * truth):  # refinement skipped, used, skipped
-        bound = geometry._tail_bound(tok, tau, mu, beta, hs, onehot, need=need)
+        bound = support._tail_bound(tok, tau, mu, beta, hs, onehot, need=need)
         assert truth <= bound * (1 + 1e-9)
     hs._pairs = None  # the cheap bound alone
-    assert truth <= geometry._tail_bound(tok, tau, mu, beta, hs, onehot) * (1 + 1e-9)
+    assert truth <= support._tail_bound(tok, tau, mu, beta, hs, onehot) * (1 + 1e-9)
 
 
 @pytest.mark.parametrize("common", [0.0, 4.0])
@@ -267,12 +267,12 @@ def test_bound_holds_with_anisotropic_hidden_states(common):
 
 def test_valid_row_gather_matches_generic(monkeypatch):
     """Gathering the support columns run by run of valid rows gives the same numbers."""
-    from salt.algo import geometry
+    from salt.algo.gram import tokens
 
     h, W, b, z, y, mask = batch(4, 12, 300, 5, 3.0, seed=18, zipf=1.0, dtype=torch.float32)
     mask = (torch.arange(12)[None, :] < torch.tensor([[12], [5], [9], [1]])).float()  # prefix masks: 4 runs
     kw = dict(method="support", tol=1e-3, tail_dim=8, seed=1)
     K1 = lm_head_gram(h, z, y, mask, **kw)
-    monkeypatch.setattr(geometry._Tokens, "runs", lambda self: None)
+    monkeypatch.setattr(tokens._Tokens, "runs", lambda self: None)
     K2 = lm_head_gram(h, z, y, mask, **kw)
     assert torch.equal(K1, K2)

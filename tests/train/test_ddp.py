@@ -49,6 +49,8 @@ CASES = {
                            "train": {"micro_batch_size": 5}},
     "global-pad-micro7": {"algorithm": {"salt": {"gram": "sketch", "sketch_dim": 16}}, "train": {"micro_batch_size": 7}},
     "support-global-micro6": {"algorithm": {"salt": {"gram": "support", "tail_dim": 4}}, "train": {"micro_batch_size": 6}},
+    # auto across ranks (the distributed estimator: exact when cheap, else support), both ranks alike
+    "auto-global-micro6": {"algorithm": {"salt": {"gram": "auto"}}, "train": {"micro_batch_size": 6}},
     "micro-scope-micro4": {"algorithm": {"salt": {"gram": "exact", "scope": "micro"}}, "train": {"micro_batch_size": 4}},
 }
 RAW_CASE = "sketch-dapo-micro5"

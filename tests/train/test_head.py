@@ -186,7 +186,7 @@ def test_global_scope_no_grad_pass_equals_the_one_pass_gram_and_update(policy): 
     Gram of the model's full logits."""
     from transformers import AutoModelForCausalLM
 
-    from salt.algo.geometry import lm_head_gram
+    from salt.algo.gram import lm_head_gram
     from salt.train.config import from_dict
     from salt.train.update import UpdateSettings, make_optimizer, update_minibatch
 

@@ -14,7 +14,7 @@ from tests.train.test_trainer import _tensor_batch, policy  # noqa: F401  (fixtu
 def test_per_sample_lm_head_gradients_match_the_lm_head_gram(policy):  # noqa: F811
     """Autograd one rollout at a time (the proxy's method, through the chunked head) reproduces the
     exact Gram streamed from the hidden states and the head weight on the same batch."""
-    from salt.algo.geometry import streaming_lm_head_gram
+    from salt.algo.gram import streaming_lm_head_gram
     from salt.train.forward import policy_forward
 
     model, _, _, tb = _tensor_batch(policy, n_prompts=3, n=3, seed=2)

@@ -212,12 +212,12 @@ def test_study_tables(tmp_path):
 @pytest.mark.parametrize("opts", [{}, {"rho": 0.5, "k_max": 3}, {"k_fixed": 5}, {"k_min": 4}])
 def test_figure_gram_numbers_are_the_algorithms(tmp_path, seed, opts):
     """Figure 1's k and cosine Gram are the algorithm's: the run's SaltConfig read back from its
-    config.resolved.yaml, decompose's k, geometry's cosine Gram."""
+    config.resolved.yaml, decompose's k, gram_metrics' cosine Gram."""
     import torch
     import yaml
 
     from salt.algo.decomposition import SaltConfig, decompose
-    from salt.algo.geometry import cosine_gram
+    from salt.algo.gram_metrics import cosine_gram
 
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(8, 3 + seed))

@@ -1,7 +1,7 @@
 """The LM-head Gram of a mini-batch spread over data-parallel ranks, with nothing per token exchanged.
 
 Scope ``global`` needs one Gram over every rank's rollouts. The token-pair estimators of
-:mod:`salt.algo.geometry` (``exact``, ``sparse``, the pair forms of ``support``) need every pair of
+:mod:`salt.algo.gram` (``exact``, ``sparse``, the pair forms of ``support``) need every pair of
 tokens, i.e. every rank's hidden states in one place: N x H numbers, 73 GB in float32 for 512
 rollouts x 10k tokens at H = 3,584. This module computes the same Gram as the ``support`` estimator
 (and ``exact``, its tol = 0 limit: U = V) from what each rank holds, exchanging only
@@ -19,7 +19,7 @@ vocabulary-sized, per-rollout and (B, B) data:
   their (B, B) Gram to its partial sum, and the partial sums are all-reduced (B^2 float64 numbers
   per block). Over a whole call each rank receives B (u + r) H / W feature numbers (u ids of U, r
   of the tail sketch): the traffic grows with rollouts and support size, never with tokens;
-* the deterministic tail bound of the support estimator (see ``salt.algo.geometry``, section
+* the deterministic tail bound of the support estimator (see ``salt.algo.gram.support``, section
   "support") is assembled from per-rollout and global parts: tr(S) <= sum_i lam_i b_i^2 and
   lambda_max(S) <= lam_max(X X^T) max_i b_i^2, where lam_i (the top eigenvalue of X_i X_i^T) and
   b_i^2 (the sum of the tail's squared l2 norms over rollout i's tokens) are local to the rank
@@ -31,7 +31,7 @@ vocabulary-sized, per-rollout and (B, B) data:
   single-process one (equal whenever that one does not refine, e.g. N > 2,048 tokens), so U can
   only be larger, and the Gram closer to the exact one.
 
-The result equals :func:`salt.algo.geometry.streaming_lm_head_gram` (``support`` / ``exact``) on
+The result equals :func:`salt.algo.gram.streaming_lm_head_gram` (``support`` / ``exact``) on
 the concatenated mini-batch up to float rounding whenever both stop at the same support size
 (tests/algo/test_gram_distributed.py runs 2 gloo processes against the single-process and the
 brute-force dense Gram). The ``sparse`` estimator has no such form (its exact part is a token-pair
@@ -51,11 +51,12 @@ from typing import Protocol
 
 import torch
 
-from salt.algo.geometry import (_COLUMN_BLOCK_NUMBERS, _EIG_MAX_TOKENS, _GLOBAL_EIG_MAX, _GROWTH, _SKETCH_MARGIN,
-                                DEFAULT_CHUNK_SIZE, DEFAULT_GRAM_TOL, DEFAULT_SKETCH_DIM, DEFAULT_SUPPORT_EPS,
-                                DEFAULT_TAIL_DIM, _candidates, _check_support_options, _entry_order,
-                                _flushing_denormals, _LogitSource, _normalise, _probs, _streaming_source,
-                                _support_columns, choose_method)
+from salt.algo.gram.auto import choose_method
+from salt.algo.gram.candidates import _COLUMN_BLOCK_NUMBERS, _candidates, _flushing_denormals, _probs
+from salt.algo.gram.options import DEFAULTS, GramOptions
+from salt.algo.gram.support import (_EIG_MAX_TOKENS, _GLOBAL_EIG_MAX, _GROWTH, _SKETCH_MARGIN, _entry_order,
+                                    _support_columns)
+from salt.algo.gram.tokens import _LogitSource, _normalise, streaming_source
 
 DISTRIBUTED_METHODS = ("exact", "support", "auto")
 _FEATURE_COLS = 256  # ids per feature block (bounds the local (b, c, H) features)
@@ -302,13 +303,13 @@ def distributed_lm_head_gram(
     *,
     comm: Collectives | None = None,
     bias: torch.Tensor | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    sketch_dim: int = DEFAULT_SKETCH_DIM,
+    chunk_size: int = DEFAULTS.chunk_size,
+    sketch_dim: int = DEFAULTS.sketch_dim,
     seed: int = 0,
     normalizer: float | None = None,
-    tol: float = DEFAULT_GRAM_TOL,
-    support_eps: float = DEFAULT_SUPPORT_EPS,
-    tail_dim: int = DEFAULT_TAIL_DIM,
+    tol: float = DEFAULTS.tol,
+    support_eps: float = DEFAULTS.support_eps,
+    tail_dim: int = DEFAULTS.tail_dim,
     info: dict | None = None,
     sparse_samples: int | None = None,
 ) -> torch.Tensor:
@@ -326,9 +327,10 @@ def distributed_lm_head_gram(
     if method not in DISTRIBUTED_METHODS:
         raise ValueError(f"gram method '{method}' has no distributed form (choose one of "
                          f"{', '.join(DISTRIBUTED_METHODS)}): across ranks only per-rollout features are exchanged")
-    _check_support_options(chunk_size, tol, support_eps, tail_dim)
+    GramOptions(chunk_size=chunk_size, sketch_dim=sketch_dim, tol=tol, support_eps=support_eps,
+                tail_dim=tail_dim)  # checks the options (errors name the run-config keys)
     comm = comm or LocalCollectives()
-    src = _streaming_source(hidden, weight, bias, tokens, mask, temperature)
+    src = streaming_source(hidden, weight, bias, tokens, mask, temperature)
     lay = _Layout.of(comm, src.tok.B, src.tok.N)
     if method == "auto":
         method = choose_method(lay.N, src.tok.V, src.tok.H, lay.B, chunk_size=chunk_size, sketch_dim=sketch_dim,
