@@ -42,7 +42,10 @@ RERUN = ["tests/train/test_pinned_run.py", "tests/train/test_pinned_tolerance.py
 def test_pinned_and_golden_tests_pass_on_a_second_numeric_path(tmp_path):
     env = {**os.environ, **SECOND_PATH, "SALT_PINNED_DUMP": str(tmp_path)}
     env.pop("SALT_REGEN_PINNED", None)
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *RERUN],
+    # its own --basetemp: a nested pytest in the shared /tmp/pytest-of-<user> would count towards the
+    # 3 session directories pytest keeps and could delete a concurrent session's tmp_path dirs
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "--basetemp", str(tmp_path / "basetemp"), *RERUN],
                           cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, f"under {SECOND_PATH}:\n{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}"
     # the second path must really be another path: some pinned number differs from the golden one
