@@ -114,6 +114,10 @@ class SaltTrainConfig:
     diagnostics: bool = option(
         True, "Run the Gram + decomposition even when SALT is off, to log salt/* and geom/*."
     )
+    diagnostics_every: int = option(
+        1, "With SALT off and diagnostics on: build the Gram on step 1 and every k-th step after it (and on "
+        "train.dump_gram_steps); the logged salt/* and geom/* run means are then means over those steps. "
+        "Training is unchanged: the Gram of a run without SALT only feeds metrics.", ge=1)
     gram: str = option("auto", "Gram backend (methods.md 3.2; auto = exact if cheap, else sparse if its probabilistic "
                        "error estimate is below gram_tol, else support with its error bound held below gram_tol; "
                        "scope global over several processes: exact if cheap, else support, and sparse is refused).",

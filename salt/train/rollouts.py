@@ -89,10 +89,20 @@ class RolloutCollector:
         self.sampler = PromptSampler(load_rows(cfg.data.train, cfg), cfg.seed, cfg.data.shuffle)
         self.generated = 0
         self.predictor = None
+        self._embedded: tuple[tuple[str, ...], torch.Tensor] | None = None  # the last prompts embedded
         v = cfg.algorithm.vip
         if v.enabled:
             self.predictor = SuccessPredictor(max_history=v.history or None, prior_mean=v.prior_mean, acc_clip=v.acc_clip,
                                               pin_observed=v.pin_observed)
+
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        """VIP's prompt embeddings. A step embeds its prompts to allocate and again to update the
+        predictor with the same list: the second call returns the first one's tensor (same numbers,
+        one MiniLM pass fewer per step)."""
+        key = tuple(texts)
+        if self._embedded is None or self._embedded[0] != key:
+            self._embedded = (key, embed_prompts(texts, backend=self.cfg.algorithm.vip.embedding))
+        return self._embedded[1]
 
     def allocate(self, rows: list[dict]) -> list[int]:
         """Rollouts per prompt: uniform, or VIP from predicted success."""
@@ -100,7 +110,7 @@ class RolloutCollector:
         if self.predictor is None:
             return [cfg.generate_n] * len(rows)
         v = cfg.algorithm.vip
-        p = self.predictor.predict(embed_prompts([r["prompt"] for r in rows], backend=v.embedding))
+        p = self.predictor.predict(self.embed([r["prompt"] for r in rows]))
         if v.allocation == "published":
             n = published_allocation(p, cfg.vip_budget(), lower=v.lower, upper=v.upper, rule=v.rule, gamma=v.gamma)
         else:
@@ -160,7 +170,7 @@ class RolloutCollector:
         acc.index_add_(0, batch.group_ids, (batch.scores >= 1.0).double())
         cnt.index_add_(0, batch.group_ids, torch.ones(len(batch), dtype=torch.float64))
         seen = cnt > 0
-        emb = embed_prompts([r["prompt"] for r in batch.rows], backend=self.cfg.algorithm.vip.embedding)
+        emb = self.embed([r["prompt"] for r in batch.rows])
         self.predictor.update(emb[seen], (acc[seen] / cnt[seen]))
 
     def collect(self, seed: int, timer: Timer) -> tuple[RolloutBatch, dict[str, float]]:

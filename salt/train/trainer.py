@@ -151,12 +151,14 @@ class Trainer:
                                                cfg.train.micro_batch_size, cfg.train.head_chunk_size).cpu()
         metrics = []
         dump = step is not None and (step + 1) in cfg.train.dump_gram_steps
+        s = cfg.algorithm.salt  # without SALT the Gram only feeds metrics: every k-th step is enough
+        diagnostics = s.diagnostics and (step is None or dump or step % s.diagnostics_every == 0)
         for epoch in range(cfg.train.ppo_epochs):
             for i, idx in enumerate(minis):
                 gram_out: dict | None = {} if (dump and epoch == 0 and i == 0) else None
                 metrics.append(update_minibatch(self.model, self.optimizer, self.scheduler, tb.index(idx),
                                                 self.settings, step_seed(seed, epoch * 1000 + i, "gram"), self.timer,
-                                                strategy=self.strategy, gram_out=gram_out))
+                                                strategy=self.strategy, gram_out=gram_out, diagnostics=diagnostics))
                 if gram_out and self.is_main:  # empty when the Gram is off (no SALT, no diagnostics)
                     rows = idx[gram_out["positions"]]  # (B,) rows of the rollout batch
                     write_gram_dump(gram_dump.path_of(self.out, step + 1), gram_out, batch.rewards[rows])

@@ -265,7 +265,8 @@ def _reduce_metrics(losses: list[tuple[float, float, dict[str, float]]], geo: li
 
 def update_minibatch(model: Any, optimizer: Any, scheduler: Any, mb: TensorBatch, settings: UpdateSettings,
                      seed: int, timer: Timer | None = None, coef_out: list | None = None,
-                     strategy: GradientStrategy | None = None, gram_out: dict | None = None) -> dict[str, float]:
+                     strategy: GradientStrategy | None = None, gram_out: dict | None = None,
+                     diagnostics: bool | None = None) -> dict[str, float]:
     """One optimizer step on the GLOBAL mini-batch ``mb`` (every rank passes the same ``mb``).
 
     ``strategy`` (default: one process, the model as is) says how the ranks' gradients meet; for a
@@ -279,6 +280,9 @@ def update_minibatch(model: Any, optimizer: Any, scheduler: Any, mb: TensorBatch
     the rows of ``mb`` it covers, ``advantages`` (B,), ``advantages_final`` (B,) the coefficients
     that went to the loss, ``group_ids`` (B,). Scope ``global``: the whole mini-batch (B =
     len(mb)); ``micro``: this rank's first micro-batch. It only copies tensors (no RNG is used).
+
+    ``diagnostics`` (None: ``settings.salt_diagnostics``) says whether a run without SALT builds the
+    Gram in this call (``algorithm.salt.diagnostics_every``); with SALT on the Gram is always built.
 
     Returns:
         metrics: loss metrics (``train/*``, weighted means over the mini-batch), ``salt/*`` and
@@ -297,7 +301,7 @@ def update_minibatch(model: Any, optimizer: Any, scheduler: Any, mb: TensorBatch
         first = rank_slice(len(mb), W, 0)  # rank 0 holds the largest slice
         n_pad = len(micro_slices(first.stop - first.start, settings.micro_batch_size)) - len(micros)
     passes = _Passes(model, strategy, settings, timer, mb, local, micros, n_pad)
-    diagnostics = settings.salt_enabled or settings.salt_diagnostics
+    diagnostics = settings.salt_enabled or (settings.salt_diagnostics if diagnostics is None else diagnostics)
     geo: list[dict[str, float]] = []
     model.train()
     if diagnostics:

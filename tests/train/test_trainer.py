@@ -171,6 +171,26 @@ def test_baseline_logs_the_same_diagnostics_and_salt_changes_the_update(policy, 
     assert salt_rows[0]["train/update_norm"] != base_rows[0]["train/update_norm"]
 
 
+def test_diagnostics_every_thins_the_gram_of_a_baseline_without_changing_its_training(policy, tmp_path):
+    """algorithm.salt.diagnostics_every = 3 on a 7-step run without SALT: the Gram metrics exist on
+    steps 1, 4, 7 and on the dump step 5 only, equal to those of the every-step run on those steps,
+    and every other number of every step is identical (the Gram of a baseline feeds metrics only)."""
+    every = run_config(policy, algorithm={"salt": {"enabled": False}}, train={"steps": 7, "dump_gram_steps": [5]})
+    thin = run_config(policy, algorithm={"salt": {"enabled": False, "diagnostics_every": 3}},
+                      train={"steps": 7, "dump_gram_steps": [5]})
+    full_rows = _strip_time(_train(every, tmp_path / "every"))
+    thin_rows = _strip_time(_train(thin, tmp_path / "thin"))
+    geo = {k for k in full_rows[0] if k.startswith(("salt/", "geom/"))}
+    assert geo and "salt/participation_ratio" in geo
+    for full, row in zip(full_rows, thin_rows, strict=True):
+        has = {k for k in row if k.startswith(("salt/", "geom/"))}
+        assert has == (geo if row["step"] in (1, 4, 5, 7) else set()), row["step"]
+        assert row == {k: v for k, v in full.items() if k in row}, row["step"]
+    assert (tmp_path / "thin" / "gram_step_0005.npz").is_file()
+    with pytest.raises(Exception, match="diagnostics_every"):
+        from_dict(run_config(policy, algorithm={"salt": {"diagnostics_every": 0}})).validate(check_paths=False)
+
+
 def test_micro_batching_and_scope_do_not_change_a_global_update(policy):
     """Gradient accumulation over micro-batches equals the one-shot update (global scope)."""
     from salt.train.update import UpdateSettings, make_optimizer, update_minibatch
