@@ -20,18 +20,25 @@ from __future__ import annotations
 import copy
 from typing import Any, Mapping
 
+from salt.eval.evaluate import output_files
 from salt.utils import deep_merge
+
+EVAL_DIR = "{study}/eval/{model}/{task}/{method}/G{G}/seed{seed}/{benchmark}"  # salt evaluate --out
+_EVAL_FILES = output_files(EVAL_DIR)  # the files the evaluation writes there (its own names)
 
 # every path of the grid, relative to results_dir ({wildcards} as the rules name them)
 LAYOUT = {
     "run_dir": "{study}/runs/{model}/{task}/{method}/G{G}/seed{seed}",
     "run_config": "{study}/configs/{model}/{task}/{method}/G{G}/seed{seed}.yaml",
     "train_benchmark": "benchmarks/train/{study}/{model}/{task}/{method}/G{G}/seed{seed}.tsv",
-    "eval_metrics": "{study}/eval/{model}/{task}/{method}/G{G}/seed{seed}/{benchmark}/metrics.json",
+    "eval_metrics": _EVAL_FILES["metrics"].as_posix(),
+    "eval_problems": _EVAL_FILES["problems"].as_posix(),
     "parent_json": "{study}/mlflow_parent.json",
     "proxy_json": "proxy/{model}/proxy.json",
     "study_table_md": "{study}/table.md",
     "study_table_csv": "{study}/table.csv",
+    "tables_dir": "tables",  # salt aggregate --out (its files: salt.figures.registry.TABLE_FILES)
+    "figures_dir": "figures",  # salt figures --out (FIGURE_SPECS x FIGURE_FORMATS)
     "warmup_dir": "models/{model}/warmup{warmup}",
     "data_file": "data/{dataset}/data.jsonl",
 }
