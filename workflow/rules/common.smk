@@ -49,7 +49,6 @@ RUN_CONFIG = PLAN.path("run_config")
 TRAIN_BENCHMARK = PLAN.path("train_benchmark")
 EVAL_METRICS = PLAN.path("eval_metrics")
 EVAL_PROBLEMS = PLAN.path("eval_problems")
-WARMUP_DIR = PLAN.path("warmup_dir")
 DATA_FILE = PLAN.path("data_file")
 PARENT_JSON = PLAN.path("parent_json")
 PROXY_JSON = PLAN.path("proxy_json")
@@ -102,7 +101,7 @@ def model_input(w):
         return []
     wc = dict(w.items())
     warmup = PLAN.warmup_of(wc["study"], wc["seed"]) if "seed" in wc else 0
-    return f"{PLAN.warmup_dir(w.model, warmup)}/metrics.json"
+    return PLAN.path("warmup_metrics", model=w.model, warmup=warmup)
 
 
 def train_data_inputs(w):
