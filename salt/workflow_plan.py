@@ -50,6 +50,8 @@ LAYOUT = {
     "data_file": _DATA_FILES["data"].as_posix(),
     "data_manifest": _DATA_FILES["manifest"].as_posix(),
 }
+# results_dir's own folders (every LAYOUT path that is not under a study's folder)
+SHARED_DIRS = frozenset(path.split("/")[0] for path in LAYOUT.values() if not path.startswith("{"))
 JOB_KEYS = ("study", "model", "task", "method", "G", "seed")  # the wildcards of one training job
 
 

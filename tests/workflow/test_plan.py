@@ -167,3 +167,11 @@ def test_the_layout_takes_each_file_name_from_its_writer(tmp_path):
         code = text.replace('"""', "\x00").split("\x00")[0::2]  # outside docstrings
         spelt = {n for n in names if any(f"/{n}" in part or f'"{n}"' in part for part in code)}
         assert not spelt, f"{smk.name} spells {sorted(spelt)}: take the path from the package (salt.workflow_plan.LAYOUT, salt.figures.registry)"
+
+
+def test_a_study_cannot_take_a_folder_of_the_layout():
+    from salt.workflow_config import RESERVED_DIRS
+    from salt.workflow_plan import SHARED_DIRS
+
+    assert {"data", "models", "proxy", "tables", "figures", "benchmarks"} == SHARED_DIRS
+    assert SHARED_DIRS <= RESERVED_DIRS
