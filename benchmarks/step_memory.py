@@ -72,11 +72,18 @@ def _settings(arm: str, micro: int, head_chunk: int | None = None):
 
     kw = dict(loss_cfg=LossConfig(name="dapo", agg_mode="token-mean"), temperature=1.0, micro_batch_size=micro,
               max_grad_norm=1.0, salt_enabled=arm in ("micro", "global"), salt_diagnostics=False, gram="auto",
-              scope="micro" if arm == "micro" else "global", chunk_size=4096, sketch_dim=256,
-              gram_options=dict(tol=1e-3, support_eps=1e-6, tail_dim=0, sparse_samples=1024))
+              scope="micro" if arm == "micro" else "global")
+    gram = dict(chunk_size=4096, sketch_dim=256, tol=1e-3, support_eps=1e-6, tail_dim=0, sparse_samples=1024)
+    names = {f.name for f in dataclasses.fields(UpdateSettings)}
+    if "chunk_size" in names:  # code before the one Gram options object: two fields and a dict of the others
+        kw.update(chunk_size=gram.pop("chunk_size"), sketch_dim=gram.pop("sketch_dim"), gram_options=gram)
+    else:
+        from salt.algo.gram import GramOptions
+
+        kw["gram_options"] = GramOptions(**gram)
     if head_chunk is not None:  # the new code's train.head_chunk_size (today's code has no such key)
         kw["head_chunk"] = head_chunk
-    return UpdateSettings(**{k: v for k, v in kw.items() if k in {f.name for f in dataclasses.fields(UpdateSettings)}})
+    return UpdateSettings(**{k: v for k, v in kw.items() if k in names})
 
 
 def _status_kib(key: str) -> int:

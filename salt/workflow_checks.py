@@ -12,33 +12,35 @@ readable), ``models.*.path`` (a local dir needs a ``config.json``; null = the to
 builds), the warm-up SFT's ``models.*.sft_config`` file (valid YAML) and the model it names, and
 ``compute.accelerate_config`` (when ``compute.launcher`` is ``accelerate``).
 
-Relative paths are read from the working directory (where the jobs run). A config file named
-relative to the repository (``config/accelerate/fsdp.yaml`` with ``snakemake -d ELSEWHERE``) is
-replaced by its absolute path, so that the jobs find it too.
+Relative paths are read from the working directory of the jobs (``workdir``: Snakemake's, or
+``salt check-config -d DIR``, resolved against DIR without changing the process's working
+directory). A config file named relative to the repository (``config/accelerate/fsdp.yaml`` with
+``snakemake -d ELSEWHERE``) is replaced by its absolute path, so that the jobs find it too.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
 from salt.config_spec import ConfigError
 
 
-def _config_file(value: str, key: str, repo: str | Path, problems: list[str]) -> tuple[str, Any]:
+def _config_file(value: str, key: str, repo: str | Path, problems: list[str],
+                 workdir: str | Path | None) -> tuple[str, Any]:
     """``(path the jobs can open, its YAML content)``; a problem is appended when it cannot be read."""
+    from salt.tasks.sources import at
     from salt.utils import load_yaml_file
 
-    path = Path(value).expanduser()
-    if not path.is_file() and not path.is_absolute() and (Path(repo) / path).is_file():
-        path = Path(repo) / path
+    path, name = at(value, workdir), value  # found from the jobs' working directory: named as given
+    if not path.is_file() and not Path(value).expanduser().is_absolute() and (Path(repo) / value).is_file():
+        path = name = Path(repo) / value
     if not path.is_file():
         problems.append(f"{key} = '{value}' does not exist (relative paths start at the working directory "
                         f"or the repository {repo}); fix the path")
         return value, None
     try:
-        return str(path) if path != Path(value) else value, load_yaml_file(path)
+        return str(name) if Path(name) != Path(value) else value, load_yaml_file(path)
     except (OSError, ValueError) as exc:
         problems.append(f"{key} = '{value}': {exc}")
         return value, None
@@ -55,10 +57,11 @@ def _sft_model_path(sft_set: Mapping[str, Any], sft_yaml: Any) -> str | None:
     return None
 
 
-def check_paths(cfg: dict[str, Any], repo: str | Path) -> None:
+def check_paths(cfg: dict[str, Any], repo: str | Path, workdir: str | Path | None = None) -> None:
     """Check every path ``cfg`` (the checked workflow config) names, and the datasets' loader options;
-    raise one :class:`ConfigError` listing each problem as ``KEY = 'PATH' <what is wrong>; <fix>``. Config files found only under
-    ``repo`` are rewritten in ``cfg`` to their absolute path."""
+    raise one :class:`ConfigError` listing each problem as ``KEY = 'PATH' <what is wrong>; <fix>``.
+    Relative paths start at ``workdir`` (default: the working directory). Config files found only
+    under ``repo`` are rewritten in ``cfg`` to their absolute path."""
     from salt.tasks.sources import source_problem
     from salt.train.config_checks import model_path_problem
 
@@ -69,14 +72,14 @@ def check_paths(cfg: dict[str, Any], repo: str | Path) -> None:
         unknown = sorted(set(d["set"]) - KNOWN_OPTIONS)
         if unknown:
             problems.append(f"datasets.{key}.set has unknown option(s) {unknown}; valid: {sorted(KNOWN_OPTIONS)}")
-        what = source_problem(d["source"]) if d["source"] else None
+        what = source_problem(d["source"], workdir) if d["source"] else None
         if what:
             problems.append(f"datasets.{key}.source = '{d['source']}' {what}; fix the path (a local .jsonl/.json/"
                             ".parquet/.csv file or snapshot directory) or give a hub id")
     for key, m in cfg["models"].items():
         if m["path"]:
             # hub ids pass here: the job downloads them (or reads the cache of the host it runs on)
-            what = model_path_problem(m["path"], check_cache=False)
+            what = model_path_problem(m["path"], check_cache=False, base=workdir)
             if what:
                 problems.append(f"models.{key}.path = '{m['path']}' {what}; point it at a Hugging Face model dir "
                                 "(with config.json) or a hub id, or set it to null for the toy model the workflow "
@@ -84,26 +87,28 @@ def check_paths(cfg: dict[str, Any], repo: str | Path) -> None:
             continue
         sft_yaml = None
         if m["sft_config"]:
-            m["sft_config"], sft_yaml = _config_file(m["sft_config"], f"models.{key}.sft_config", repo, problems)
+            m["sft_config"], sft_yaml = _config_file(m["sft_config"], f"models.{key}.sft_config", repo, problems,
+                                                      workdir)
             if sft_yaml is not None and not isinstance(sft_yaml, Mapping):
                 problems.append(f"models.{key}.sft_config = '{m['sft_config']}' must hold a mapping of "
                                 "salt.train.sft.SftConfig keys (salt sft --help-config)")
         base = _sft_model_path(m["sft_set"], sft_yaml)
-        what = model_path_problem(base, check_cache=False) if base else None
+        what = model_path_problem(base, check_cache=False, base=workdir) if base else None
         if what:
             problems.append(f"model.path of the warm-up SFT of models.{key} (sft_set / sft_config) = '{base}' {what}; "
                             "point it at a Hugging Face model dir or hub id, or drop it to build a toy model")
     c = cfg["compute"]
     if c["launcher"] == "accelerate" and c["accelerate_config"]:
-        c["accelerate_config"], _ = _config_file(c["accelerate_config"], "compute.accelerate_config", repo, problems)
+        c["accelerate_config"], _ = _config_file(c["accelerate_config"], "compute.accelerate_config", repo, problems,
+                                                  workdir)
     if problems:
         raise ConfigError("inputs that cannot be used (checked while the DAG is planned):\n  " + "\n  ".join(problems))
 
 
-def check_config_files(files: list[str], repo: str | Path) -> dict[str, Any]:
+def check_config_files(files: list[str], repo: str | Path, workdir: str | Path | None = None) -> dict[str, Any]:
     """The checked workflow config made of ``files`` (merged in order, as Snakemake merges several
     ``--configfile``); raise ``InputError`` for malformed YAML (``FILE:LINE:COLUMN``), a file
-    without a mapping, a bad key or a bad path."""
+    without a mapping, a bad key or a bad path (relative to ``workdir``, default here)."""
     from salt.utils import InputError, deep_merge, load_yaml_file
     from salt.workflow_config import load_workflow_config
 
@@ -116,7 +121,7 @@ def check_config_files(files: list[str], repo: str | Path) -> dict[str, Any]:
             raise InputError(f"{name}: a workflow config file must hold a mapping of keys at the top level")
         merged = deep_merge(merged, data)
     cfg = load_workflow_config(merged)
-    check_paths(cfg, repo)
+    check_paths(cfg, repo, workdir)
     return cfg
 
 
@@ -152,10 +157,7 @@ def cli_main(argv: list[str]) -> int:
     ap.add_argument("-d", "--directory", default=None,
                     help="the working directory relative paths start at (snakemake -d; default: here)")
     args = ap.parse_args(argv)
-    if args.directory:
-        args.files = [str(Path(f).resolve()) for f in args.files]
-        os.chdir(args.directory)
-    cfg = check_config_files(args.files, repo)
+    cfg = check_config_files(args.files, repo, args.directory)  # the config files are named from here
     n_jobs = len(Plan(cfg).jobs)
     print(f"{' + '.join(args.files)}: valid ({len(cfg['studies'])} studies, {n_jobs} training jobs)")
     return 0

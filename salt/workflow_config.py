@@ -24,12 +24,14 @@ from salt.config_spec import ConfigError, names_of, option, option_like, section
 from salt.eval.evaluate import EvaluateConfig
 from salt.figures.claims import ClaimsOptions
 from salt.train.config import SandboxConfig, TrackingConfig
+from salt.workflow_plan import SHARED_DIRS
 
 _CLAIMS = ClaimsOptions()  # the claims' defaults live with the claims
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # keys of datasets, models, tasks, ... (they become folder names)
-# Folders of results_dir that are not studies (a study named like one of them would mix outputs).
-RESERVED_DIRS = {"data", "models", "proxy", "tables", "figures", "logs", "benchmarks", "mlartifacts", "mlflow-server"}
+# Folders of results_dir that are not studies (a study named like one of them would mix outputs): the
+# plan's own (salt.workflow_plan.SHARED_DIRS) and those only the rules' logs and the tracking server name.
+RESERVED_DIRS = set(SHARED_DIRS) | {"logs", "mlartifacts", "mlflow-server"}
 
 
 @dataclass(kw_only=True)

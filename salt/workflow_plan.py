@@ -20,21 +20,38 @@ from __future__ import annotations
 import copy
 from typing import Any, Mapping
 
+from salt.eval.evaluate import output_files as eval_files
+from salt.tasks.datasets import output_files as data_files
+from salt.train.outputs import warmup_files
 from salt.utils import deep_merge
+
+EVAL_DIR = "{study}/eval/{model}/{task}/{method}/G{G}/seed{seed}/{benchmark}"  # salt evaluate --out
+_EVAL_FILES = eval_files(EVAL_DIR)  # the files the evaluation writes there (its own names)
+_DATA_FILES = data_files("data/{dataset}")  # salt prepare-data --out: its own file names
+_WARMUP_DIR = "models/{model}/warmup{warmup}"
+_WARMUP_FILES = warmup_files(_WARMUP_DIR)  # salt sft --out: its own file names
 
 # every path of the grid, relative to results_dir ({wildcards} as the rules name them)
 LAYOUT = {
     "run_dir": "{study}/runs/{model}/{task}/{method}/G{G}/seed{seed}",
     "run_config": "{study}/configs/{model}/{task}/{method}/G{G}/seed{seed}.yaml",
     "train_benchmark": "benchmarks/train/{study}/{model}/{task}/{method}/G{G}/seed{seed}.tsv",
-    "eval_metrics": "{study}/eval/{model}/{task}/{method}/G{G}/seed{seed}/{benchmark}/metrics.json",
+    "eval_metrics": _EVAL_FILES["metrics"].as_posix(),
+    "eval_problems": _EVAL_FILES["problems"].as_posix(),
     "parent_json": "{study}/mlflow_parent.json",
     "proxy_json": "proxy/{model}/proxy.json",
     "study_table_md": "{study}/table.md",
     "study_table_csv": "{study}/table.csv",
-    "warmup_dir": "models/{model}/warmup{warmup}",
-    "data_file": "data/{dataset}/data.jsonl",
+    "tables_dir": "tables",  # salt aggregate --out (its files: salt.figures.registry.TABLE_FILES)
+    "figures_dir": "figures",  # salt figures --out (FIGURE_SPECS x FIGURE_FORMATS)
+    "warmup_dir": _WARMUP_DIR,
+    "warmup_model": _WARMUP_FILES["final"].as_posix(),
+    "warmup_metrics": _WARMUP_FILES["metrics"].as_posix(),
+    "data_file": _DATA_FILES["data"].as_posix(),
+    "data_manifest": _DATA_FILES["manifest"].as_posix(),
 }
+# results_dir's own folders (every LAYOUT path that is not under a study's folder)
+SHARED_DIRS = frozenset(path.split("/")[0] for path in LAYOUT.values() if not path.startswith("{"))
 JOB_KEYS = ("study", "model", "task", "method", "G", "seed")  # the wildcards of one training job
 
 
@@ -70,7 +87,7 @@ class Plan:
     def model_path(self, model: str, warmup: int | str = 0) -> str:
         """The model a job trains from: ``models.<m>.path``, else the final weights of its warm-up SFT."""
         path = self.config["models"][model]["path"]
-        return path if path else f"{self.warmup_dir(model, warmup)}/final"
+        return path if path else self.path("warmup_model", model=model, warmup=warmup)
 
     # ------------------------------------------------------------------------- grid
     def study_jobs(self, study: str) -> list[dict[str, str]]:
@@ -104,10 +121,10 @@ class Plan:
         for job in self.jobs:
             if not models[job["model"]]["path"]:
                 w = self.warmup_of(job["study"], job["seed"])
-                out.setdefault(job["model"], {})[w] = f"{self.warmup_dir(job['model'], w)}/metrics.json"
+                out.setdefault(job["model"], {})[w] = self.path("warmup_metrics", model=job["model"], warmup=w)
         for m in self.proxy_models():
             if not models[m]["path"]:
-                out.setdefault(m, {}).setdefault(0, f"{self.warmup_dir(m, 0)}/metrics.json")
+                out.setdefault(m, {}).setdefault(0, self.path("warmup_metrics", model=m, warmup=0))
         return {m: dict(sorted(ws.items())) for m, ws in sorted(out.items())}
 
     # ------------------------------------------------------------------- run config

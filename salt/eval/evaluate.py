@@ -47,6 +47,14 @@ PROBLEMS_FILE = "problems.jsonl"
 METRICS_FILE = "metrics.json"
 
 
+def output_files(out_dir: str | Path) -> dict[str, Path]:
+    """What ``salt evaluate --out OUT`` writes: ``metrics`` (OUT/metrics.json) and ``problems``
+    (OUT/problems.jsonl). The one owner of these names: the evaluation writes them, the workflow
+    declares them (``salt.workflow_plan.LAYOUT``), aggregation reads them."""
+    out = Path(out_dir)
+    return {"metrics": out / METRICS_FILE, "problems": out / PROBLEMS_FILE}
+
+
 # ---------------------------------------------------------------------------------------------
 # the pure part
 
@@ -216,7 +224,8 @@ def evaluate(args: EvaluateConfig) -> dict[str, Any]:
     # fail closed before any model is loaded: code rows need the sandbox (or --allow-unisolated)
     sandbox = check_code_sandbox(rows, getattr(args, "allow_unisolated", False))
     ks = [int(k) for k in str(args.ks).split(",") if k.strip()]  # checked by EvaluateConfig
-    problems_path = out_dir / PROBLEMS_FILE
+    files = output_files(out_dir)
+    problems_path = files["problems"]
     done = load_done(problems_path)
     for rid, rec in done.items():
         if len(rec["correct"]) != args.n:
@@ -272,7 +281,7 @@ def evaluate(args: EvaluateConfig) -> dict[str, Any]:
                    seed=args.seed, backend=args.backend)
     if sandbox is not None:
         summary["sandbox"] = sandbox["mode"] + (" (opted in: allow_unisolated)" if sandbox["missing"] else "")
-    atomic_write_text(out_dir / METRICS_FILE, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(files["metrics"], json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
     run = _open_tracking(args, run_dir, out_dir)
     if run is not None:
@@ -288,7 +297,7 @@ def evaluate(args: EvaluateConfig) -> dict[str, Any]:
         tracking.end_run(run)
         summary["mlflow_run_id"] = run.run_id
         summary["tracking_uri"] = run.tracking_uri
-        atomic_write_text(out_dir / METRICS_FILE, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(files["metrics"], json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
 
 

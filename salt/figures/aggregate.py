@@ -19,7 +19,8 @@ the training job (wall time). Outputs in ``out_dir``:
   and ``table.csv``): that study's rows of ``results``; a study without benchmarks gets its final
   training reward per method x G instead (mean and 95% t-interval over seeds).
 
-``salt aggregate --manifest M.json --out DIR`` is the command line.
+``salt aggregate --manifest M.json --out DIR`` is the command line. The file names are
+:data:`salt.figures.registry.TABLE_FILES` (:func:`table_paths`), which the workflow declares too.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ import numpy as np
 
 from salt import gram_dump
 from salt import metric_names as mn
-from salt.eval.evaluate import PROBLEMS_FILE, load_problem_samples, load_problem_scores
+from salt.eval.evaluate import load_problem_samples, load_problem_scores, output_files
 from salt.figures.claims import claims_markdown, evaluate_claims
+from salt.figures.registry import table_paths
 from salt.figures.stats import mean_ci, paired_difference, t_quantile  # noqa: F401 (re-exported)
 from salt.utils import atomic_write_text, iter_jsonl
 
@@ -355,9 +357,10 @@ def load(manifest: Mapping[str, Any]) -> tuple[list, list, list, ProblemScores, 
                     eval_rows.append({**ids, "benchmark": bench, "metric": metric, "value": value})
                     names.append(metric)
             key = (run["study"], run["model"], run["task"], run["method"], run["G"], bench)
+            problems_file = output_files(Path(path).parent)["problems"]  # next to the evaluation's metrics.json
             problems.setdefault(key, {})[run["seed"]] = load_problem_scores(
-                Path(path).parent / PROBLEMS_FILE, [m for m in names if mn.PAIRED_METRIC.match(m)])
-            samples.setdefault(key, {})[run["seed"]] = load_problem_samples(Path(path).parent / PROBLEMS_FILE)
+                problems_file, [m for m in names if mn.PAIRED_METRIC.match(m)])
+            samples.setdefault(key, {})[run["seed"]] = load_problem_samples(problems_file)
     return step_rows, run_rows, eval_rows, problems, samples
 
 
@@ -371,12 +374,13 @@ def main(manifest: Mapping[str, Any] | str | Path, out_dir: str | Path) -> dict[
     baseline = (manifest.get("figures") or {}).get("baseline", "grpo")
     table = results_table(run_rows, eval_rows, problems=problems, baseline=baseline)
     claims = evaluate_claims(manifest, run_rows, step_rows, problems, samples)
-    paths = {name: out / f"{name}.csv" for name in ("steps", "runs", "evals", "results")}
+    files = table_paths(out)
+    paths = {name: files[name] for name in ("steps", "runs", "evals", "results")}
     write_csv(paths["steps"], step_rows, ID_COLS + ["step"])
     write_csv(paths["runs"], run_rows, ID_COLS + ["steps", "final_reward", "rollouts_used", "wall_time_s"])
     write_csv(paths["evals"], eval_rows, ID_COLS + ["benchmark", "metric", "value"])
     write_csv(paths["results"], table, ["study", "model", "task", "method", "label", "G", "benchmark", "seeds"])
-    paths["results_md"] = out / "results.md"
+    paths["results_md"] = files["results_md"]
     atomic_write_text(paths["results_md"], markdown_table(table))
     for study, where in manifest.get("study_tables", {}).items():
         rows = [r for r in table if r["study"] == study]
@@ -389,13 +393,13 @@ def main(manifest: Mapping[str, Any] | str | Path, out_dir: str | Path) -> dict[
             atomic_write_text(where["md"], markdown_training_table(rows))
         paths[f"table_md:{study}"], paths[f"table_csv:{study}"] = Path(where["md"]), Path(where["csv"])
     warm = warmup_rows(manifest)
-    paths["warmups_csv"], paths["warmups_md"] = out / "warmups.csv", out / "warmups.md"
+    paths["warmups_csv"], paths["warmups_md"] = files["warmups_csv"], files["warmups_md"]
     write_csv(paths["warmups_csv"], warm, ["model", "warmup"])
     atomic_write_text(paths["warmups_md"], markdown_warmups(warm))
-    paths["claims_json"], paths["claims_md"] = out / "claims.json", out / "claims.md"
+    paths["claims_json"], paths["claims_md"] = files["claims_json"], files["claims_md"]
     atomic_write_text(paths["claims_json"], json.dumps(nan_to_none(claims), indent=1) + "\n")
     atomic_write_text(paths["claims_md"], claims_markdown(claims))
-    paths["manifest"] = out / "manifest.json"
+    paths["manifest"] = files["manifest"]
     atomic_write_text(paths["manifest"], json.dumps(manifest, indent=1) + "\n")
     return paths
 

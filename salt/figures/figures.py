@@ -23,7 +23,8 @@ from salt import metric_names as mn
 from salt.figures.ablations import fig3_ablations, heldout  # noqa: F401 (Figure 3 lives there)
 from salt.figures.aggregate import read_csv
 from salt.figures.claims import ClaimsOptions
-from salt.figures.registry import FIGURE_SPECS, FIGURES, FigureSpec, figure_spec  # noqa: F401 (the one table)
+from salt.figures.registry import (FIGURE_FORMATS, FIGURE_SPECS, FIGURES, FigureSpec,  # noqa: F401 (the one table)
+                                   figure_spec, table_paths)
 from salt.figures.stats import moving_average
 
 if TYPE_CHECKING:
@@ -35,12 +36,12 @@ class Tables:
     """The aggregated tables plus the manifest, with small query helpers."""
 
     def __init__(self, tables_dir: str | Path):
-        d = Path(tables_dir)
-        self.steps = read_csv(d / "steps.csv")
-        self.runs = read_csv(d / "runs.csv")
-        self.evals = read_csv(d / "evals.csv")
-        self.results = read_csv(d / "results.csv")
-        self.manifest = json.loads((d / "manifest.json").read_text())
+        files = table_paths(tables_dir)  # the names salt aggregate writes
+        self.steps = read_csv(files["steps"])
+        self.runs = read_csv(files["runs"])
+        self.evals = read_csv(files["evals"])
+        self.results = read_csv(files["results"])
+        self.manifest = json.loads(files["manifest"].read_text())
         self.options = self.manifest.get("figures", {})
         self.labels = {r["method"]: r["label"] for r in self.manifest["runs"]}
 
@@ -582,8 +583,8 @@ def main(tables_dir: str | Path, out_dir: str | Path) -> list[Path]:
     for spec in FIGURE_SPECS:
         fig = plt.figure(figsize=spec.size, layout="constrained")
         spec.draw()(t, fig)
-        for ext in ("png", "pdf"):
-            path = out / f"{spec.name}.{ext}"
+        for ext in FIGURE_FORMATS:
+            path = spec.file(out, ext)
             fig.savefig(path, dpi=120 if ext == "png" else None)
             written.append(path)
         plt.close(fig)

@@ -24,6 +24,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from salt.figures.registry import replication_paths, table_paths
 from salt.figures.stats import FAILS, HOLDS, INCONCLUSIVE
 from salt.utils import atomic_write_text
 
@@ -168,7 +169,7 @@ def write(rep: Mapping[str, Any], out_dir: str | Path) -> dict[str, Path]:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "replication.json", "md": out / "replication.md"}
+    paths = replication_paths(out)
     atomic_write_text(paths["json"], json.dumps(nan_to_none(rep), indent=1) + "\n")
     atomic_write_text(paths["md"], replication_markdown(rep))
     return paths
@@ -191,7 +192,7 @@ def cli_main(argv: list[str]) -> int:
             parser.error(f"--sets takes two seed lists separated by ':', got {args.sets!r}")
         a, b = split_claims(manifest, sets)
         rep = compare(a, b, ("first half", "second half") if sets is None else ("A", "B"))
-        whole_path = args.whole or str(Path(args.manifest).with_name("claims.json"))
+        whole_path = args.whole or str(table_paths(Path(args.manifest).parent)["claims_json"])  # aggregate's, beside it
     else:
         a, b = (json.loads(Path(p).read_text()) for p in args.claims)
         rep = compare(a, b, ("run A", "run B"))

@@ -351,6 +351,13 @@ def build_toy_test(ctx: BuildContext) -> list[dict[str, Any]]:
 KNOWN_OPTIONS = {"config", "split", "revision", "n", "levels"}
 
 
+def output_files(out_dir: str | os.PathLike) -> dict[str, Path]:
+    """What ``salt prepare-data --out OUT`` writes: ``data`` (OUT/data.jsonl) and ``manifest``
+    (OUT/manifest.json); the workflow declares the same files (``salt.workflow_plan.LAYOUT``)."""
+    out = Path(out_dir)
+    return {"data": out / "data.jsonl", "manifest": out / "manifest.json"}
+
+
 def prepare(name: str, out_dir: str | os.PathLike, *, source: str | None = None, limit: int | None = None,
             seed: int = 0, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Build, validate and write ``out_dir/data.jsonl`` + ``out_dir/manifest.json``; returns the manifest."""
@@ -368,9 +375,9 @@ def prepare(name: str, out_dir: str | os.PathLike, *, source: str | None = None,
     if not rows:
         raise DatasetError(f"dataset '{name}': no rows (source {ctx.provenance.get('source')!r})")
     validate_rows(name, rows)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_jsonl_atomic(out / "data.jsonl", rows)
+    files = output_files(out_dir)
+    files["data"].parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl_atomic(files["data"], rows)
     from salt import __version__
 
     manifest = {
@@ -381,10 +388,10 @@ def prepare(name: str, out_dir: str | os.PathLike, *, source: str | None = None,
         "seed": int(seed),
         "limit": limit,
         "options": options,
-        "data_sha256": sha256_file(out / "data.jsonl"),
+        "data_sha256": sha256_file(files["data"]),
         "created_by": f"salt {__version__} prepare-data",
     }
-    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+    atomic_write_text(files["manifest"], json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
     return manifest
 
 
@@ -412,7 +419,7 @@ def cli_main(argv: list[str]) -> int:
                            options=parse_set_overrides(args.set))
     except InputError as exc:  # DatasetError, a bad --set value
         return report_input_error("salt prepare-data", exc)
-    print(f"wrote {manifest['rows']} rows to {Path(args.out) / 'data.jsonl'}")
+    print(f"wrote {manifest['rows']} rows to {output_files(args.out)['data']}")
     return 0
 
 

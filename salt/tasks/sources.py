@@ -33,19 +33,28 @@ def data_kind(path: Path) -> tuple[str, bool]:
     return (suffixes[-2] if gz and len(suffixes) > 1 else (suffixes[-1] if suffixes else "")), gz
 
 
-def is_local_path(source: str) -> bool:
-    """True when ``source`` can only mean a local path: it exists, starts with ``/ . ~``, has a
-    data-file suffix, or is not of the hub id form ``name`` / ``owner/name``."""
-    if Path(source).expanduser().exists() or source.startswith(("/", ".", "~")):
+def at(path: str | Path, base: str | Path | None = None) -> Path:
+    """``path`` (``~`` expanded) as seen from the directory ``base`` (None: the working directory),
+    without changing the process's working directory."""
+    p = Path(path).expanduser()
+    return p if base is None or p.is_absolute() else Path(base) / p
+
+
+def is_local_path(source: str, base: str | Path | None = None) -> bool:
+    """True when ``source`` can only mean a local path: it exists (relative to ``base``, default the
+    working directory), starts with ``/ . ~``, has a data-file suffix, or is not of the hub id form
+    ``name`` / ``owner/name``."""
+    if at(source, base).exists() or source.startswith(("/", ".", "~")):
         return True
     return data_kind(Path(source))[0] in DATA_SUFFIXES or not HUB_ID.match(source)
 
 
-def source_problem(source: str) -> str | None:
-    """Why ``salt prepare-data --source SOURCE`` cannot read a local source (None: fine, or a hub id)."""
-    if not is_local_path(source):
+def source_problem(source: str, base: str | Path | None = None) -> str | None:
+    """Why ``salt prepare-data --source SOURCE`` run in ``base`` (default: here) cannot read a local
+    source (None: fine, or a hub id)."""
+    if not is_local_path(source, base):
         return None
-    path = Path(source).expanduser()
+    path = at(source, base)
     if not path.exists():
         return "does not exist"
     if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):

@@ -23,13 +23,14 @@ if TYPE_CHECKING:
     from salt.train.config import AlgorithmConfig, RunConfig
 
 
-def model_path_problem(path: str, check_cache: bool = True) -> str | None:
-    """Why ``path`` cannot be loaded as a model (None: it can). A local dir needs a readable
-    ``config.json``; ``owner/name`` that is no local path is a hub id, fine unless ``check_cache``
-    and ``HF_HUB_OFFLINE`` is set and it is not in the local Hugging Face cache."""
-    from salt.tasks.sources import HUB_ID
+def model_path_problem(path: str, check_cache: bool = True, base: str | Path | None = None) -> str | None:
+    """Why ``path`` cannot be loaded as a model (None: it can). A local dir (relative paths start at
+    ``base``, default the working directory) needs a readable ``config.json``; ``owner/name`` that
+    is no local path is a hub id, fine unless ``check_cache`` and ``HF_HUB_OFFLINE`` is set and it
+    is not in the local Hugging Face cache."""
+    from salt.tasks.sources import HUB_ID, at
 
-    p = Path(path).expanduser()
+    p = at(path, base)
     if (p / "config.json").is_file():
         return None if os.access(p / "config.json", os.R_OK) else f"has an unreadable {p / 'config.json'}"
     if p.exists():

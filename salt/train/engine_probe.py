@@ -6,8 +6,8 @@ A probe asks the engine for completions of a fixed batch of toy prompts (fixed s
 recomputes the log-probs of the sampled tokens with the trainer's model (the trainer's own
 ``compute_logprobs``): an engine that holds the trainer's weights gives the same numbers (within
 float32 rounding on CPU, bf16 rounding on a GPU). :func:`probe_trainer_cls` probes after every
-weight push and after a resume, and also against the weights before the step, so that a stale
-engine is told apart from a synced one.
+weight push and after a resume (the trainer's hook :meth:`~salt.train.trainer.Trainer.on_engine_weights`),
+and also against the weights before the step, so that a stale engine is told apart from a synced one.
 """
 
 from __future__ import annotations
@@ -99,19 +99,21 @@ def probe_trainer_cls(float64: bool = False) -> type:
     from salt.train.trainer import Trainer
 
     class ProbeTrainer(Trainer):
-        probes: list[dict[str, float]]
+        """Overrides the one hook :meth:`Trainer.on_engine_weights`; every stage is the trainer's own."""
 
-        def setup(self) -> None:
-            super().setup()
-            self.probes = []
+        def __init__(self, cfg: Any, out_dir: Any) -> None:
+            super().__init__(cfg, out_dir)
+            self.probes: list[dict[str, Any]] = []
             self.probe_outputs: list[Any] = []  # the engine's probe completions, one per probe
-            self._before: dict | None = None
-            _, self._probe_prompts = toy_prompts(self.tokenizer, PROBE_PROMPTS, seed=1)
+            self._before: dict | None = None  # the weights of the previous probe: before this step's update
+            self._probe_prompts: list[str] | None = None
 
         def _logprobs(self, out: Any) -> list[list[float]]:
             return recompute_logprobs(self.unwrapped(), out, self.pad_id, self.cfg.rollout.temperature)
 
         def probe_output(self) -> Any:
+            if self._probe_prompts is None:
+                _, self._probe_prompts = toy_prompts(self.tokenizer, PROBE_PROMPTS, seed=1)
             return self.backend.generate(self._probe_prompts, 2, self.cfg.rollout.max_new_tokens,
                                          self.cfg.rollout.temperature, 1.0, seed=PROBE_SEED)
 
@@ -137,19 +139,10 @@ def probe_trainer_cls(float64: bool = False) -> type:
                 rec["drift"] = logprob_gap(now, old)["mean_abs"]  # how far the step moved the policy
             return rec
 
-        def maybe_resume(self) -> int:
-            start = super().maybe_resume()
-            self.probes.append({**self.probe("resume"), "step": start})  # the engine as loaded vs the trainer
-            return start
-
-        def update(self, batch: Any, seed: int, step: int | None = None) -> dict[str, float]:
+        def on_engine_weights(self, kind: str, step: int | None) -> None:
+            # "resume": the engine as loaded vs the trainer; "sync": after an update's push
+            self.probes.append({**self.probe(kind), "step": step})
+            # the weights the engine holds now are the next update's "before" (one update per push)
             self._before = {k: v.detach().clone() for k, v in self.unwrapped().state_dict().items()}
-            self._step = step
-            return super().update(batch, seed, step)
-
-        def sync_rollout_weights(self) -> None:
-            super().sync_rollout_weights()
-            if self._before is not None:  # a sync after an update (not the resume's)
-                self.probes.append({**self.probe("sync"), "step": getattr(self, "_step", None)})
 
     return ProbeTrainer

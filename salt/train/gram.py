@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,17 +45,17 @@ def lm_gram(hidden: torch.Tensor, head: tuple[torch.Tensor, torch.Tensor | None]
     W, _ = world()
     weight, bias = head
     method = settings.gram
-    kw = dict(chunk_size=settings.chunk_size, sketch_dim=settings.sketch_dim, seed=seed)
+    opts = replace(settings.gram_options, seed=seed)
     if not gather or W == 1:
-        return streaming_lm_head_gram(hidden, weight, tokens, mask, settings.temperature, method, bias=bias, info=info,
-                                      **kw, **settings.gram_options)
+        return streaming_lm_head_gram(hidden, weight, tokens, mask, settings.temperature, method, bias=bias,
+                                      options=opts, info=info)
     if method in DISTRIBUTED_METHODS:
         return distributed_lm_head_gram(hidden, weight, tokens, mask, settings.temperature, method, comm=RankCollectives(),
-                                        bias=bias, info=info, **kw, **settings.gram_options)
+                                        bias=bias, options=opts, info=info)
     if method not in FEATURE_METHODS:
         raise ValueError(sparse_across_ranks(method, W))
     feats = rollout_features(hidden, None, tokens, mask, settings.temperature, method, weight=weight, bias=bias,
-                             **kw)  # (b, F)
+                             options=opts)  # (b, F)
     return gram_from_features(all_gather_rows(feats), method=method, info=info)  # (B, F) rows
 
 

@@ -37,6 +37,7 @@ from salt.rollout.hf import HFBackend
 from salt.tasks.prompts import build_prompt
 from salt.tasks.toy import DEFAULT_MIXTURE, check_mixture, demonstrations, format_target, generate_problems, toy_reward
 from salt.train.config import TrackingConfig
+from salt.train.outputs import warmup_files
 from salt.train.toy_model import build_toy_model, train_toy_tokenizer
 from salt.utils import InputError, atomic_write_text, deep_merge, load_yaml_file, parse_set_overrides, seed_everything
 
@@ -274,17 +275,18 @@ def _run_sft(cfg: Mapping[str, Any] | None, out_dir: str | Path) -> dict[str, An
                         mn.SFT_TOTAL_SECONDS: time.time() - t0, mn.SFT_STEPS: steps,
                         "test_problems": len(test_rows), "train_problems": len(train_rows),
                         "train_demonstrations": len(examples)})
+        files = warmup_files(out)
         tmp = out / "final.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        if (out / "final").exists():
-            shutil.rmtree(out / "final")
-        tmp.rename(out / "final")
-        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        if files["final"].exists():
+            shutil.rmtree(files["final"])
+        tmp.rename(files["final"])
+        atomic_write_text(files["metrics"], json.dumps(metrics, indent=2) + "\n")
         tracking.log_metrics(run, {k: v for k, v in metrics.items() if k.startswith((mn.EVAL, mn.SFT))}, step=steps)
-        tracking.log_artifacts(run, out / "metrics.json")
+        tracking.log_artifacts(run, files["metrics"])
         tracking.end_run(run)
     except BaseException:
         tracking.end_run(run, "FAILED")

@@ -80,6 +80,7 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(out_dir)
         self.timer = Timer()
+        self.start_step = 0  # steps completed before this process started (maybe_resume)
 
     # ---------------------------------------------------------------------------- step
     def step(self, step: int) -> dict[str, Any]:
@@ -164,6 +165,7 @@ class Trainer:
                     write_gram_dump(gram_dump.path_of(self.out, step + 1), gram_out, batch.rewards[rows])
         self.backend.wake_up()
         self.sync_rollout_weights()  # vllm: push the new weights; hf: no-op
+        self.on_engine_weights("sync", step)
         return mean_metrics(metrics)
 
     def metrics(self, step: int, seed: int, batch: RolloutBatch, stage_metrics: dict[str, float]) -> dict[str, Any]:
@@ -340,11 +342,21 @@ class Trainer:
             self.backend.sync_weights(self.model)
 
     def maybe_resume(self) -> int:
-        """Restore the newest complete checkpoint; returns the number of completed steps."""
+        """Restore the newest complete checkpoint; returns (and keeps as ``start_step``) the number of
+        completed steps."""
         start = run_io.resume_run(self)
         if start:
             self.sync_rollout_weights()
+        self.start_step = start
+        self.on_engine_weights("resume", start)
         return start
+
+    def on_engine_weights(self, kind: str, step: int | None) -> None:
+        """Hook (no-op): the rollout engine now holds the trainer's current weights. ``kind``
+        ``"resume"``: once, after set-up and resume (``step`` = completed steps; the starting or
+        restored weights); ``"sync"``: after each update's push (``step`` = the step's index). An
+        observer such as :func:`salt.train.engine_probe.probe_trainer_cls` overrides this alone, so
+        that the loop, the update and the push it watches are the trainer's own."""
 
 
 def train(cfg: RunConfig, out_dir: str | os.PathLike) -> dict[str, Any]:

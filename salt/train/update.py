@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from salt import metric_names as mn
+from salt.algo.gram.options import DEFAULTS as GRAM_DEFAULTS, GramOptions
 from salt.algo.losses import LossConfig, compute_policy_loss
 from salt.train.batch import TensorBatch
 from salt.train.collectives import max_over_ranks, rank_slice, sum_over_ranks, world
@@ -45,12 +46,10 @@ class UpdateSettings:
     salt_diagnostics: bool
     gram: str
     scope: str
-    chunk_size: int
-    sketch_dim: int
     micro_weight: str = "tokens"  # train.micro_batch_weight (loss_weight)
     head_chunk: int = DEFAULT_HEAD_CHUNK
     salt_options: dict = field(default_factory=dict)
-    gram_options: dict = field(default_factory=dict)  # tol, support_eps, tail_dim, sparse_samples
+    gram_options: GramOptions = GRAM_DEFAULTS  # algorithm.salt's Gram options (the seed is set per Gram)
 
     @staticmethod
     def from_config(cfg: RunConfig) -> "UpdateSettings":
@@ -61,11 +60,10 @@ class UpdateSettings:
         return UpdateSettings(
             loss_cfg=loss_cfg, temperature=cfg.rollout.temperature, micro_batch_size=cfg.train.micro_batch_size,
             max_grad_norm=cfg.train.max_grad_norm, salt_enabled=s.enabled, salt_diagnostics=s.diagnostics,
-            gram=s.gram, scope=s.scope, chunk_size=s.chunk_size, sketch_dim=s.sketch_dim,
-            micro_weight=cfg.train.micro_batch_weight, head_chunk=cfg.train.head_chunk_size,
-            salt_options=dict(s.options),
-            gram_options=dict(tol=s.gram_tol, support_eps=s.support_eps, tail_dim=s.tail_dim,
-                              sparse_samples=s.sparse_samples),
+            gram=s.gram, scope=s.scope, micro_weight=cfg.train.micro_batch_weight,
+            head_chunk=cfg.train.head_chunk_size, salt_options=dict(s.options),
+            gram_options=GramOptions(chunk_size=s.chunk_size, sketch_dim=s.sketch_dim, tol=s.gram_tol,
+                                     support_eps=s.support_eps, tail_dim=s.tail_dim, sparse_samples=s.sparse_samples),
         )
 
 

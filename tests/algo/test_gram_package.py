@@ -17,6 +17,7 @@ from salt.algo import gram
 from salt.algo.gram import (DEFAULTS, FEATURE_METHODS, GRAM_METHODS, GramOptions, GramResult, gram_from_features,
                             lm_head_gram, rollout_features, streaming_lm_head_gram)
 from salt.algo.gram.base import exact_info
+from salt.algo.gram.distributed import distributed_lm_head_gram
 from tests.algo.test_gram_support import batch, rel
 
 PACKAGE = Path(gram.__file__).parent
@@ -34,13 +35,40 @@ def test_run_config_defaults_are_the_packages():
     assert (DEFAULTS.chunk_size, DEFAULTS.sketch_dim, DEFAULTS.tail_dim) == (4096, 256, 256)
 
 
-@pytest.mark.parametrize("fn", [lm_head_gram, streaming_lm_head_gram, rollout_features, gram.gram_cost])
-def test_keyword_defaults_are_the_declared_ones(fn):
-    params = inspect.signature(fn).parameters
+def test_cost_keyword_defaults_are_the_declared_ones():
+    params = inspect.signature(gram.gram_cost).parameters
     names = {f.name for f in dataclasses.fields(GramOptions)} & set(params)
-    assert names, fn
+    assert names
     for name in names:
-        assert params[name].default == getattr(DEFAULTS, name), (fn.__name__, name)
+        assert params[name].default == getattr(DEFAULTS, name), name
+
+
+ENTRY_POINTS = [lm_head_gram, streaming_lm_head_gram, rollout_features, distributed_lm_head_gram]
+
+
+@pytest.mark.parametrize("fn", ENTRY_POINTS)
+def test_entry_points_share_one_options_object(fn):
+    """The options are declared once (GramOptions): no entry point repeats them as parameters; each
+    takes ``options=`` and the options' names as keywords, an unknown name failing with the list."""
+    params = inspect.signature(fn).parameters
+    assert not {f.name for f in dataclasses.fields(GramOptions)} & set(params), fn.__name__
+    assert params["options"].default is None and params["options"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    h, W, b, z, y, mask = batch(2, 3, 10, 2, 1.0)
+    args = (h, z, y, mask) if fn is lm_head_gram else (h, None, y, mask) if fn is rollout_features else (h, W, y, mask)
+    extra = {"weight": W} if fn is rollout_features else {}
+    with pytest.raises(TypeError, match=r"'tail_dims'.*tail_dim"):
+        fn(*args, tail_dims=3, **extra)
+
+
+def test_options_object_and_keywords_are_the_same_call():
+    h, W, b, z, y, mask = batch(4, 6, 50, 3, 2.0, seed=5)
+    opts = GramOptions(tail_dim=0, seed=3, support_eps=1e-3)
+    for fn, args in ((lm_head_gram, (h, z, y, mask)), (streaming_lm_head_gram, (h, W, y, mask))):
+        K1 = fn(*args, 1.0, "support", options=opts)
+        K2 = fn(*args, 1.0, "support", tail_dim=0, seed=3, support_eps=1e-3)
+        K3 = fn(*args, 1.0, "support", options=GramOptions(tail_dim=0, seed=9), seed=3, support_eps=1e-3)
+        assert torch.equal(K1, K2) and torch.equal(K1, K3), fn.__name__
 
 
 @pytest.mark.parametrize("kwargs,key", [
@@ -130,9 +158,9 @@ def test_auto_decides_once_per_gram(monkeypatch):
     monkeypatch.setattr(auto, "choose_method", lambda *a, **k: calls.append(a) or choose(*a, **k))
     h, W, b, z, y, mask = batch(4, 6, 50, 3, 2.0, seed=5)
     settings = UpdateSettings(loss_cfg=LossConfig(), temperature=1.0, micro_batch_size=4, max_grad_norm=1.0,
-                              salt_enabled=True, salt_diagnostics=True, gram="auto", scope="global", chunk_size=64,
-                              sketch_dim=16, gram_options=dict(tol=1e-3, support_eps=1e-6, tail_dim=8,
-                                                               sparse_samples=32))
+                              salt_enabled=True, salt_diagnostics=True, gram="auto", scope="global",
+                              gram_options=GramOptions(chunk_size=64, sketch_dim=16, tol=1e-3, support_eps=1e-6,
+                                                       tail_dim=8, sparse_samples=32))
     info = {}
     K = lm_gram(h, (W, b), y, mask, settings, seed=1, gather=True, info=info)
     assert calls == [(int((mask != 0).sum()), 50, 3, 4)] and info["method"] == "exact"

@@ -276,3 +276,21 @@ def test_valid_row_gather_matches_generic(monkeypatch):
     monkeypatch.setattr(tokens._Tokens, "runs", lambda self: None)
     K2 = lm_head_gram(h, z, y, mask, **kw)
     assert torch.equal(K1, K2)
+
+
+def test_auto_sparse_fallback_costs_the_configured_tail(monkeypatch):
+    """When the sparse estimate misses tol by far, ``auto`` compares exact with the support estimator
+    at the configured ``tail_dim`` (a larger tail makes support dearer, so exact wins here), not at
+    the default one. The batch sits between the two: with tail_dim 4096 exact costs 2.1x support,
+    with the default 256 3.8x; the cut-off is set between them."""
+    from salt.algo.gram import DEFAULTS, auto, gram_cost
+
+    B, T, V, H, tail = 8, 128, 8192, 256, 4096
+    configured, default = (gram_cost(B * T, V, H, B, tail_dim=t) for t in (tail, DEFAULTS.tail_dim))
+    r_conf, r_def = configured["exact"] / configured["support"], default["exact"] / default["support"]
+    assert 2.0 < r_conf < 3.0 < r_def  # support first (choose_method) at either tail; the cut-off between
+    monkeypatch.setattr(auto, "_EXACT_AFTER_SPARSE", 3.0)
+    h, W, b, z, y, mask = batch(B, T, V, H, 0.5, seed=2, frac=1.0, dtype=torch.float32)
+    info = {}
+    lm_head_gram(h, z, y, mask, method="auto", tol=1e-6, tail_dim=tail, info=info)
+    assert info["method"] == "exact", info  # the sparse estimate (high entropy) misses tol = 1e-6 by far

@@ -3,7 +3,9 @@ naming the key (or file, line and column) and the path; `salt check-config` says
 
 from __future__ import annotations
 
+import os
 import shutil
+from pathlib import Path
 
 import yaml
 
@@ -66,7 +68,33 @@ def test_dry_run_reports_every_path_that_cannot_be_used(tmp_path, capsys):
         cfg["compute"]["accelerate_config"] = "config/accelerate/ddp.yaml"
 
     assert salt_main(["check-config", "-d", str(workdir), smoke_with(tmp_path, fixed)]) == 0
+    assert os.getcwd() != str(workdir)  # the calls above left the process where it was
     assert "valid (5 studies, 18 training jobs)" in capsys.readouterr().out
+
+
+def test_check_config_directory_leaves_the_working_directory(tmp_path, capsys):
+    """Was: `salt check-config -d DIR` did os.chdir(DIR) in the calling process and never went back.
+    Relative paths are now read from DIR (a model dir that exists only there passes, one missing there
+    fails) while the process's working directory stays where it was."""
+    workdir = tmp_path / "wd"
+    (workdir / "models" / "m").mkdir(parents=True)
+    (workdir / "models" / "m" / "config.json").write_text("{}")
+    (workdir / "data").mkdir()
+    shutil.copy(REPO / "tests" / "fixtures" / "aime_2024_sample.jsonl", workdir / "data" / "aime24.jsonl")
+
+    def edit(cfg):
+        cfg["models"]["toy"]["path"] = "./models/m"  # ./: a local dir, never a hub id
+        cfg["datasets"]["aime"] = {"name": "aime24", "source": "data/aime24.jsonl"}
+
+    config = smoke_with(tmp_path, edit)
+    here = os.getcwd()
+    assert not (Path(here) / "models" / "m").exists()  # only DIR has it
+    assert salt_main(["check-config", "-d", str(workdir), config]) == 0, capsys.readouterr().err
+    assert os.getcwd() == here
+    assert salt_main(["check-config", "-d", str(tmp_path), config]) == 2  # not there
+    err = capsys.readouterr().err
+    assert "models.toy.path = './models/m' does not exist" in err and "data/aime24.jsonl' does not exist" in err
+    assert os.getcwd() == here
 
 
 def test_malformed_yaml_names_file_line_and_column(tmp_path, capsys):

@@ -140,3 +140,38 @@ def test_executor_problems(monkeypatch):
                                                     accelerate_config="config/accelerate/ddp.yaml"))
     assert "runs under SLURM only" in workflow_jobs.executor_problem(multi, remote=False, executor="local")
     assert workflow_jobs.executor_problem(multi, remote=True, executor="slurm") is None
+
+
+def test_the_layout_takes_each_file_name_from_its_writer(tmp_path):
+    """The files a rule declares are the ones the command writes: the plan's layout is built from the
+    writers' own functions (salt evaluate, salt prepare-data), and the rules spell none of the file
+    names that the package owns (aggregate's tables, replication, evaluation, prepare-data)."""
+    from salt.eval.evaluate import output_files as eval_files
+    from salt.figures.registry import REPLICATION_FILES, TABLE_FILES, replication_paths, table_paths
+    from salt.tasks.datasets import output_files as data_files
+
+    plan = Plan(smoke())
+    job = dict(study="s", model="m", task="t", method="x", G=4, seed=1, benchmark="b")
+    eval_dir = Path(plan.path("eval_metrics", **job)).parent
+    assert eval_files(eval_dir) == {"metrics": Path(plan.path("eval_metrics", **job)),
+                                    "problems": Path(plan.path("eval_problems", **job))}
+    assert data_files(Path(plan.data_file("d")).parent) == {"data": Path(plan.data_file("d")),
+                                                            "manifest": Path(plan.path("data_manifest", dataset="d"))}
+    tables = Path(plan.path("tables_dir"))
+    assert table_paths(tables) == {k: tables / v for k, v in TABLE_FILES.items()}
+    assert set(replication_paths(tables)) == set(REPLICATION_FILES)
+    names = set(TABLE_FILES.values()) | set(REPLICATION_FILES.values()) | {
+        p.name for p in [*eval_files(".").values(), *data_files(".").values()]}
+    for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        text = "\n".join(line for line in smk.read_text().splitlines() if not line.lstrip().startswith("#"))
+        code = text.replace('"""', "\x00").split("\x00")[0::2]  # outside docstrings
+        spelt = {n for n in names if any(f"/{n}" in part or f'"{n}"' in part for part in code)}
+        assert not spelt, f"{smk.name} spells {sorted(spelt)}: take the path from the package (salt.workflow_plan.LAYOUT, salt.figures.registry)"
+
+
+def test_a_study_cannot_take_a_folder_of_the_layout():
+    from salt.workflow_config import RESERVED_DIRS
+    from salt.workflow_plan import SHARED_DIRS
+
+    assert {"data", "models", "proxy", "tables", "figures", "benchmarks"} == SHARED_DIRS
+    assert SHARED_DIRS <= RESERVED_DIRS

@@ -1,3 +1,9 @@
+# the file names are the package's (salt.figures.registry): the rules declare what the scripts write
+TABLES = {key: str(path) for key, path in table_paths(PLAN.path("tables_dir")).items()}
+REPLICATION = {key: str(path) for key, path in replication_paths(PLAN.path("tables_dir")).items()}
+FIGURES_DIR = PLAN.path("figures_dir")
+
+
 localrules:
     mlflow_parent,
     make_run_config,
@@ -16,16 +22,16 @@ rule aggregate:
         proxy=all_proxy(),
         warmups=all_warmup_metrics(),
     output:
-        steps=R("tables/steps.csv"),
-        evals=R("tables/evals.csv"),
-        runs=R("tables/runs.csv"),
-        table_csv=report(R("tables/results.csv"), caption="../report/table.rst", category="Tables"),
-        table_md=R("tables/results.md"),
-        manifest=R("tables/manifest.json"),
-        claims_md=R("tables/claims.md"),
-        claims_json=report(R("tables/claims.json"), caption="../report/claims.rst", category="Tables"),
-        warmups_md=R("tables/warmups.md"),
-        warmups_csv=R("tables/warmups.csv"),
+        steps=TABLES["steps"],
+        evals=TABLES["evals"],
+        runs=TABLES["runs"],
+        table_csv=report(TABLES["results"], caption="../report/table.rst", category="Tables"),
+        table_md=TABLES["results_md"],
+        manifest=TABLES["manifest"],
+        claims_md=TABLES["claims_md"],
+        claims_json=report(TABLES["claims_json"], caption="../report/claims.rst", category="Tables"),
+        warmups_md=TABLES["warmups_md"],
+        warmups_csv=TABLES["warmups_csv"],
         study_md=[STUDY_TABLE_MD.format(study=s) for s in config["studies"]],
         study_csv=[STUDY_TABLE_CSV.format(study=s) for s in config["studies"]],
     log:
@@ -51,8 +57,8 @@ rule replication:
         manifest=rules.aggregate.output.manifest,
         claims=rules.aggregate.output.claims_json,
     output:
-        json=R("tables/replication.json"),
-        md=R("tables/replication.md"),
+        json=REPLICATION["json"],
+        md=REPLICATION["md"],
     log:
         R("logs/replication.log"),
     benchmark:
@@ -78,10 +84,10 @@ rule figures:
         table=rules.aggregate.output.table_csv,
     output:
         png=[
-            report(R(f"figures/{fig.name}.png"), caption=f"../report/{fig.caption}", category="Figures")
+            report(str(fig.file(FIGURES_DIR, "png")), caption=f"../report/{fig.caption}", category="Figures")
             for fig in FIGURE_SPECS
         ],
-        pdf=[R(f"figures/{fig.name}.pdf") for fig in FIGURE_SPECS],
+        pdf=[str(fig.file(FIGURES_DIR, "pdf")) for fig in FIGURE_SPECS],
     log:
         R("logs/figures.log"),
     benchmark:

@@ -48,13 +48,13 @@ RUN_DIR = PLAN.path("run_dir")
 RUN_CONFIG = PLAN.path("run_config")
 TRAIN_BENCHMARK = PLAN.path("train_benchmark")
 EVAL_METRICS = PLAN.path("eval_metrics")
-WARMUP_DIR = PLAN.path("warmup_dir")
+EVAL_PROBLEMS = PLAN.path("eval_problems")
 DATA_FILE = PLAN.path("data_file")
 PARENT_JSON = PLAN.path("parent_json")
 PROXY_JSON = PLAN.path("proxy_json")
 STUDY_TABLE_MD = PLAN.path("study_table_md")
 STUDY_TABLE_CSV = PLAN.path("study_table_csv")
-from salt.figures.registry import FIGURE_SPECS  # noqa: E402 - the one table of figures (name, caption, ...)
+from salt.figures.registry import FIGURE_SPECS, replication_paths, table_paths  # noqa: E402 - figures, table files
 
 wildcard_constraints:
     study="[A-Za-z0-9][A-Za-z0-9_.-]*",
@@ -101,7 +101,7 @@ def model_input(w):
         return []
     wc = dict(w.items())
     warmup = PLAN.warmup_of(wc["study"], wc["seed"]) if "seed" in wc else 0
-    return f"{PLAN.warmup_dir(w.model, warmup)}/metrics.json"
+    return PLAN.path("warmup_metrics", model=w.model, warmup=warmup)
 
 
 def train_data_inputs(w):

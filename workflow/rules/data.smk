@@ -8,7 +8,7 @@ rule prepare_data:
     """Normalise one dataset (generated, hub id or local file) to JSONL + manifest."""
     output:
         data=DATA_FILE,
-        manifest=R("data/{dataset}/manifest.json"),
+        manifest=PLAN.path("data_manifest"),
     log:
         R("logs/prepare_data/{dataset}.log"),
     benchmark:

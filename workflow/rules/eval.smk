@@ -5,7 +5,7 @@ rule evaluate:
         data=eval_data,
     output:
         metrics=EVAL_METRICS,
-        problems=R("{study}/eval/{model}/{task}/{method}/G{G}/seed{seed}/{benchmark}/problems.jsonl"),
+        problems=EVAL_PROBLEMS,
     log:
         R("logs/evaluate/{study}/{model}/{task}/{method}/G{G}/seed{seed}/{benchmark}.log"),
     benchmark:

@@ -3,7 +3,7 @@ rule warmup_sft:
     factor of the design, docs/design.md); only for models without `path`. Its metrics.json holds its
     own held-out evaluation (greedy and sampled pass@1, pass@k): the warm-up baseline of its replicate."""
     output:
-        metrics=f"{WARMUP_DIR}/metrics.json",
+        metrics=PLAN.path("warmup_metrics"),
     log:
         R("logs/warmup_sft/{model}/warmup{warmup}.log"),
     benchmark:

@@ -19,10 +19,12 @@ by ``seed``), no logging. Inputs are never modified; gradients never flow (h and
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from salt.algo.gram.base import FEATURE_METHODS, GRAM_METHODS, GramEstimator
-from salt.algo.gram.options import DEFAULTS, GramOptions
+from salt.algo.gram.options import GramOptions, options_of
 from salt.algo.gram.tokens import (_compute_dtype, _denominator, _LogitSource, _normalise, logits_source,
                                    streaming_source)
 from salt.algo.registry import Registry
@@ -64,25 +66,9 @@ def gram_from_features(features: torch.Tensor, normalizer: float | None = None, 
     return K
 
 
-def lm_head_gram(
-    hidden: torch.Tensor,
-    logits: torch.Tensor,
-    tokens: torch.Tensor,
-    mask: torch.Tensor,
-    temperature: float = 1.0,
-    method: str = "exact",
-    *,
-    chunk_size: int = DEFAULTS.chunk_size,
-    sketch_dim: int = DEFAULTS.sketch_dim,
-    sketch_hidden_dim: int | None = DEFAULTS.sketch_hidden_dim,
-    seed: int = DEFAULTS.seed,
-    normalizer: float | None = None,
-    tol: float = DEFAULTS.tol,
-    support_eps: float = DEFAULTS.support_eps,
-    tail_dim: int = DEFAULTS.tail_dim,
-    sparse_samples: int = DEFAULTS.sparse_samples,
-    info: dict | None = None,
-) -> torch.Tensor:
+def lm_head_gram(hidden: torch.Tensor, logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
+                 temperature: float = 1.0, method: str = "exact", *, options: GramOptions | None = None,
+                 normalizer: float | None = None, info: dict | None = None, **option_values: Any) -> torch.Tensor:
     """Gram of per-rollout LM-head gradients, K = G G^T / B (methods.md 3.2).
 
     Args:
@@ -94,9 +80,12 @@ def lm_head_gram(
         temperature: sampling temperature T (> 0); the softmax is of z / T.
         method: a registered Gram method (``GRAM_METHODS``: auto, dense, exact, sketch, sparse,
             support; the module of each says what it computes; ``auto`` chooses among them).
-        chunk_size, sketch_dim, sketch_hidden_dim, seed, tol, support_eps, tail_dim,
-            sparse_samples: the estimators' options, each described (and its default declared) in
-            :class:`~salt.algo.gram.options.GramOptions`; each method reads only its own.
+        options: the estimators' options (:class:`~salt.algo.gram.options.GramOptions`, each
+            described and its default declared there; default ``DEFAULTS``); each method reads
+            only its own.
+        **option_values: any of its fields by name (``chunk_size``, ``sketch_dim``,
+            ``sketch_hidden_dim``, ``seed``, ``tol``, ``support_eps``, ``tail_dim``,
+            ``sparse_samples``), put over ``options`` (:func:`~salt.algo.gram.options.options_of`).
         normalizer: divide by this instead of B (e.g. the global batch size).
         info: if a dict, filled with ``method`` (the backend run), ``err_bound`` (bound on
             ||K_hat - K||_F / ||K||_F: 0 for dense/exact, the support bound, NaN for the
@@ -110,31 +99,14 @@ def lm_head_gram(
         (B, B) symmetric, float64 if hidden or logits are float64, else float32.
     """
     estimate = _lookup(GRAM_METHODS, method)
-    opts = GramOptions(chunk_size=chunk_size, sketch_dim=sketch_dim, sketch_hidden_dim=sketch_hidden_dim, seed=seed,
-                       tol=tol, support_eps=support_eps, tail_dim=tail_dim, sparse_samples=sparse_samples)
+    opts = options_of(options, option_values, "lm_head_gram")
     return _estimate(logits_source(hidden, logits, tokens, mask, temperature), estimate, opts, normalizer, info)
 
 
-def streaming_lm_head_gram(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    tokens: torch.Tensor,
-    mask: torch.Tensor,
-    temperature: float = 1.0,
-    method: str = "support",
-    *,
-    bias: torch.Tensor | None = None,
-    chunk_size: int = DEFAULTS.chunk_size,
-    sketch_dim: int = DEFAULTS.sketch_dim,
-    sketch_hidden_dim: int | None = DEFAULTS.sketch_hidden_dim,
-    seed: int = DEFAULTS.seed,
-    normalizer: float | None = None,
-    tol: float = DEFAULTS.tol,
-    support_eps: float = DEFAULTS.support_eps,
-    tail_dim: int = DEFAULTS.tail_dim,
-    sparse_samples: int = DEFAULTS.sparse_samples,
-    info: dict | None = None,
-) -> torch.Tensor:
+def streaming_lm_head_gram(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
+                           temperature: float = 1.0, method: str = "support", *, bias: torch.Tensor | None = None,
+                           options: GramOptions | None = None, normalizer: float | None = None,
+                           info: dict | None = None, **option_values: Any) -> torch.Tensor:
     """:func:`lm_head_gram` from the hidden states and the LM-head weight, never the logits.
 
     Every backend reads the logits z = h W^T (+ bias) of the valid tokens in blocks: ``exact``
@@ -143,30 +115,19 @@ def streaming_lm_head_gram(
     only on the support's and the sampled vocabulary rows (N x (u + r)); ``auto`` counts the
     matmul in its costs (:func:`gram_cost` with ``streaming``). So the N x V logits never exist
     at once. Same result as ``lm_head_gram(hidden, hidden @ weight.T + bias, ...)`` up to
-    rounding. hidden (B, T, H), weight (V, H), bias (V,) or None. -> (B, B).
+    rounding. hidden (B, T, H), weight (V, H), bias (V,) or None; the options as in
+    :func:`lm_head_gram`. -> (B, B).
     """
     estimate = _lookup(GRAM_METHODS, method)
-    opts = GramOptions(chunk_size=chunk_size, sketch_dim=sketch_dim, sketch_hidden_dim=sketch_hidden_dim, seed=seed,
-                       tol=tol, support_eps=support_eps, tail_dim=tail_dim, sparse_samples=sparse_samples)
+    opts = options_of(options, option_values, "streaming_lm_head_gram")
     src = streaming_source(hidden, weight, bias, tokens, mask, temperature)
     return _estimate(src, estimate, opts, normalizer, info)
 
 
-def rollout_features(
-    hidden: torch.Tensor,
-    logits: torch.Tensor | None,
-    tokens: torch.Tensor,
-    mask: torch.Tensor,
-    temperature: float = 1.0,
-    method: str = "sketch",
-    *,
-    sketch_dim: int = DEFAULTS.sketch_dim,
-    sketch_hidden_dim: int | None = DEFAULTS.sketch_hidden_dim,
-    seed: int = DEFAULTS.seed,
-    chunk_size: int = DEFAULTS.chunk_size,
-    weight: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
-) -> torch.Tensor:
+def rollout_features(hidden: torch.Tensor, logits: torch.Tensor | None, tokens: torch.Tensor, mask: torch.Tensor,
+                     temperature: float = 1.0, method: str = "sketch", *, weight: torch.Tensor | None = None,
+                     bias: torch.Tensor | None = None, options: GramOptions | None = None,
+                     **option_values: Any) -> torch.Tensor:
     """Per-rollout feature rows F (B, F) with K = F F^T / B_total.
 
     ``sketch``: F = m*q (m*H without a hidden sketch) numbers per rollout, the features whose
@@ -174,11 +135,13 @@ def rollout_features(
     trainer all-gathers them across ranks (scope=global) and calls :func:`gram_from_features`.
     ``dense``: the full flattened g_i (V*H each); small models only. With ``weight`` (V, H) (and
     ``bias``) instead of ``logits`` (None), the logits are formed block by block from the hidden states.
+    The options as in :func:`lm_head_gram` (the sketch reads ``sketch_dim``, ``sketch_hidden_dim``,
+    ``seed`` and ``chunk_size``).
     """
     fm = _lookup(FEATURE_METHODS, method)
     if (logits is None) == (weight is None):
         raise ValueError("rollout_features needs exactly one of logits (B, T, V) and weight (V, H)")
-    opts = GramOptions(chunk_size=chunk_size, sketch_dim=sketch_dim, sketch_hidden_dim=sketch_hidden_dim, seed=seed)
+    opts = options_of(options, option_values, "rollout_features")
     if weight is not None:
         src = streaming_source(hidden, weight, bias, tokens, mask, temperature)
     else:

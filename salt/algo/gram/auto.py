@@ -18,6 +18,8 @@ Never the count sketch: its error has no bound (percent level at a few hundred b
 
 from __future__ import annotations
 
+from typing import Any
+
 from salt.algo.gram.base import GRAM_METHODS, GramResult
 from salt.algo.gram.exact import exact_gram
 from salt.algo.gram.options import DEFAULTS, GramOptions
@@ -75,11 +77,24 @@ def gram_cost(
     return {"exact": exact, "sketch": sketch, "support": support}
 
 
-def _support_cap(src: _LogitSource, chunk_size: int) -> int:
+def cost_options(opts: GramOptions) -> dict[str, Any]:
+    """The options :func:`gram_cost` reads, as its keywords: every cost ``auto`` compares is that of
+    the options it runs with (the configured ``tail_dim``, not the default)."""
+    return dict(chunk_size=opts.chunk_size, sketch_dim=opts.sketch_dim, sketch_hidden_dim=opts.sketch_hidden_dim,
+                tail_dim=opts.tail_dim)
+
+
+def _costs(src: _LogitSource, opts: GramOptions) -> dict[str, float]:
+    """:func:`gram_cost` of this batch (streamed logits or not) under ``opts``."""
+    tok = src.tok
+    return gram_cost(tok.N, tok.V, tok.H, tok.B, **cost_options(opts), streaming=src.weight is not None)
+
+
+def _support_cap(src: _LogitSource, opts: GramOptions) -> int:
     """``auto``: the support size at which the support Gram's work equals the exact Gram's."""
     tok, streaming = src.tok, src.weight is not None
     N, V, H, B = float(tok.N), float(tok.V), float(tok.H), float(tok.B)
-    cost = gram_cost(tok.N, tok.V, tok.H, tok.B, chunk_size=chunk_size, streaming=streaming)
+    cost = _costs(src, opts)
     z = 2 * H if streaming else 0.0
     base = (ELEMENTWISE_FLOP_WEIGHT * (_SOFTMAX_PASSES + 1) + z) * N * V
     per_id = (ELEMENTWISE_FLOP_WEIGHT + z) * N + min(2 * N * N, 2 * (N * H + B * B * H))
@@ -102,23 +117,21 @@ def choose_method(n_tokens: int, vocab: int, hidden: int, batch: int, **kw) -> s
 def auto_gram(src: _LogitSource, opts: GramOptions) -> GramResult:
     """``auto`` (see the module docstring): the backend chosen on this batch, and its result."""
     tok = src.tok
-    streaming = src.weight is not None
-    first = choose_method(tok.N, tok.V, tok.H, tok.B, chunk_size=opts.chunk_size, sketch_dim=opts.sketch_dim,
-                          sketch_hidden_dim=opts.sketch_hidden_dim, tail_dim=opts.tail_dim, streaming=streaming)
+    first = choose_method(tok.N, tok.V, tok.H, tok.B, **cost_options(opts), streaming=src.weight is not None)
     if first == "exact":
         return exact_gram(src, opts)
     if opts.sparse_samples > 0:  # src is shared with the support estimator below (one candidate pass)
         sparse = sparse_gram(src, opts)
         if sparse.info["err_bound"] <= opts.tol:
             return sparse
-        cost = gram_cost(tok.N, tok.V, tok.H, tok.B, chunk_size=opts.chunk_size, streaming=streaming)
+        cost = _costs(src, opts)
         if sparse.info["err_bound"] > _SPARSE_FAR * opts.tol and cost["exact"] <= _EXACT_AFTER_SPARSE * cost["support"]:
             # the mass is spread far beyond the candidates (high entropy): the support would grow
             # toward its cap (as much work as exact) before falling back, so go to exact now
             return exact_gram(src, opts)
     info = {"method": "support"}
     K = _support_gram(src, tol=opts.tol, eps=opts.support_eps, tail_dim=opts.tail_dim, seed=opts.seed,
-                      chunk_size=opts.chunk_size, info=info, max_support=_support_cap(src, opts.chunk_size))
+                      chunk_size=opts.chunk_size, info=info, max_support=_support_cap(src, opts))
     if K is None:  # the batch needs nearly all of V: exact is cheaper from here
         return exact_gram(src, opts)
     info["err_kind"] = "deterministic"

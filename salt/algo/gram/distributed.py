@@ -47,13 +47,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
-from salt.algo.gram.auto import choose_method
+from salt.algo.gram.auto import choose_method, cost_options
 from salt.algo.gram.candidates import _COLUMN_BLOCK_NUMBERS, _candidates, _flushing_denormals, _probs
-from salt.algo.gram.options import DEFAULTS, GramOptions
+from salt.algo.gram.options import GramOptions, options_of
 from salt.algo.gram.support import (_EIG_MAX_TOKENS, _GLOBAL_EIG_MAX, _GROWTH, _SKETCH_MARGIN, _entry_order,
                                     _support_columns)
 from salt.algo.gram.tokens import _LogitSource, _normalise, streaming_source
@@ -293,26 +293,11 @@ def _ranked_support_impl(src: _LogitSource, *, comm: Collectives, lay: _Layout, 
 _ranked_support = _flushing_denormals(_ranked_support_impl)
 
 
-def distributed_lm_head_gram(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    tokens: torch.Tensor,
-    mask: torch.Tensor,
-    temperature: float = 1.0,
-    method: str = "auto",
-    *,
-    comm: Collectives | None = None,
-    bias: torch.Tensor | None = None,
-    chunk_size: int = DEFAULTS.chunk_size,
-    sketch_dim: int = DEFAULTS.sketch_dim,
-    seed: int = 0,
-    normalizer: float | None = None,
-    tol: float = DEFAULTS.tol,
-    support_eps: float = DEFAULTS.support_eps,
-    tail_dim: int = DEFAULTS.tail_dim,
-    info: dict | None = None,
-    sparse_samples: int | None = None,
-) -> torch.Tensor:
+def distributed_lm_head_gram(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
+                             temperature: float = 1.0, method: str = "auto", *, comm: Collectives | None = None,
+                             bias: torch.Tensor | None = None, options: GramOptions | None = None,
+                             normalizer: float | None = None, info: dict | None = None,
+                             **option_values: Any) -> torch.Tensor:
     """The (B, B) LM-head Gram of every rank's rollouts (in rank order) from this rank's own.
 
     hidden (b, T, H), tokens (b, T), mask (b, T): this rank's rollouts (each rank may hold a
@@ -322,23 +307,23 @@ def distributed_lm_head_gram(
     picks it on the global sizes, else ``support``; never the sparse estimator, which needs token
     pairs across ranks). ``normalizer`` defaults to the global B. ``info`` gets ``method``,
     ``err_bound`` (deterministic), ``err_kind``, ``support_size``, ``tail_rows``, ``tail_mass``.
-    ``sparse_samples`` (an option of the single-process ``auto``) is accepted and not used.
-    Every rank returns the same Gram."""
+    The options as in :func:`salt.algo.gram.lm_head_gram` (``options`` and/or its fields by name);
+    this estimator reads ``chunk_size``, ``tol``, ``support_eps``, ``tail_dim``, ``seed`` and, for
+    ``auto``'s cost rule, ``sketch_dim`` / ``sketch_hidden_dim`` (``sparse_samples``, an option of
+    the single-process ``auto``, is accepted and not used). Every rank returns the same Gram."""
     if method not in DISTRIBUTED_METHODS:
         raise ValueError(f"gram method '{method}' has no distributed form (choose one of "
                          f"{', '.join(DISTRIBUTED_METHODS)}): across ranks only per-rollout features are exchanged")
-    GramOptions(chunk_size=chunk_size, sketch_dim=sketch_dim, tol=tol, support_eps=support_eps,
-                tail_dim=tail_dim)  # checks the options (errors name the run-config keys)
+    opts = options_of(options, option_values, "distributed_lm_head_gram")  # checked (errors name the run-config keys)
     comm = comm or LocalCollectives()
     src = streaming_source(hidden, weight, bias, tokens, mask, temperature)
     lay = _Layout.of(comm, src.tok.B, src.tok.N)
     if method == "auto":
-        method = choose_method(lay.N, src.tok.V, src.tok.H, lay.B, chunk_size=chunk_size, sketch_dim=sketch_dim,
-                               tail_dim=tail_dim, streaming=True)
+        method = choose_method(lay.N, src.tok.V, src.tok.H, lay.B, **cost_options(opts), streaming=True)
     exact = method == "exact"
     if info is not None:
         info.clear()
         info.update(method=method, err_kind="deterministic")
-    K = _ranked_support(src, comm=comm, lay=lay, tol=0.0 if exact else tol, eps=support_eps,
-                        tail_dim=0 if exact else tail_dim, seed=seed, chunk_size=chunk_size, info=info)
+    K = _ranked_support(src, comm=comm, lay=lay, tol=0.0 if exact else opts.tol, eps=opts.support_eps,
+                        tail_dim=0 if exact else opts.tail_dim, seed=opts.seed, chunk_size=opts.chunk_size, info=info)
     return _normalise(K, lay.B, normalizer, src.tok.dtype)

@@ -1,16 +1,20 @@
 """The options every Gram estimator reads, their defaults declared once, and their checks.
 
-:data:`DEFAULTS` is the one declaration of the defaults: the keyword defaults of
-:func:`salt.algo.gram.lm_head_gram` and friends and the run config's ``algorithm.salt.*`` defaults
-(:class:`salt.train.config.SaltTrainConfig`) both read it. The token chunk and the sketch size are
-the values training has always used (4096 tokens, 256 buckets). Errors name the run-config key a
+:data:`DEFAULTS` is the one declaration of the defaults: the entry points
+(:func:`salt.algo.gram.lm_head_gram`, :func:`~salt.algo.gram.streaming_lm_head_gram`,
+:func:`~salt.algo.gram.rollout_features`, :func:`~salt.algo.gram.distributed.distributed_lm_head_gram`)
+take one :class:`GramOptions` (``options=``) and/or its fields as keywords (:func:`options_of`), and
+the run config's ``algorithm.salt.*`` defaults (:class:`salt.train.config.SaltTrainConfig`) read it.
+The token chunk and the sketch size are the values training has always used (4096 tokens, 256
+buckets). Errors name the run-config key a
 value comes from.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from typing import Any, Mapping
 
 
 @dataclass(frozen=True)
@@ -57,3 +61,18 @@ class GramOptions:
 
 
 DEFAULTS = GramOptions()
+
+
+OPTION_NAMES = tuple(f.name for f in fields(GramOptions))
+
+
+def options_of(options: GramOptions | None, values: Mapping[str, Any], caller: str) -> GramOptions:
+    """The options an entry point runs with: ``options`` (default :data:`DEFAULTS`) with the
+    keyword ``values`` it was called with put over it (``lm_head_gram(..., tail_dim=0)``), checked
+    once. A name that is not an option raises TypeError naming the valid ones."""
+    unknown = sorted(set(values) - set(OPTION_NAMES))
+    if unknown:
+        raise TypeError(f"{caller}() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}: the Gram "
+                        f"options are {', '.join(OPTION_NAMES)}")
+    base = DEFAULTS if options is None else options
+    return replace(base, **values) if values else base
