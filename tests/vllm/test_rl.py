@@ -1,6 +1,14 @@
 """RL with ``rollout.backend: vllm`` on the real engine: the engine holds the trainer's weights after every
 push, the run learns like the HF backend's on the same seed, and a killed run resumes with the
-checkpoint's weights in the engine."""
+checkpoint's weights in the engine.
+
+Probe tolerance (issue 18): after every push the engine's log-probs of the probe batch must equal the
+trainer's current weights' within TOL = 1e-5, against the trainer's own float32 forward (``max_now``:
+the log-probs the trainer itself computes), not a float64 reference. The probes also record, printed
+only, ``max_exact`` (the engine against the same weights' float64 log-probs: the engine's own float32
+error) and ``floor`` (the trainer's float32 against float64); see
+``salt.train.engine_probe.probe_trainer_cls``.
+"""
 
 from __future__ import annotations
 
@@ -19,13 +27,7 @@ from salt.train.engine_probe import logprob_gap, pad_id_of, probe_trainer_cls, r
 from salt.utils import read_jsonl
 from tests.vllm.conftest import ENGINE
 
-TOL = 1e-5
-
-
-def limit(probe: dict) -> float:
-    """1e-5, or twice the trainer's own float32 rounding on the probe's tokens when that is larger (the
-    log-probs of a confident model's logits carry ~1e-5 in float32 on both sides; see engine_probe)."""
-    return max(TOL, 2 * probe["floor"])
+TOL = 1e-5  # float32 on both sides (engine and trainer)
 STEPS = 24
 EVAL_PROBLEMS, EVAL_SAMPLES = 200, 8
 
@@ -85,8 +87,8 @@ def test_rl_with_vllm_rollouts_tracks_the_trainer_and_learns_like_hf(warm_model,
           f"{sum(p['max_now'] <= TOL for p in syncs)} of {STEPS} <= 1e-5; the trainer's own float32 rounding "
           f"up to {max(p['floor'] for p in syncs):.3g}); vs the weights before the step: "
           f"min {min(p['gap_old'] for p in syncs):.3g}, median {sorted(p['gap_old'] for p in syncs)[STEPS // 2]:.3g}")
-    assert all(p["max_now"] <= limit(p) for p in vllm_run.probes), \
-        [(round(p["max_now"], 8), round(p["floor"], 8)) for p in vllm_run.probes]
+    assert all(p["max_now"] <= TOL for p in vllm_run.probes), \
+        [(p["step"], round(p["max_now"], 8), round(p["max_exact"], 8)) for p in vllm_run.probes]
     # the steps move the policy far beyond the tolerance: an engine left on the previous weights fails above
     assert sum(p["gap_old"] > 100 * TOL for p in syncs) >= STEPS // 2, [p["gap_old"] for p in syncs]
 
@@ -142,10 +144,12 @@ def test_killed_vllm_run_resumes_with_the_checkpoint_weights(warm_model, tmp_pat
     engine_out = resumed.probe_outputs[0]
     gap = logprob_gap(engine_out.logprobs, recompute_logprobs(at_ckpt, engine_out, pad_id_of(tok), 1.0))
     initial = logprob_gap(engine_out.logprobs, recompute_logprobs(base, engine_out, pad_id_of(tok), 1.0))
-    print(f"after the resume from {ckpt.name}: engine vs checkpoint max {gap['max_abs']:.3g}; "
+    print(f"after the resume from {ckpt.name}: engine vs checkpoint (float32) max {gap['max_abs']:.3g}; after "
+          f"each push max {max(p['max_now'] for p in resumed.probes):.3g} (vs float64: "
+          f"{max(p['max_exact'] for p in resumed.probes):.3g}); "
           f"vs the initial weights the engine loaded at start {initial['max_abs']:.3g}")
-    assert gap["max_abs"] <= limit(first) and first["max_now"] <= limit(first), (gap, first)
+    assert gap["max_abs"] <= TOL and first["max_now"] <= TOL, (gap, first)
     assert initial["max_abs"] > 100 * TOL  # without the push after the resume the engine would hold these
-    assert all(p["max_now"] <= limit(p) for p in resumed.probes)
+    assert all(p["max_now"] <= TOL for p in resumed.probes), [(p["step"], p["max_now"]) for p in resumed.probes]
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == list(range(1, 7))
     assert (out / "DONE").exists()
