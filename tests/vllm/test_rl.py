@@ -30,7 +30,7 @@ from tests.vllm.conftest import ENGINE
 TOL = 1e-5  # float32 on both sides (engine and trainer)
 # The learning comparison: STEPS steps of GRPO+SALT at lr LR from the session's warm-up, P x G = 8 x 8, the
 # weights pushed to the engine after every step (HF rollouts, lr 1e-4: held-out pass@1 0.345 -> 0.428 in 30
-# steps; 3e-4 stays flat and 1e-3 collapses to 0.01: benchmarks/README.md, vLLM section)
+# steps; 3e-4 stays flat and 1e-3 collapses to 0.01 (with 5 / 10 lr warm-up steps): benchmarks/README.md)
 STEPS = 30
 LR = 1e-4
 EVAL_PROBLEMS, EVAL_SAMPLES = 200, 8  # held-out pass@1: 200 level-1 `test` problems x 8 samples at T = 1
