@@ -168,7 +168,7 @@ def table(a) -> None:
         for T in a.tokens:
             if rep and T > a.repeat_max_tokens:
                 continue
-            for arm in ARMS:
+            for arm in a.arms:
                 names = list(codes) if rep % 2 == 0 else list(codes)[::-1]
                 for name in names:
                     if name == "old" and arm == "decoder":
@@ -326,6 +326,7 @@ def main(argv=None) -> None:
     ap.add_argument("cmd", choices=("run", "table", "markdown", "projection"))
     ap.add_argument("--tokens", type=int, nargs="+", default=[256, 1024, 4096])
     ap.add_argument("--arm", choices=ARMS, default="global")
+    ap.add_argument("--arms", choices=ARMS, nargs="+", default=list(ARMS), help="table: the arms to run")
     ap.add_argument("--rollouts", type=int, default=2)
     ap.add_argument("--micro", type=int, default=1)
     ap.add_argument("--prompt", type=int, default=16)
