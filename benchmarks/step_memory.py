@@ -8,9 +8,19 @@ micro-batch ``--micro``, SGD, Gram ``auto`` (the default), token-mean DAPO-style
 
 Arms: ``decoder`` (forward + backward of the decoder alone, loss on its last hidden state: what
 the step needs besides the head), ``off`` (SALT and its diagnostics off: no Gram), ``micro`` and
-``global`` (SALT on, scope micro / global). "Head" memory = the arm's peak minus the decoder arm's.
+``global`` (SALT on, scope micro / global).
 
-Every case runs in its own ``nice -n 10`` subprocess that builds the model and batch, resets its
+"Head" memory = the arm's peak minus the decoder's own memory at the moment the head runs: the
+decoder arm's RSS when the forward of its last micro-batch has returned (``live``: the parameters'
+gradients of the earlier micro-batches plus this micro-batch's activations saved for the backward,
+as they are while the arm's head runs; the step's peak is in the head's backward of the last
+micro-batch). The older definition, the arm's peak minus the decoder arm's *peak*, is printed too
+("above decoder peak"): it is what the head adds to the step's peak, but it is not the head's
+memory, since the decoder arm peaks at another moment (at T <= 1024 when the embedding's dense
+(V, H) gradient of the last micro-batch is added, after its activations are freed; at T = 4096 in
+its own backward), so it counts the decoder's activations into the head at small T.
+
+Every case runs in its own ``nice -n 19`` subprocess that builds the model and batch, resets its
 peak-RSS counter (``/proc/self/clear_refs``), runs one step and reads VmHWM: "peak" = VmHWM - VmRSS
 before the step (the parameter gradients, 0.55 GiB, are part of it). ``--code DIR`` runs the step
 with the package of another checkout (e.g. today's code exported by ``git worktree add``); the
@@ -19,7 +29,8 @@ smaller T of the same arm) above ``--cap-gib`` is not run and is reported as ext
 
 Usage:
   python benchmarks/step_memory.py run --tokens 1024 --arm global [--code DIR]   # one case, JSON
-  python benchmarks/step_memory.py table [--old DIR] [--tokens 256 1024 4096]     # every case, markdown
+  python benchmarks/step_memory.py table [--old DIR] [--tokens 256 1024 4096] [--repeats 3] --out F.jsonl
+  python benchmarks/step_memory.py markdown --merge F.jsonl ...                   # the table again
   python benchmarks/step_memory.py projection                                     # Qwen2.5-7B, paper.yaml
 """
 
@@ -114,9 +125,12 @@ def run_case(args) -> dict:
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
     timer = Timer()
+    live: list[float] = []  # RSS above base whenever the decoder's forward returns
+    decoder = model.model
+    decoder.register_forward_hook(lambda *_: live.append((_status_kib("VmRSS") - base) * 1024 / GIB))
     _reset_peak()
     base = _status_kib("VmRSS")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if args.arm == "decoder":
         model.train()
         for s in range(0, len(tb), args.micro):
@@ -127,18 +141,19 @@ def run_case(args) -> dict:
         metrics = {}
     else:
         metrics = update_minibatch(model, opt, sched, tb, _settings(args.arm, args.micro, args.head_chunk), seed=0, timer=timer)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = _status_kib("VmHWM")
     import salt.train.update as upd
 
     return {"arm": args.arm, "tokens": args.tokens, "rollouts": args.rollouts, "micro": args.micro,
-            "peak_gib": (peak - base) * 1024 / GIB, "seconds": seconds, "head_chunk": args.head_chunk,
+            "peak_gib": (peak - base) * 1024 / GIB, "live_gib": live[-1] if live else None,
+            "seconds": seconds, "cpu_seconds": cpu, "threads": args.threads, "head_chunk": args.head_chunk,
             "stages": {k: round(v, 2) for k, v in timer.t.items()},
             "n_eff": metrics.get("salt/n_eff"), "code": str(Path(upd.__file__).resolve().parents[2])}
 
 
 def _spawn(tokens: int, arm: str, code: Path, a) -> dict:
-    cmd = ["nice", "-n", "10", sys.executable, str(Path(__file__).resolve()), "run", "--tokens", str(tokens),
+    cmd = ["nice", "-n", "19", sys.executable, str(Path(__file__).resolve()), "run", "--tokens", str(tokens),
            "--arm", arm, "--rollouts", str(a.rollouts), "--micro", str(a.micro), "--threads", str(a.threads)]
     env = {**os.environ, "PYTHONPATH": str(code)}
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(code))
@@ -148,50 +163,102 @@ def _spawn(tokens: int, arm: str, code: Path, a) -> dict:
 
 
 def table(a) -> None:
+    """Every case, ``--repeats`` times, old and new interleaved (so that the machine's load falls on
+    both alike): for each repeat, for each T, for each arm, new then old (old then new on odd
+    repeats). T above ``--repeat-max-tokens`` runs once. Each result is appended to ``--out`` (JSON
+    lines) as it finishes."""
     codes = ({} if a.only_old else {"new": ROOT}) | ({"old": Path(a.old).resolve()} if a.old else {})
     rows: dict = {}
-    for name, code in codes.items():
-        for arm in ARMS if name == "new" else ARMS[1:]:
-            done: list[tuple[int, float]] = []
-            for T in a.tokens:
-                if len(done) >= 2:  # linear prediction from the two largest measured T
-                    (t1, p1), (t2, p2) = done[-2:]
-                    pred = p2 + (p2 - p1) / (t2 - t1) * (T - t2)
-                    if pred > a.cap_gib:
-                        rows[(name, arm, T)] = {"peak_gib": pred, "seconds": None, "extrapolated": True}
-                        print(f"{name} {arm} T={T}: predicted {pred:.2f} GiB > cap, extrapolated", flush=True)
+    done: dict = {}  # (name, arm) -> [(T, peak)] of the first repeat, for the linear prediction
+    out = Path(a.out)
+    for rep in range(a.repeats):
+        for T in a.tokens:
+            if rep and T > a.repeat_max_tokens:
+                continue
+            for arm in a.arms:
+                names = list(codes) if rep % 2 == 0 else list(codes)[::-1]
+                for name in names:
+                    if name == "old" and arm == "decoder":
                         continue
-                r = _spawn(T, arm, code, a)
-                rows[(name, arm, T)] = r
-                done.append((T, r["peak_gib"]))
-                print(f"{name} {arm} T={T}: {r['peak_gib']:.2f} GiB {r['seconds']:.1f} s", flush=True)
-    Path(a.out).write_text(json.dumps({f"{k[0]}/{k[1]}/{k[2]}": v for k, v in rows.items()}, indent=1))
+                    key = (name, arm, T)
+                    meas = done.get((name, arm), [])
+                    if len(meas) >= 2:  # linear prediction from the two largest measured T
+                        (t1, p1), (t2, p2) = meas[-2:]
+                        pred = p2 + (p2 - p1) / (t2 - t1) * (T - t2)
+                        if pred > a.cap_gib:
+                            if rep == 0:
+                                r = {"peak_gib": pred, "seconds": None, "extrapolated": True}
+                                rows.setdefault(key, []).append(r)
+                                with out.open("a") as fh:
+                                    fh.write(json.dumps({"key": "/".join(map(str, key)), **r}) + "\n")
+                                print(f"{name} {arm} T={T}: predicted {pred:.2f} GiB > cap, extrapolated", flush=True)
+                            continue
+                    r = _spawn(T, arm, ROOT if name == "new" else codes[name], a)
+                    r["rep"] = rep
+                    rows.setdefault(key, []).append(r)
+                    if rep == 0:
+                        done.setdefault((name, arm), []).append((T, r["peak_gib"]))
+                    with out.open("a") as fh:
+                        fh.write(json.dumps({"key": "/".join(map(str, key)), **r}) + "\n")
+                    print(f"rep {rep} {name} {arm} T={T}: {r['peak_gib']:.2f} GiB {r['cpu_seconds']:.1f} s CPU "
+                          f"{r['seconds']:.1f} s wall", flush=True)
     print(markdown(rows, a))
 
 
-def markdown(rows: dict, a) -> str:
-    def cell(key):
-        r = rows.get(key)
-        if r is None:
-            return "-"
-        s = f"{r['peak_gib']:.2f}"
-        return s + " (extrap.)" if r.get("extrapolated") else s + f" / {r['seconds']:.0f} s"
+def _median(xs):
+    xs = sorted(x for x in xs if x is not None)
+    if not xs:
+        return None
+    k = len(xs) // 2
+    return xs[k] if len(xs) % 2 else (xs[k - 1] + xs[k]) / 2
 
-    lines = [f"| T (x {a.rollouts} rollouts, micro {a.micro}) | arm | today: peak GiB / time | new: peak GiB / time |"
-             " head GiB today | head GiB new | head MB/token today | head MB/token new |",
-             "|---|---|---|---|---|---|---|---|"]
+
+def markdown(rows: dict, a) -> str:
+    """``rows``: (name, arm, T) -> list of results. Peak and time: medians over repeats; the time is
+    the step's CPU seconds (all threads; wall time in brackets, which the machine's load inflates);
+    the ratio: the median of new / old CPU seconds over the repeats that ran both (interleaved pairs)."""
+    fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
+
+    def med(key, field):
+        return _median([r.get(field) for r in rows.get(key, [])])
+
+    def cell(key):
+        rs = rows.get(key)
+        if not rs:
+            return "-"
+        if rs[0].get("extrapolated"):
+            return f"{rs[0]['peak_gib']:.2f} (extrap.)"
+        cpu = med(key, "cpu_seconds")
+        return f"{med(key, 'peak_gib'):.2f} / {fmt(cpu, '.1f')} s CPU ({med(key, 'seconds'):.0f} s wall, x{len(rs)})"
+
+    def ratio(arm, T):
+        old = {r.get("rep"): r["cpu_seconds"] for r in rows.get(("old", arm, T), []) if r.get("cpu_seconds")}
+        new = {r.get("rep"): r["cpu_seconds"] for r in rows.get(("new", arm, T), []) if r.get("cpu_seconds")}
+        rs = [new[k] / old[k] for k in new if k in old]
+        return "-" if not rs else f"{_median(rs):.2f} ({len(rs)})"
+
+    lines = [f"| T (x {a.rollouts} rollouts, micro {a.micro}) | arm | old: peak GiB / step | new: peak GiB / step |"
+             " step time new / old (pairs) | head GiB old | head GiB new | head MB/token old | head MB/token new |"
+             " new / old head | above decoder peak GiB old / new |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for T in a.tokens:
-        dec = rows.get(("new", "decoder", T))
+        live, dpeak = med(("new", "decoder", T), "live_gib"), med(("new", "decoder", T), "peak_gib")
         for arm in ARMS:
-            old, new = rows.get(("old", arm, T)), rows.get(("new", arm, T))
-            heads = []
-            for r in (old, new):
-                h = None if (r is None or dec is None or arm == "decoder") else r["peak_gib"] - dec["peak_gib"]
-                heads.append(h)
+            if arm == "decoder":
+                lines.append(f"| {T} | decoder | - | {cell(('new', arm, T))}, live {fmt(live, '.2f')} | - | - | - | - |"
+                             " - | - | - |")
+                continue
+            heads, above = [], []
+            for name in ("old", "new"):
+                rs = rows.get((name, arm, T))
+                pk = None if not rs else (rs[0]["peak_gib"] if rs[0].get("extrapolated") else med((name, arm, T), "peak_gib"))
+                heads.append(None if pk is None or live is None else pk - live)
+                above.append(None if pk is None or dpeak is None else pk - dpeak)
             mb = [None if h is None else h * GIB / 1e6 / (T * a.micro) for h in heads]
-            fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
-            lines.append(f"| {T} | {arm} | {cell(('old', arm, T))} | {cell(('new', arm, T))} | {fmt(heads[0], '.2f')} |"
-                         f" {fmt(heads[1], '.2f')} | {fmt(mb[0], '.3f')} | {fmt(mb[1], '.3f')} |")
+            rel = None if None in heads else heads[1] / heads[0]
+            lines.append(f"| {T} | {arm} | {cell(('old', arm, T))} | {cell(('new', arm, T))} | {ratio(arm, T)} |"
+                         f" {fmt(heads[0], '.2f')} | {fmt(heads[1], '.2f')} | {fmt(mb[0], '.3f')} | {fmt(mb[1], '.3f')} |"
+                         f" {fmt(rel, '.1%')} | {fmt(above[0], '.2f')} / {fmt(above[1], '.2f')} |")
     return "\n".join(lines)
 
 
@@ -209,7 +276,7 @@ def projection() -> str:
     layer = tok * (I * 2 * 3 + H * 2 * 8)  # one layer's recomputed activations in its backward, bf16
     rtok = micro * resp
     head_old = 4 * rtok * V * 4  # logits, log_softmax, exp, their gradients: float32 (tokens x V)
-    head_new = 2 * 512 * V * 4 + V * H * 4  # two float32 (chunk x V) blocks + the float32 weight gradient
+    head_new = 2 * 512 * 8192 * 4 + V * H * 4  # two float32 (chunk x vocab block) tiles + the float32 weight gradient
     gram_w = V * H * 4  # the head weight's full float32 copy for the streaming Gram
     dense = micro * V * H * 4 + resp * V * 4  # published arm: dense features (B, V, H) + one rollout's d
     base = states + gathered + ckpt + layer
@@ -266,6 +333,7 @@ def main(argv=None) -> None:
     ap.add_argument("cmd", choices=("run", "table", "markdown", "projection"))
     ap.add_argument("--tokens", type=int, nargs="+", default=[256, 1024, 4096])
     ap.add_argument("--arm", choices=ARMS, default="global")
+    ap.add_argument("--arms", choices=ARMS, nargs="+", default=list(ARMS), help="table: the arms to run")
     ap.add_argument("--rollouts", type=int, default=2)
     ap.add_argument("--micro", type=int, default=1)
     ap.add_argument("--prompt", type=int, default=16)
@@ -276,19 +344,23 @@ def main(argv=None) -> None:
     ap.add_argument("--old", help="a checkout of the code to compare with (its repository root)")
     ap.add_argument("--only-old", action="store_true", help="table: run only the --old cases")
     ap.add_argument("--merge", nargs="*", default=[], help="markdown: JSON files written by --out to merge")
-    ap.add_argument("--cap-gib", type=float, default=9.0)
-    ap.add_argument("--out", default="/tmp/step_memory.json")
+    ap.add_argument("--cap-gib", type=float, default=6.0, help="table: skip (extrapolate) a case predicted above this")
+    ap.add_argument("--repeats", type=int, default=3, help="table: repeats of each case (old and new interleaved)")
+    ap.add_argument("--repeat-max-tokens", type=int, default=1024, help="table: larger T run once")
+    ap.add_argument("--out", default="/tmp/step_memory.jsonl")
     a = ap.parse_args(argv)
     if a.cmd == "run":
         a.tokens = a.tokens[0]
         print(json.dumps(run_case(a)))
     elif a.cmd == "table":
         table(a)
-    elif a.cmd == "markdown":  # the table of several --out files (e.g. new and old run side by side)
-        rows = {}
+    elif a.cmd == "markdown":  # the table of several --out files (JSON lines, e.g. streams run one after another)
+        rows: dict = {}
         for f in a.merge:
-            rows.update({tuple(k.split("/")[:2]) + (int(k.split("/")[2]),): v
-                         for k, v in json.loads(Path(f).read_text()).items()})
+            for line in Path(f).read_text().splitlines():
+                r = json.loads(line)
+                name, arm, T = r.pop("key").split("/")
+                rows.setdefault((name, arm, int(T)), []).append(r)
         print(markdown(rows, a))
     else:
         print(projection())

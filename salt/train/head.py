@@ -3,18 +3,24 @@ gradients, from the final hidden states and the head weight, without the (tokens
 logits ever existing whole.
 
 :class:`ChunkedHead` is an autograd function over the valid tokens' hidden states h (n, H), the
-head weight W (V, H) (and bias), the sampled tokens y (n,). Per chunk of ``chunk`` tokens the
-forward forms the logits z = h W^T (+ b) in the weight's dtype (as ``nn.Linear`` does, autocast
-included), s = float(z) / T, log p = log_softmax(s), and keeps only log p_y, the entropy
--sum_v p_v log p_v and the chunk is freed; the backward recomputes each chunk's logits and
-applies the same chain rule as autograd through ``log_softmax``, ``gather`` and the entropy:
+head weight W (V, H) (and bias), the sampled tokens y (n,). It works in tiles of ``chunk`` tokens x
+``vocab_block`` vocabulary ids. The forward forms each tile's logits z = h W^T (+ b) in the
+weight's dtype (as ``nn.Linear`` does, autocast included), s = float(z) / T, and folds them into
+an online log-sum-exp over the vocabulary blocks: per token the running max m, Z = sum_v e^(s_v - m)
+and S = sum_v e^(s_v - m) (s_v - m), rescaled when m grows; it keeps log p_y = s_y - lse,
+lse = m + log Z and the entropy H = log Z - S / Z, and frees the tile. The backward recomputes
+each tile's logits and applies the chain rule of ``log_softmax``, ``gather`` and the entropy in
+one pass, since sum_v G_v is known from the forward's entropy:
 
-    G = g_lp e_y - g_H p (log p + 1),   grad_s = G - p sum_v G_v,   grad_z = grad_s / T,
-    grad_h = grad_z W,   grad_W += grad_z^T h,   grad_b += sum_t grad_z.
+    G = g_lp e_y - g_H p (log p + 1),   sum_v G_v = g_lp - g_H (1 - H),
+    grad_s = G - p sum_v G_v = p (-g_H (log p + H) - g_lp) + g_lp e_y,   grad_z = grad_s / T,
+    grad_h += grad_z W[blk],   grad_W[blk] += grad_z^T h,   grad_b[blk] += sum_t grad_z.
 
-Peak head memory: about two float32 (chunk x V) blocks plus the (V, H) weight gradient, instead
-of four float32 (tokens x V) tensors. Extra compute: the logits matmul once more in the backward
-(2 n V H flops, a third of the head's forward + backward).
+Peak head memory: two float32 (chunk x vocab_block) tiles (16 MB each at 512 x 8192) plus the
+(V, H) weight gradient and a few (n,) and (n, H) vectors, instead of four float32 (tokens x V)
+tensors. (Before, the tiles were whole (chunk x V) rows: 0.6 GB at 512 x 151,936.) Extra compute:
+the logits matmul once more in the backward (2 n V H flops, a third of the head's forward +
+backward).
 
 :func:`chunked_head` runs it inside the model's own forward: it replaces the forward of the
 model's output embedding for one call (so wrappers that gather sharded weights in the forward,
@@ -30,93 +36,143 @@ from typing import Any, Iterator
 import torch
 
 DEFAULT_HEAD_CHUNK = 512
+DEFAULT_VOCAB_BLOCK = 8192
 
 
-def _chunk_log_softmax(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                       temperature: float) -> tuple[torch.Tensor, torch.dtype]:
-    """(c, V) log_softmax(float(h W^T + b) / T) of one chunk (float32, float64 for a float64 head)
-    and the logits' dtype (the head's, or autocast's); one (c, V) buffer besides the result."""
-    z = torch.nn.functional.linear(h, weight, bias)  # (c, V)
+def _tile(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, v0: int, v1: int,
+          temperature: float, zdtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.dtype]:
+    """(c, v1 - v0) float(h W[v0:v1]^T + b[v0:v1]) / T (float32, float64 for a float64 head) and the
+    logits' dtype (the head's, autocast's in the forward, or ``zdtype`` when given: the backward)."""
+    w = weight[v0:v1]
+    b = None if bias is None else bias[v0:v1]
+    if zdtype is not None:
+        w, b = w.to(zdtype), None if b is None else b.to(zdtype)
+    z = torch.nn.functional.linear(h, w, b)  # (c, vb)
     s = z.to(torch.promote_types(z.dtype, torch.float32))  # z itself when it is float32 / float64
-    s.div_(temperature)  # in place: z is a fresh buffer
-    return torch.log_softmax(s, dim=-1), z.dtype
+    return s.div_(temperature), z.dtype  # in place: z (or its upcast) is a fresh buffer
 
 
 class ChunkedHead(torch.autograd.Function):
-    """(log p_y (n,), entropy (n,)) of the head over the valid tokens, chunk by chunk (float32; float64
-    for a float64 head).
+    """(log p_y (n,), entropy (n,)) of the head over the valid tokens, in tiles of ``chunk`` tokens x
+    ``vocab_block`` ids (float32; float64 for a float64 head).
 
-    Inputs: h (n, H), weight (V, H), bias (V,) or None, y (n,) long, temperature, chunk. The
-    backward recomputes the logits in the dtype the forward formed them in (autocast's, if on).
+    Inputs: h (n, H), weight (V, H), bias (V,) or None, y (n,) long, temperature, chunk[, vocab_block].
+    The forward keeps per token only log Z and the entropy (an online log-sum-exp over the vocabulary
+    blocks); the backward recomputes each tile's logits in the dtype the forward formed them in
+    (autocast's, if on) and needs no second pass over the vocabulary, since sum_v G_v is known from
+    the entropy (module docstring).
     """
 
     @staticmethod
-    def forward(ctx, h, weight, bias, y, temperature: float, chunk: int):  # noqa: D102
-        n = h.shape[0]
-        logp, ent = [], []
+    def forward(ctx, h, weight, bias, y, temperature: float, chunk: int, *vocab_block: int):  # noqa: D102
+        vb = vocab_block[0] if vocab_block else DEFAULT_VOCAB_BLOCK
+        n, V = h.shape[0], weight.shape[0]
         zdtype = torch.promote_types(h.dtype, weight.dtype)
-        for a in range(0, max(n, 1), chunk):
+        odt = torch.promote_types(zdtype, torch.float32)
+        mx = torch.empty(n, dtype=odt, device=h.device)  # max_v s_v
+        lz = torch.empty(n, dtype=odt, device=h.device)  # log sum_v e^(s_v - max): log p = (s - max) - lz
+        ent = torch.empty(n, dtype=odt, device=h.device)
+        sy = torch.zeros(n, dtype=odt, device=h.device)
+        for a in range(0, n, chunk):
             b = min(a + chunk, n)
-            lp, zdtype = _chunk_log_softmax(h[a:b], weight, bias, temperature)  # (c, V)
-            logp.append(lp.gather(1, y[a:b, None]).squeeze(1))
-            ent.append(-(lp.exp().mul_(lp)).sum(-1))
-            del lp
-        ctx.save_for_backward(h, weight, bias, y)
-        ctx.temperature, ctx.chunk, ctx.zdtype = temperature, chunk, zdtype
-        return torch.cat(logp), torch.cat(ent)
+            hc, yc = h[a:b], y[a:b]
+            m = Z = S = None  # running max, sum_v e^(s_v - m), sum_v e^(s_v - m) (s_v - m)
+            for v0 in range(0, V, vb):
+                v1 = min(v0 + vb, V)
+                s, zdtype = _tile(hc, weight, bias, v0, v1, temperature)  # (c, vb)
+                inb = (yc >= v0) & (yc < v1)  # the tokens whose sampled id is in this block (no host sync)
+                got = s.gather(1, (yc - v0).clamp(0, v1 - v0 - 1)[:, None]).squeeze(1)
+                sy[a:b] = torch.where(inb, got, sy[a:b])
+                mb = s.amax(-1)
+                mn = mb if m is None else torch.maximum(m, mb)
+                s.sub_(mn[:, None])  # s - m_new <= 0
+                e = s.exp()
+                zb = e.sum(-1)
+                sb = e.mul_(s).sum(-1)
+                del e, s
+                if m is None:
+                    Z, S = zb, sb
+                else:  # rescale the running sums from m to mn: e^(m - mn) (S + (m - mn) Z)
+                    d = m - mn
+                    r = d.exp()
+                    S = r * (S + d * Z) + sb
+                    Z = r * Z + zb
+                m = mn
+            logZ = Z.log()
+            mx[a:b], lz[a:b] = m, logZ
+            ent[a:b] = logZ - S / Z  # -sum p log p = log Z - sum p (s - m)
+        # log p_y as log_softmax forms it: (s - max) - log Z (not s - (max + log Z), whose rounding
+        # at |s| >> 1 would make sum_v p_v != 1 in the backward by more than float32's epsilon)
+        ctx.save_for_backward(h, weight, bias, y, mx, lz, ent)
+        ctx.temperature, ctx.chunk, ctx.vb, ctx.zdtype = temperature, chunk, vb, zdtype
+        ctx.nargs = 6 + len(vocab_block)
+        return (sy - mx) - lz, ent.clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_lp, g_ent):  # noqa: D102
-        h, weight, bias, y = ctx.saved_tensors
-        T, chunk, zd = ctx.temperature, ctx.chunk, ctx.zdtype
+        # grad_s_v = G_v - p_v sum_u G_u with G = -g_H p (log p + 1) + g_lp e_y and sum_u G_u =
+        # g_lp - g_H (1 - H): grad_s = p (-g_H (log p + H) - g_lp) + g_lp e_y, one pass per tile
+        h, weight, bias, y, mx, lz, ent = ctx.saved_tensors
+        T, chunk, vb, zd = ctx.temperature, ctx.chunk, ctx.vb, ctx.zdtype
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        n = h.shape[0]
+        n, V = h.shape[0], weight.shape[0]
+        acc = torch.promote_types(zd, torch.float32)  # gradients sum over tiles in this dtype
         with torch.autocast(h.device.type, enabled=False):
-            Wz = weight.to(zd)  # (V, H) in the logits' dtype (no copy without autocast)
-            bz = None if bias is None else bias.to(zd)
-            grad_h = torch.empty(h.shape, dtype=zd, device=h.device) if need_h else None
-            acc = torch.promote_types(zd, torch.float32)  # the weight gradient sums over chunks in this dtype
+            grad_h = torch.zeros(h.shape, dtype=acc, device=h.device) if need_h else None
             grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
             grad_b = torch.zeros(bias.shape, dtype=acc, device=bias.device) if need_b else None
+            a_lp = (torch.zeros_like(lz) if g_lp is None else g_lp.to(lz.dtype)) / T  # (n,) coefficients of the tile, / T
+            a_ent = None if g_ent is None else g_ent.to(lz.dtype) / T
             for a in range(0, n, chunk):
                 b = min(a + chunk, n)
-                hc = h[a:b].to(zd)
-                G, _ = _chunk_log_softmax(hc, Wz, bz, T)  # (c, V) log p recomputed; G: d loss / d log p
-                p = G.exp()
-                if g_ent is not None:
-                    G.add_(1.0).mul_(p).mul_(-g_ent[a:b, None])  # d(-sum p log p) / d log p
-                else:
-                    G.zero_()
-                if g_lp is not None:
-                    G[torch.arange(b - a, device=G.device), y[a:b]] += g_lp[a:b]
-                G.sub_(p.mul_(G.sum(-1, keepdim=True)))  # log_softmax's backward
-                del p
-                gz = G.div_(T).to(zd)  # (c, V) gradient of the logits (float(z) / T)
-                del G
-                if need_h:
-                    torch.matmul(gz, Wz, out=grad_h[a:b])
-                if need_w:
-                    if zd == acc:
-                        grad_w.addmm_(gz.T, hc)
+                hc, yc = h[a:b].to(zd), y[a:b]
+                gl = a_lp[a:b, None]
+                for v0 in range(0, V, vb):
+                    v1 = min(v0 + vb, V)
+                    s, _ = _tile(hc, weight, bias, v0, v1, T, zd)
+                    s.sub_(mx[a:b, None]).sub_(lz[a:b, None])  # log p
+                    p = s.exp()
+                    if a_ent is not None:  # (-g_H (log p + H) - g_lp) p / T
+                        gz = s.add_(ent[a:b, None]).mul_(-a_ent[a:b, None]).sub_(gl).mul_(p)
+                        del p
                     else:
-                        grad_w += (gz.T @ hc).to(acc)
-                if need_b:
-                    grad_b += gz.sum(0, dtype=acc)
-                del gz
-        return (None if grad_h is None else grad_h.to(h.dtype), None if grad_w is None else grad_w.to(weight.dtype),
-                None if grad_b is None else grad_b.to(bias.dtype), None, None, None)
+                        gz = p.mul_(-gl)
+                    del s
+                    inb = (yc >= v0) & (yc < v1)  # + g_lp / T at the sampled id, if in this block
+                    gz.scatter_add_(1, (yc - v0).clamp(0, v1 - v0 - 1)[:, None], (gl.squeeze(1) * inb)[:, None])
+                    gzz = gz.to(zd)
+                    if need_h:
+                        wz = weight[v0:v1].to(zd)
+                        if zd == acc:
+                            grad_h[a:b].addmm_(gzz, wz)
+                        else:
+                            grad_h[a:b] += (gzz @ wz).to(acc)
+                    if need_w:
+                        if zd == acc:
+                            grad_w[v0:v1].addmm_(gzz.T, hc)
+                        else:
+                            grad_w[v0:v1] += (gzz.T @ hc).to(acc)
+                    if need_b:
+                        grad_b[v0:v1] += gz.sum(0, dtype=acc)
+                    del gz, gzz
+        out = (None if grad_h is None else grad_h.to(h.dtype), None if grad_w is None else grad_w.to(weight.dtype),
+               None if grad_b is None else grad_b.to(bias.dtype), None, None, None, None)
+        return out[:ctx.nargs]
 
 
 def head_logprobs(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor,
-                  temperature: float, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+                  temperature: float, chunk: int, vocab_block: int = DEFAULT_VOCAB_BLOCK
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """:class:`ChunkedHead` with its arguments checked: h (n, H), weight (V, H), y (n,)."""
     if chunk < 1:
         raise ValueError(f"head chunk must be >= 1 (train.head_chunk_size), got {chunk}")
     if h.dim() != 2 or weight.dim() != 2 or h.shape[1] != weight.shape[1] or y.shape != h.shape[:1]:
         raise ValueError(f"need h (n, H), weight (V, H), y (n,); got {tuple(h.shape)}, {tuple(weight.shape)}, "
                          f"{tuple(y.shape)}")
-    return ChunkedHead.apply(h, weight, bias, y.long(), float(temperature), int(chunk))
+    if vocab_block < 1:
+        raise ValueError(f"head vocabulary block must be >= 1, got {vocab_block}")
+    return ChunkedHead.apply(h, weight, bias, y.long(), float(temperature), int(chunk), int(vocab_block))
 
 
 def unwrap_module(model: Any) -> Any:

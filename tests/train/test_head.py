@@ -33,7 +33,8 @@ def _reference(h, W, b, y, T, upcast=True):
 
 @pytest.mark.parametrize("chunk", [1, 5, 16, 64])
 @pytest.mark.parametrize("bias", [False, True])
-def test_chunked_head_values_and_gradients_equal_the_unchunked_head(chunk, bias):
+@pytest.mark.parametrize("vocab_block", [7, 64, 8192])  # 43, 5 and 1 vocabulary blocks of V = 301
+def test_chunked_head_values_and_gradients_equal_the_unchunked_head(chunk, bias, vocab_block):
     g = torch.Generator().manual_seed(chunk + 7 * bias)
     n, H, V, T = 37, 24, 301, 0.7
     h = torch.randn(n, H, generator=g, requires_grad=True)
@@ -45,19 +46,20 @@ def test_chunked_head_values_and_gradients_equal_the_unchunked_head(chunk, bias)
 
     lp_ref, ent_ref = _reference(h, W, b, y, T)
     grads_ref = torch.autograd.grad((c_lp * lp_ref + c_ent * ent_ref).sum(), inputs, retain_graph=True)
-    lp, ent = head_logprobs(h, W, b, y, T, chunk)
+    lp, ent = head_logprobs(h, W, b, y, T, chunk, vocab_block)
     grads = torch.autograd.grad((c_lp * lp + c_ent * ent).sum(), inputs)
     assert _rel(lp, lp_ref) < 1e-6 and _rel(ent, ent_ref) < 1e-6
     for got, want in zip(grads, grads_ref):
         assert _rel(got, want) < 1e-6
     # log-probs alone (the entropy not in the loss): the entropy's gradient term drops out
     grads_ref = torch.autograd.grad((c_lp * lp_ref).sum(), inputs)
-    lp, _ = head_logprobs(h, W, b, y, T, chunk)
+    lp, _ = head_logprobs(h, W, b, y, T, chunk, vocab_block)
     for got, want in zip(torch.autograd.grad((c_lp * lp).sum(), inputs), grads_ref):
         assert _rel(got, want) < 1e-6
 
 
-def test_chunked_head_in_float64_matches_float64_autograd_to_rounding():
+@pytest.mark.parametrize("vocab_block", [3, 8192])
+def test_chunked_head_in_float64_matches_float64_autograd_to_rounding(vocab_block):
     """The chain rule itself (no float32 rounding to hide behind): float64 in, float64 out."""
     g = torch.Generator().manual_seed(3)
     n, H, V, T = 9, 4, 11, 1.3
@@ -67,10 +69,34 @@ def test_chunked_head_in_float64_matches_float64_autograd_to_rounding():
     y = torch.randint(0, V, (n,), generator=g)
     lp_ref, ent_ref = _reference(h, W, b, y, T, upcast=False)
     want = torch.autograd.grad(lp_ref.sum() + 0.3 * ent_ref.sum(), (h, W, b))
-    lp, ent = ChunkedHead.apply(h, W, b, y, T, 4)
+    lp, ent = ChunkedHead.apply(h, W, b, y, T, 4, vocab_block)
     assert lp.dtype == torch.float64 and _rel(lp, lp_ref) < 1e-13 and _rel(ent, ent_ref) < 1e-13
     for a, w in zip(torch.autograd.grad(lp.sum() + 0.3 * ent.sum(), (h, W, b)), want):
         assert _rel(a, w) < 1e-12
+
+
+@pytest.mark.parametrize("scale", [5.0, 20.0])
+@pytest.mark.parametrize("vocab_block", [7, 8192])
+def test_chunked_head_on_peaked_logits_is_as_close_to_float64_as_the_unchunked_head(scale, vocab_block):
+    """Large logits (entropies near 0): the online log-sum-exp over vocabulary blocks and the one-pass
+    backward (sum_v G_v from the forward's entropy) lose no more to float32 rounding than autograd
+    through the unchunked ``log_softmax`` (both measured against float64)."""
+    g = torch.Generator().manual_seed(int(scale))
+    n, H, V, T = 37, 24, 301, 0.7
+    h64 = torch.randn(n, H, generator=g, dtype=torch.float64)
+    W64 = torch.randn(V, H, generator=g, dtype=torch.float64) * scale / 3
+    y = torch.randint(0, V, (n,), generator=g)
+
+    def run(fn, dtype):
+        h, W = h64.to(dtype).requires_grad_(), W64.to(dtype).requires_grad_()
+        lp, ent = fn(h, W)
+        return (lp, ent) + torch.autograd.grad((lp + 0.5 * ent).sum(), (h, W))
+
+    exact = run(lambda h, W: _reference(h, W, None, y, T, upcast=False), torch.float64)
+    ref = run(lambda h, W: _reference(h, W, None, y, T), torch.float32)
+    ours = run(lambda h, W: head_logprobs(h, W, None, y, T, 5, vocab_block), torch.float32)
+    for o, r, e in zip(ours, ref, exact):
+        assert _rel(o, e) <= 1.5 * _rel(r, e) + 1e-7
 
 
 def test_head_rejects_bad_chunk_and_shapes():
@@ -215,7 +241,8 @@ def test_global_scope_no_grad_pass_equals_the_one_pass_gram_and_update(policy): 
         assert _rel(params, params0) < 1e-6
 
 
-def test_chunked_head_under_bf16_autocast_matches_autocast_autograd():
+@pytest.mark.parametrize("vocab_block", [32, 8192])
+def test_chunked_head_under_bf16_autocast_matches_autocast_autograd(vocab_block):
     """Mixed precision: the logits are formed in bf16 as autocast's nn.Linear forms them, in the
     forward and again in the backward (autocast is off there), and the gradients come back in the
     parameters' float32."""
@@ -226,7 +253,7 @@ def test_chunked_head_under_bf16_autocast_matches_autocast_autograd():
     y = torch.randint(0, V, (n,), generator=g)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         lp_ref, ent_ref = _reference(h, W, None, y, T)
-        lp, ent = head_logprobs(h, W, None, y, T, 6)
+        lp, ent = head_logprobs(h, W, None, y, T, 6, vocab_block)
     assert _rel(lp, lp_ref) < 1e-6 and _rel(ent, ent_ref) < 1e-6  # same bf16 logits, same float32 softmax
     want = torch.autograd.grad((lp_ref + 0.2 * ent_ref).sum(), (h, W))
     got = torch.autograd.grad((lp + 0.2 * ent).sum(), (h, W))
