@@ -22,6 +22,13 @@ tensors. (Before, the tiles were whole (chunk x V) rows: 0.6 GB at 512 x 151,936
 the logits matmul once more in the backward (2 n V H flops, a third of the head's forward +
 backward).
 
+When the whole vocabulary fits one block (V <= vocab_block: every model whose vocabulary is at most
+8,192 ids, the toy model among them) a tile is a whole row and the head runs the plain form instead:
+log p = log_softmax(s) per chunk, the entropy -sum_v p_v log p_v, and in the backward autograd's own
+chain rule through ``log_softmax`` (sum_v G_v summed, not taken from the entropy). That is round 1 of
+this head, bit for bit, so small-vocabulary runs keep their numbers; the tiled form is tested against
+it (tests/train/test_head.py) and equals it within float32 rounding.
+
 :func:`chunked_head` runs it inside the model's own forward: it replaces the forward of the
 model's output embedding for one call (so wrappers that gather sharded weights in the forward,
 FSDP and DeepSpeed ZeRO-3, hand it the full weight, and tied embeddings share the gradient).
@@ -52,6 +59,63 @@ def _tile(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, v0: 
     return s.div_(temperature), z.dtype  # in place: z (or its upcast) is a fresh buffer
 
 
+def _rows_forward(h, weight, bias, y, temperature: float, chunk: int):
+    """The whole-row form (V <= vocab_block): log p = log_softmax(s) of each (c, V) chunk."""
+    n = h.shape[0]
+    logp, ent = [], []
+    zdtype = torch.promote_types(h.dtype, weight.dtype)
+    for a in range(0, max(n, 1), chunk):
+        b = min(a + chunk, n)
+        s, zdtype = _tile(h[a:b], weight, bias, 0, weight.shape[0], temperature)
+        lp = torch.log_softmax(s, dim=-1)
+        del s
+        logp.append(lp.gather(1, y[a:b, None]).squeeze(1))
+        ent.append(-(lp.exp().mul_(lp)).sum(-1))
+        del lp
+    return torch.cat(logp), torch.cat(ent), zdtype
+
+
+def _rows_backward(h, weight, bias, y, g_lp, g_ent, T: float, chunk: int, zd, need):
+    """The whole-row form's backward: autograd's chain rule through ``log_softmax``, ``gather`` and
+    the entropy on each recomputed (c, V) chunk (sum_v G_v summed over the row)."""
+    need_h, need_w, need_b = need
+    n = h.shape[0]
+    Wz = weight.to(zd)  # (V, H) in the logits' dtype (no copy without autocast)
+    bz = None if bias is None else bias.to(zd)
+    grad_h = torch.empty(h.shape, dtype=zd, device=h.device) if need_h else None
+    acc = torch.promote_types(zd, torch.float32)  # the weight gradient sums over chunks in this dtype
+    grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+    grad_b = torch.zeros(bias.shape, dtype=acc, device=bias.device) if need_b else None
+    for a in range(0, n, chunk):
+        b = min(a + chunk, n)
+        hc = h[a:b].to(zd)
+        s, _ = _tile(hc, Wz, bz, 0, Wz.shape[0], T)
+        G = torch.log_softmax(s, dim=-1)  # (c, V) log p recomputed; G becomes d loss / d log p
+        del s
+        p = G.exp()
+        if g_ent is not None:
+            G.add_(1.0).mul_(p).mul_(-g_ent[a:b, None])  # d(-sum p log p) / d log p
+        else:
+            G.zero_()
+        if g_lp is not None:
+            G[torch.arange(b - a, device=G.device), y[a:b]] += g_lp[a:b]
+        G.sub_(p.mul_(G.sum(-1, keepdim=True)))  # log_softmax's backward
+        del p
+        gz = G.div_(T).to(zd)  # (c, V) gradient of the logits (float(z) / T)
+        del G
+        if need_h:
+            torch.matmul(gz, Wz, out=grad_h[a:b])
+        if need_w:
+            if zd == acc:
+                grad_w.addmm_(gz.T, hc)
+            else:
+                grad_w += (gz.T @ hc).to(acc)
+        if need_b:
+            grad_b += gz.sum(0, dtype=acc)
+        del gz
+    return grad_h, grad_w, grad_b
+
+
 class ChunkedHead(torch.autograd.Function):
     """(log p_y (n,), entropy (n,)) of the head over the valid tokens, in tiles of ``chunk`` tokens x
     ``vocab_block`` ids (float32; float64 for a float64 head).
@@ -60,13 +124,19 @@ class ChunkedHead(torch.autograd.Function):
     The forward keeps per token only log Z and the entropy (an online log-sum-exp over the vocabulary
     blocks); the backward recomputes each tile's logits in the dtype the forward formed them in
     (autocast's, if on) and needs no second pass over the vocabulary, since sum_v G_v is known from
-    the entropy (module docstring).
+    the entropy (module docstring). When V <= vocab_block it runs the whole-row form instead.
     """
 
     @staticmethod
     def forward(ctx, h, weight, bias, y, temperature: float, chunk: int, *vocab_block: int):  # noqa: D102
         vb = vocab_block[0] if vocab_block else DEFAULT_VOCAB_BLOCK
         n, V = h.shape[0], weight.shape[0]
+        ctx.nargs, ctx.rows = 6 + len(vocab_block), V <= vb
+        if ctx.rows:  # one block holds the whole vocabulary: the plain whole-row form
+            lp, ent, ctx.zdtype = _rows_forward(h, weight, bias, y, temperature, chunk)
+            ctx.save_for_backward(h, weight, bias, y)
+            ctx.temperature, ctx.chunk = temperature, chunk
+            return lp, ent
         zdtype = torch.promote_types(h.dtype, weight.dtype)
         odt = torch.promote_types(zdtype, torch.float32)
         mx = torch.empty(n, dtype=odt, device=h.device)  # max_v s_v
@@ -105,12 +175,17 @@ class ChunkedHead(torch.autograd.Function):
         # at |s| >> 1 would make sum_v p_v != 1 in the backward by more than float32's epsilon)
         ctx.save_for_backward(h, weight, bias, y, mx, lz, ent)
         ctx.temperature, ctx.chunk, ctx.vb, ctx.zdtype = temperature, chunk, vb, zdtype
-        ctx.nargs = 6 + len(vocab_block)
         return (sy - mx) - lz, ent.clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_lp, g_ent):  # noqa: D102
+        if ctx.rows:
+            h, weight, bias, y = ctx.saved_tensors
+            with torch.autocast(h.device.type, enabled=False):
+                grad_h, grad_w, grad_b = _rows_backward(h, weight, bias, y, g_lp, g_ent, ctx.temperature, ctx.chunk,
+                                                        ctx.zdtype, ctx.needs_input_grad[:3])
+            return ChunkedHead._grads(ctx, h, weight, bias, grad_h, grad_w, grad_b)
         # grad_s_v = G_v - p_v sum_u G_u with G = -g_H p (log p + 1) + g_lp e_y and sum_u G_u =
         # g_lp - g_H (1 - H): grad_s = p (-g_H (log p + H) - g_lp) + g_lp e_y, one pass per tile
         h, weight, bias, y, mx, lz, ent = ctx.saved_tensors
@@ -156,6 +231,11 @@ class ChunkedHead(torch.autograd.Function):
                     if need_b:
                         grad_b[v0:v1] += gz.sum(0, dtype=acc)
                     del gz, gzz
+        return ChunkedHead._grads(ctx, h, weight, bias, grad_h, grad_w, grad_b)
+
+    @staticmethod
+    def _grads(ctx, h, weight, bias, grad_h, grad_w, grad_b) -> tuple:
+        """The backward's return: the gradients in their inputs' dtypes, None for the other arguments."""
         out = (None if grad_h is None else grad_h.to(h.dtype), None if grad_w is None else grad_w.to(weight.dtype),
                None if grad_b is None else grad_b.to(bias.dtype), None, None, None, None)
         return out[:ctx.nargs]

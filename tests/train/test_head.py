@@ -142,6 +142,13 @@ def _padded_batch(vocab: int, seed: int = 1):
 
 @pytest.mark.parametrize("chunk", [1, 7, 512])
 def test_policy_forward_with_tied_embeddings_matches_the_unchunked_forward(chunk):
+    """Values within 1e-6 of the unchunked float32 forward; gradients within 1e-6 of it over all
+    parameters together, and each parameter's gradient as close to the float64 gradient as the unchunked
+    float32 one is. (Parameter by parameter the unchunked float32 gradient is itself up to 1.4e-6 from
+    float64 on this model, e.g. a k_proj bias, so two float32 orders of summation can differ by more
+    than 1e-6 there, by how much depending on the CPU's kernels.)"""
+    import copy
+
     from salt.train.forward import policy_forward
 
     V, Temp = 97, 0.8
@@ -159,14 +166,22 @@ def test_policy_forward_with_tied_embeddings_matches_the_unchunked_forward(chunk
     loss_ref = ((c_lp * lp_ref + 0.1 * ent_ref) * tb.mask).sum()
     params = [p for p in model.parameters()]
     grads_ref = torch.autograd.grad(loss_ref, params)
+    m64 = copy.deepcopy(model).double()
+    lp64 = torch.log_softmax(m64(input_ids=tb.input_ids, attention_mask=tb.attention_mask, position_ids=tb.position_ids,
+                                 logits_to_keep=T + 1, use_cache=False).logits[:, :-1] / Temp, dim=-1)
+    loss64 = ((c_lp.double() * lp64.gather(-1, tb.tokens[..., None]).squeeze(-1) - 0.1 * (lp64.exp() * lp64).sum(-1))
+              * tb.mask.double()).sum()
+    grads64 = [q.float() for q in torch.autograd.grad(loss64, list(m64.parameters()))]
 
     fwd = policy_forward(model, tb, Temp, with_features=True, entropy_grad=True, head_chunk=chunk)
     assert _rel(fwd.logp[valid], lp_ref[valid]) < 1e-6 and _rel(fwd.entropy[valid], ent_ref[valid]) < 1e-6
     assert bool((fwd.logp[~valid] == 0).all()) and bool((fwd.entropy[~valid] == 0).all())
     assert torch.equal(fwd.hidden, out.hidden_states[-1][:, -(T + 1):-1].detach())
     grads = torch.autograd.grad(((c_lp * fwd.logp + 0.1 * fwd.entropy) * tb.mask).sum(), params)
-    for p, got, want in zip(params, grads, grads_ref):
-        assert _rel(got, want) < 1e-6, [n for n, q in model.named_parameters() if q is p]
+    flat = lambda gs: torch.cat([q.flatten() for q in gs])  # noqa: E731
+    assert _rel(flat(grads), flat(grads_ref)) < 1e-6
+    for p, got, want, exact in zip(params, grads, grads_ref, grads64):
+        assert _rel(got, exact) <= 1.5 * _rel(want, exact) + 1e-7, [n for n, q in model.named_parameters() if q is p]
     # entropy_grad off: the entropy carries no gradient (as before: it is only logged)
     fwd = policy_forward(model, tb, Temp, with_features=False, entropy_grad=False, head_chunk=chunk)
     assert not fwd.entropy.requires_grad and fwd.hidden is None
