@@ -276,7 +276,7 @@ class TrainConfig:
     head_chunk_size: int = option(
         512, "Valid tokens per chunk of the LM head (log-probs, entropy and their gradients): the float32 "
         "logits exist one tile of chunk tokens x 8,192 vocabulary ids at a time (about 2 x chunk x 8192 x 4 "
-        "bytes; salt.train.head).", gt=0)
+        "bytes; whole rows when the vocabulary has at most 8,192 ids; salt.train.head).", gt=0)
     lr: float = option(1.0e-5, "AdamW learning rate.", gt=0)
     weight_decay: float = option(0.0, "AdamW weight decay.", ge=0)
     betas: list = option([0.9, 0.999], "AdamW betas.")
