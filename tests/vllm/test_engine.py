@@ -8,7 +8,18 @@ import torch
 
 from salt.train.engine_probe import logprob_gap, pad_id_of, recompute_logprobs, toy_prompts
 
-TOL = 1e-5  # float32 on both sides
+TOL = 1e-5  # float32 on both sides, max |engine - HF| of log-probs at T = 1
+MEAN_TOL = 1e-6  # the mean over the probe's tokens (measured 3.6e-7 to 4.1e-7)
+
+
+def tol(T: float) -> float:
+    """The max bound at temperature T: TOL on the scale of the logits. Both sides form the logits z in
+    float32 and take log_softmax(z / T), so a rounding of z reaches the log-probs divided by T. On a
+    2-core Xeon with AVX-512 and no AMX (2026-12-06) the engine's own float32 error at T = 0.7 is 1.5e-5
+    against the float64 log-probs of the same weights (HF's float32: 5.2e-6), so a flat 1e-5 failed
+    there (1.13e-5 against HF) although nothing but rounding differed; a stale or missed weight push
+    moves the log-probs by 0.017 or more."""
+    return TOL / min(T, 1.0)
 
 
 def _probe(engine, tok, T=1.0, n=4, n_prompts=32):
@@ -24,7 +35,7 @@ def test_sampled_token_logprobs_equal_hf(engine, hf_model, T):
     print(f"vLLM vs HF log-probs at T={T}: max {gap['max_abs']:.3g}, mean {gap['mean_abs']:.3g} "
           f"over {gap['tokens']:.0f} tokens")
     assert gap["tokens"] >= 300
-    assert gap["max_abs"] <= TOL, gap
+    assert gap["max_abs"] <= tol(T) and gap["mean_abs"] <= MEAN_TOL, gap
     # the same seed gives the same samples (reproducible rollouts)
     again = _probe(engine, tok, T)
     assert again.completion_ids == out.completion_ids and again.logprobs == out.logprobs
