@@ -59,8 +59,9 @@ def shape_tokenizer(vocab: int):
     return tok
 
 
-def build_model(shape: str, out: Path) -> tuple[int, int]:
-    """Write the model and its EOS-free tokenizer to ``out``; returns (vocabulary size, parameters)."""
+def build_model(shape: str, out: Path, layers: int | None = None) -> tuple[int, int]:
+    """Write the model and its EOS-free tokenizer to ``out``; returns (vocabulary size, parameters).
+    ``layers``: the qwen2.5-0.5b shape with this many decoder layers instead of 24 (sizes in between)."""
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
@@ -70,7 +71,8 @@ def build_model(shape: str, out: Path) -> tuple[int, int]:
     if shape == "toy":
         model = build_toy_model(train_toy_tokenizer(None), "small", seed=0, max_position_embeddings=512)
     else:
-        cfg = Qwen2Config(**QWEN05B, max_position_embeddings=1024, rms_norm_eps=1e-6, rope_theta=1e6,
+        shape_cfg = {**QWEN05B, **({"num_hidden_layers": layers} if layers else {})}
+        cfg = Qwen2Config(**shape_cfg, max_position_embeddings=1024, rms_norm_eps=1e-6, rope_theta=1e6,
                           torch_dtype="float32")
         model = Qwen2ForCausalLM(cfg)
     vocab = int(model.config.vocab_size)
@@ -153,6 +155,8 @@ def main() -> None:
     ap.add_argument("--memory-share", type=float, default=None,
                     help="rollout.vllm.gpu_memory_utilization (a share of the system memory on CPU); "
                          "default 0.1 toy, 0.3 0.5b (0.15 left no room for the KV cache: the engine held 4.0 GiB before it)")
+    ap.add_argument("--layers", type=int, default=None,
+                    help="qwen2.5-0.5b only: this many decoder layers instead of 24 (a model between the two shapes)")
     ap.add_argument("--side", choices=("hf", "vllm"), help=argparse.SUPPRESS)  # internal: one side in a child
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -163,9 +167,12 @@ def main() -> None:
         return
     tmp = Path(tempfile.mkdtemp(prefix="vllm_bench_"))
     try:
-        vocab, params = build_model(args.shape, tmp)
+        if args.layers and args.shape != "qwen2.5-0.5b":
+            ap.error("--layers applies to --shape qwen2.5-0.5b only")
+        vocab, params = build_model(args.shape, tmp, args.layers)
+        label = args.shape + (f" ({args.layers} layers)" if args.layers else "")
         rollouts = args.prompts * args.group
-        meta = {"shape": args.shape, "parameters": params, "vocab": vocab, "P": args.prompts, "G": args.group,
+        meta = {"shape": label, "parameters": params, "vocab": vocab, "P": args.prompts, "G": args.group,
                 "new_tokens": args.new_tokens, "repeats": args.repeats, "cpus": os.cpu_count(),
                 "machine": platform.processor() or platform.machine()}
         res = {}
@@ -182,7 +189,7 @@ def main() -> None:
             res[side] = r
             print(json.dumps({**meta, **r}), flush=True)
         hf, vl = res["hf"], res["vllm"]
-        print(f"| {args.shape} | {params / 1e6:.1f} M | {args.prompts} x {args.group} x {args.new_tokens} | "
+        print(f"| {label} | {params / 1e6:.1f} M | {args.prompts} x {args.group} x {args.new_tokens} | "
               f"{hf['rollouts_per_s']:.3f} | {vl['rollouts_per_s']:.3f} | {vl['rollouts_per_s'] / hf['rollouts_per_s']:.2f}x | "
               f"{hf['batch_cpu_s']:.0f} / {vl['batch_cpu_s']:.0f} s | {vl['start_s']:.0f} s | "
               f"{hf['peak_rss_gib']:.1f} / {vl['peak_rss_gib']:.1f} GiB | "
