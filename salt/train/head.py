@@ -59,6 +59,14 @@ def _tile(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, v0: 
     return s.div_(temperature), z.dtype  # in place: z (or its upcast) is a fresh buffer
 
 
+def _add_matmul(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """out += a @ b, summed in out's dtype (in place with addmm when the operands share it)."""
+    if a.dtype == out.dtype:
+        out.addmm_(a, b)
+    else:
+        out += (a @ b).to(out.dtype)
+
+
 def _rows_forward(h, weight, bias, y, temperature: float, chunk: int):
     """The whole-row form (V <= vocab_block): log p = log_softmax(s) of each (c, V) chunk."""
     n = h.shape[0]
@@ -106,10 +114,7 @@ def _rows_backward(h, weight, bias, y, g_lp, g_ent, T: float, chunk: int, zd, ne
         if need_h:
             torch.matmul(gz, Wz, out=grad_h[a:b])
         if need_w:
-            if zd == acc:
-                grad_w.addmm_(gz.T, hc)
-            else:
-                grad_w += (gz.T @ hc).to(acc)
+            _add_matmul(grad_w, gz.T, hc)
         if need_b:
             grad_b += gz.sum(0, dtype=acc)
         del gz
@@ -218,16 +223,9 @@ class ChunkedHead(torch.autograd.Function):
                     gz.scatter_add_(1, (yc - v0).clamp(0, v1 - v0 - 1)[:, None], (gl.squeeze(1) * inb)[:, None])
                     gzz = gz.to(zd)
                     if need_h:
-                        wz = weight[v0:v1].to(zd)
-                        if zd == acc:
-                            grad_h[a:b].addmm_(gzz, wz)
-                        else:
-                            grad_h[a:b] += (gzz @ wz).to(acc)
+                        _add_matmul(grad_h[a:b], gzz, weight[v0:v1].to(zd))
                     if need_w:
-                        if zd == acc:
-                            grad_w[v0:v1].addmm_(gzz.T, hc)
-                        else:
-                            grad_w[v0:v1] += (gzz.T @ hc).to(acc)
+                        _add_matmul(grad_w[v0:v1], gzz.T, hc)
                     if need_b:
                         grad_b[v0:v1] += gz.sum(0, dtype=acc)
                     del gz, gzz
