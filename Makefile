@@ -38,8 +38,11 @@ run: setup
 smoke: setup
 	$(BIN)/snakemake --cores $(CORES) --profile profiles/default --configfile config/smoke.yaml $(SNAKEMAKE_ARGS)
 
+# pytest-xdist workers, each file on one worker (its module and session fixtures, such as a smoke DAG run,
+# a local SLURM or the default warm-up, are built once); TEST_WORKERS=0 runs the suite in one process
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -59,9 +59,25 @@ def shape_tokenizer(vocab: int):
     return tok
 
 
-def build_model(shape: str, out: Path, layers: int | None = None) -> tuple[int, int]:
+def scaled_shape(layers: int | None = None, hidden: int | None = None) -> dict:
+    """Qwen2.5-0.5B's shape, optionally with fewer decoder layers or a narrower width. ``hidden`` keeps the
+    0.5B shape's proportions: heads of 64 dimensions (hidden / 64 heads, 2 of them KV heads) and an MLP
+    of 4864 / 896 times the width, rounded to a multiple of 64; the vocabulary stays 151,936."""
+    cfg = dict(QWEN05B)
+    if layers:
+        cfg["num_hidden_layers"] = layers
+    if hidden:
+        if hidden % 128:
+            raise ValueError(f"--hidden {hidden}: must be a multiple of 128 (64-dim heads, 2 KV heads)")
+        cfg.update(hidden_size=hidden, num_attention_heads=hidden // 64,
+                   intermediate_size=64 * round(hidden * QWEN05B["intermediate_size"] / QWEN05B["hidden_size"] / 64))
+    return cfg
+
+
+def build_model(shape: str, out: Path, layers: int | None = None, hidden: int | None = None) -> tuple[int, int]:
     """Write the model and its EOS-free tokenizer to ``out``; returns (vocabulary size, parameters).
-    ``layers``: the qwen2.5-0.5b shape with this many decoder layers instead of 24 (sizes in between)."""
+    ``layers`` / ``hidden``: the qwen2.5-0.5b shape with fewer decoder layers or a narrower width
+    (sizes in between, ``scaled_shape``)."""
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
@@ -71,8 +87,7 @@ def build_model(shape: str, out: Path, layers: int | None = None) -> tuple[int, 
     if shape == "toy":
         model = build_toy_model(train_toy_tokenizer(None), "small", seed=0, max_position_embeddings=512)
     else:
-        shape_cfg = {**QWEN05B, **({"num_hidden_layers": layers} if layers else {})}
-        cfg = Qwen2Config(**shape_cfg, max_position_embeddings=1024, rms_norm_eps=1e-6, rope_theta=1e6,
+        cfg = Qwen2Config(**scaled_shape(layers, hidden), max_position_embeddings=1024, rms_norm_eps=1e-6, rope_theta=1e6,
                           torch_dtype="float32")
         model = Qwen2ForCausalLM(cfg)
     vocab = int(model.config.vocab_size)
@@ -157,6 +172,8 @@ def main() -> None:
                          "default 0.1 toy, 0.3 0.5b (0.15 left no room for the KV cache: the engine held 4.0 GiB before it)")
     ap.add_argument("--layers", type=int, default=None,
                     help="qwen2.5-0.5b only: this many decoder layers instead of 24 (a model between the two shapes)")
+    ap.add_argument("--hidden", type=int, default=None,
+                    help="qwen2.5-0.5b only: this width instead of 896, proportions kept (64-dim heads, MLP 5.43x)")
     ap.add_argument("--side", choices=("hf", "vllm"), help=argparse.SUPPRESS)  # internal: one side in a child
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -167,10 +184,10 @@ def main() -> None:
         return
     tmp = Path(tempfile.mkdtemp(prefix="vllm_bench_"))
     try:
-        if args.layers and args.shape != "qwen2.5-0.5b":
-            ap.error("--layers applies to --shape qwen2.5-0.5b only")
-        vocab, params = build_model(args.shape, tmp, args.layers)
-        label = args.shape + (f" ({args.layers} layers)" if args.layers else "")
+        if (args.layers or args.hidden) and args.shape != "qwen2.5-0.5b":
+            ap.error("--layers and --hidden apply to --shape qwen2.5-0.5b only")
+        vocab, params = build_model(args.shape, tmp, args.layers, args.hidden)
+        label = args.shape + "".join(f" ({v} {k})" for k, v in (("layers", args.layers), ("hidden", args.hidden)) if v)
         rollouts = args.prompts * args.group
         meta = {"shape": label, "parameters": params, "vocab": vocab, "P": args.prompts, "G": args.group,
                 "new_tokens": args.new_tokens, "repeats": args.repeats, "cpus": os.cpu_count(),
