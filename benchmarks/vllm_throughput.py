@@ -59,11 +59,15 @@ def shape_tokenizer(vocab: int):
     return tok
 
 
-def scaled_shape(layers: int | None = None, hidden: int | None = None) -> dict:
-    """Qwen2.5-0.5B's shape, optionally with fewer decoder layers or a narrower width. ``hidden`` keeps the
-    0.5B shape's proportions: heads of 64 dimensions (hidden / 64 heads, 2 of them KV heads) and an MLP
-    of 4864 / 896 times the width, rounded to a multiple of 64; the vocabulary stays 151,936."""
+def scaled_shape(layers: int | None = None, hidden: int | None = None, vocab: int | None = None) -> dict:
+    """Qwen2.5-0.5B's shape, optionally with fewer decoder layers, a narrower width or a smaller vocabulary.
+    ``hidden`` keeps the 0.5B shape's proportions: heads of 64 dimensions (hidden / 64 heads, 2 of them KV
+    heads) and an MLP of 4864 / 896 times the width, rounded to a multiple of 64."""
     cfg = dict(QWEN05B)
+    if vocab:
+        if vocab < 128:
+            raise ValueError(f"--vocab {vocab}: at least 128 (the prompts are single byte-level characters)")
+        cfg["vocab_size"] = vocab
     if layers:
         cfg["num_hidden_layers"] = layers
     if hidden:
@@ -74,10 +78,11 @@ def scaled_shape(layers: int | None = None, hidden: int | None = None) -> dict:
     return cfg
 
 
-def build_model(shape: str, out: Path, layers: int | None = None, hidden: int | None = None) -> tuple[int, int]:
+def build_model(shape: str, out: Path, layers: int | None = None, hidden: int | None = None,
+                vocab: int | None = None) -> tuple[int, int]:
     """Write the model and its EOS-free tokenizer to ``out``; returns (vocabulary size, parameters).
-    ``layers`` / ``hidden``: the qwen2.5-0.5b shape with fewer decoder layers or a narrower width
-    (sizes in between, ``scaled_shape``)."""
+    ``layers`` / ``hidden`` / ``vocab``: the qwen2.5-0.5b shape with fewer decoder layers, a narrower width
+    or a smaller vocabulary (sizes in between, ``scaled_shape``)."""
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
@@ -87,7 +92,7 @@ def build_model(shape: str, out: Path, layers: int | None = None, hidden: int | 
     if shape == "toy":
         model = build_toy_model(train_toy_tokenizer(None), "small", seed=0, max_position_embeddings=512)
     else:
-        cfg = Qwen2Config(**scaled_shape(layers, hidden), max_position_embeddings=1024, rms_norm_eps=1e-6, rope_theta=1e6,
+        cfg = Qwen2Config(**scaled_shape(layers, hidden, vocab), max_position_embeddings=1024, rms_norm_eps=1e-6, rope_theta=1e6,
                           torch_dtype="float32")
         model = Qwen2ForCausalLM(cfg)
     vocab = int(model.config.vocab_size)
@@ -174,6 +179,8 @@ def main() -> None:
                     help="qwen2.5-0.5b only: this many decoder layers instead of 24 (a model between the two shapes)")
     ap.add_argument("--hidden", type=int, default=None,
                     help="qwen2.5-0.5b only: this width instead of 896, proportions kept (64-dim heads, MLP 5.43x)")
+    ap.add_argument("--vocab", type=int, default=None,
+                    help="qwen2.5-0.5b only: this vocabulary size instead of 151,936")
     ap.add_argument("--side", choices=("hf", "vllm"), help=argparse.SUPPRESS)  # internal: one side in a child
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -184,10 +191,11 @@ def main() -> None:
         return
     tmp = Path(tempfile.mkdtemp(prefix="vllm_bench_"))
     try:
-        if (args.layers or args.hidden) and args.shape != "qwen2.5-0.5b":
-            ap.error("--layers and --hidden apply to --shape qwen2.5-0.5b only")
-        vocab, params = build_model(args.shape, tmp, args.layers, args.hidden)
-        label = args.shape + "".join(f" ({v} {k})" for k, v in (("layers", args.layers), ("hidden", args.hidden)) if v)
+        if (args.layers or args.hidden or args.vocab) and args.shape != "qwen2.5-0.5b":
+            ap.error("--layers, --hidden and --vocab apply to --shape qwen2.5-0.5b only")
+        vocab, params = build_model(args.shape, tmp, args.layers, args.hidden, args.vocab)
+        label = args.shape + "".join(f" ({v} {k})" for k, v in (("layers", args.layers), ("hidden", args.hidden),
+                                                                 ("vocab", args.vocab)) if v)
         rollouts = args.prompts * args.group
         meta = {"shape": label, "parameters": params, "vocab": vocab, "P": args.prompts, "G": args.group,
                 "new_tokens": args.new_tokens, "repeats": args.repeats, "cpus": os.cpu_count(),

@@ -35,6 +35,18 @@ RESERVED_DIRS = set(SHARED_DIRS) | {"logs", "mlartifacts", "mlflow-server"}
 
 
 @dataclass(kw_only=True)
+class EvalEngine:
+    """The vLLM engine of every evaluation job (``compute.eval_backend: vllm``)."""
+
+    dtype: str = option("auto", "Engine dtype (`salt evaluate --vllm-dtype`): auto = vLLM's rule (bf16/fp16 for a "
+                        "float32 checkpoint); float32 = the hf backend's numbers.",
+                        choices=("auto", "float32", "bfloat16", "float16"))
+    enforce_eager: bool = option(
+        False, "No CUDA graphs, and on CPU no torch.compile of the model (`salt evaluate --vllm-enforce-eager`): "
+        "a faster start, slower decoding; true suits short evaluations of small models on CPU.")
+
+
+@dataclass(kw_only=True)
 class Resources:
     """Resources requested by one kind of job (Snakemake `resources:`; SLURM reads them)."""
 
@@ -156,6 +168,7 @@ class Compute:
     accelerate_config: str | None = option(
         None, "Accelerate config file (config/accelerate/*.yaml) for launcher=accelerate.")
     eval_backend: str = option("hf", "Generation backend of `salt evaluate`.", choices=names_of("salt.rollout:BACKENDS"))
+    eval_vllm: EvalEngine = section(EvalEngine, "The vLLM engine of `salt evaluate` (eval_backend: vllm).")
     light: Resources = section(Resources, "Resources of light jobs (configs, MLflow parent runs, aggregate, figures, "
                                           "report).")
     data: Resources = section(Resources, "Resources of prepare_data.")

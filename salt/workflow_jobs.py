@@ -53,6 +53,9 @@ def eval_args(config: Mapping[str, Any], benchmark: str, seed: int | str) -> str
     args = ["--n", str(b["n"]), "--temperature", str(b["temperature"]), "--top-p", str(b["top_p"]),
             "--max-new-tokens", str(b["max_new_tokens"]), "--ks", ",".join(str(k) for k in b["ks"]),
             "--backend", config["compute"]["eval_backend"], "--seed", str(seed)]
+    if config["compute"]["eval_backend"] == "vllm":
+        engine = config["compute"]["eval_vllm"]
+        args += ["--vllm-dtype", engine["dtype"]] + (["--vllm-enforce-eager"] if engine["enforce_eager"] else [])
     plain = " ".join(args)  # none of these needs quoting (numbers, names checked by the config)
     if config["tracking"]["enabled"]:
         plain += " --tracking-uri " + shlex.quote(config["tracking"]["uri"])

@@ -240,7 +240,8 @@ def evaluate(args: EvaluateConfig) -> dict[str, Any]:
         rollout_cfg: dict[str, Any] = {"backend": args.backend, "batch_size": args.gen_batch_size,
                                        "max_new_tokens": args.max_new_tokens, "seed": args.seed}
         if args.backend == "vllm":
-            rollout_cfg["vllm"] = {"model": str(model_dir), "dtype": args.vllm_dtype}
+            rollout_cfg["vllm"] = {"model": str(model_dir), "dtype": args.vllm_dtype,
+                                   "enforce_eager": args.vllm_enforce_eager}
         backend = make_backend(rollout_cfg, model, tokenizer)
         t0 = time.monotonic()
         index_of = {r["id"]: i for i, r in enumerate(rows)}
@@ -326,6 +327,8 @@ class EvaluateConfig:
     vllm_dtype: str = option("auto", "vllm backend: engine dtype (auto: vLLM's rule, bf16/fp16 for a float32 "
                              "checkpoint; float32: the hf backend's numbers)",
                              choices=("auto", "float32", "bfloat16", "float16"))
+    vllm_enforce_eager: bool = option(False, "vllm backend: no CUDA graphs (on CPU: no torch.compile of the model), "
+                                      "a faster engine start")
     seed: int = option(0, "sampling seed")
     limit: int | None = option(None, "evaluate the first N problems only (0 or unset: all)", ge=0)
     system_prompt: str | None = option(None, "system prompt of every problem")

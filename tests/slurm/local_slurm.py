@@ -37,7 +37,9 @@ NODE = "salt-node"
 DAEMONS = ("slurmd", "slurmctld", "munged")  # stop order
 SYSTEM_CONF = Path("/etc/slurm/slurm.conf")  # where srun inside a job looks (the jobstep plugin drops SLURM_CONF)
 MARKER = "# written by tests/slurm/local_slurm.py for "
-MIN_JOB_AGE = 600  # s; >= 3 x the plugin's initial status delay, so squeue still lists finished jobs
+MIN_JOB_AGE = 7200  # s; >= 3 x the plugin's initial status delay, so squeue still lists finished jobs; and
+# longer than any test DAG (DAG_TIMEOUT 2700 s), whose end checks that squeue lists every job COMPLETED (600 s
+# was too short on a loaded CI machine: the smoke DAG took 720 s and the first jobs had left squeue)
 
 
 def tracking_server_module():

@@ -14,7 +14,9 @@ from tests.vllm.conftest import ENGINE
 from tests.workflow.test_smoke_dag import CONFIG, REPO, expected_jobs
 
 OVERLAY = {
-    "compute": {"eval_backend": "vllm"},
+    # evaluation in the rollouts' float32, without torch.compile of the model: each of the 10 evaluation jobs
+    # starts its own engine, and on CPU the compile (C++ codegen) took about 14 s of each job's start
+    "compute": {"eval_backend": "vllm", "eval_vllm": {"dtype": "float32", "enforce_eager": True}},
     "run": {"rollout": {"backend": "vllm", "vllm": dict(ENGINE)}},
     # vLLM's CPU attention has no kernel for the tiny model's head size 24: the small toy model (32)
     "models": {"toy": {"sft_set": {"model.size": "small"}}},

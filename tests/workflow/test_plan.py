@@ -120,6 +120,18 @@ def test_job_arguments():
         "toy_rl", "--seed", "0", "--set", "n=40", "--set", "levels=[1]"]
     args = shlex.split(workflow_jobs.eval_args(cfg, "toy_test", "3"))
     assert args[args.index("--seed") + 1] == "3" and args[args.index("--tracking-uri") + 1] == "sqlite:///my results/db.db"
+    assert "--vllm-dtype" not in args  # the hf backend: no engine options
+    # the vLLM evaluation engine's options (compute.eval_vllm) reach `salt evaluate`, and its parser takes them
+    vcfg = smoke(lambda raw: raw["compute"].update(eval_backend="vllm", eval_vllm={"dtype": "float32", "enforce_eager": True}))
+    vargs = shlex.split(workflow_jobs.eval_args(vcfg, "toy_test", "3"))
+    assert vargs[vargs.index("--vllm-dtype") + 1] == "float32" and "--vllm-enforce-eager" in vargs
+    from salt import config_spec as spec
+    from salt.eval.evaluate import EvaluateConfig, _parser
+
+    parsed = spec.parse_args(_parser(), EvaluateConfig, ["--model", "m", "--benchmark", "b", "--data", "d", "--out", "o", *vargs])
+    assert (parsed.backend, parsed.vllm_dtype, parsed.vllm_enforce_eager) == ("vllm", "float32", True)
+    default = shlex.split(workflow_jobs.eval_args(smoke(lambda raw: raw["compute"].update(eval_backend="vllm")), "toy_test", "3"))
+    assert default[default.index("--vllm-dtype") + 1] == "auto" and "--vllm-enforce-eager" not in default
     sft = shlex.split(workflow_jobs.sft_args(cfg, "toy", "2"))
     assert sft[-2:] == ["--set", "seed=2"] and "tracking.run_name=warmup_sft/toy/warmup2" in sft
     assert "--no-tracking" in workflow_jobs.proxy_args(smoke(lambda raw: raw["tracking"].update(enabled=False)))
