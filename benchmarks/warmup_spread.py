@@ -1,6 +1,6 @@
 """Spread of the default warm-up (and of the RL gain after it) across warm-up seeds.
 
-The bounds of ``tests/train/test_sft.py::test_default_warmup_reaches_partial_accuracy`` and
+The bounds of ``tests/train/test_learning.py::test_default_warmup_reaches_partial_accuracy`` and
 ``tests/train/test_learning.py`` are set from this spread, not from one run: 6,000 SFT steps turn
 another CPU's rounding into a different model, about as different as another seed.
 
