@@ -38,12 +38,8 @@ RESERVED_DIRS = set(SHARED_DIRS) | {"logs", "mlartifacts", "mlflow-server"}
 class EvalEngine:
     """The vLLM engine of every evaluation job (``compute.eval_backend: vllm``)."""
 
-    dtype: str = option("auto", "Engine dtype (`salt evaluate --vllm-dtype`): auto = vLLM's rule (bf16/fp16 for a "
-                        "float32 checkpoint); float32 = the hf backend's numbers.",
-                        choices=("auto", "float32", "bfloat16", "float16"))
-    enforce_eager: bool = option(
-        False, "No CUDA graphs, and on CPU no torch.compile of the model (`salt evaluate --vllm-enforce-eager`): "
-        "a faster start, slower decoding; true suits short evaluations of small models on CPU.")
+    dtype: str = option_like(EvaluateConfig, "vllm_dtype")  # `salt evaluate --vllm-dtype`
+    enforce_eager: bool = option_like(EvaluateConfig, "vllm_enforce_eager")  # `salt evaluate --vllm-enforce-eager`
 
 
 @dataclass(kw_only=True)

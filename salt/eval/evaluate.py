@@ -327,8 +327,9 @@ class EvaluateConfig:
     vllm_dtype: str = option("auto", "vllm backend: engine dtype (auto: vLLM's rule, bf16/fp16 for a float32 "
                              "checkpoint; float32: the hf backend's numbers)",
                              choices=("auto", "float32", "bfloat16", "float16"))
-    vllm_enforce_eager: bool = option(False, "vllm backend: no CUDA graphs (on CPU: no torch.compile of the model), "
-                                      "a faster engine start")
+    vllm_enforce_eager: bool = option(False, "vllm backend: no CUDA graphs, and on CPU no torch.compile of the model: "
+                                      "a faster engine start, slower decoding (suits short evaluations of small "
+                                      "models on CPU)")
     seed: int = option(0, "sampling seed")
     limit: int | None = option(None, "evaluate the first N problems only (0 or unset: all)", ge=0)
     system_prompt: str | None = option(None, "system prompt of every problem")
