@@ -316,10 +316,19 @@ def test_mbpp_reference_solutions_pass(sandbox_mode, tmp_path):
 
 
 def test_caller_signals_and_dies_are_handled(sandbox_mode):
-    """Killing the supervisor from outside (as an OOM killer would) leaves nothing behind."""
+    """Killing the supervisor from outside (as an OOM killer would) leaves nothing behind.
+
+    Only this process's own supervisor (a child of this process) is a target: another pytest
+    worker may be running sandboxed programs at the same time, and its supervisors are not ours.
+    """
     import threading
 
     found = {}
+    me = os.getpid()
+
+    def parent_of(pid):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state letter
 
     def kill_supervisor():
         deadline = time.monotonic() + 5
@@ -327,9 +336,10 @@ def test_caller_signals_and_dies_are_handled(sandbox_mode):
             for pid in sandbox_supervisor.proc_pids():
                 try:
                     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-                except OSError:
+                    ours = parent_of(pid) == me
+                except (OSError, IndexError, ValueError):
                     continue
-                if sandbox.SUPERVISOR.encode() in argv and any(b"salt-sbx-" in a for a in argv):
+                if ours and sandbox.SUPERVISOR.encode() in argv and any(b"salt-sbx-" in a for a in argv):
                     time.sleep(0.3)
                     os.kill(pid, signal.SIGKILL)
                     found["pid"] = pid
