@@ -45,6 +45,7 @@ def warmup(seed: int, out: Path) -> dict:
 
 def rl_gain(out: Path, salt: bool) -> dict:
     """Held-out sampled pass@1 before / after the learning test's RL run from ``out/sft/final``."""
+    from salt.train.outputs import warmup_files
     from tests.train.test_learning import _held_out_pass1, _rl
 
     name = "grpo_salt" if salt else "grpo"
@@ -52,8 +53,9 @@ def rl_gain(out: Path, salt: bool) -> dict:
     if done.is_file():
         return json.loads(done.read_text())
     t0 = time.perf_counter()
-    before = _held_out_pass1(out / "sft" / "final")
-    after = _held_out_pass1(_rl(out / "sft" / "final", out / f"rl_{name}", salt))
+    warm = warmup_files(out / "sft")["final"]
+    before = _held_out_pass1(warm)
+    after = _held_out_pass1(_rl(warm, out / f"rl_{name}", salt))
     row = {"before": before, "after": after, "gain": after - before, "seconds": time.perf_counter() - t0}
     done.write_text(json.dumps(row, indent=1))
     return row

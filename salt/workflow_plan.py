@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 from salt.eval.evaluate import output_files as eval_files
 from salt.tasks.datasets import output_files as data_files
-from salt.train.outputs import warmup_files
+from salt.train.outputs import run_files, warmup_files
 from salt.utils import deep_merge
 
 EVAL_DIR = "{study}/eval/{model}/{task}/{method}/G{G}/seed{seed}/{benchmark}"  # salt evaluate --out
@@ -30,10 +30,14 @@ _EVAL_FILES = eval_files(EVAL_DIR)  # the files the evaluation writes there (its
 _DATA_FILES = data_files("data/{dataset}")  # salt prepare-data --out: its own file names
 _WARMUP_DIR = "models/{model}/warmup{warmup}"
 _WARMUP_FILES = warmup_files(_WARMUP_DIR)  # salt sft --out: its own file names
+_RUN_DIR = "{study}/runs/{model}/{task}/{method}/G{G}/seed{seed}"
+_RUN_FILES = run_files(_RUN_DIR)  # salt train --out: its own file names
 
 # every path of the grid, relative to results_dir ({wildcards} as the rules name them)
 LAYOUT = {
-    "run_dir": "{study}/runs/{model}/{task}/{method}/G{G}/seed{seed}",
+    "run_dir": _RUN_DIR,
+    "run_done": _RUN_FILES["done"].as_posix(),  # the train rule's only output (the run resumes from the rest)
+    "run_model": _RUN_FILES["final"].as_posix(),  # what the evaluate rule evaluates
     "run_config": "{study}/configs/{model}/{task}/{method}/G{G}/seed{seed}.yaml",
     "train_benchmark": "benchmarks/train/{study}/{model}/{task}/{method}/G{G}/seed{seed}.tsv",
     "eval_metrics": _EVAL_FILES["metrics"].as_posix(),

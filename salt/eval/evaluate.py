@@ -38,6 +38,7 @@ from salt import metric_names as mn
 from salt import config_spec as spec
 from salt.config_spec import ConfigError, names_of, option
 from salt.tasks.rows import read_rows
+from salt.train.outputs import MODEL_DIR
 from salt.utils import append_jsonl, atomic_write_text, read_jsonl, report_input_error
 
 log = logging.getLogger(__name__)
@@ -158,15 +159,17 @@ def load_done(path: Path) -> dict[str, dict[str, Any]]:
 def resolve_model_dir(model: str | os.PathLike) -> tuple[Path, Path | None]:
     """``(model_dir, run_dir)``: a training output dir's ``final/`` (run dir = the output dir), or
     a model dir itself (run dir = its parent when the parent holds ``run.json``)."""
+    from salt.tracking import RUN_FILE
+
     path = Path(model).expanduser()
-    if (path / "final" / "config.json").exists():
-        return path / "final", path
+    if (path / MODEL_DIR / "config.json").exists():
+        return path / MODEL_DIR, path
     if (path / "config.json").exists():
         parent = path.resolve().parent
-        return path, parent if (parent / "run.json").exists() else None
+        return path, parent if (parent / RUN_FILE).exists() else None
     raise FileNotFoundError(
-        f"--model {path}: no config.json there nor in {path / 'final'}; pass a training output dir "
-        "(with final/) or a Hugging Face model dir"
+        f"--model {path}: no config.json there nor in {path / MODEL_DIR}; pass a training output dir "
+        f"(with {MODEL_DIR}/) or a Hugging Face model dir"
     )
 
 

@@ -40,6 +40,7 @@ from salt.eval.evaluate import load_problem_samples, load_problem_scores, output
 from salt.figures.claims import claims_markdown, evaluate_claims
 from salt.figures.registry import table_paths
 from salt.figures.stats import mean_ci, paired_difference, t_quantile  # noqa: F401 (re-exported)
+from salt.train.outputs import run_files
 from salt.utils import atomic_write_text, iter_jsonl
 
 ID_COLS = ["study", "kind", "model", "task", "method", "label", "G", "prompts_per_step", "seed"]
@@ -341,7 +342,7 @@ def load(manifest: Mapping[str, Any]) -> tuple[list, list, list, ProblemScores, 
     samples: dict = {}  # same keys: {seed: {problem id: n samples}}
     for run in manifest["runs"]:
         ids = {c: run[c] for c in ID_COLS}
-        steps = read_metrics(Path(run["run_dir"]) / "metrics.jsonl")
+        steps = read_metrics(run_files(run["run_dir"])["metrics"])
         for i, s in enumerate(steps):
             row = dict(ids)
             row["step"] = int(s.get(mn.STEP, i))

@@ -26,6 +26,7 @@ from salt.figures.claims import ClaimsOptions
 from salt.figures.registry import (FIGURE_FORMATS, FIGURE_SPECS, FIGURES, FigureSpec,  # noqa: F401 (the one table)
                                    figure_spec, table_paths)
 from salt.figures.stats import moving_average
+from salt.train.outputs import run_files
 
 if TYPE_CHECKING:
     from salt.algo.decomposition import SaltConfig
@@ -122,7 +123,7 @@ def salt_config(run_dir: str | Path) -> SaltConfig:
     :class:`~salt.algo.decomposition.SaltConfig`; its defaults where the file is absent."""
     from salt.algo.decomposition import SaltConfig
 
-    path = Path(run_dir) / "config.resolved.yaml"
+    path = run_files(run_dir)["config"]
     if not path.exists():
         return SaltConfig()
     import dataclasses

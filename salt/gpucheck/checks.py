@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from salt.gpucheck.plan import TOY_SIZE, judge, logprob_gap, make_result, rel_diff, skipped
+from salt.train.outputs import run_files
 from salt.train.engine_probe import (  # noqa: F401  (the same probes as the CPU tests of the real engine)
     PROBE_SEED, pad_id_of, probe_trainer_cls, recompute_logprobs, rollout_batch, toy_prompts)
 
@@ -281,7 +282,7 @@ def probed_run(model_path: str | Path, out: str | Path, backend: str, steps: int
     trainer = probe_trainer_cls()(cfg, out)
     t0 = time.perf_counter()
     trainer.run()
-    rewards = [float(r["reward/mean"]) for r in read_jsonl(Path(out) / "metrics.jsonl")]
+    rewards = [float(r["reward/mean"]) for r in read_jsonl(run_files(out)["metrics"])]
     return trainer.probes, rewards, time.perf_counter() - t0
 
 
@@ -493,13 +494,13 @@ def sharded_vs_plain(name: str, path: Path, root: Path, expected: str) -> dict:
     straight, resumed = root / "straight", root / "resumed"
     Trainer(cfg, straight).run()
     shutil.copytree(straight, resumed)
-    (resumed / "DONE").unlink()
-    shutil.rmtree(resumed / "final")
+    run_files(resumed)["done"].unlink()
+    shutil.rmtree(run_files(resumed)["final"])
     rt = Trainer(cfg, resumed)
     rt.run()
     w0 = flat_state(load_file(str(path / "model.safetensors")))
-    wa = flat_state(load_file(str(straight / "final" / "model.safetensors")))
-    wb = flat_state(load_file(str(resumed / "final" / "model.safetensors")))
+    wa = flat_state(load_file(str(run_files(straight)["final"] / "model.safetensors")))
+    wb = flat_state(load_file(str(run_files(resumed)["final"] / "model.safetensors")))
     numbers.update({"resume_s": time.perf_counter() - t0, "run_weight_change": float((wa - w0).norm()),
                     "resume_max_abs_diff": float((wb - wa).abs().max())})
     comps += [judge(name, "resume_started_at", rt.start_step),

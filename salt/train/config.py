@@ -29,6 +29,7 @@ from salt.algo.gram.options import DEFAULTS as GRAM_DEFAULTS
 from salt.config_spec import ConfigError, fields_of, names_of, option, section
 from salt.rollout.vllm import VllmOptions
 from salt.train.config_checks import check_run_config
+from salt.train.outputs import run_files
 from salt.utils import atomic_write_text, deep_merge, load_yaml_file, parse_set_overrides
 
 
@@ -447,7 +448,7 @@ def save_resolved(cfg: RunConfig, out_dir: str | os.PathLike) -> Path:
     """Write ``out_dir/config.resolved.yaml`` (atomically) and return its path."""
     import yaml
 
-    path = Path(out_dir) / "config.resolved.yaml"
+    path = run_files(out_dir)["config"]
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     return path
 

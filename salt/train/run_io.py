@@ -22,6 +22,7 @@ from salt.train.checkpoint import (checkpoint_name, latest_checkpoint, list_chec
                                    save_checkpoint, set_rng_state, truncate_jsonl)
 from salt.train.collectives import barrier
 from salt.train.config import RunConfig, flatten
+from salt.train.outputs import run_files
 from salt.utils import atomic_write_text, git_commit, write_jsonl_atomic
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 def save_run_checkpoint(t: "Trainer", step: int) -> None:
     """Checkpoint ``step`` of trainer ``t`` (a collective: every rank calls it)."""
-    root = t.out / "checkpoints"
+    root = run_files(t.out)["checkpoints"]
     state: dict[str, Any] = {"data_position": t.rollouts.sampler.position, "rollouts_used": t.rollouts_used,
                              "rollouts_generated": t.rollouts.generated, "metrics_lines": t.metrics_lines}
     model_state, opt_state, sched_state, sharded_dir = t.strategy.checkpoint_state(
@@ -52,8 +53,9 @@ def save_run_checkpoint(t: "Trainer", step: int) -> None:
 
 def resume_run(t: "Trainer") -> int:
     """Restore the newest complete checkpoint into ``t``; returns the number of completed steps."""
-    path = latest_checkpoint(t.out / "checkpoints")
-    metrics_path = t.out / "metrics.jsonl"
+    files = run_files(t.out)
+    path = latest_checkpoint(files["checkpoints"])
+    metrics_path = files["metrics"]
     if path is None:
         if t.is_main and metrics_path.exists():
             metrics_path.unlink()  # a run killed before its first checkpoint restarts from 0
@@ -85,7 +87,7 @@ def write_samples(out: Path, step: int, batch: RolloutBatch) -> None:
             "score": float(batch.scores[i]), "reward": float(batch.rewards[i]),
             "advantage": float(batch.advantages[i]), "finish_reason": batch.finish_reasons[i],
         })
-    write_jsonl_atomic(out / "samples" / f"step_{step:04d}.jsonl", rows)
+    write_jsonl_atomic(run_files(out)["samples"] / f"step_{step:04d}.jsonl", rows)
 
 
 def save_final(t: "Trainer") -> None:
@@ -93,7 +95,8 @@ def save_final(t: "Trainer") -> None:
     state_dict = t.strategy.full_state(t.model)
     if not t.is_main:
         return
-    final, tmp = t.out / "final", t.out / ".final.tmp"
+    final = run_files(t.out)["final"]
+    tmp = final.with_name(f".{final.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     if state_dict is None:
         t.model.save_pretrained(tmp)
@@ -106,7 +109,7 @@ def save_final(t: "Trainer") -> None:
 
 def write_done(out: Path, summary: dict[str, Any]) -> None:
     """``OUT/DONE`` (the run's summary), written last."""
-    atomic_write_text(out / "DONE", json.dumps(summary, indent=1, default=float))
+    atomic_write_text(run_files(out)["done"], json.dumps(summary, indent=1, default=float))
 
 
 class RunTracking:
@@ -128,10 +131,11 @@ class RunTracking:
         tracking.log_metrics(self.run, {k: v for k, v in metrics.items() if k != mn.STEP}, step=step)
 
     def finish(self, summary: dict[str, Any]) -> None:
-        tracking.log_artifacts(self.run, self.out / "config.resolved.yaml")
-        if (self.out / "samples").is_dir():
-            tracking.log_artifacts(self.run, self.out / "samples", "samples")
-        tracking.set_tags(self.run, {"final_dir": str((self.out / "final").resolve())})
+        files = run_files(self.out)
+        tracking.log_artifacts(self.run, files["config"])
+        if files["samples"].is_dir():
+            tracking.log_artifacts(self.run, files["samples"], "samples")
+        tracking.set_tags(self.run, {"final_dir": str(files["final"].resolve())})
         tracking.end_run(self.run)
 
     def fail(self) -> None:

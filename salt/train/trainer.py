@@ -53,6 +53,7 @@ from salt.train.collectives import world
 from salt.train.config import ConfigError, RunConfig, describe, load_run_config, save_resolved
 from salt.train.forward import compute_logprobs
 from salt.train.gram import sparse_across_ranks, write_gram_dump
+from salt.train.outputs import run_files
 from salt.train.rollouts import RolloutCollector, gen_batch_prompts, load_rows
 from salt.train.stepping import Timer, mean_metrics, step_seed
 from salt.train.strategy import (GradientStrategy, make_accelerator, master_dtype, resolve_mixed_precision,
@@ -199,7 +200,7 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
-        done = self.out / "DONE"
+        done = run_files(self.out)["done"]
         if done.is_file():
             return json.loads(done.read_text() or "{}")
         check_inputs(cfg)
@@ -218,7 +219,7 @@ class Trainer:
             for step in range(start, cfg.train.steps):
                 last = self.step(step)
                 if self.is_main:
-                    append_jsonl(self.out / "metrics.jsonl", last)
+                    append_jsonl(run_files(self.out)["metrics"], last)
                     self.metrics_lines += 1
                     log_now = (step + 1) % cfg.tracking.log_every == 0 or step + 1 == cfg.train.steps
                     if tracker is not None and log_now:

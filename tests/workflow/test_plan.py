@@ -156,11 +156,13 @@ def test_executor_problems(monkeypatch):
 
 def test_the_layout_takes_each_file_name_from_its_writer(tmp_path):
     """The files a rule declares are the ones the command writes: the plan's layout is built from the
-    writers' own functions (salt evaluate, salt prepare-data), and the rules spell none of the file
-    names that the package owns (aggregate's tables, replication, evaluation, prepare-data)."""
+    writers' own functions (salt evaluate, salt prepare-data, salt sft, salt train), and the rules spell
+    none of the file names that the package owns (aggregate's tables, replication, evaluation,
+    prepare-data, a warm-up's and a run's files)."""
     from salt.eval.evaluate import output_files as eval_files
     from salt.figures.registry import REPLICATION_FILES, TABLE_FILES, replication_paths, table_paths
     from salt.tasks.datasets import output_files as data_files
+    from salt.train.outputs import run_files, warmup_files
 
     plan = Plan(smoke())
     job = dict(study="s", model="m", task="t", method="x", G=4, seed=1, benchmark="b")
@@ -172,8 +174,16 @@ def test_the_layout_takes_each_file_name_from_its_writer(tmp_path):
     tables = Path(plan.path("tables_dir"))
     assert table_paths(tables) == {k: tables / v for k, v in TABLE_FILES.items()}
     assert set(replication_paths(tables)) == set(REPLICATION_FILES)
+    run = {k: job[k] for k in JOB_KEYS}
+    run_dir = Path(plan.path("run_dir", **run))
+    assert run_files(run_dir)["done"] == Path(plan.path("run_done", **run))
+    assert run_files(run_dir)["final"] == Path(plan.path("run_model", **run))
+    warmup_dir = Path(plan.warmup_dir("m", 1))
+    assert warmup_files(warmup_dir) == {"final": Path(plan.path("warmup_model", model="m", warmup=1)),
+                                        "metrics": Path(plan.path("warmup_metrics", model="m", warmup=1))}
     names = set(TABLE_FILES.values()) | set(REPLICATION_FILES.values()) | {
-        p.name for p in [*eval_files(".").values(), *data_files(".").values()]}
+        p.name for p in [*eval_files(".").values(), *data_files(".").values(), *run_files(".").values(),
+                         *warmup_files(".").values()]}
     for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
         text = "\n".join(line for line in smk.read_text().splitlines() if not line.lstrip().startswith("#"))
         code = text.replace('"""', "\x00").split("\x00")[0::2]  # outside docstrings

@@ -45,6 +45,7 @@ def R(path):
 
 
 RUN_DIR = PLAN.path("run_dir")
+RUN_DONE = PLAN.path("run_done")
 RUN_CONFIG = PLAN.path("run_config")
 TRAIN_BENCHMARK = PLAN.path("train_benchmark")
 EVAL_METRICS = PLAN.path("eval_metrics")
@@ -142,7 +143,7 @@ def eval_data(w):
 
 
 def all_train_done():
-    return [f"{RUN_DIR.format(**job)}/DONE" for job in JOBS]
+    return [RUN_DONE.format(**job) for job in JOBS]
 
 
 def all_eval_metrics():

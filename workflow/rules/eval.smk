@@ -1,7 +1,7 @@
 rule evaluate:
     """Sample n answers per problem from a trained model; pass@k attached to its MLflow training run."""
     input:
-        done=f"{RUN_DIR}/DONE",
+        done=RUN_DONE,
         data=eval_data,
     output:
         metrics=EVAL_METRICS,
@@ -11,7 +11,7 @@ rule evaluate:
     benchmark:
         R("benchmarks/evaluate/{study}/{model}/{task}/{method}/G{G}/seed{seed}/{benchmark}.tsv")
     params:
-        model=lambda w, input: str(Path(input.done).parent / "final"),
+        model=lambda w: PLAN.path("run_model", **job_of(w)),
         args=eval_args,
         out=lambda w, output: str(Path(output.metrics).parent),
     threads: threads_of("evaluate")

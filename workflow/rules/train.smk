@@ -46,7 +46,7 @@ rule train:
         data=train_data_inputs,
         model=model_input,
     output:
-        done=f"{RUN_DIR}/DONE",
+        done=RUN_DONE,
     log:
         R("logs/train/{study}/{model}/{task}/{method}/G{G}/seed{seed}.log"),
     benchmark:
