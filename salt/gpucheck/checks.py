@@ -494,13 +494,14 @@ def sharded_vs_plain(name: str, path: Path, root: Path, expected: str) -> dict:
     straight, resumed = root / "straight", root / "resumed"
     Trainer(cfg, straight).run()
     shutil.copytree(straight, resumed)
-    run_files(resumed)["done"].unlink()
-    shutil.rmtree(run_files(resumed)["final"])
+    straight_files, resumed_files = run_files(straight), run_files(resumed)
+    resumed_files["done"].unlink()
+    shutil.rmtree(resumed_files["final"])
     rt = Trainer(cfg, resumed)
     rt.run()
     w0 = flat_state(load_file(str(path / "model.safetensors")))
-    wa = flat_state(load_file(str(run_files(straight)["final"] / "model.safetensors")))
-    wb = flat_state(load_file(str(run_files(resumed)["final"] / "model.safetensors")))
+    wa = flat_state(load_file(str(straight_files["final"] / "model.safetensors")))
+    wb = flat_state(load_file(str(resumed_files["final"] / "model.safetensors")))
     numbers.update({"resume_s": time.perf_counter() - t0, "run_weight_change": float((wa - w0).norm()),
                     "resume_max_abs_diff": float((wb - wa).abs().max())})
     comps += [judge(name, "resume_started_at", rt.start_step),

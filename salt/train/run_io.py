@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 def save_run_checkpoint(t: "Trainer", step: int) -> None:
     """Checkpoint ``step`` of trainer ``t`` (a collective: every rank calls it)."""
-    root = run_files(t.out)["checkpoints"]
+    root = t.files["checkpoints"]
     state: dict[str, Any] = {"data_position": t.rollouts.sampler.position, "rollouts_used": t.rollouts_used,
                              "rollouts_generated": t.rollouts.generated, "metrics_lines": t.metrics_lines}
     model_state, opt_state, sched_state, sharded_dir = t.strategy.checkpoint_state(
@@ -53,9 +53,8 @@ def save_run_checkpoint(t: "Trainer", step: int) -> None:
 
 def resume_run(t: "Trainer") -> int:
     """Restore the newest complete checkpoint into ``t``; returns the number of completed steps."""
-    files = run_files(t.out)
-    path = latest_checkpoint(files["checkpoints"])
-    metrics_path = files["metrics"]
+    path = latest_checkpoint(t.files["checkpoints"])
+    metrics_path = t.files["metrics"]
     if path is None:
         if t.is_main and metrics_path.exists():
             metrics_path.unlink()  # a run killed before its first checkpoint restarts from 0
@@ -95,7 +94,7 @@ def save_final(t: "Trainer") -> None:
     state_dict = t.strategy.full_state(t.model)
     if not t.is_main:
         return
-    final = run_files(t.out)["final"]
+    final = t.files["final"]
     tmp = final.with_name(f".{final.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     if state_dict is None:

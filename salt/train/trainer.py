@@ -80,6 +80,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig, out_dir: str | os.PathLike) -> None:
         self.cfg = cfg
         self.out = Path(out_dir)
+        self.files = run_files(self.out)  # DONE, final/, metrics.jsonl, ... (salt.train.outputs)
         self.timer = Timer()
         self.start_step = 0  # steps completed before this process started (maybe_resume)
 
@@ -200,7 +201,7 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
-        done = run_files(self.out)["done"]
+        done = self.files["done"]
         if done.is_file():
             return json.loads(done.read_text() or "{}")
         check_inputs(cfg)
@@ -219,7 +220,7 @@ class Trainer:
             for step in range(start, cfg.train.steps):
                 last = self.step(step)
                 if self.is_main:
-                    append_jsonl(run_files(self.out)["metrics"], last)
+                    append_jsonl(self.files["metrics"], last)
                     self.metrics_lines += 1
                     log_now = (step + 1) % cfg.tracking.log_every == 0 or step + 1 == cfg.train.steps
                     if tracker is not None and log_now:
